@@ -1,0 +1,31 @@
+"""`tokshift zoo`: list the model zoo with parameters and GFLOPs computed from the models."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+
+from tokshift.zoo import ZOO_COLUMNS, zoo_names, zoo_row
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("zoo", help="list the model zoo (params and GFLOPs/view computed from the models)")
+    p.add_argument("--format", choices=("table", "csv"), default="table")
+    p.add_argument("--dataset", default=None, help="only entries of this zoo dataset (k400, demo)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [zoo_row(n) for n in zoo_names(args.dataset)]
+    if args.format == "csv":
+        w = csv.DictWriter(sys.stdout, fieldnames=list(ZOO_COLUMNS), lineterminator="\n")
+        w.writeheader()
+        w.writerows({k: ("" if v is None else v) for k, v in r.items()} for r in rows)
+        return 0
+    cells = [[str("" if r[c] is None else r[c]) for c in ZOO_COLUMNS] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(ZOO_COLUMNS)]
+    print("  ".join(c.ljust(w) for c, w in zip(ZOO_COLUMNS, widths)))
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
