@@ -1,0 +1,309 @@
+"""Downloads against a real HTTP server on 127.0.0.1 (no external network)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import http.server
+import io
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tokshift import report_commands
+from tokshift.weights import (
+    ChecksumMismatch,
+    DownloadError,
+    download,
+    part_path,
+    read_sha256_record,
+    sha256_file,
+)
+
+
+@dataclass
+class ServerState:
+    """What the test server serves and what it saw."""
+
+    data: bytes
+    mode: str = "range"  # range | ignore-range | drop-once | 404 | 503-once
+    requests: list[dict] = field(default_factory=list)
+    dropped: bool = False
+    failed_once: bool = False
+
+
+def _make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+        def _record(self, status: int, sent: int) -> None:
+            state.requests.append({"range": self.headers.get("Range"), "status": status, "sent": sent})
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            data = state.data
+            if state.mode == "404":
+                self.send_response(404)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._record(404, 0)
+                return
+            if state.mode == "503-once" and not state.failed_once:
+                state.failed_once = True
+                self.send_response(503)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                self._record(503, 0)
+                return
+            rng = self.headers.get("Range")
+            if rng and state.mode != "ignore-range":
+                start = int(re.match(r"bytes=(\d+)-", rng).group(1))
+                if start >= len(data):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(data)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    self._record(416, 0)
+                    return
+                body = data[start:]
+                self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            else:
+                body = data
+                self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Accept-Ranges", "none" if state.mode == "ignore-range" else "bytes")
+            self.end_headers()
+            if state.mode == "drop-once" and not state.dropped:
+                state.dropped = True
+                half = body[: len(body) // 2]
+                self.wfile.write(half)
+                self.wfile.flush()
+                self._record(200, len(half))
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            self.wfile.write(body)
+            self._record(self.requests_status(), len(body))
+
+        def requests_status(self) -> int:
+            return 206 if (self.headers.get("Range") and state.mode != "ignore-range") else 200
+
+    return Handler
+
+
+@pytest.fixture
+def npz_bytes() -> bytes:
+    """A real ViT-style .npz of a few hundred KB."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    np.savez(
+        buf,
+        **{
+            "embedding/kernel": rng.standard_normal((16, 16, 3, 32)).astype(np.float32),
+            "Transformer/encoder_norm/scale": rng.standard_normal(32).astype(np.float32),
+            "cls": rng.standard_normal((1, 1, 32)).astype(np.float32),
+            "blob": rng.standard_normal(60_000).astype(np.float32),
+        },
+    )
+    return buf.getvalue()
+
+
+@pytest.fixture
+def server(npz_bytes: bytes) -> Iterator[tuple[str, ServerState]]:
+    state = ServerState(data=npz_bytes)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(state))
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/ViT-B_16.npz", state
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_full_download_verifies_and_records(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "weights" / "ViT-B_16.npz"
+    digest = download(url, dest, sha256=_sha(npz_bytes).upper(), progress=False)
+    assert digest == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert not part_path(dest).exists()
+    assert (tmp_path / "weights" / "ViT-B_16.npz.sha256").read_text() == f"{digest}  ViT-B_16.npz\n"
+    assert read_sha256_record(dest) == digest
+    with np.load(dest) as z:
+        assert z["embedding/kernel"].shape == (16, 16, 3, 32)
+    assert [r["range"] for r in state.requests] == [None]
+
+
+def test_resumes_partial_file_with_range(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "ViT-B_16.npz"
+    have = 123_457
+    part_path(dest).write_bytes(npz_bytes[:have])
+    digest = download(url, dest, sha256=_sha(npz_bytes), progress=False)
+    assert digest == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert state.requests == [{"range": f"bytes={have}-", "status": 206, "sent": len(npz_bytes) - have}]
+
+
+def test_complete_part_answered_416_is_accepted(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "ViT-B_16.npz"
+    part_path(dest).write_bytes(npz_bytes)
+    assert download(url, dest, progress=False) == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert [r["status"] for r in state.requests] == [416]
+
+
+def test_oversized_part_restarts_from_zero(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    dest = tmp_path / "ViT-B_16.npz"
+    part_path(dest).write_bytes(npz_bytes + b"garbage")
+    assert download(url, dest, progress=False, backoff=0) == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert [r["status"] for r in state.requests] == [416, 200]
+
+
+def test_server_ignoring_range_restarts_cleanly(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    state.mode = "ignore-range"
+    dest = tmp_path / "ViT-B_16.npz"
+    part_path(dest).write_bytes(b"X" * 50_000)  # stale bytes that must not survive
+    digest = download(url, dest, sha256=_sha(npz_bytes), progress=False)
+    assert digest == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert state.requests[0]["range"] == "bytes=50000-"
+    assert state.requests[0]["status"] == 200
+
+
+def test_sha256_mismatch_leaves_nothing(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, _ = server
+    dest = tmp_path / "ViT-B_16.npz"
+    wrong = "0" * 64
+    with pytest.raises(ChecksumMismatch) as info:
+        download(url, dest, sha256=wrong, progress=False)
+    msg = str(info.value)
+    assert wrong in msg and _sha(npz_bytes) in msg
+    assert "weights.ViT-B_16.sha256" in msg
+    assert not dest.exists()
+    assert not part_path(dest).exists()
+    assert not (tmp_path / "ViT-B_16.npz.sha256").exists()
+
+
+def test_retry_after_dropped_connection(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    state.mode = "drop-once"
+    dest = tmp_path / "ViT-B_16.npz"
+    digest = download(url, dest, sha256=_sha(npz_bytes), retries=2, backoff=0, progress=False)
+    assert digest == _sha(npz_bytes)
+    assert dest.read_bytes() == npz_bytes
+    assert len(state.requests) == 2
+    half = len(npz_bytes) // 2
+    # the second request resumes from what the first one delivered
+    assert state.requests[1]["range"] == f"bytes={half}-"
+    assert state.requests[1]["sent"] == len(npz_bytes) - half
+
+
+def test_retry_after_server_error(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    state.mode = "503-once"
+    dest = tmp_path / "ViT-B_16.npz"
+    assert download(url, dest, retries=1, backoff=0, progress=False) == _sha(npz_bytes)
+    assert [r["status"] for r in state.requests] == [503, 200]
+
+
+def test_gives_up_after_retries_and_keeps_part(server, npz_bytes: bytes, tmp_path: Path) -> None:
+    url, state = server
+    state.mode = "drop-once"
+    dest = tmp_path / "ViT-B_16.npz"
+    with pytest.raises(DownloadError, match="giving up .* after 1 attempts"):
+        download(url, dest, retries=0, backoff=0, progress=False)
+    assert not dest.exists()
+    assert part_path(dest).stat().st_size == len(npz_bytes) // 2
+
+
+def test_404_names_url_and_what_to_do(server, tmp_path: Path) -> None:
+    url, state = server
+    state.mode = "404"
+    dest = tmp_path / "ViT-B_16.npz"
+    with pytest.raises(DownloadError) as info:
+        download(url, dest, retries=5, backoff=10, progress=False)
+    msg = str(info.value)
+    assert url in msg and "404" in msg and "config.yaml" in msg
+    assert len(state.requests) == 1  # no retries on 404
+    assert not dest.exists()
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"http://127.0.0.1:{port}/x.npz"
+    with pytest.raises(DownloadError, match="after 2 attempts"):
+        download(url, tmp_path / "x.npz", retries=1, backoff=0, timeout=5, progress=False)
+
+
+def test_file_url_and_local_path(npz_bytes: bytes, tmp_path: Path) -> None:
+    src = tmp_path / "mirror" / "ViT-L_16.npz"
+    src.parent.mkdir()
+    src.write_bytes(npz_bytes)
+    a = download(src.as_uri(), tmp_path / "a" / "ViT-L_16.npz", sha256=_sha(npz_bytes), progress=False)
+    b = download(str(src), tmp_path / "b" / "ViT-L_16.npz", progress=False)
+    assert a == b == _sha(npz_bytes)
+    assert (tmp_path / "a" / "ViT-L_16.npz").read_bytes() == npz_bytes
+    assert read_sha256_record(tmp_path / "b" / "ViT-L_16.npz") == a
+
+
+def test_missing_local_file_is_clear(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.npz"
+    with pytest.raises(DownloadError, match="nope.npz.*does not exist"):
+        download(missing.as_uri(), tmp_path / "out.npz", progress=False)
+
+
+def test_existing_dest_is_verified_not_refetched(npz_bytes: bytes, tmp_path: Path) -> None:
+    dest = tmp_path / "ViT-B_16.npz"
+    dest.write_bytes(npz_bytes)
+    assert download("http://127.0.0.1:9/never-contacted", dest, sha256=_sha(npz_bytes), progress=False) == _sha(
+        npz_bytes
+    )
+    with pytest.raises(ChecksumMismatch, match="already exists"):
+        download("http://127.0.0.1:9/never-contacted", dest, sha256="f" * 64, progress=False)
+    assert dest.read_bytes() == npz_bytes  # a hand-placed file is never deleted
+
+
+def test_malformed_sha256_rejected_before_download(tmp_path: Path) -> None:
+    with pytest.raises(DownloadError, match="64 hexadecimal"):
+        download("http://127.0.0.1:9/x", tmp_path / "x.npz", sha256="abc123", progress=False)
+
+
+def test_cli_download(server, npz_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url, _ = server
+    parser = argparse.ArgumentParser()
+    report_commands.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "ViT-B_16.npz"
+    args = parser.parse_args(["download", "--url", url, "--out", str(out), "--sha256", _sha(npz_bytes)])
+    assert args.func(args) == 0
+    assert _sha(npz_bytes) in capsys.readouterr().out
+    assert sha256_file(out) == _sha(npz_bytes)
+    args = parser.parse_args(["download", "--url", url, "--out", str(tmp_path / "y.npz"), "--sha256", "1" * 64])
+    assert args.func(args) == 1
+    assert "sha256 mismatch" in capsys.readouterr().err
