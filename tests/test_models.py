@@ -1,0 +1,279 @@
+"""TokShift semantics, cross-frame information flow, and Google .npz loading."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tokshift.models import (
+    CheckpointMismatchError, TokShiftBlock, build_model, resize_pos_embed, token_shift_,
+)
+
+
+def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:
+    """Deliberately naive transcription of REFERENCE.md: loops over frames and channels."""
+    BT, N, D = x.shape
+    out = x.copy()
+    fold = D // div
+    for b in range(BT // T):
+        for t in range(T):
+            for c in range(D):
+                if c < fold:
+                    out[b * T + t, 0, c] = x[b * T + t + 1, 0, c] if t + 1 < T else 0.0
+                elif c < 2 * fold:
+                    out[b * T + t, 0, c] = x[b * T + t - 1, 0, c] if t - 1 >= 0 else 0.0
+    return out
+
+
+@pytest.mark.parametrize("T,D,div", [(1, 8, 4), (2, 8, 4), (3, 10, 4), (4, 7, 2), (8, 12, 3), (5, 16, 8), (4, 3, 4)])
+def test_token_shift_matches_naive_reference(T: int, D: int, div: int) -> None:
+    rng = np.random.default_rng(T * 100 + D)
+    x = rng.standard_normal((2 * T, 5, D)).astype(np.float32)
+    got = token_shift_(torch.from_numpy(x.copy()), T, div).numpy()
+    np.testing.assert_array_equal(got, naive_shift(x, T, div))
+
+
+def test_token_shift_is_in_place_on_cls_only() -> None:
+    x = torch.randn(8, 17, 64)
+    before = x.clone()
+    out = token_shift_(x, 4, 4)
+    assert out.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(out[:, 1:], before[:, 1:], rtol=0, atol=0)
+    torch.testing.assert_close(out[:, 0, 32:], before[:, 0, 32:], rtol=0, atol=0)
+
+
+def _block_jacobian_blocks(arch: str, T: int = 6, N: int = 5, D: int = 16) -> torch.Tensor:
+    """|d out[t', n'] / d in[t, n]| summed over channels: a (T, N, T, N) dependency map."""
+    torch.manual_seed(0)
+    if arch == "tokshift":
+        blk = TokShiftBlock(dim=D, num_heads=2, qkv_bias=True, num_frames=T, shift_div=4)
+    else:
+        from timm.models.vision_transformer import Block
+        blk = Block(dim=D, num_heads=2, qkv_bias=True)
+    blk = blk.double()
+    x0 = torch.randn(T, N, D, dtype=torch.float64)
+    jac = torch.autograd.functional.jacobian(lambda x: blk(x.clone()), x0)  # (T,N,D,T,N,D)
+    return jac.abs().sum(dim=(2, 5))
+
+
+def test_vit_block_never_mixes_frames() -> None:
+    dep = _block_jacobian_blocks("vit")
+    T = dep.shape[0]
+    for t in range(T):
+        for s in range(T):
+            if s != t:
+                assert dep[t, :, s, :].max() == 0
+
+
+def test_tokshift_block_information_flow() -> None:
+    dep = _block_jacobian_blocks("tokshift")
+    T = dep.shape[0]
+    for t in range(T):
+        for s in range(T):
+            # [CLS] output of frame t depends on the neighbouring frames' [CLS]; the two
+            # shifts of one block reach at most two frames away.
+            if abs(s - t) == 1:
+                assert dep[t, 0, s, 0] > 0
+            elif abs(s - t) > 2:
+                assert dep[t, :, s, :].max() == 0
+            # Patch tokens never flow to other frames' patch tokens.
+            if s != t:
+                assert dep[t, 1:, s, 1:].max() == 0
+
+
+def test_vit_and_tokshift_differ_only_by_shift() -> None:
+    cfg = dict(arch="vit", embed_dim=32, depth=2, num_heads=4, mlp_ratio=4.0, patch_size=8,
+               img_size=32, num_frames=3, shift_div=4, num_classes=5)
+    torch.manual_seed(0)
+    vit = build_model(cfg)
+    tok = build_model({**cfg, "arch": "tokshift"})
+    tok.load_state_dict(vit.state_dict())
+    single = torch.randn(2, 1, 3, 32, 32)
+    video = single.expand(2, 3, 3, 32, 32).clone()
+    vit.eval(), tok.eval()
+    with torch.no_grad():
+        # Identical frames: the ViT gives the per-frame logits; TokShift does not (borders are zeroed).
+        torch.testing.assert_close(vit(video), vit.forward_head(vit.forward_features(single[:, 0])))
+        assert not torch.allclose(tok(video), vit(video))
+    assert vit(video).shape == (2, 5)
+
+
+def test_model_rejects_wrong_frame_count() -> None:
+    m = build_model(dict(arch="tokshift", embed_dim=32, depth=1, num_heads=4, mlp_ratio=4.0,
+                         patch_size=8, img_size=32, num_frames=4, shift_div=4, num_classes=3))
+    with pytest.raises(ValueError, match="4 frames"):
+        m(torch.randn(1, 3, 3, 32, 32))
+
+
+def test_build_model_names_missing_keys() -> None:
+    with pytest.raises(ValueError, match="shift_div"):
+        build_model(dict(arch="vit", embed_dim=32, depth=1, num_heads=4, mlp_ratio=4.0,
+                         patch_size=8, img_size=32, num_frames=4, num_classes=3))
+
+
+def test_backward_through_in_place_shift() -> None:
+    m = build_model("demo_tokshift")
+    x = torch.randn(2, 8, 3, 64, 64)
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------- Google .npz
+
+
+D, HEADS, DEPTH, PATCH, MLP = 32, 4, 2, 8, 64
+
+
+def write_google_npz(path, grid: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
+    """A small random checkpoint in the ImageNet-21k ViT `.npz` key layout."""
+    rng = np.random.default_rng(seed)
+    r = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
+    hd = D // HEADS
+    w = {
+        "embedding/kernel": r(PATCH, PATCH, 3, D), "embedding/bias": r(D), "cls": r(1, 1, D),
+        "Transformer/posembed_input/pos_embedding": r(1, 1 + grid * grid, D),
+        "Transformer/encoder_norm/scale": 1 + r(D), "Transformer/encoder_norm/bias": r(D),
+        "pre_logits/kernel": r(D, D), "pre_logits/bias": r(D), "head/kernel": r(D, 21), "head/bias": r(21),
+    }
+    for i in range(DEPTH):
+        p = f"Transformer/encoderblock_{i}/"
+        a = p + "MultiHeadDotProductAttention_1/"
+        w.update({
+            p + "LayerNorm_0/scale": 1 + r(D), p + "LayerNorm_0/bias": r(D),
+            p + "LayerNorm_2/scale": 1 + r(D), p + "LayerNorm_2/bias": r(D),
+            a + "query/kernel": r(D, HEADS, hd), a + "query/bias": r(HEADS, hd),
+            a + "key/kernel": r(D, HEADS, hd), a + "key/bias": r(HEADS, hd),
+            a + "value/kernel": r(D, HEADS, hd), a + "value/bias": r(HEADS, hd),
+            a + "out/kernel": r(HEADS, hd, D), a + "out/bias": r(D),
+            p + "MlpBlock_3/Dense_0/kernel": r(D, MLP), p + "MlpBlock_3/Dense_0/bias": r(MLP),
+            p + "MlpBlock_3/Dense_1/kernel": r(MLP, D), p + "MlpBlock_3/Dense_1/bias": r(D),
+        })
+    np.savez(path, **w)
+    return w
+
+
+def bilinear_corner_aligned(grid: np.ndarray, out: int) -> np.ndarray:
+    """Independent corner-aligned bilinear resize of a (g, g, D) grid, written out by hand."""
+    g = grid.shape[0]
+    res = np.zeros((out, out, grid.shape[2]))
+    for i in range(out):
+        for j in range(out):
+            y = i * (g - 1) / (out - 1)
+            x = j * (g - 1) / (out - 1)
+            y0, x0 = min(int(math.floor(y)), g - 2), min(int(math.floor(x)), g - 2)
+            dy, dx = y - y0, x - x0
+            res[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x0 + 1]
+                         + dy * (1 - dx) * grid[y0 + 1, x0] + dy * dx * grid[y0 + 1, x0 + 1])
+    return res
+
+
+def reference_features(w: dict[str, np.ndarray], video: np.ndarray, arch: str, grid: int) -> np.ndarray:
+    """Final-normed [CLS] features per frame, straight from the .npz arrays, float64."""
+    f = {k: v.astype(np.float64) for k, v in w.items()}
+    B, T, C, H, W = video.shape
+    frames = video.reshape(B * T, C, H, W).astype(np.float64)
+    g = H // PATCH
+    patches = frames.reshape(B * T, C, g, PATCH, g, PATCH).transpose(0, 2, 4, 3, 5, 1)  # n,gy,gx,py,px,c
+    tokens = np.einsum("nyxpqc,pqcd->nyxd", patches, f["embedding/kernel"]).reshape(B * T, g * g, D)
+    tokens = tokens + f["embedding/bias"]
+    x = np.concatenate([np.broadcast_to(f["cls"], (B * T, 1, D)), tokens], axis=1)
+    pos = f["Transformer/posembed_input/pos_embedding"]
+    if g != grid:
+        pos = np.concatenate(
+            [pos[:, :1], bilinear_corner_aligned(pos[0, 1:].reshape(grid, grid, D), g).reshape(1, g * g, D)], 1)
+    x = x + pos
+
+    def ln(v, s, b):
+        mu = v.mean(-1, keepdims=True)
+        var = ((v - mu) ** 2).mean(-1, keepdims=True)
+        return (v - mu) / np.sqrt(var + 1e-6) * s + b
+
+    def gelu(v):
+        return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
+
+    def shift(v):
+        return naive_shift(v, T, 4) if arch == "tokshift" else v
+
+    hd = D // HEADS
+    for i in range(DEPTH):
+        p = f"Transformer/encoderblock_{i}/"
+        a = p + "MultiHeadDotProductAttention_1/"
+        x = shift(x)
+        h = ln(x, f[p + "LayerNorm_0/scale"], f[p + "LayerNorm_0/bias"])
+        q = np.einsum("nld,dhk->nhlk", h, f[a + "query/kernel"]) + f[a + "query/bias"][None, :, None]
+        k = np.einsum("nld,dhk->nhlk", h, f[a + "key/kernel"]) + f[a + "key/bias"][None, :, None]
+        v = np.einsum("nld,dhk->nhlk", h, f[a + "value/kernel"]) + f[a + "value/bias"][None, :, None]
+        s = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)
+        s = np.exp(s - s.max(-1, keepdims=True))
+        s = s / s.sum(-1, keepdims=True)
+        o = np.einsum("nhlk,hkd->nld", s @ v, f[a + "out/kernel"]) + f[a + "out/bias"]
+        x = x + o
+        x = shift(x)
+        h = ln(x, f[p + "LayerNorm_2/scale"], f[p + "LayerNorm_2/bias"])
+        h = gelu(h @ f[p + "MlpBlock_3/Dense_0/kernel"] + f[p + "MlpBlock_3/Dense_0/bias"])
+        x = x + h @ f[p + "MlpBlock_3/Dense_1/kernel"] + f[p + "MlpBlock_3/Dense_1/bias"]
+    x = ln(x, f["Transformer/encoder_norm/scale"], f["Transformer/encoder_norm/bias"])
+    return x[:, 0]
+
+
+@pytest.mark.parametrize("arch", ["tokshift", "vit"])
+@pytest.mark.parametrize("img_size", [32, 48])
+def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) -> None:
+    path = tmp_path / "ViT-tiny.npz"
+    w = write_google_npz(path, grid=4)
+    T, classes = 3, 6
+    cfg = dict(arch=arch, embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D,
+               patch_size=PATCH, img_size=img_size, num_frames=T, shift_div=4, num_classes=classes)
+    model = build_model(cfg, pretrained=path).double().eval()
+    assert model.head.weight.abs().max() == 0 and model.head.bias.abs().max() == 0
+    video = np.random.default_rng(1).standard_normal((2, T, 3, img_size, img_size))
+    with torch.no_grad():
+        feats = model.forward_features(torch.from_numpy(video).flatten(0, 1))[:, 0].numpy()
+    ref = reference_features(w, video, arch, grid=4)
+    assert np.abs(feats - ref).max() / np.abs(ref).max() < 1e-6
+    # The video logit is the mean over frames of the per-frame head output.
+    head_w = np.random.default_rng(2).standard_normal((classes, D))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(head_w))
+        logits = model(torch.from_numpy(video)).numpy()
+    expect = (ref @ head_w.T).reshape(2, T, classes).mean(1)
+    assert np.abs(logits - expect).max() / np.abs(expect).max() < 1e-6
+
+
+def test_pos_embed_resize_is_corner_aligned_order1() -> None:
+    grid = np.arange(2 * 2 * 1, dtype=np.float64).reshape(1, 4, 1)  # [[0,1],[2,3]]
+    pos = np.concatenate([np.full((1, 1, 1), 7.0), grid], axis=1)
+    out = resize_pos_embed(pos, (3, 3))
+    assert out[0, 0, 0] == 7.0
+    np.testing.assert_allclose(out[0, 1:, 0].reshape(3, 3), [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]])
+    # 14x14 -> 24x24 (the 384-px models), against the hand-written resize.
+    big = np.random.default_rng(0).standard_normal((1, 1 + 14 * 14, 3))
+    out = resize_pos_embed(big, (24, 24))
+    ref = bilinear_corner_aligned(big[0, 1:].reshape(14, 14, 3), 24).reshape(24 * 24, 3)
+    np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
+    path = tmp_path / "w.npz"
+    write_google_npz(path)
+    cfg = dict(arch="vit", embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0,  # MLP 64 vs 64? no: 2*32=64
+               patch_size=PATCH, img_size=32, num_frames=2, shift_div=4, num_classes=3)
+    cfg["mlp_ratio"] = 3.0  # model MLP width 96, checkpoint 64
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_model(cfg, pretrained=path)
+    msg = str(e.value)
+    assert "blocks.0.mlp.fc1.weight" in msg and "(64, 32)" in msg and "(96, 32)" in msg
+
+
+def test_npz_missing_key_is_named(tmp_path) -> None:
+    path = tmp_path / "w.npz"
+    w = write_google_npz(path)
+    del w["Transformer/encoderblock_1/LayerNorm_2/bias"]
+    np.savez(path, **w)
+    cfg = dict(arch="vit", embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D,
+               patch_size=PATCH, img_size=32, num_frames=2, shift_div=4, num_classes=3)
+    with pytest.raises(CheckpointMismatchError, match="encoderblock_1/LayerNorm_2/bias"):
+        build_model(cfg, pretrained=path)

@@ -1,0 +1,64 @@
+"""The zoo: names, recipes, parameters and GFLOPs computed from the models vs the paper."""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+
+import pytest
+
+from tokshift.zoo import ZOO, get_config, zoo_names, zoo_row
+
+K400 = [
+    "k400_vit_8x32_224", "k400_tokshift_div4_8x32_base_224", "k400_tokshift_div4_8x32_base_256",
+    "k400_tokshift_div4_8x32_base_384", "k400_tokshift_div4_16x32_base_224",
+    "k400_tokshift_div4_8x32_large_384", "k400_tokshift_div4_12x32_large_384",
+]
+
+
+def test_zoo_names_are_the_interface() -> None:
+    assert zoo_names("k400") == K400
+    assert set(zoo_names("demo")) == {"demo_vit", "demo_tokshift"}
+
+
+def test_zoo_cli_csv_gflops_and_params_match_paper() -> None:
+    out = subprocess.run([sys.executable, "-m", "tokshift.cli", "zoo", "--format", "csv"],
+                         check=True, capture_output=True, text=True).stdout
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(out))}
+    assert set(rows) == set(ZOO)
+    for name in K400:
+        r, cfg = rows[name], get_config(name)
+        assert abs(float(r["gflops_per_view"]) / cfg.paper_gflops - 1) < 0.005, name
+        assert float(r["paper_top1"]) == cfg.paper_top1
+        expect = 86.1 if cfg.backbone == "ViT-B_16" else 304.1
+        # 384 px adds (24^2 - 14^2) * 768 position parameters to ViT-B.
+        assert abs(float(r["params_m"]) - expect) < 0.5, (name, r["params_m"])
+
+
+def test_reference_recipe() -> None:
+    c = get_config("k400_tokshift_div4_8x32_base_256")
+    assert (c.optimizer, c.momentum, c.weight_decay, c.epochs, c.accum_steps) == ("sgd", 0.9, 0.0, 18, 10)
+    assert (c.batch_size, c.gpus, c.lr, c.train_short_side) == (16, 2, 0.076, (256, 380))
+    assert c.lr_milestones == (10, 15) and c.grad_clip == 1.0 and c.label_smoothing == 0.01
+    assert c.reference_global_batch == 16 * 2 * 10
+
+
+def test_unknown_name_and_field_are_named() -> None:
+    with pytest.raises(ValueError, match="k400_nope"):
+        get_config("k400_nope")
+    with pytest.raises(ValueError, match="epoch_count"):
+        get_config("demo_vit").replace(epoch_count=3)
+    with pytest.raises(ValueError, match="img_size"):
+        get_config("demo_vit").replace(img_size=60)
+
+
+def test_config_round_trips_through_dict() -> None:
+    c = get_config("k400_tokshift_div4_16x32_base_224")
+    assert type(c).from_dict(c.to_dict()) == c
+
+
+def test_zoo_row_computes_from_model() -> None:
+    r = zoo_row("demo_tokshift")
+    assert 0.3 < r["params_m"] < 1.0 and 0 < r["gflops_per_view"] < 1
