@@ -45,57 +45,38 @@ def _make_handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler
         def log_message(self, *args: object) -> None:  # keep test output quiet
             pass
 
-        def _record(self, status: int, sent: int) -> None:
+        def _reply(self, status: int, body: bytes, headers: dict[str, str], send: int | None = None) -> None:
+            """Record the request first (the client may check before this thread returns), then answer."""
+            sent = len(body) if send is None else send
             state.requests.append({"range": self.headers.get("Range"), "status": status, "sent": sent})
+            self.send_response(status)
+            for key, value in {**headers, "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body[:sent])
+            self.wfile.flush()
+            if sent < len(body):  # drop the connection midway
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
 
         def do_GET(self) -> None:  # noqa: N802 (http.server API)
             data = state.data
             if state.mode == "404":
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self._record(404, 0)
-                return
+                return self._reply(404, b"", {})
             if state.mode == "503-once" and not state.failed_once:
                 state.failed_once = True
-                self.send_response(503)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                self._record(503, 0)
-                return
+                return self._reply(503, b"", {})
             rng = self.headers.get("Range")
             if rng and state.mode != "ignore-range":
                 start = int(re.match(r"bytes=(\d+)-", rng).group(1))
                 if start >= len(data):
-                    self.send_response(416)
-                    self.send_header("Content-Range", f"bytes */{len(data)}")
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    self._record(416, 0)
-                    return
-                body = data[start:]
-                self.send_response(206)
-                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-            else:
-                body = data
-                self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Accept-Ranges", "none" if state.mode == "ignore-range" else "bytes")
-            self.end_headers()
+                    return self._reply(416, b"", {"Content-Range": f"bytes */{len(data)}"})
+                return self._reply(206, data[start:], {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"})
+            headers = {"Accept-Ranges": "none" if state.mode == "ignore-range" else "bytes"}
             if state.mode == "drop-once" and not state.dropped:
                 state.dropped = True
-                half = body[: len(body) // 2]
-                self.wfile.write(half)
-                self.wfile.flush()
-                self._record(200, len(half))
-                self.close_connection = True
-                self.connection.shutdown(socket.SHUT_RDWR)
-                return
-            self.wfile.write(body)
-            self._record(self.requests_status(), len(body))
-
-        def requests_status(self) -> int:
-            return 206 if (self.headers.get("Range") and state.mode != "ignore-range") else 200
+                return self._reply(200, data, headers, send=len(data) // 2)
+            return self._reply(200, data, headers)
 
     return Handler
 
