@@ -1,0 +1,33 @@
+# tokshift: ImageNet-21k ViT weights -> frames in LMDB shards -> training -> 30-view evaluation -> zoo table.
+# Stages live in rules/*.smk; config.yaml selects the dataset and the models.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "rules/common.smk"
+wildcard_constraints:
+    split="train|val",
+    shard=r"\d+",
+    model="|".join(MODELS),
+    backbone=r"[A-Za-z0-9_.-]+",
+
+
+include: "rules/weights.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
+include: "rules/report.smk"
+
+
+rule all:
+    input:
+        zoo_table_outputs(),
+    default_target: True

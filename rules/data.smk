@@ -1,0 +1,96 @@
+rule demo_videos:
+    """The generated demo dataset: small H.264 clips whose classes differ only in time."""
+    output:
+        train=f"{SPEC.get('root', 'resources/demo')}/train.csv",
+        val=f"{SPEC.get('root', 'resources/demo')}/val.csv",
+    params:
+        root=lambda wildcards, output: os.path.dirname(output.train),
+    log:
+        "logs/demo_videos/demo_videos.log",
+    benchmark:
+        "benchmarks/demo_videos/demo_videos.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 2
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "tokshift demo --out {params.root:q} > {log:q} 2>&1"
+
+
+rule index_dataset:
+    """One CSV per split: video id, path, label, label index, shard; missing videos listed aside."""
+    input:
+        index_inputs,
+    output:
+        index=f"{RESULTS}/index/{{split}}.csv",
+        missing=f"{RESULTS}/index/{{split}}.missing.csv",
+    params:
+        spec=lambda wc: shlex.quote(json.dumps(SPEC)),
+        shards=FRAMES["shards"],
+    log:
+        f"logs/index_dataset/{DATASET}/{{split}}.log",
+    benchmark:
+        f"benchmarks/index_dataset/{DATASET}/{{split}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    shell:
+        "tokshift index --spec-json {params.spec} --split {wildcards.split} --shards {params.shards}"
+        " --out {output.index:q} > {log:q} 2>&1"
+
+
+rule pack_shard:
+    """Frames of one shard's videos: ffmpeg -> JPEG -> one LMDB file; unreadable videos listed."""
+    input:
+        f"{RESULTS}/index/{{split}}.csv",
+    output:
+        lmdb=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.lmdb",
+        failures=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.failures.csv",
+    params:
+        short_side=FRAMES["short_side"],
+        quality=FRAMES["jpeg_quality"],
+        timeout=FRAMES["timeout"],
+    log:
+        f"logs/pack_shard/{DATASET}/{{split}}-{{shard}}.log",
+    benchmark:
+        f"benchmarks/pack_shard/{DATASET}/{{split}}-{{shard}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: job_threads("pack")
+    resources:
+        **job_resources("pack"),
+        **slurm_account_settings(),
+    shell:
+        "tokshift pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
+        " --failures {output.failures:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
+        " --timeout {params.timeout} --workers {threads} > {log:q} 2>&1"
+
+
+rule summarize_frames:
+    """Per split: videos annotated, packed, missing, failed (with reasons), frames, bytes."""
+    input:
+        index=f"{RESULTS}/index/{{split}}.csv",
+        missing=f"{RESULTS}/index/{{split}}.missing.csv",
+        shards=lambda wc: shard_paths(wc.split),
+    output:
+        f"{RESULTS}/frames/{{split}}/summary.json",
+    params:
+        shards_dir=f"{RESULTS}/frames/{{split}}",
+    log:
+        f"logs/summarize_frames/{DATASET}/{{split}}.log",
+    benchmark:
+        f"benchmarks/summarize_frames/{DATASET}/{{split}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=30,
+    shell:
+        "tokshift summarize --index {input.index:q} --shards-dir {params.shards_dir:q}"
+        " --out {output:q} > {log:q} 2>&1"

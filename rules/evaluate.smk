@@ -1,0 +1,27 @@
+rule evaluate:
+    """30 views per validation video (10 clips x 3 crops), every video counted exactly once."""
+    input:
+        model=f"{RESULTS}/train/{{model}}/model.pt",
+        val=shard_paths("val"),
+    output:
+        metrics=f"{RESULTS}/eval/{{model}}/metrics.json",
+        predictions=f"{RESULTS}/eval/{{model}}/predictions.csv",
+    params:
+        launch=lambda wc: launcher("evaluate", wc.model),
+        out_dir=lambda wc: f"{RESULTS}/eval/{wc.model}",
+        views=(
+            f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
+            f" --view-batch {config['evaluate']['view_batch']} --workers {config['evaluate']['workers']}"
+        ),
+    log:
+        f"logs/evaluate/{DATASET}/{{model}}.log",
+    benchmark:
+        f"benchmarks/evaluate/{DATASET}/{{model}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: lambda wc: job_threads("evaluate", wc.model)
+    resources:
+        **rule_resources("evaluate"),
+    shell:
+        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
+        " --out-dir {params.out_dir:q} {params.views} > {log:q} 2>&1"

@@ -1,0 +1,28 @@
+rule collect_results:
+    """The model-zoo table: one row per model, every number traceable to an input file."""
+    input:
+        metrics=expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
+        summaries=expand(f"{RESULTS}/train/{{model}}/train_summary.json", model=MODELS),
+        val_summary=f"{RESULTS}/frames/val/summary.json",
+    output:
+        csv=report(f"{RESULTS}/model_zoo.csv", category="Model zoo", caption="../workflow/report/model_zoo.rst"),
+        md=f"{RESULTS}/model_zoo.md",
+        plot=report(
+            f"{RESULTS}/accuracy_vs_gflops.png", category="Model zoo", caption="../workflow/report/plot.rst"
+        ),
+    params:
+        models=" ".join(MODELS),
+        dataset=DATASET,
+    log:
+        f"logs/collect_results/{DATASET}.log",
+    benchmark:
+        f"benchmarks/collect_results/{DATASET}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "tokshift collect --dataset {params.dataset} --models {params.models} --results-dir results"
+        " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"

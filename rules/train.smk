@@ -1,0 +1,33 @@
+rule train:
+    """One zoo model: DDP over the job's GPUs (or CPU), resumable from results/.../resume/."""
+    input:
+        train=shard_paths("train"),
+        val=shard_paths("val"),
+        weights=pretrained_weights,
+    output:
+        model=f"{RESULTS}/train/{{model}}/model.pt",
+        metrics=f"{RESULTS}/train/{{model}}/metrics.jsonl",
+        summary=f"{RESULTS}/train/{{model}}/train_summary.json",
+    params:
+        launch=lambda wc: launcher("train", wc.model),
+        out_dir=lambda wc: f"{RESULTS}/train/{wc.model}",
+        pretrained=lambda wc, input: f"--pretrained {input.weights[0]}" if input.weights else "",
+        overrides=lambda wc: train_override_args(wc.model),
+        compile="--compile" if config["train"].get("compile") else "",
+        settings=(
+            f"--seed {config['train']['seed']} --workers {config['train']['workers']}"
+            f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
+        ),
+    log:
+        f"logs/train/{DATASET}/{{model}}.log",
+    benchmark:
+        f"benchmarks/train/{DATASET}/{{model}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: lambda wc: job_threads("train", wc.model)
+    resources:
+        **rule_resources("train"),
+    shell:
+        "{params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
+        " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
+        " {params.overrides} {params.compile} {params.settings} > {log:q} 2>&1"

@@ -1,0 +1,143 @@
+"""Checks and lookups over the pipeline's config.yaml that the JSON schema cannot express.
+
+The schema (workflow/schemas/config.schema.yaml) rejects unknown keys and wrong types;
+this module rejects what needs the zoo or the file system: unknown model names,
+training overrides that do not fit a zoo entry, and dataset paths that do not exist.
+Everything here runs before any job starts, and every message names the config key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
+
+
+class ConfigError(ValueError):
+    """config.yaml names something that does not exist or does not fit."""
+
+
+def dataset_spec(config: dict[str, Any]) -> dict[str, Any]:
+    name = config["dataset"]
+    if name not in config["datasets"]:
+        raise ConfigError(
+            f"config key 'dataset': {name!r} is not an entry of 'datasets' "
+            f"(entries: {', '.join(config['datasets'])})")
+    return config["datasets"][name]
+
+
+def selected_models(config: dict[str, Any]) -> list[str]:
+    """The zoo names to run: `models: all` means every entry of the dataset's zoo."""
+    spec = dataset_spec(config)
+    models = config["models"]
+    if models == "all":
+        names = zoo_names(spec["zoo"])
+        if not names:
+            raise ConfigError(
+                f"config key 'datasets.{config['dataset']}.zoo': no zoo entries for {spec['zoo']!r} "
+                f"(zoos: {', '.join(sorted({c.dataset for c in ZOO.values()}))})")
+        return names
+    if isinstance(models, str):
+        models = [models]
+    unknown = [m for m in models if m not in ZOO]
+    if unknown:
+        raise ConfigError(f"config key 'models': unknown model(s) {unknown}; `tokshift zoo` lists the known ones")
+    return list(models)
+
+
+def frames_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """Global `frames` settings with the dataset entry's own `frames` on top."""
+    out = {"short_side": 331, "jpeg_quality": 90, "shards": 16, "timeout": 600}
+    out.update(config.get("frames") or {})
+    out.update(dataset_spec(config).get("frames") or {})
+    return out
+
+
+def model_config(config: dict[str, Any], model: str) -> ZooConfig:
+    """The zoo entry with `train.overrides` and `train.per_model[model]` applied."""
+    train = config.get("train") or {}
+    overrides = dict(train.get("overrides") or {})
+    overrides.update((train.get("per_model") or {}).get(model) or {})
+    try:
+        return get_config(model).replace(**overrides)
+    except ValueError as e:
+        raise ConfigError(f"config keys 'train.overrides' / 'train.per_model.{model}': {e}") from None
+
+
+def training_overrides(config: dict[str, Any], model: str) -> dict[str, Any]:
+    train = config.get("train") or {}
+    overrides = dict(train.get("overrides") or {})
+    overrides.update((train.get("per_model") or {}).get(model) or {})
+    return overrides
+
+
+def job_settings(config: dict[str, Any], rule: str, model: str | None = None) -> dict[str, Any]:
+    """`resources.<rule>` with `resources.per_model.<model>.<rule>` on top; gpus 'zoo' resolved."""
+    defaults = {
+        "pack": {"cpus": 2, "mem_mb": 4000, "runtime": 120},
+        "train": {"gpus": 0, "nodes": 1, "cpus": 2, "cpus_per_gpu": 8, "mem_mb": 8000, "runtime": 60,
+                  "signal_seconds": 300},
+        "evaluate": {"gpus": 0, "nodes": 1, "cpus": 2, "cpus_per_gpu": 8, "mem_mb": 8000, "runtime": 60},
+    }
+    res = config.get("resources") or {}
+    out = dict(defaults.get(rule, {}))
+    out.update(res.get(rule) or {})
+    if model is not None:
+        out.update(((res.get("per_model") or {}).get(model) or {}).get(rule) or {})
+        if out.get("gpus") == "zoo":
+            out["gpus"] = get_config(model).gpus
+    out.setdefault("nodes", 1)
+    out.setdefault("tasks_per_node", 1)
+    return out
+
+
+def _check_path(key: str, value: str, base: Path) -> str | None:
+    path = Path(value) if Path(value).is_absolute() else base / value
+    if not path.exists():
+        return f"config key '{key}': path {value!r} does not exist"
+    return None
+
+
+def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
+    """Raise ConfigError listing every problem the schema cannot see."""
+    problems: list[str] = []
+    try:
+        spec = dataset_spec(config)
+        models = selected_models(config)
+    except ConfigError as e:
+        raise ConfigError(str(e)) from None
+    for m in models:
+        try:
+            model_config(config, m)
+        except ConfigError as e:
+            problems.append(str(e))
+    name = config["dataset"]
+    kind = spec["kind"]
+    path_keys: list[tuple[str, str]] = []
+    if kind == "kinetics":
+        path_keys += [(f"datasets.{name}.root", spec["root"])]
+        path_keys += [(f"datasets.{name}.annotations.{s}", p) for s, p in spec["annotations"].items()]
+    elif kind == "csv":
+        path_keys += [(f"datasets.{name}.splits.{s}", p) for s, p in spec["splits"].items()]
+    elif kind == "frames":
+        path_keys += [(f"datasets.{name}.root", spec["root"])]
+        path_keys += [(f"datasets.{name}.lists.{s}", p) for s, p in spec["lists"].items()]
+        if spec.get("classes"):
+            path_keys.append((f"datasets.{name}.classes", spec["classes"]))
+    for key, value in path_keys:
+        msg = _check_path(key, value, base)
+        if msg:
+            problems.append(msg)
+    for m in models:
+        cfg = get_config(m)
+        if cfg.pretrained and cfg.pretrained not in (config.get("weights") or {}):
+            problems.append(f"config key 'weights': no entry for {cfg.pretrained!r}, which {m} starts from")
+    for m in ((config.get("resources") or {}).get("per_model") or {}):
+        if m not in ZOO:
+            problems.append(f"config key 'resources.per_model': unknown model {m!r}")
+    for m in ((config.get("train") or {}).get("per_model") or {}):
+        if m not in ZOO:
+            problems.append(f"config key 'train.per_model': unknown model {m!r}")
+    if problems:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
