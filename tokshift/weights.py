@@ -230,10 +230,11 @@ def _fetch_http(url: str, part: Path, retries: int, timeout: float, progress: bo
             return
         except _Retryable as exc:
             if attempt >= retries:
-                raise DownloadError(
-                    f"giving up on {url} after {attempt + 1} attempts: {exc}. "
-                    f"The partial file {part} is kept; run the download again to resume it."
-                ) from exc
+                kept = (
+                    f" The partial file {part} ({part.stat().st_size} bytes) is kept; run the download "
+                    "again to resume it." if part.exists() else ""
+                )
+                raise DownloadError(f"giving up on {url} after {attempt + 1} attempts: {exc}.{kept}") from exc
             delay = min(backoff * (2 ** attempt), 60.0)
             attempt += 1
             log.warning("download of %s interrupted (%s); retry %d/%d in %.1f s", url, exc, attempt, retries, delay)
