@@ -32,6 +32,7 @@ import logging
 import os
 import re
 import socket
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -218,6 +219,8 @@ def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
     return tqdm(
         total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
         desc=name, disable=not progress, leave=False,
+        # Into a log file (Snakemake redirects stderr) update rarely instead of ten times a second.
+        mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
 
 
