@@ -1,0 +1,10 @@
+"""Training, exact multi-view evaluation and inference for the TokShift zoo.
+
+Exit codes of `tokshift train`: 0 done; 2 bad input; 3 the loss diverged (NaN/inf);
+75 (EX_TEMPFAIL) stopped by SIGTERM/SIGUSR1 after saving a resume checkpoint:
+rerun the same command to continue.
+"""
+
+from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE
+
+__all__ = ["EXIT_DIVERGED", "EXIT_OK", "EXIT_PREEMPTED", "EXIT_USAGE"]

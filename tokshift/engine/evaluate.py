@@ -1,0 +1,343 @@
+"""Exact multi-view evaluation: every video once, all its views through the model together.
+
+Each rank takes videos rank, rank+N, rank+2N, ... (no padding), runs all views of
+one video through the model in chunks of `view_batch`, fuses them, and sends a
+small per-video record to every rank. The metrics are computed from the records
+sorted by video index, so N processes give the numbers one process gives.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from tokshift.engine import distributed as D
+from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
+from tokshift.engine.runtime import autocast, ignore_stop_signals
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ViewLayout:
+    """Which of the clip-major views (v = clip * num_crops + crop) form the reported subsets."""
+
+    num_clips: int
+    num_crops: int
+
+    @property
+    def views(self) -> int:
+        return self.num_clips * self.num_crops
+
+    @property
+    def centre_clip(self) -> int:
+        return self.num_clips // 2
+
+    @property
+    def centre_crop(self) -> int:
+        return self.num_crops // 2
+
+    def one_view(self) -> list[int]:
+        """Centre clip, centre crop."""
+        return [self.centre_clip * self.num_crops + self.centre_crop]
+
+    def crops_of_centre_clip(self) -> list[int]:
+        """The `3-view` subset: every crop of the centre clip."""
+        return [self.centre_clip * self.num_crops + k for k in range(self.num_crops)]
+
+    def clips_at_centre_crop(self) -> list[int]:
+        """The `10-view` subset: every clip, centre crop."""
+        return [c * self.num_crops + self.centre_crop for c in range(self.num_clips)]
+
+
+@dataclass
+class VideoRecord:
+    """What one video contributes to the metrics (small, so gathering is cheap)."""
+
+    index: int
+    video_id: str
+    label: int
+    top5: list[int] = field(default_factory=list)          # logit-averaged fusion
+    top5_scores: list[float] = field(default_factory=list)  # softmax of the fused logits
+    top5_softmax: list[int] = field(default_factory=list)  # softmax-averaged fusion
+    pred_1view: int = -1
+    pred_3view: int = -1
+    pred_10view: int = -1
+    loss: float = float("nan")
+    error: str | None = None
+
+
+class _Safe(Dataset):
+    """Turns an unreadable item into an error record instead of killing the whole run."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        try:
+            item = dict(self.base[i])
+        except Exception as exc:  # noqa: BLE001 - reported per video, counted in `failed`
+            vid = _video_id(self.base, i)
+            return {"index": i, "video_id": vid, "label": _label(self.base, i), "error": f"{type(exc).__name__}: {exc}"}
+        item["index"] = i
+        item["error"] = None
+        return item
+
+
+def _video_id(ds: Any, i: int) -> str:
+    ids = getattr(ds, "video_ids", None)
+    try:
+        return str(ids[i]) if ids is not None else f"#{i}"
+    except Exception:  # noqa: BLE001
+        return f"#{i}"
+
+
+def _label(ds: Any, i: int) -> int:
+    labels = getattr(ds, "labels", None)
+    try:
+        return int(labels[i]) if labels is not None else -1
+    except Exception:  # noqa: BLE001
+        return -1
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+def normalize_on_device(views: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 views -> normalised float on `device` (transfer the small uint8 tensor first)."""
+    from tokshift.data.transforms import normalize
+
+    return normalize(views.to(device, non_blocking=True))
+
+
+@torch.no_grad()
+def view_logits(model: nn.Module, views: torch.Tensor, device: torch.device, view_batch: int,
+                amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """(V, T, 3, H, W) uint8 views -> (V, C) float32 logits, `view_batch` views per forward."""
+    out = []
+    for lo in range(0, views.shape[0], max(1, view_batch)):
+        x = normalize_on_device(views[lo: lo + view_batch], device)
+        with autocast(device, amp_dtype):
+            out.append(model(x).float().cpu())
+    return torch.cat(out)
+
+
+def record_from_logits(index: int, video_id: str, label: int, logits: torch.Tensor,
+                       layout: ViewLayout) -> VideoRecord:
+    """Fuse one video's (V, C) logits into its record."""
+    if logits.shape[0] != layout.views:
+        raise ValueError(f"video {video_id}: got {logits.shape[0]} views, expected {layout.views}")
+    fused = fuse_logits(logits)
+    top, _ = topk(fused, 5)
+    _, scores = topk(fused.softmax(-1), 5)
+    top_sm, _ = topk(fuse_softmax(logits), 5)
+    loss = float(F.cross_entropy(fused[None], torch.tensor([label]))) if label >= 0 else float("nan")
+    return VideoRecord(
+        index=index, video_id=video_id, label=label, top5=top, top5_scores=scores, top5_softmax=top_sm,
+        pred_1view=int(fuse_logits(logits[layout.one_view()]).argmax()),
+        pred_3view=int(fuse_logits(logits[layout.crops_of_centre_clip()]).argmax()),
+        pred_10view=int(fuse_logits(logits[layout.clips_at_centre_crop()]).argmax()),
+        loss=loss,
+    )
+
+
+def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout: ViewLayout, *,
+                     view_batch: int = 30, amp_dtype: torch.dtype | None = None, workers: int = 2,
+                     pack_videos: bool = False, progress: bool = False, desc: str = "eval") -> list[VideoRecord]:
+    """Records of every video of `dataset`, each computed once on one rank, gathered on all ranks.
+
+    `pack_videos` lets several videos share one forward pass (faster for 1-view
+    validation); exact N-process = 1-process equality needs it off, because the
+    floating-point result of a matmul may depend on the batch it is part of.
+    """
+    was_training = model.training
+    model.eval()
+    n = len(dataset)
+    mine = list(range(ctx.rank, n, ctx.world_size))
+    loader = DataLoader(
+        Subset(_Safe(dataset), mine), batch_size=None, shuffle=False, num_workers=workers,
+        collate_fn=_identity, pin_memory=ctx.device.type == "cuda",
+        worker_init_fn=ignore_stop_signals if workers else None,
+        prefetch_factor=2 if workers else None,
+    )
+    per_forward = max(1, view_batch // layout.views) if pack_videos else 1
+    records: list[VideoRecord] = []
+    bar = _progress(len(mine), desc, progress and ctx.is_main)
+    pending: list[dict[str, Any]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        views = torch.cat([p["views"] for p in pending]) if len(pending) > 1 else pending[0]["views"]
+        logits = view_logits(model, views, ctx.device, view_batch, amp_dtype)
+        for j, p in enumerate(pending):
+            part = logits[j * layout.views: (j + 1) * layout.views]
+            records.append(record_from_logits(p["index"], str(p["video_id"]), int(p["label"]), part, layout))
+        pending.clear()
+
+    t0 = time.perf_counter()
+    for item in loader:
+        if item.get("error"):
+            log.warning("video %s could not be evaluated: %s", item["video_id"], item["error"])
+            records.append(VideoRecord(index=item["index"], video_id=str(item["video_id"]),
+                                       label=int(item["label"]), error=str(item["error"])))
+        else:
+            views = item["views"]
+            if views.shape[0] != layout.views:
+                raise ValueError(f"dataset gave {views.shape[0]} views for video {item['video_id']}, "
+                                 f"expected {layout.num_clips} clips x {layout.num_crops} crops")
+            pending.append(item)
+            if len(pending) >= per_forward:
+                flush()
+        if bar is not None:
+            bar.update(1)
+    flush()
+    if bar is not None:
+        bar.close()
+    log.debug("rank %d evaluated %d videos in %.1fs", ctx.rank, len(records), time.perf_counter() - t0)
+    gathered = [r for part in D.all_gather_objects(ctx, [asdict(r) for r in records]) for r in part]
+    out = sorted((VideoRecord(**r) for r in gathered), key=lambda r: r.index)
+    if [r.index for r in out] != list(range(n)):
+        raise RuntimeError(f"evaluation gathered {len(out)} records for {n} videos (lost or duplicated videos)")
+    model.train(was_training)
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="video", dynamic_ncols=True)
+
+
+def summarize(records: Sequence[VideoRecord], layout: ViewLayout) -> dict[str, Any]:
+    """metrics.json numbers (percent) over the videos that could be evaluated."""
+    ok = [r for r in records if r.error is None]
+    labels = [r.label for r in ok]
+    losses = [r.loss for r in ok if not math.isnan(r.loss)]
+    return {
+        "top1": percent([r.top5[0] == r.label for r in ok]),
+        "top5": percent([r.label in r.top5 for r in ok]),
+        "top1_softmax": percent([r.top5_softmax[0] == r.label for r in ok]),
+        "top5_softmax": percent([r.label in r.top5_softmax for r in ok]),
+        "top1_1view": percent([r.pred_1view == r.label for r in ok]),
+        "top1_3view": percent([r.pred_3view == r.label for r in ok]),
+        "top1_10view": percent([r.pred_10view == r.label for r in ok]),
+        "mean_class_acc": mean_class_accuracy(labels, [r.top5[0] for r in ok]),
+        "loss": float(sum(losses) / len(losses)) if losses else float("nan"),
+        "videos": len(ok),
+        "failed": len(records) - len(ok),
+        "views": layout.views,
+        "clips": layout.num_clips,
+        "crops": layout.num_crops,
+    }
+
+
+def predictions_csv(records: Iterable[VideoRecord], classes: Sequence[str]) -> str:
+    """One row per video: id, true label, top-5 class names and scores (softmax of fused logits)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video_id", "label", *[f"pred{i}" for i in range(1, 6)],
+                *[f"score{i}" for i in range(1, 6)], "error"])
+
+    def name(i: int) -> str:
+        return classes[i] if 0 <= i < len(classes) else str(i)
+
+    for r in records:
+        preds = [name(i) for i in r.top5] + [""] * (5 - len(r.top5))
+        scores = [f"{s:.6f}" for s in r.top5_scores] + [""] * (5 - len(r.top5_scores))
+        w.writerow([r.video_id, name(r.label), *preds, *scores, r.error or ""])
+    return buf.getvalue()
+
+
+@dataclass
+class EvalOptions:
+    """Everything `tokshift evaluate` takes from its command line."""
+
+    checkpoint: Path
+    shards: list[str]
+    out_dir: Path
+    clips: int = 10
+    crops: int = 3
+    view_batch: int = 30
+    workers: int = 2
+    device: str = "auto"
+    amp: str = "auto"
+    fused_attn: bool = True
+    progress: bool | None = None
+
+
+def run_evaluation(opts: EvalOptions) -> int:
+    """Evaluate a trained model on packed shards and write metrics.json and predictions.csv."""
+    import json
+
+    from tokshift.data.datasets import EvalViewDataset
+    from tokshift.engine.checkpoint import atomic_write_text, sha256_file
+    from tokshift.engine.loading import load_trained_model
+    from tokshift.engine.runtime import resolve_amp, set_fused_attention, setup_logging
+
+    if opts.clips < 1 or opts.crops < 1:
+        raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
+    for s in opts.shards:
+        if not Path(s).exists():
+            raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
+    ctx = D.init_distributed(opts.device)
+    setup_logging(ctx.rank)
+    try:
+        trained = load_trained_model(opts.checkpoint, ctx.device)
+        set_fused_attention(trained.model, opts.fused_attn)
+        cfg = trained.config
+        amp_dtype = resolve_amp(opts.amp, ctx.device)
+        ds = EvalViewDataset(list(opts.shards), cfg.num_frames, cfg.frame_stride, cfg.img_size,
+                             num_clips=opts.clips, num_crops=opts.crops)
+        classes = [str(c) for c in ds.classes]
+        if classes != trained.classes:
+            raise ValueError(f"the shards' classes ({len(classes)}) differ from those the checkpoint "
+                             f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
+                             "evaluate on the same dataset's validation split")
+        layout = ViewLayout(opts.clips, opts.crops)
+        log.info("evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
+                 cfg.name, len(ds), layout.views, opts.clips, opts.crops, ctx.world_size)
+        t0 = time.perf_counter()
+        show = opts.progress if opts.progress is not None else True
+        records = evaluate_dataset(trained.model, ds, ctx, layout, view_batch=opts.view_batch,
+                                   amp_dtype=amp_dtype, workers=opts.workers, progress=show, desc="evaluate")
+        seconds = time.perf_counter() - t0
+        if ctx.is_main:
+            metrics = summarize(records, layout)
+            metrics.update(
+                model=cfg.name, checkpoint=str(opts.checkpoint),
+                checkpoint_sha256=sha256_file(opts.checkpoint), world_size=ctx.world_size,
+                device=ctx.device.type, amp=str(amp_dtype or "off").replace("torch.", ""),
+                eval_seconds=seconds, view_sets={
+                    "1view": "centre clip, centre crop", "3view": "centre clip, every crop",
+                    "10view": "every clip, centre crop"},
+                failed_videos=[r.video_id for r in records if r.error])
+            out = Path(opts.out_dir)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))
+            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+            atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
+            log.info("top-1 %.2f%% top-5 %.2f%% (%d views, logit averaging) on %d videos, %d failed; wrote %s",
+                     metrics["top1"], metrics["top5"], layout.views, metrics["videos"], metrics["failed"], out)
+        D.barrier(ctx)
+        return 0
+    finally:
+        D.shutdown(ctx)

@@ -1,0 +1,135 @@
+"""Small runtime helpers shared by training, evaluation and prediction."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+EXIT_OK = 0
+EXIT_USAGE = 2          # bad input: the message names it
+EXIT_DIVERGED = 3       # NaN/inf loss; the last good resume checkpoint is kept
+EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, rerun to resume
+
+log = logging.getLogger("tokshift.engine")
+
+
+def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
+    """Plain timestamped log lines on stderr, tagged with the rank when distributed."""
+    tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_STEP_NUM_TASKS", "1"))) > 1 else ""
+    root = logging.getLogger("tokshift")
+    if not root.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        root.addHandler(h)
+    root.setLevel(level if rank == 0 else max(level, logging.WARNING))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
+    """autocast dtype: `auto` is bf16 on CUDA and fp32 (no autocast) on CPU."""
+    if choice not in ("auto", "bf16", "fp16", "off"):
+        raise ValueError(f"--amp {choice!r}: expected auto, bf16, fp16 or off")
+    if choice == "off" or (choice == "auto" and device.type != "cuda"):
+        return None
+    if choice == "fp16" and device.type != "cuda":
+        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 or off on CPU")
+    return torch.float16 if choice == "fp16" else torch.bfloat16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_fused_attention(model: nn.Module, enabled: bool) -> int:
+    """Switch timm's fused (scaled_dot_product_attention) kernels on or off; returns modules changed."""
+    n = 0
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = bool(enabled)
+            n += 1
+    return n
+
+
+class StopFlag:
+    """Records SIGTERM/SIGUSR1 (sent by SLURM before a time limit) instead of dying at once."""
+
+    SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
+        if self.signum is None:
+            log.warning("received %s: will save a resume checkpoint and exit %d",
+                        signal.Signals(signum).name, EXIT_PREEMPTED)
+        self.signum = signum
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopFlag"]:
+        for s in self.SIGNALS:
+            self._old[s] = signal.signal(s, self._handler)
+        try:
+            yield self
+        finally:
+            for s, h in self._old.items():
+                signal.signal(s, h)
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader worker init: leave SIGTERM/SIGUSR1 to the main process, which shuts workers down."""
+    for s in StopFlag.SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`key=value` strings -> dict, values read as YAML scalars (`0.01`, `null`, `[10, 15]`)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"--override {item!r}: expected key=value, e.g. epochs=2")
+        key, value = item.split("=", 1)
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--override {item!r}: value is not a YAML scalar ({exc})") from None
+    return out

@@ -1,0 +1,64 @@
+"""Deterministic, resumable, distributed batch sampling for training.
+
+Every epoch is one permutation drawn from (seed, epoch) only. It is cut into
+global batches of `batch_size * world_size` clips; rank r takes slice r of each
+global batch. So N processes see exactly the samples one process with an N times
+larger batch would see, and a run resumed at micro-batch k of an epoch continues
+with exactly the batches an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order of the n training clips in `epoch` (depends only on seed and epoch)."""
+    entropy = np.random.SeedSequence([int(seed), int(epoch), 0x70C5]).generate_state(2, dtype=np.uint32)
+    g = torch.Generator()
+    g.manual_seed(int(entropy[0]) << 32 | int(entropy[1]))
+    return torch.randperm(n, generator=g)
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Per-rank batches of a shuffled epoch; drops the last incomplete global batch."""
+
+    def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0,
+                 seed: int = 0, shuffle: bool = True) -> None:
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"bad sampler geometry: batch_size={batch_size}, rank={rank}/{world_size}")
+        global_batch = batch_size * world_size
+        if n < global_batch:
+            raise ValueError(
+                f"the training set has {n} clips, fewer than one global batch of {global_batch} "
+                f"(batch_size={batch_size} x {world_size} processes); lower batch_size "
+                "(--override batch_size=...) or use fewer processes"
+            )
+        self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.seed, self.shuffle = seed, shuffle
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.n // (self.batch_size * self.world_size)
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select the epoch and skip its first `start_batch` batches (a mid-epoch resume)."""
+        if not 0 <= start_batch <= self.batches_per_epoch:
+            raise ValueError(f"start_batch={start_batch} outside 0..{self.batches_per_epoch}")
+        self.epoch, self.start_batch = int(epoch), int(start_batch)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch - self.start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = epoch_permutation(self.n, self.seed, self.epoch) if self.shuffle else torch.arange(self.n)
+        g = self.batch_size * self.world_size
+        for k in range(self.start_batch, self.batches_per_epoch):
+            lo = k * g + self.rank * self.batch_size
+            yield order[lo: lo + self.batch_size].tolist()
