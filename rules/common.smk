@@ -87,7 +87,7 @@ def job_resources(rule_name, model=None):
 
 def rule_resources(rule_name):
     """Resources for a per-model rule: each value a callable of the model wildcard."""
-    keys = job_resources(rule_name).keys()
+    keys = job_resources(rule_name, MODELS[0]).keys()
     out = {k: (lambda wildcards, k=k: job_resources(rule_name, wildcards.model)[k]) for k in keys}
     out.update(slurm_account_settings())
     return out
