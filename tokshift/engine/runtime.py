@@ -129,7 +129,13 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
             raise ValueError(f"--override {item!r}: expected key=value, e.g. epochs=2")
         key, value = item.split("=", 1)
         try:
-            out[key.strip()] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
             raise ValueError(f"--override {item!r}: value is not a YAML scalar ({exc})") from None
+        if isinstance(parsed, str):  # YAML 1.1 reads `1e-3` as a string
+            try:
+                parsed = float(parsed)
+            except ValueError:
+                pass
+        out[key.strip()] = parsed
     return out

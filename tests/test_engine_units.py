@@ -1,0 +1,205 @@
+"""Engine building blocks: launch detection, checkpoints, sampler, LR rules, loss, fusion."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tokshift.engine.checkpoint import (CheckpointError, find_resume, list_resume, load_verified,
+                                        save_resume, sha256_file)
+from tokshift.engine.distributed import detect_launch
+from tokshift.engine.evaluate import ViewLayout, predictions_csv, record_from_logits, summarize
+from tokshift.engine.metrics import fuse_logits, fuse_softmax, label_smoothing_loss, mean_class_accuracy
+from tokshift.engine.runtime import parse_overrides
+from tokshift.engine.sampler import ResumableBatchSampler
+from tokshift.engine.schedule import LRSchedule, scaled_lr
+from tokshift.zoo import get_config
+
+
+# ----------------------------------------------------------------------------- launch environment
+
+def test_single_process_without_launcher_variables() -> None:
+    env = detect_launch({"PATH": "/bin"})
+    assert (env.rank, env.world_size, env.source) == (0, 1, "single")
+
+
+def test_torchrun_variables_win_over_slurm() -> None:
+    env = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
+                         "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, env.source) == \
+        (3, 8, 1, "node7", 1234, "torchrun")
+
+
+def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
+    env = detect_launch({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
+                         "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.4", "SLURM_JOB_ID": "123456"})
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (5, 8, 1, "10.0.0.4", "slurm")
+    assert env.master_port == 15000 + 123456 % 20000
+
+
+def test_srun_without_launch_address_takes_first_host_of_nodelist() -> None:
+    env = detect_launch({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_JOB_NODELIST": "gpu[07-09],cpu1",
+                         "SLURM_JOB_ID": "7", "PATH": "/nonexistent"})
+    assert env.master_addr == "gpu07"
+
+
+def test_batch_script_of_a_multi_task_job_is_a_single_process() -> None:
+    # sbatch --ntasks=4 sets SLURM_NTASKS in the batch script, which is no srun step: do not wait for peers.
+    env = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "9"})
+    assert env.world_size == 1
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+def test_resume_picks_newest_valid_and_skips_corrupt_with_warning(tmp_path) -> None:
+    save_resume({"v": torch.tensor([1.0])}, tmp_path, epoch=1, step=10, keep=5)
+    newest = save_resume({"v": torch.tensor([2.0])}, tmp_path, epoch=2, step=20, keep=5)
+    assert list_resume(tmp_path)[0] == newest
+    assert float(find_resume(tmp_path).state["v"]) == 2.0
+    # flip bytes in the middle of the newest file: it must be skipped, never loaded
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    newest.write_bytes(bytes(data))
+    with pytest.warns(RuntimeWarning, match="does not match its seal"):
+        found = find_resume(tmp_path)
+    assert float(found.state["v"]) == 1.0
+
+
+def test_unsealed_or_truncated_checkpoints_are_skipped(tmp_path) -> None:
+    good = save_resume({"v": 1}, tmp_path, epoch=1, step=1, keep=5)
+    partial = save_resume({"v": 2}, tmp_path, epoch=1, step=2, keep=5)
+    partial.with_name(partial.name + ".sha256").unlink()  # crash between the file and its seal
+    with pytest.raises(CheckpointError, match="seal"):
+        load_verified(partial)
+    truncated = tmp_path / "ckpt-e0001-s000000003.pt"
+    truncated.write_bytes(good.read_bytes()[:50])
+    (tmp_path / (truncated.name + ".sha256")).write_text(sha256_file(truncated) + "\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        found = find_resume(tmp_path)
+    assert found.path == good
+    assert len(caught) == 2  # one warning per skipped file
+
+
+def test_save_keeps_only_the_newest(tmp_path) -> None:
+    for s in range(1, 5):
+        save_resume({"s": s}, tmp_path, epoch=0, step=s, keep=2)
+    assert [p.name for p in list_resume(tmp_path)] == ["ckpt-e0000-s000000004.pt", "ckpt-e0000-s000000003.pt"]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
+    save_resume({"fingerprint": {"seed": 1}}, tmp_path, epoch=0, step=1)
+    with pytest.warns(RuntimeWarning, match="other seed"):
+        assert find_resume(tmp_path, accept=lambda s: "other seed" if s["fingerprint"]["seed"] != 0 else None) is None
+
+
+# ---------------------------------------------------------------------------------------- sampler
+
+def test_two_ranks_split_exactly_the_batches_of_one_rank() -> None:
+    one = ResumableBatchSampler(50, batch_size=8, world_size=1, seed=3)
+    r0 = ResumableBatchSampler(50, batch_size=4, world_size=2, rank=0, seed=3)
+    r1 = ResumableBatchSampler(50, batch_size=4, world_size=2, rank=1, seed=3)
+    for epoch in (0, 1):
+        for s in (one, r0, r1):
+            s.set_epoch(epoch)
+        for b, b0, b1 in zip(one, r0, r1, strict=True):
+            assert b == b0 + b1
+    assert len(one) == 50 // 8
+
+
+def test_epochs_differ_and_resume_skips_consumed_batches() -> None:
+    s = ResumableBatchSampler(40, batch_size=4, seed=0)
+    s.set_epoch(0)
+    e0 = list(s)
+    s.set_epoch(1)
+    e1 = list(s)
+    assert e0 != e1 and sorted(sum(e0, [])) == sorted(sum(e1, [])) == list(range(40))
+    s.set_epoch(1, start_batch=3)
+    assert list(s) == e1[3:] and len(s) == len(e1) - 3
+
+
+def test_sampler_rejects_dataset_smaller_than_a_global_batch() -> None:
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        ResumableBatchSampler(5, batch_size=4, world_size=2)
+
+
+# ------------------------------------------------------------------------------------ LR schedule
+
+def test_linear_scaling_rule_against_reference_global_batch() -> None:
+    cfg = get_config("k400_tokshift_div4_8x32_base_224")  # 21 x 2 GPUs x 10 accum, lr 0.1
+    assert scaled_lr(cfg, 2) == pytest.approx(0.1)
+    assert scaled_lr(cfg, 4) == pytest.approx(0.2)
+    small = cfg.replace(batch_size=8)
+    assert scaled_lr(small, 4, cfg.reference_global_batch) == pytest.approx(0.1 * 8 * 4 / 42)
+
+
+def test_step_schedule_drops_at_milestones() -> None:
+    s = LRSchedule("step", steps_per_epoch=10, epochs=18, milestones=(10, 15), gamma=0.1)
+    assert s.factor(0) == 1.0 and s.factor(99) == 1.0
+    assert s.factor(100) == pytest.approx(0.1) and s.factor(149) == pytest.approx(0.1)
+    assert s.factor(150) == pytest.approx(0.01)
+
+
+def test_onecycle_warms_up_then_anneals_to_zero() -> None:
+    s = LRSchedule("onecycle", steps_per_epoch=10, epochs=8, warmup_epochs=1.0)
+    f = [s.factor(i) for i in range(s.total_steps)]
+    assert f[0] == pytest.approx(1 / 25)
+    assert max(f) == pytest.approx(1.0) and f.index(max(f)) == 10
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[-1] < 0.01
+
+
+# ------------------------------------------------------------------------------ loss and fusion
+
+def test_cross_entropy_label_smoothing_equals_reference_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 400, generator=g) * 3
+    target = torch.randint(0, 400, (16,), generator=g)
+    ours = F.cross_entropy(logits, target, label_smoothing=0.01)
+    assert torch.allclose(ours, label_smoothing_loss(logits, target, 0.01), rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(ours, F.cross_entropy(logits, target), rtol=1e-4)
+
+
+def test_fusions_average_logits_and_probabilities() -> None:
+    v = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.9]])
+    assert torch.allclose(fuse_logits(v), torch.tensor([2.0, 0.5, 0.45]))
+    assert torch.allclose(fuse_softmax(v), (v.softmax(-1)[0] + v.softmax(-1)[1]) / 2)
+
+
+def test_view_subsets_follow_clip_major_layout() -> None:
+    lay = ViewLayout(10, 3)
+    assert lay.one_view() == [16]
+    assert lay.crops_of_centre_clip() == [15, 16, 17]
+    assert lay.clips_at_centre_crop() == [1, 4, 7, 10, 13, 16, 19, 22, 25, 28]
+
+
+def test_records_and_summary_metrics() -> None:
+    lay = ViewLayout(2, 3)
+    good = torch.zeros(6, 4)
+    good[:, 1] = 5.0
+    bad = torch.zeros(6, 4)
+    bad[:, 2] = 5.0
+    bad[lay.one_view(), 1] = 20.0  # only the 1-view guess is right
+    recs = [record_from_logits(0, "a", 1, good, lay), record_from_logits(1, "b", 1, bad, lay)]
+    m = summarize(recs, lay)
+    assert (m["top1"], m["top1_1view"], m["top5"], m["videos"], m["failed"]) == (50.0, 100.0, 100.0, 2, 0)
+    csv_text = predictions_csv(recs, ["w", "x", "y", "z"])
+    assert csv_text.splitlines()[1].startswith("a,x,x,")
+    assert len(csv_text.splitlines()) == 3
+
+
+def test_mean_class_accuracy_weights_classes_equally() -> None:
+    assert mean_class_accuracy([0, 0, 0, 1], [0, 0, 0, 0]) == pytest.approx(50.0)
+
+
+def test_overrides_parse_yaml_scalars_and_reject_garbage() -> None:
+    assert parse_overrides(["epochs=2", "lr=0.01", "pretrained=null", "lr_milestones=[1, 2]"]) == \
+        {"epochs": 2, "lr": 0.01, "pretrained": None, "lr_milestones": [1, 2]}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_overrides(["epochs"])
+    assert math.isclose(parse_overrides(["x=1e-3"])["x"], 1e-3)
