@@ -107,7 +107,9 @@ def launcher(rule_name, model):
 
 def train_override_args(model):
     ov = wc.training_overrides(config, model)
-    return " ".join(f"--override {shlex.quote(f'{k}={json.dumps(v)}')}" for k, v in ov.items())
+    if not ov:
+        return ""
+    return "--override " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in ov.items())
 
 
 def index_inputs(wildcards):

@@ -66,10 +66,11 @@ def model_config(config: dict[str, Any], model: str) -> ZooConfig:
 
 
 def training_overrides(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """The overridden zoo fields of `model`, with the types of the zoo (command-line values are strings)."""
     train = config.get("train") or {}
-    overrides = dict(train.get("overrides") or {})
-    overrides.update((train.get("per_model") or {}).get(model) or {})
-    return overrides
+    keys = set(train.get("overrides") or {}) | set(((train.get("per_model") or {}).get(model) or {}))
+    cfg = model_config(config, model)
+    return {k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in sorted(keys)}
 
 
 def job_settings(config: dict[str, Any], rule: str, model: str | None = None) -> dict[str, Any]:

@@ -108,9 +108,7 @@ class ZooConfig:
             raise ValueError(
                 f"unknown zoo field(s) {unknown} for {self.name!r}; known fields: {sorted(known)}"
             )
-        for key in ("lr_milestones", "train_short_side"):
-            if key in overrides and overrides[key] is not None:
-                overrides[key] = tuple(int(v) for v in overrides[key])
+        overrides = {k: _coerce(k, v, getattr(self, k)) for k, v in overrides.items()}
         cfg = dataclasses.replace(self, **overrides)
         validate(cfg)
         return cfg
@@ -125,6 +123,28 @@ class ZooConfig:
         cfg = cls(**kwargs)
         validate(cfg)
         return cfg
+
+
+def _coerce(key: str, value: Any, current: Any) -> Any:
+    """Cast an override (often a string from a command line) to the field's current type."""
+    if value is None or current is None:
+        return value
+    try:
+        if isinstance(current, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.strip("[]() ").split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if isinstance(current, bool):
+            return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+        if isinstance(current, int) and not isinstance(current, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(float(value)) if isinstance(value, str) else int(value)
+        if isinstance(current, float):
+            return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"zoo field {key}={value!r} must be of type {type(current).__name__}") from None
+    return value
 
 
 MODEL_KEYS = (
