@@ -14,6 +14,7 @@ import sys
 # Modules that contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.zoo.commands",
+    "tokshift.data.commands",
     "tokshift.engine.commands",
     "tokshift.report_commands",
 )

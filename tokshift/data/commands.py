@@ -1,0 +1,156 @@
+"""CLI sub-commands of the data package: ``demo``, ``index``, ``pack``, ``summarize``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "run_demo", "run_index", "run_pack", "run_summarize"]
+
+log = logging.getLogger("tokshift.data")
+
+
+def _setup_logging() -> None:
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _load_config(path: str) -> dict[str, Any]:
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: config file {p} does not exist")
+    with open(p, encoding="utf-8") as fh:
+        cfg = yaml.safe_load(fh) or {}
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"error: {p} must hold a YAML mapping")
+    return cfg
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``tokshift demo``: generate the demo dataset."""
+    from tokshift.data.demo import DemoConfig, generate_demo
+
+    _setup_logging()
+    cfg = DemoConfig(seed=args.seed, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
+                     frames=args.frames, size=args.size, fps=args.fps)
+    csvs = generate_demo(args.out, cfg, workers=args.workers, progress=not args.quiet)
+    for split, path in csvs.items():
+        print(f"{split}: {path}")
+    return 0
+
+
+def run_index(args: argparse.Namespace) -> int:
+    """``tokshift index``: index one split of a dataset."""
+    from tokshift.data.sources import DatasetSpecError, build_index, write_index
+
+    _setup_logging()
+    shards = args.shards
+    if args.spec_json:
+        spec = json.loads(args.spec_json)
+    elif args.config:
+        cfg = _load_config(args.config)
+        name = args.dataset or cfg.get("dataset")
+        datasets = cfg.get("datasets") or {}
+        if name not in datasets:
+            print(f"error: dataset {name!r} is not in {args.config} (datasets: {sorted(datasets)})", file=sys.stderr)
+            return 2
+        spec = datasets[name]
+        if shards is None:
+            shards = int((cfg.get("frames") or {}).get("shards", 1))
+    else:
+        print("error: give --config (with --dataset) or --spec-json", file=sys.stderr)
+        return 2
+    try:
+        result = build_index(spec, args.split, int(shards or 1))
+    except DatasetSpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out, miss, cls = write_index(result, args.out)
+    log.info("indexed %s split %s: %d videos, %d missing, %d classes -> %s",
+             spec.get("kind"), result.split, len(result.rows), len(result.missing), len(result.classes), out)
+    if result.missing:
+        log.warning("%d annotated videos are missing on disk; listed in %s", len(result.missing), miss)
+    return 0
+
+
+def run_pack(args: argparse.Namespace) -> int:
+    """``tokshift pack``: pack one shard of an index into an LMDB file."""
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.sources import DatasetSpecError
+
+    _setup_logging()
+    try:
+        result = pack_shard(args.index, args.shard, args.out, args.failures, short_side=args.short_side or None,
+                            jpeg_quality=args.jpeg_quality, workers=args.workers, timeout=args.timeout,
+                            progress=not args.quiet)
+    except (DatasetSpecError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{result.path}: {result.packed}/{result.videos} videos, {result.frames} frames, "
+          f"{len(result.failures)} failed ({result.failures_path}), {result.seconds:.1f} s")
+    return 0
+
+
+def run_summarize(args: argparse.Namespace) -> int:
+    """``tokshift summarize``: per-split summary JSON."""
+    from tokshift.data.summary import summarize_split, write_summary
+
+    shards: Any = args.shards if args.shards else args.shards_dir
+    if not shards:
+        print("error: give --shards-dir or --shards", file=sys.stderr)
+        return 2
+    summary = summarize_split(args.index, shards)
+    if args.out:
+        write_summary(summary, args.out)
+    brief = {k: v for k, v in summary.items() if k not in ("failed_videos", "missing_videos")}
+    print(json.dumps(brief, indent=2, ensure_ascii=False))
+    return 0
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the data sub-commands to the ``tokshift`` CLI."""
+    p = subparsers.add_parser("demo", help="generate the demo video dataset (H.264 clips + train/val CSVs)")
+    p.add_argument("--out", required=True, help="output folder, e.g. resources/demo")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-per-class", type=int, default=128)
+    p.add_argument("--val-per-class", type=int, default=32)
+    p.add_argument("--frames", type=int, default=24, help="frames per clip")
+    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
+    p.add_argument("--fps", type=int, default=8)
+    p.add_argument("--workers", type=int, default=None, help="parallel ffmpeg encoders (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_demo)
+
+    p = subparsers.add_parser("index", help="index one split of a dataset (video id, path, label, shard)")
+    p.add_argument("--config", help="config.yaml holding datasets.NAME and frames.shards")
+    p.add_argument("--dataset", help="dataset name in the config (default: its `dataset` key)")
+    p.add_argument("--spec-json", help="the dataset description as JSON instead of --config/--dataset")
+    p.add_argument("--split", required=True, choices=["train", "val"])
+    p.add_argument("--shards", type=int, default=None, help="number of shards (default: frames.shards or 1)")
+    p.add_argument("--out", required=True, help="index CSV to write, e.g. results/NAME/index/train.csv")
+    p.set_defaults(func=run_index)
+
+    p = subparsers.add_parser("pack", help="extract the frames of one shard with ffmpeg into an LMDB file")
+    p.add_argument("--index", required=True, help="index CSV from `tokshift index`")
+    p.add_argument("--shard", type=int, required=True)
+    p.add_argument("--out", required=True, help="shard file to write, e.g. results/NAME/frames/train/shard-0.lmdb")
+    p.add_argument("--failures", default=None, help="failures CSV (default: next to --out, .failures.csv)")
+    p.add_argument("--short-side", type=int, default=331, help="resize the short side to this (0: keep size)")
+    p.add_argument("--jpeg-quality", type=int, default=90)
+    p.add_argument("--workers", type=int, default=None, help="ffmpeg processes in flight (default: cores)")
+    p.add_argument("--timeout", type=float, default=300.0, help="kill ffmpeg after this many seconds without a frame")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run_pack)
+
+    p = subparsers.add_parser("summarize", help="summarise a packed split (packed, missing, failed, frames, bytes)")
+    p.add_argument("--index", required=True)
+    p.add_argument("--shards-dir", help="folder holding the split's shard-*.lmdb files")
+    p.add_argument("--shards", nargs="*", help="shard files (instead of --shards-dir)")
+    p.add_argument("--out", help="summary JSON to write")
+    p.set_defaults(func=run_summarize)

@@ -1,0 +1,175 @@
+"""PyTorch datasets over packed shards: random training clips and 30-view evaluation samples.
+
+Both hand out uint8 tensors; call :func:`tokshift.data.transforms.normalize` on the device.
+The randomness of training item ``i`` comes only from ``(seed, epoch, i)``, so a run is
+reproducible and resumable whatever the number of DataLoader workers. Shards are opened lazily
+in each worker, read-only and without locks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tokshift.data.sampling import crop_offsets, eval_clip_indices, train_clip_indices
+from tokshift.data.store import ShardReader
+from tokshift.data.transforms import ClipAugment, resize_short_side
+
+__all__ = ["EvalViewDataset", "TrainClipDataset", "eval_views_from_frames", "expand_shards"]
+
+PathLike = str | os.PathLike[str]
+
+
+def expand_shards(shards: PathLike | Sequence[PathLike]) -> list[Path]:
+    """Shard files from paths; a directory stands for its ``*.lmdb`` files in sorted order."""
+    items = [shards] if isinstance(shards, (str, os.PathLike)) else list(shards)
+    out: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.lmdb"))
+            if not found:
+                raise FileNotFoundError(f"no *.lmdb frame shards in {p}; pack the dataset first (`tokshift pack`)")
+            out.extend(found)
+        else:
+            out.append(p)
+    if not out:
+        raise ValueError("no frame shards given")
+    return out
+
+
+class _ShardSet:
+    """All videos of several shards: (reader, video_id, nframes, label_index) per item."""
+
+    def __init__(self, shards: PathLike | Sequence[PathLike]) -> None:
+        self.readers = [ShardReader(p) for p in expand_shards(shards)]
+        self.items: list[tuple[int, str, int, int]] = []
+        classes: list[str] | None = None
+        for r, reader in enumerate(self.readers):
+            if classes is None:
+                classes = reader.classes
+            elif reader.classes != classes:
+                raise ValueError(f"{reader.path} lists different classes than {self.readers[0].path}; "
+                                 "shards of one dataset must come from the same index")
+            for v in reader.videos():
+                if int(v["nframes"]) > 0:
+                    self.items.append((r, v["video_id"], int(v["nframes"]), int(v["label_index"])))
+        self.classes = classes or []
+        for reader in self.readers:  # the header stays cached; environments reopen in each worker
+            reader.close()
+
+    def frames(self, i: int, indices: Sequence[int]) -> list[np.ndarray]:
+        r, vid, _, _ = self.items[i]
+        return self.readers[r].read_decoded(vid, indices)
+
+
+class TrainClipDataset(Dataset):
+    """Random dense training clips: ``(uint8 tensor (T, 3, crop, crop), label_index)`` per item."""
+
+    def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
+                 short_side_range: tuple[int, int], flip_p: float = 0.5, jitter_p: float = 0.1,
+                 seed: int = 0) -> None:
+        self._set = _ShardSet(shards)
+        self.num_frames = int(num_frames)
+        self.frame_stride = int(frame_stride)
+        self.augment = ClipAugment(int(crop_size), (int(short_side_range[0]), int(short_side_range[1])),
+                                   flip_p=flip_p, jitter_p=jitter_p)
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose random clips ``__getitem__`` returns."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self._set.items)
+
+    def rng(self, i: int) -> np.random.Generator:
+        """The generator of item ``i`` in the current epoch."""
+        return np.random.default_rng([self.seed, self.epoch, int(i)])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        _, _, n, label = self._set.items[i]
+        rng = self.rng(i)
+        indices = train_clip_indices(n, self.num_frames, self.frame_stride, rng)
+        clip = self.augment(self._set.frames(i, indices.tolist()), rng)
+        return torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2))), label
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._set.classes)
+
+    @property
+    def labels(self) -> list[int]:
+        return [item[3] for item in self._set.items]
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [item[1] for item in self._set.items]
+
+
+def _views(get_frames: Callable[[list[int]], list[np.ndarray]], n: int, num_frames: int, frame_stride: int,
+           crop_size: int, num_clips: int, num_crops: int) -> torch.Tensor:
+    """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major; each distinct frame decoded and resized once."""
+    clips = eval_clip_indices(n, num_frames, frame_stride, num_clips)
+    unique = sorted({int(i) for c in clips for i in c})
+    resized = {i: resize_short_side(f, crop_size) for i, f in zip(unique, get_frames(unique))}
+    out = np.empty((num_clips * num_crops, num_frames, 3, crop_size, crop_size), dtype=np.uint8)
+    for c, idx in enumerate(clips):
+        for t, i in enumerate(idx):
+            frame = resized[int(i)]
+            for k, (y, x) in enumerate(crop_offsets(frame.shape[0], frame.shape[1], crop_size, num_crops)):
+                out[c * num_crops + k, t] = frame[y:y + crop_size, x:x + crop_size].transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def eval_views_from_frames(frames: np.ndarray | Sequence[np.ndarray], num_frames: int, frame_stride: int,
+                           crop_size: int, num_clips: int = 10, num_crops: int = 3) -> torch.Tensor:
+    """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8."""
+    n = len(frames)
+    if n == 0:
+        raise ValueError("cannot build evaluation views of a video with no frames")
+    return _views(lambda idx: [np.asarray(frames[i]) for i in idx], n, num_frames, frame_stride,
+                  crop_size, num_clips, num_crops)
+
+
+class EvalViewDataset(Dataset):
+    """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``."""
+
+    def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
+                 num_clips: int = 10, num_crops: int = 3) -> None:
+        self._set = _ShardSet(shards)
+        self.num_frames = int(num_frames)
+        self.frame_stride = int(frame_stride)
+        self.crop_size = int(crop_size)
+        self.num_clips = int(num_clips)
+        self.num_crops = int(num_crops)
+
+    def __len__(self) -> int:
+        return len(self._set.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        _, vid, n, label = self._set.items[i]
+        views = _views(lambda idx: self._set.frames(i, idx), n, self.num_frames, self.frame_stride,
+                       self.crop_size, self.num_clips, self.num_crops)
+        return {"video_id": vid, "label": label, "views": views}
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._set.classes)
+
+    @property
+    def labels(self) -> list[int]:
+        return [item[3] for item in self._set.items]
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [item[1] for item in self._set.items]
+
+

@@ -1,0 +1,64 @@
+"""JPEG encode/decode for packed frames: libjpeg-turbo through OpenCV (encode) and simplejpeg (decode).
+
+Encoding goes through ``cv2.imencode`` because it releases the GIL, so the packing threads
+encode in parallel; decoding uses simplejpeg's fast DCT/upsampling flags, the fastest RGB
+decode measured (see bench/RESULTS_data.md), with OpenCV as the fallback.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+try:  # simplejpeg is optional: OpenCV decodes too, a little slower
+    import simplejpeg
+except ImportError:  # pragma: no cover - exercised only where simplejpeg is absent
+    simplejpeg = None
+
+__all__ = ["encode_rgb", "decode_rgb", "jpeg_size"]
+
+cv2.setNumThreads(1)
+
+
+def encode_rgb(frame: np.ndarray, quality: int) -> bytes:
+    """Encode an (H, W, 3) uint8 RGB frame as a baseline 4:2:0 JPEG at ``quality`` (1-100)."""
+    bgr = cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
+        raise ValueError(f"JPEG encoding failed for a frame of shape {frame.shape}")
+    return buf.tobytes()
+
+
+def decode_rgb(data: bytes | memoryview) -> np.ndarray:
+    """Decode JPEG bytes to an (H, W, 3) uint8 RGB array (fast DCT and upsampling)."""
+    if simplejpeg is not None:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
+    if arr is None:
+        raise ValueError("corrupt JPEG frame in the frame store")
+    return arr
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a JPEG header without decoding the pixels."""
+    buf = bytes(data[:65536])
+    pos = 2
+    if buf[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG image (missing SOI marker)")
+    while pos + 9 < len(buf):
+        if buf[pos] != 0xFF:
+            pos += 1
+            continue
+        marker = buf[pos + 1]
+        if marker in _SOF_MARKERS:
+            height = int.from_bytes(buf[pos + 5:pos + 7], "big")
+            width = int.from_bytes(buf[pos + 7:pos + 9], "big")
+            return width, height
+        if marker == 0xFF or 0xD0 <= marker <= 0xD9:
+            pos += 1 if marker == 0xFF else 2
+            continue
+        pos += 2 + int.from_bytes(buf[pos + 2:pos + 4], "big")
+    raise ValueError("JPEG header without a frame (SOF) marker")
+
+
+_SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})

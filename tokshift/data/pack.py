@@ -1,0 +1,211 @@
+"""Pack the videos of one shard into an LMDB file: several ffmpeg processes in flight, one writer.
+
+Each worker thread runs one ffmpeg at a time (single-threaded decode: two single-threaded
+processes beat one two-threaded one) and JPEG-encodes its frames (OpenCV releases the GIL);
+the calling thread writes finished videos in index order, one transaction per video, so the
+shard's content does not depend on timing. Bad videos are skipped and listed with their reason
+in the failures CSV; the shard is built under a temporary name and renamed when complete, so a
+rerun after a kill rebuilds exactly the same content. Frame folders (``frames`` datasets) are
+copied JPEG-for-JPEG without re-encoding.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
+from tokshift.data.jpeg import encode_rgb, jpeg_size
+from tokshift.data.sources import IndexRow, read_classes, read_index
+from tokshift.data.store import ShardWriter
+
+__all__ = ["FAILURE_COLUMNS", "PackResult", "Packed", "pack_rows", "pack_shard", "pack_video", "read_failures"]
+
+log = logging.getLogger(__name__)
+
+FAILURE_COLUMNS = ("video_id", "path", "label", "reason")
+DEFAULT_SHORT_SIDE = 331
+DEFAULT_QUALITY = 90
+_FRAME_FILE = re.compile(r"^(?:img|frame|image)?_?(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+@dataclass
+class Packed:
+    """The frames and facts of one successfully read video."""
+
+    frames: list[bytes]
+    fps: float
+    width: int
+    height: int
+
+
+@dataclass
+class PackResult:
+    """What one shard job did."""
+
+    path: Path
+    failures_path: Path
+    videos: int = 0
+    packed: int = 0
+    frames: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    failures: list[dict[str, str]] = field(default_factory=list)
+
+
+def _pack_folder(folder: Path) -> Packed:
+    numbered = []
+    for entry in os.scandir(folder):
+        m = _FRAME_FILE.match(entry.name)
+        if m and entry.is_file():
+            numbered.append((int(m.group(1)), entry.path))
+    if not numbered:
+        raise VideoDecodeError(folder, "no JPEG frames (img_00001.jpg ...) in the frame folder")
+    numbered.sort()
+    frames = [Path(p).read_bytes() for _, p in numbered]
+    try:
+        width, height = jpeg_size(frames[0])
+    except ValueError as err:
+        raise VideoDecodeError(numbered[0][1], f"unreadable JPEG frame ({err})") from None
+    return Packed(frames, 0.0, width, height)
+
+
+def pack_video(path: str | os.PathLike[str], short_side: int | None = DEFAULT_SHORT_SIDE,
+               jpeg_quality: int = DEFAULT_QUALITY, timeout: float = DEFAULT_TIMEOUT) -> Packed:
+    """Decode ``path`` (or read a frame folder) into JPEG frames; raises :class:`VideoDecodeError`."""
+    p = Path(path)
+    if p.is_dir():
+        return _pack_folder(p)
+    frames: list[bytes] = []
+    with VideoFrames(p, short_side=short_side, timeout=timeout) as reader:
+        for frame in reader:
+            frames.append(encode_rgb(frame, jpeg_quality))
+    return Packed(frames, reader.fps, reader.width, reader.height)
+
+
+def _ordered(fn: Callable[[IndexRow], Any], rows: Sequence[IndexRow], workers: int) -> Iterator[tuple[IndexRow, Any]]:
+    """Apply ``fn`` on ``workers`` threads, yielding in input order with a bounded window."""
+    if workers <= 1:
+        for row in rows:
+            yield row, _call(fn, row)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
+        window: deque[tuple[IndexRow, Future[Any]]] = deque()
+        it = iter(rows)
+        for row in it:
+            window.append((row, pool.submit(_call, fn, row)))
+            if len(window) >= 2 * workers:
+                head, fut = window.popleft()
+                yield head, fut.result()
+        while window:
+            head, fut = window.popleft()
+            yield head, fut.result()
+
+
+def _call(fn: Callable[[IndexRow], Any], row: IndexRow) -> Any:
+    try:
+        return fn(row)
+    except VideoDecodeError as err:
+        return err
+
+
+def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(FAILURE_COLUMNS))
+        writer.writeheader()
+        writer.writerows(failures)
+    os.replace(tmp, path)
+
+
+def read_failures(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """Rows of a failures CSV (empty when the file does not exist)."""
+    p = Path(path)
+    if not p.is_file():
+        return []
+    with open(p, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def default_workers() -> int:
+    """Cores this process may use (SLURM's cpus-per-task or the affinity mask)."""
+    for var in ("SLURM_CPUS_PER_TASK", "TOKSHIFT_WORKERS"):
+        if os.environ.get(var, "").isdigit():
+            return max(1, int(os.environ[var]))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.PathLike[str],
+              failures: str | os.PathLike[str], *, short_side: int | None = DEFAULT_SHORT_SIDE,
+              jpeg_quality: int = DEFAULT_QUALITY, workers: int | None = None,
+              timeout: float = DEFAULT_TIMEOUT, attrs: dict[str, Any] | None = None,
+              progress: bool = True) -> PackResult:
+    """Pack ``rows`` into the shard file ``out`` and list unreadable videos in ``failures``."""
+    if not 1 <= int(jpeg_quality) <= 100:
+        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+    out, failures_path = Path(out), Path(failures)
+    workers = default_workers() if not workers else int(workers)
+    t0 = time.perf_counter()
+    result = PackResult(out, failures_path, videos=len(rows))
+    input_bytes = sum(os.path.getsize(r.path) for r in rows if os.path.isfile(r.path))
+    meta_attrs = {"short_side": short_side, "jpeg_quality": int(jpeg_quality), **(attrs or {})}
+
+    def work(row: IndexRow) -> Packed:
+        return pack_video(row.path, short_side=short_side, jpeg_quality=jpeg_quality, timeout=timeout)
+
+    with ShardWriter(out, classes, attrs=meta_attrs, map_size=(1 << 30) + 12 * input_bytes) as writer:
+        bar = tqdm(total=len(rows), desc=f"pack {out.name}", unit="video", disable=not progress, leave=False)
+        for row, packed in _ordered(work, rows, workers):
+            bar.update(1)
+            if isinstance(packed, VideoDecodeError):
+                log.warning("skipping %s: %s", row.path, packed.reason)
+                result.failures.append({"video_id": row.video_id, "path": row.path, "label": row.label,
+                                        "reason": packed.reason})
+                continue
+            writer.add_video(row.video_id, packed.frames, {
+                "label": row.label, "label_index": row.label_index, "fps": round(float(packed.fps), 6),
+                "width": packed.width, "height": packed.height,
+            })
+            result.packed += 1
+            result.frames += len(packed.frames)
+            result.bytes += sum(len(f) for f in packed.frames)
+            bar.set_postfix(frames=result.frames, failed=len(result.failures), refresh=False)
+        bar.close()
+        _write_failures(failures_path, result.failures)
+        writer.finish()
+    result.seconds = time.perf_counter() - t0
+    log.info("packed %s: %d/%d videos, %d frames, %.1f MB, %d failed, %.1f s (%.0f frames/s)",
+             out, result.packed, result.videos, result.frames, result.bytes / 1e6, len(result.failures),
+             result.seconds, result.frames / max(result.seconds, 1e-9))
+    return result
+
+
+def pack_shard(index: str | os.PathLike[str], shard: int, out: str | os.PathLike[str],
+               failures: str | os.PathLike[str] | None = None, *, short_side: int | None = DEFAULT_SHORT_SIDE,
+               jpeg_quality: int = DEFAULT_QUALITY, workers: int | None = None,
+               timeout: float = DEFAULT_TIMEOUT, progress: bool = True) -> PackResult:
+    """Pack the videos of shard ``shard`` of the index CSV ``index`` into ``out`` (an LMDB file)."""
+    all_rows = read_index(index)
+    rows = [r for r in all_rows if r.shard == int(shard)]
+    classes = read_classes(index, all_rows)
+    splits = sorted({r.split for r in all_rows})
+    if failures is None:
+        failures = Path(out).with_suffix(".failures.csv")
+    attrs = {"shard": int(shard), "split": splits[0] if len(splits) == 1 else ",".join(splits)}
+    return pack_rows(rows, classes, out, failures, short_side=short_side, jpeg_quality=jpeg_quality,
+                     workers=workers, timeout=timeout, attrs=attrs, progress=progress)

@@ -1,0 +1,144 @@
+"""Pixel operations on uint8 clips: crop-first resizing, flips, colour jitter, normalisation.
+
+Clips stay uint8 on the CPU (a quarter of the bytes of float and no 360 us/frame normalisation
+in the workers); :func:`normalize` turns them into floats on whatever device they reach.
+Resizing is bilinear (OpenCV ``INTER_LINEAR``): for training only the source region under the
+random crop is resized, which equals resize-then-crop up to rounding of the scale.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+__all__ = [
+    "ClipAugment",
+    "JITTER_RANGES",
+    "adjust_brightness",
+    "adjust_gamma",
+    "adjust_hue",
+    "adjust_saturation",
+    "normalize",
+    "resize_short_side",
+    "short_side_size",
+    "to_tensor_clip",
+]
+
+cv2.setNumThreads(1)
+
+# The original's jitter ranges: brightness [0.5, 2], saturation [0.5, 3], gamma [0.8, 1.2], hue [-0.5, 0.5].
+JITTER_RANGES = {"brightness": (0.5, 2.0), "saturation": (0.5, 3.0), "gamma": (0.8, 1.2), "hue": (-0.5, 0.5)}
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """(x/255 - 0.5)/0.5 as float32, on x's device; accepts any shape."""
+    return (x.to(torch.float32) / 255.0 - 0.5) / 0.5
+
+
+def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
+    """(new_h, new_w) with the short side ``short`` and the long side scaled (floored) to keep the aspect."""
+    if h <= w:
+        return short, max(short, int(w * short / h))
+    return max(short, int(h * short / w)), short
+
+
+def resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
+    """Bilinear resize of an (H, W, 3) frame to short side ``short`` (no copy when already there)."""
+    h, w = img.shape[:2]
+    nh, nw = short_side_size(h, w, short)
+    if (nh, nw) == (h, w):
+        return img
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
+
+def to_tensor_clip(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> contiguous (T, 3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
+
+
+def adjust_brightness(clip: np.ndarray, factor: float) -> np.ndarray:
+    """Scale intensities by ``factor`` (blend with black), saturating at 255."""
+    lut = np.clip(np.arange(256, dtype=np.float32) * factor + 0.5, 0, 255).astype(np.uint8)
+    return _lut(clip, lut)
+
+
+def adjust_gamma(clip: np.ndarray, gamma: float) -> np.ndarray:
+    """255 * (x/255) ** gamma."""
+    lut = np.clip(255.0 * (np.arange(256, dtype=np.float64) / 255.0) ** gamma + 0.5, 0, 255).astype(np.uint8)
+    return _lut(clip, lut)
+
+
+def adjust_saturation(clip: np.ndarray, factor: float) -> np.ndarray:
+    """Blend with the luma image (ITU-R 601): factor 0 is grey, 1 is unchanged."""
+    x = clip.astype(np.float32)
+    gray = x @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    out = gray[..., None] + factor * (x - gray[..., None])
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def adjust_hue(clip: np.ndarray, shift: float) -> np.ndarray:
+    """Rotate the hue by ``shift`` turns (in [-0.5, 0.5]) in 8-bit HSV, as PIL/torchvision do."""
+    flat = np.ascontiguousarray(clip).reshape(-1, clip.shape[-2], 3)
+    hsv = cv2.cvtColor(flat, cv2.COLOR_RGB2HSV_FULL)
+    hsv[..., 0] = (hsv[..., 0].astype(np.int16) + int(round(shift * 255))).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL).reshape(clip.shape)
+
+
+def _lut(clip: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(clip).reshape(-1, clip.shape[-2], clip.shape[-1])
+    return cv2.LUT(flat, lut).reshape(clip.shape)
+
+
+@dataclass(frozen=True)
+class ClipAugment:
+    """Training augmentation of one clip; parameters are drawn once per clip from ``rng``.
+
+    Random short side in ``short_side_range`` (inclusive), random ``crop`` x ``crop`` crop,
+    horizontal flip with ``flip_p``, then brightness, saturation, gamma and hue jitter each with
+    ``jitter_p`` (the original's order and ranges).
+    """
+
+    crop: int
+    short_side_range: tuple[int, int]
+    flip_p: float = 0.5
+    jitter_p: float = 0.1
+
+    def __post_init__(self) -> None:
+        lo, hi = self.short_side_range
+        if not self.crop <= lo <= hi:
+            raise ValueError(f"short_side_range {self.short_side_range} must satisfy crop ({self.crop}) <= low <= high")
+
+    def __call__(self, frames: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Augment decoded (H, W, 3) frames of one clip -> (T, crop, crop, 3) uint8."""
+        h, w = frames[0].shape[:2]
+        lo, hi = self.short_side_range
+        short = int(rng.integers(lo, hi + 1))
+        nh, nw = short_side_size(h, w, short)
+        y = int(rng.integers(0, nh - self.crop + 1))
+        x = int(rng.integers(0, nw - self.crop + 1))
+        flip = bool(rng.random() < self.flip_p)
+        draws = {name: (bool(rng.random() < self.jitter_p), float(rng.uniform(*JITTER_RANGES[name])))
+                 for name in ("brightness", "saturation", "gamma", "hue")}
+        # Source region under the crop (crop-first resize): scale factors per axis as in resize.
+        sy, sx = nh / h, nw / w
+        y0, x0 = int(y / sy), int(x / sx)
+        rh = min(max(1, int(round(self.crop / sy))), h - y0)
+        rw = min(max(1, int(round(self.crop / sx))), w - x0)
+        out = np.empty((len(frames), self.crop, self.crop, 3), dtype=np.uint8)
+        for t, frame in enumerate(frames):
+            if frame.shape[:2] != (h, w):  # a mid-stream resolution change: bring it to the first size
+                frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
+            region = frame[y0:y0 + rh, x0:x0 + rw]
+            cv2.resize(region, (self.crop, self.crop), dst=out[t], interpolation=cv2.INTER_LINEAR)
+        if flip:
+            out = out[:, :, ::-1]
+        for name, fn in (("brightness", adjust_brightness), ("saturation", adjust_saturation),
+                         ("gamma", adjust_gamma), ("hue", adjust_hue)):
+            apply, value = draws[name]
+            if apply:
+                out = fn(out, value)
+        return out
