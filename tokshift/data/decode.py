@@ -72,7 +72,7 @@ _REASONS: tuple[tuple[str, str], ...] = (
     ("Permission denied", "permission denied"),
     ("matches no streams", "no video stream (audio-only or data file)"),
     ("does not contain any stream", "no video stream (audio-only or data file)"),
-    ("moov atom not found", "truncated or incomplete file (moov atom not found)"),
+    ("moov atom not found", "corrupt or truncated file (no moov atom)"),
     ("Invalid data found when processing input", "invalid data: corrupt file or not a video"),
     ("End of file", "truncated file (unexpected end of file)"),
 )

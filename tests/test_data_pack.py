@@ -1,0 +1,208 @@
+"""Packing real videos: frame counts, pixels, rotation, VFR order, bad input, hangs, kill-and-rerun."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.data_helpers import (audio_only, corrupt_file, encode, frame_code, numbered_frames, psnr,
+                                reference_decode, rotate_metadata, truncated_copy, vfr_video, write_csv)
+from tokshift.data.decode import VideoDecodeError, decode_video
+from tokshift.data.jpeg import decode_rgb
+from tokshift.data.pack import pack_shard, read_failures
+from tokshift.data.sources import build_index, read_index, write_index
+from tokshift.data.store import ShardReader, partial_path
+
+GOOD = {
+    "land scape ü.mp4": "landscape",
+    "portrait.mp4": "portrait",
+    "rotated.mp4": "portrait",
+    "short.mp4": "landscape",
+    "single.mp4": "landscape",
+    "vfr.mp4": "landscape",
+    "vidéo 日本.mp4": "landscape",
+}
+BAD = {
+    "corrupt.mp4": "corrupt",
+    "zero.mp4": "empty file",
+    "audio only.m4a": "no video stream",
+    "truncated.mp4": "truncated",
+}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("videos")
+    land = encode(numbered_frames(20, 48, 64, seed=1), d / "land scape ü.mp4")
+    encode(numbered_frames(15, 64, 48, seed=2), d / "portrait.mp4")
+    rotate_metadata(land, d / "rotated.mp4", 90)
+    encode(numbered_frames(3, 48, 64, seed=4), d / "short.mp4")
+    encode(numbered_frames(1, 48, 64, seed=5), d / "single.mp4", extra=["-frames:v", "1"])
+    vfr_video(d / "vfr.mp4")
+    encode(numbered_frames(9, 40, 72, seed=6), d / "vidéo 日本.mp4", codec="mpeg4", extra=["-q:v", "3"])
+    corrupt_file(d / "corrupt.mp4")
+    (d / "zero.mp4").write_bytes(b"")
+    audio_only(d / "audio only.m4a")
+    truncated_copy(land, d / "truncated.mp4")
+    rows = [(name, label) for name, label in GOOD.items()] + [(name, "landscape") for name in BAD]
+    rows.append(("not there.mp4", "landscape"))
+    write_csv(d / "all.csv", rows)
+    return d
+
+
+@pytest.fixture(scope="module")
+def packed(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    out = tmp_path_factory.mktemp("packed")
+    index = out / "train.csv"
+    result = build_index({"kind": "csv", "splits": {"train": str(videos / "all.csv")}}, "train", 1)
+    write_index(result, index)
+    shard = out / "shard-0.lmdb"
+    failures = out / "shard-0.failures.csv"
+    pack_shard(index, 0, shard, failures, short_side=32, jpeg_quality=90, workers=2, progress=False)
+    return index, shard, failures
+
+
+def test_missing_video_is_listed_not_fatal(packed: tuple[Path, Path, Path]) -> None:
+    index, _, _ = packed
+    missing = index.with_name("train.missing.csv").read_text(encoding="utf-8")
+    assert "not there.mp4" in missing and "file not found" in missing
+    assert len(read_index(index)) == len(GOOD) + len(BAD)
+
+
+def test_every_bad_file_is_listed_with_its_reason(packed: tuple[Path, Path, Path]) -> None:
+    _, shard, failures = packed
+    rows = {Path(r["path"]).name: r["reason"] for r in read_failures(failures)}
+    assert set(rows) == set(BAD)
+    for name, reason in BAD.items():
+        assert reason in rows[name], (name, rows[name])
+    assert not set(BAD) & set(ShardReader(shard).video_ids)
+
+
+def test_frame_counts_and_pixels_match_direct_ffmpeg_decode(videos: Path, packed: tuple[Path, Path, Path]) -> None:
+    _, shard, _ = packed
+    reader = ShardReader(shard)
+    assert sorted(reader.video_ids) == sorted(GOOD)
+    for vid in reader.video_ids:
+        meta = reader.meta(vid)
+        assert min(meta["width"], meta["height"]) == 32, (vid, meta)
+        ref = reference_decode(videos / vid, meta["width"], meta["height"])
+        assert meta["nframes"] == len(ref) > 0, vid
+        got = np.stack([decode_rgb(b) for b in reader.read_frames(vid, range(meta["nframes"]))])
+        assert got.shape == ref.shape
+        assert psnr(got, ref) >= 30, (vid, psnr(got, ref))
+    assert reader.meta("single.mp4")["nframes"] == 1
+    assert reader.meta("short.mp4")["nframes"] == 3
+    assert reader.meta("land scape ü.mp4")["fps"] == pytest.approx(10.0)
+    assert reader.meta("portrait.mp4")["label"] == "portrait"
+    assert reader.classes == ["landscape", "portrait"]
+
+
+def test_rotated_phone_video_comes_out_upright(packed: tuple[Path, Path, Path]) -> None:
+    reader = ShardReader(packed[1])
+    rot, land = reader.meta("rotated.mp4"), reader.meta("land scape ü.mp4")
+    assert (land["width"], land["height"]) == (43, 32)  # 64x48 landscape at short side 32 (rounded)
+    assert (rot["width"], rot["height"]) == (32, 43)
+    a = decode_rgb(reader.read_frames("rotated.mp4", [0])[0])
+    b = decode_rgb(reader.read_frames("land scape ü.mp4", [0])[0])
+    assert psnr(a, np.rot90(b)) > 30  # the display matrix turned the picture, not just the size
+    assert psnr(a, np.rot90(b, -1)) < 25
+
+
+def test_vfr_video_keeps_every_frame_in_decode_order(packed: tuple[Path, Path, Path]) -> None:
+    reader = ShardReader(packed[1])
+    n = reader.meta("vfr.mp4")["nframes"]
+    assert n == 12
+    codes = [frame_code(decode_rgb(b)) for b in reader.read_frames("vfr.mp4", range(n))]
+    expected = [(t * 37) % 256 for t in range(n)]
+    assert all(abs(c - e) <= 6 for c, e in zip(codes, expected)), codes
+
+
+def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
+    _, shard, _ = packed
+    assert shard.is_file()
+    assert not partial_path(shard).exists()
+    assert not Path(str(shard) + "-lock").exists()
+    assert sorted(p.name for p in shard.parent.iterdir()) == [
+        "shard-0.failures.csv", "shard-0.lmdb", "train.classes.txt", "train.csv", "train.missing.csv"]
+
+
+def test_decode_video_returns_all_frames_and_clear_errors(videos: Path) -> None:
+    frames, fps = decode_video(videos / "portrait.mp4", short_side=None)
+    assert frames.shape == (15, 64, 48, 3) and frames.dtype == np.uint8 and fps == pytest.approx(10)
+    with pytest.raises(VideoDecodeError, match="no video stream") as info:
+        decode_video(videos / "audio only.m4a")
+    assert "audio only.m4a" in str(info.value)
+    with pytest.raises(VideoDecodeError, match="file not found"):
+        decode_video(videos / "nope.mp4")
+
+
+def test_hanging_ffmpeg_is_killed_and_the_shard_completes(videos: Path, tmp_path: Path) -> None:
+    fifo = tmp_path / "hang.mp4"
+    os.mkfifo(fifo)  # opening it blocks ffmpeg forever: a stand-in for a decoder that hangs
+    csv_path = write_csv(tmp_path / "hang.csv", [(str(fifo), "a"), (str(videos / "short.mp4"), "b")])
+    index = tmp_path / "train.csv"
+    write_index(build_index({"kind": "csv", "splits": {"train": str(csv_path)}}, "train", 1), index)
+    t0 = time.monotonic()
+    result = pack_shard(index, 0, tmp_path / "s.lmdb", tmp_path / "s.failures.csv", short_side=32,
+                        timeout=1.5, workers=2, progress=False)
+    assert time.monotonic() - t0 < 30
+    assert result.packed == 1
+    (failure,) = read_failures(tmp_path / "s.failures.csv")
+    assert failure["path"] == str(fifo) and "killed" in failure["reason"]
+    assert ShardReader(tmp_path / "s.lmdb").video_ids == [str(videos / "short.mp4")]
+
+
+def test_empty_shard_is_a_valid_empty_file(packed: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    index, _, _ = packed
+    out = tmp_path / "shard-5.lmdb"
+    result = pack_shard(index, 5, out, progress=False)
+    assert result.videos == 0
+    reader = ShardReader(out)
+    assert len(reader) == 0 and reader.classes == ["landscape", "portrait"]
+    assert (tmp_path / "shard-5.failures.csv").read_text().strip() == "video_id,path,label,reason"
+    assert not Path(str(out) + "-lock").exists()
+
+
+KILLABLE = textwrap.dedent("""
+    import sys
+    from tokshift.data.pack import pack_shard
+    pack_shard(sys.argv[1], 0, sys.argv[2], sys.argv[3], short_side=48, workers=1, progress=False)
+""")
+
+
+def test_killed_shard_job_rerun_gives_identical_content(tmp_path: Path) -> None:
+    rows = []
+    for i in range(10):
+        p = encode(numbered_frames(60, 72, 96, seed=10 + i), tmp_path / f"v{i}.mp4")
+        rows.append((p.name, f"c{i % 3}"))
+    index = tmp_path / "train.csv"
+    write_index(build_index({"kind": "csv", "splits": {"train": str(write_csv(tmp_path / "v.csv", rows))}},
+                            "train", 1), index)
+    reference = tmp_path / "ref.lmdb"
+    pack_shard(index, 0, reference, short_side=48, workers=1, progress=False)
+
+    out, failures = tmp_path / "out" / "shard-0.lmdb", tmp_path / "out" / "shard-0.failures.csv"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", KILLABLE, str(index), str(out), str(failures)], env=env)
+    partial = partial_path(out)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 64 * 1024):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert partial.exists() and not out.exists(), "the job was not killed midway"
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        ShardReader(out).video_ids  # noqa: B018
+
+    pack_shard(index, 0, out, failures, short_side=48, workers=2, progress=False)
+    assert not partial.exists()
+    assert list(ShardReader(out).items()) == list(ShardReader(reference).items())
+    assert len(ShardReader(out)) == 10
