@@ -51,7 +51,7 @@ def test_profile_is_found_from_the_repository_root() -> None:
 
 
 def _tripwire_path(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A PATH where every SLURM command only records that it was called, and fails."""
+    """A PATH where every SLURM command only records that it was called and fails (no cluster)."""
     bindir = tmp_path / "bin"
     bindir.mkdir()
     calls = tmp_path / "slurm-calls.txt"
@@ -79,7 +79,12 @@ def test_dry_run_plans_the_demo_without_contacting_a_cluster(tmp_path: Path) -> 
     for rule in ("demo_videos", "index_dataset", "pack_shard", "train", "evaluate", "collect_results", "all"):
         assert f"rule {rule}:" in out, f"{rule} missing from the plan:\n{out[-3000:]}"
     assert "This was a dry-run" in out
-    assert not calls.exists(), f"dry-run called SLURM commands: {calls.read_text()}"
+    # Every SLURM command fails here, as on a machine without a cluster. The executor plugin
+    # probes `scontrol show config` (MinJobAge) when Snakemake loads it, even for local runs;
+    # that probe may fail. Nothing may be submitted, queried or cancelled.
+    called = calls.read_text().splitlines() if calls.exists() else []
+    job_calls = [c for c in called if not c.startswith("scontrol show config")]
+    assert not job_calls, f"dry-run called SLURM job commands: {job_calls}"
 
 
 @pytest.mark.slurm
