@@ -27,7 +27,7 @@ STOP_SCRIPT = HERE / "stop-local-slurm.sh"
 PROFILE = REPO / "slurm"
 
 SACCT_FIELDS = ("JobID", "JobName", "Comment", "State", "ExitCode", "Timelimit", "ReqTRES",
-                "AllocTRES", "ReqMem", "NNodes", "NTasks", "WorkDir", "Start", "End")
+                "AllocTRES", "NNodes", "Partition", "WorkDir", "Elapsed")
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,9 @@ class SacctJob:
     req_tres: dict[str, str]
     alloc_tres: dict[str, str]
     nnodes: int
+    partition: str
     workdir: str
+    elapsed_seconds: int
 
     @property
     def rule(self) -> str:
@@ -87,8 +89,8 @@ def _mem_to_mb(text: str) -> int:
     return round(float(m.group(1)) * scale)
 
 
-def _timelimit_minutes(text: str) -> int:
-    """sacct's Timelimit ([D-]HH:MM:SS, or UNLIMITED) in minutes."""
+def _timelimit_minutes_seconds(text: str) -> int:
+    """sacct's [D-]HH:MM:SS in seconds (-1 for UNLIMITED)."""
     if text in ("UNLIMITED", "Partition_Limit", ""):
         return -1
     days = 0
@@ -99,7 +101,13 @@ def _timelimit_minutes(text: str) -> int:
     while len(parts) < 3:
         parts.insert(0, 0)
     h, m, s = parts
-    return days * 1440 + h * 60 + m + (1 if s else 0)
+    return ((days * 24 + h) * 60 + m) * 60 + s
+
+
+def _timelimit_minutes(text: str) -> int:
+    """sacct's Timelimit in whole minutes, as `runtime` asked for it (-1 for UNLIMITED)."""
+    sec = _timelimit_minutes_seconds(text)
+    return sec if sec < 0 else -(-sec // 60)
 
 
 def _tres(text: str) -> dict[str, str]:
@@ -185,7 +193,8 @@ def sacct_jobs(*, name_prefix: str | None = None, job_ids: list[str] | None = No
             job_id=row["JobID"], name=row["JobName"], comment=row["Comment"], state=row["State"],
             exit_code=row["ExitCode"], timelimit_minutes=_timelimit_minutes(row["Timelimit"]),
             req_tres=_tres(row["ReqTRES"]), alloc_tres=_tres(row["AllocTRES"]),
-            nnodes=int(row["NNodes"] or 0), workdir=row["WorkDir"],
+            nnodes=int(row["NNodes"] or 0), partition=row["Partition"], workdir=row["WorkDir"],
+            elapsed_seconds=_timelimit_minutes_seconds(row["Elapsed"]),
         ))
     return jobs
 
@@ -207,7 +216,7 @@ def unique_prefix(tag: str) -> str:
 
 
 def snakemake_slurm(workdir: Path, *args: str, prefix: str, env: dict[str, str] | None = None,
-                    timeout: float = 900, profile: Path = PROFILE) -> subprocess.CompletedProcess[str]:
+                    timeout: float = 900, profile: Path | str = PROFILE) -> subprocess.CompletedProcess[str]:
     """Run `snakemake --profile <repo>/slurm` in `workdir`, as a user would from the repository root.
 
     On timeout Snakemake gets SIGINT first, which cancels its SLURM jobs (a SIGKILL would orphan them).
@@ -228,3 +237,29 @@ def snakemake_slurm(workdir: Path, *args: str, prefix: str, env: dict[str, str] 
         err += f"\n[test] snakemake stopped after the {timeout:.0f} s timeout"
     (workdir / "snakemake-slurm.log").write_text(out + err)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+@dataclass(frozen=True)
+class SacctStep:
+    """One step of a job (batch, or an srun step) as the accounting database recorded it."""
+
+    step_id: str
+    state: str
+    exit_code: int
+    signal: int
+    ntasks: int
+
+
+def sacct_steps(job_id: str) -> list[SacctStep]:
+    """The steps of one job: `<id>.batch` and every `<id>.<n>` started by srun."""
+    out = _run(["sacct", "-n", "-P", "-j", job_id, "-o", "JobID%50,State%40,ExitCode,NTasks"])
+    if out.returncode != 0:
+        raise RuntimeError(f"sacct failed: {out.stderr.strip()}")
+    steps = []
+    for line in out.stdout.splitlines():
+        jid, state, code, ntasks = line.split("|")
+        if "." not in jid:
+            continue
+        rc, sig = (int(x) for x in code.split(":"))
+        steps.append(SacctStep(jid, state.split()[0], rc, sig, int(ntasks or 0)))
+    return steps
