@@ -1,10 +1,12 @@
 """Decode a video into RGB frames by streaming ffmpeg's output, with a hang watchdog.
 
-ffmpeg writes each frame as a binary PPM (``P6`` header + RGB bytes) to its stdout, so the
-frame size is known per frame without ffprobe, nothing touches the disk, and rotated phone
-videos come out upright (ffmpeg applies the display matrix by default). Frames pass through
-once in decode order (``-fps_mode passthrough``), so variable-frame-rate videos keep every
-decoded frame and their order. Bad input raises :class:`VideoDecodeError` with a short reason.
+ffmpeg streams frames to its stdout in a self-describing format, so the frame size is known
+without ffprobe and nothing touches the disk: binary PPM (``P6`` header + RGB bytes per frame)
+for RGB frames, or YUV4MPEG2 with full-range BT.601 4:2:0 planes, which a JPEG encoder takes
+as they are (no colour conversion, half the bytes of RGB). Rotated phone videos come out
+upright (ffmpeg applies the display matrix by default). Frames pass through once in decode
+order (``-fps_mode passthrough``), so variable-frame-rate videos keep every decoded frame and
+their order. Bad input raises :class:`VideoDecodeError` with a short reason.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -44,6 +47,9 @@ class VideoDecodeError(RuntimeError):
             "readable video with a video stream (try playing it with ffmpeg/ffplay)."
         )
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:  # keeps path and reason across processes
+        return (VideoDecodeError, (self.path, self.reason))
+
 
 def scale_filter(short_side: int) -> str:
     """ffmpeg filter resizing the (already upright) frame so its short side is ``short_side``."""
@@ -53,15 +59,26 @@ def scale_filter(short_side: int) -> str:
     return f"scale=w='if(gte(iw,ih),-1,{s})':h='if(gte(iw,ih),{s},-1)'"
 
 
-def ffmpeg_decode_command(path: str | os.PathLike[str], short_side: int | None, threads: int = 1) -> list[str]:
-    """The ffmpeg command that streams upright RGB PPM frames of the first video stream to stdout."""
+def ffmpeg_decode_command(path: str | os.PathLike[str], short_side: int | None, threads: int = 1,
+                          pixel_format: str = "rgb") -> list[str]:
+    """The ffmpeg command streaming upright frames of the first video stream to stdout.
+
+    ``pixel_format`` "rgb": PPM frames; "yuv420": YUV4MPEG2, full-range BT.601 (JPEG's YCbCr).
+    """
     exe = ffmpeg_executable()
     cmd = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", "-threads", str(threads),
            "-i", os.fspath(path), "-map", "0:v:0", "-an", "-sn", "-dn", *passthrough_args(exe)]
-    if short_side is not None:
-        cmd += ["-vf", scale_filter(short_side), "-filter_threads", "1"]
-    cmd += ["-f", "image2pipe", "-c:v", "ppm", "-"]
-    return cmd
+    filters = [scale_filter(short_side)] if short_side is not None else []
+    if pixel_format == "yuv420":
+        filters.append("scale=out_range=full:out_color_matrix=bt601,format=yuvj420p")
+        out = ["-f", "yuv4mpegpipe", "-strict", "-1", "-"]
+    elif pixel_format == "rgb":
+        out = ["-f", "image2pipe", "-c:v", "ppm", "-"]
+    else:
+        raise ValueError(f"pixel_format must be 'rgb' or 'yuv420', got {pixel_format!r}")
+    if filters:
+        cmd += ["-vf", ",".join(filters), "-filter_threads", "1"]
+    return cmd + out
 
 
 _FPS_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
@@ -99,19 +116,22 @@ def _classify(returncode: int, log: list[str]) -> str:
 
 
 class VideoFrames:
-    """Iterate the upright RGB frames of one video; use as a context manager.
+    """Iterate the upright frames of one video; use as a context manager.
 
+    Yields (H, W, 3) uint8 RGB arrays, or with ``pixel_format="yuv420"`` ``(Y, U, V)`` planes
+    (full-range BT.601, chroma halved and rounded up) ready for a JPEG encoder.
     ``timeout`` is an inactivity limit: ffmpeg is killed when no frame arrives for that many
     seconds (a hung decoder or a blocking input), so long videos are never cut short.
     After iteration, ``fps``, ``width`` and ``height`` describe the output frames.
     """
 
     def __init__(self, path: str | os.PathLike[str], short_side: int | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT, threads: int = 1) -> None:
+                 timeout: float | None = DEFAULT_TIMEOUT, threads: int = 1, pixel_format: str = "rgb") -> None:
         self.path = Path(path)
         self.short_side = short_side
         self.timeout = timeout
         self.threads = threads
+        self.pixel_format = pixel_format
         self.fps = 0.0
         self.width = 0
         self.height = 0
@@ -128,7 +148,7 @@ class VideoFrames:
     def __enter__(self) -> VideoFrames:
         self._precheck()
         self._proc = subprocess.Popen(
-            ffmpeg_decode_command(self.path, self.short_side, self.threads),
+            ffmpeg_decode_command(self.path, self.short_side, self.threads, self.pixel_format),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1 << 20,
         )
         self._last_progress = time.monotonic()
@@ -190,7 +210,7 @@ class VideoFrames:
                 return
 
     # -- frames -----------------------------------------------------------------------------
-    def _read_header(self, stream) -> tuple[int, int] | None:  # type: ignore[no-untyped-def]
+    def _read_header(self, stream: BinaryIO) -> tuple[int, int] | None:
         magic = stream.readline()
         if not magic:
             return None
@@ -202,25 +222,55 @@ class VideoFrames:
             raise VideoDecodeError(self.path, "malformed PPM frame header from ffmpeg")
         return int(dims[0]), int(dims[1])
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def __iter__(self) -> Iterator[Any]:
         if self._proc is None:
             raise RuntimeError("use VideoFrames as a context manager: `with VideoFrames(path) as frames:`")
         stream = self._proc.stdout
         assert stream is not None
-        while True:
-            header = self._read_header(stream)
-            if header is None:
-                break
-            w, h = header
-            frame = np.empty((h, w, 3), dtype=np.uint8)
-            got = stream.readinto(memoryview(frame).cast("B"))
-            if got != frame.nbytes:
-                break  # ffmpeg was killed or died mid-frame; reported below
+        frames = self._iter_y4m(stream) if self.pixel_format == "yuv420" else self._iter_ppm(stream)
+        for frame in frames:
             self._last_progress = time.monotonic()
-            self.width, self.height = w, h
             self.count += 1
             yield frame
         self._finish()
+
+    def _iter_ppm(self, stream: BinaryIO) -> Iterator[np.ndarray]:
+        while True:
+            header = self._read_header(stream)
+            if header is None:
+                return
+            w, h = header
+            frame = np.empty((h, w, 3), dtype=np.uint8)
+            if stream.readinto(memoryview(frame).cast("B")) != frame.nbytes:
+                return  # ffmpeg was killed or died mid-frame; reported by _finish
+            self.width, self.height = w, h
+            yield frame
+
+    def _iter_y4m(self, stream: BinaryIO) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        header = stream.readline()
+        if not header:
+            return
+        if not header.startswith(b"YUV4MPEG2"):
+            raise VideoDecodeError(self.path, f"unexpected stream header {header[:20]!r} from ffmpeg")
+        fields = {tok[:1]: tok[1:] for tok in header.split()[1:]}
+        w, h = int(fields[b"W"]), int(fields[b"H"])
+        if not fields.get(b"C", b"420").startswith(b"420"):
+            raise VideoDecodeError(self.path, f"unexpected chroma format {fields.get(b'C')!r} from ffmpeg")
+        cw, ch = (w + 1) // 2, (h + 1) // 2
+        self.width, self.height = w, h
+        while True:
+            marker = stream.readline()
+            if not marker:
+                return
+            if not marker.startswith(b"FRAME"):
+                raise VideoDecodeError(self.path, f"malformed YUV4MPEG2 frame marker {marker[:16]!r}")
+            buf = np.empty(w * h + 2 * cw * ch, dtype=np.uint8)
+            if stream.readinto(memoryview(buf)) != buf.nbytes:
+                return
+            y = buf[: w * h].reshape(h, w)
+            u = buf[w * h: w * h + cw * ch].reshape(ch, cw)
+            v = buf[w * h + cw * ch:].reshape(ch, cw)
+            yield y, u, v
 
     def _finish(self) -> None:
         assert self._proc is not None

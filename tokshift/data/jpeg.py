@@ -1,8 +1,9 @@
-"""JPEG encode/decode for packed frames: libjpeg-turbo through OpenCV (encode) and simplejpeg (decode).
+"""JPEG encode/decode for packed frames, all through libjpeg-turbo.
 
-Encoding goes through ``cv2.imencode`` because it releases the GIL, so the packing threads
-encode in parallel; decoding uses simplejpeg's fast DCT/upsampling flags, the fastest RGB
-decode measured (see bench/RESULTS_data.md), with OpenCV as the fallback.
+Packing encodes ffmpeg's full-range 4:2:0 planes directly (simplejpeg's YUV-plane encoder: no
+colour conversion or chroma downsampling, the cheapest path measured in bench/RESULTS_data.md);
+RGB frames go through OpenCV. Decoding uses simplejpeg's fast DCT/upsampling flags, the fastest
+RGB decode measured, with OpenCV as the fallback when simplejpeg is not installed.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ try:  # simplejpeg is optional: OpenCV decodes too, a little slower
 except ImportError:  # pragma: no cover - exercised only where simplejpeg is absent
     simplejpeg = None
 
-__all__ = ["encode_rgb", "decode_rgb", "jpeg_size"]
+__all__ = ["HAVE_YUV_ENCODER", "decode_rgb", "encode_rgb", "encode_yuv420", "jpeg_size"]
+
+HAVE_YUV_ENCODER = simplejpeg is not None and hasattr(simplejpeg, "encode_jpeg_yuv_planes")
 
 cv2.setNumThreads(1)
 
@@ -27,6 +30,13 @@ def encode_rgb(frame: np.ndarray, quality: int) -> bytes:
     if not ok:  # pragma: no cover - OpenCV fails only on invalid arrays
         raise ValueError(f"JPEG encoding failed for a frame of shape {frame.shape}")
     return buf.tobytes()
+
+
+def encode_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, quality: int) -> bytes:
+    """Encode full-range BT.601 4:2:0 planes (JPEG's own YCbCr) as a baseline JPEG."""
+    if not HAVE_YUV_ENCODER:
+        raise RuntimeError("encoding YUV planes needs simplejpeg >= 1.6: `pip install simplejpeg`")
+    return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=int(quality))
 
 
 def decode_rgb(data: bytes | memoryview) -> np.ndarray:

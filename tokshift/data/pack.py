@@ -1,9 +1,9 @@
 """Pack the videos of one shard into an LMDB file: several ffmpeg processes in flight, one writer.
 
-Each worker thread runs one ffmpeg at a time (single-threaded decode: two single-threaded
-processes beat one two-threaded one) and JPEG-encodes its frames (OpenCV releases the GIL);
-the calling thread writes finished videos in index order, one transaction per video, so the
-shard's content does not depend on timing. Bad videos are skipped and listed with their reason
+Each worker process runs one single-threaded ffmpeg at a time (two single-threaded processes
+beat one two-threaded one) and JPEG-encodes the full-range 4:2:0 planes ffmpeg streams out
+(no colour conversion anywhere); the calling process writes finished videos in index order,
+one transaction per video, so the shard's content does not depend on timing. Bad videos are skipped and listed with their reason
 in the failures CSV; the shard is built under a temporary name and renamed when complete, so a
 rerun after a kill rebuilds exactly the same content. Frame folders (``frames`` datasets) are
 copied JPEG-for-JPEG without re-encoding.
@@ -17,8 +17,9 @@ import os
 import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+import multiprocessing
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from typing import Any
 from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
-from tokshift.data.jpeg import encode_rgb, jpeg_size
+from tokshift.data.jpeg import HAVE_YUV_ENCODER, encode_rgb, encode_yuv420, jpeg_size
 from tokshift.data.sources import IndexRow, read_classes, read_index
 from tokshift.data.store import ShardWriter
 
@@ -88,36 +89,42 @@ def pack_video(path: str | os.PathLike[str], short_side: int | None = DEFAULT_SH
     if p.is_dir():
         return _pack_folder(p)
     frames: list[bytes] = []
-    with VideoFrames(p, short_side=short_side, timeout=timeout) as reader:
-        for frame in reader:
-            frames.append(encode_rgb(frame, jpeg_quality))
+    if HAVE_YUV_ENCODER:
+        with VideoFrames(p, short_side=short_side, timeout=timeout, pixel_format="yuv420") as reader:
+            for y, u, v in reader:
+                frames.append(encode_yuv420(y, u, v, jpeg_quality))
+    else:  # pragma: no cover - only without simplejpeg
+        with VideoFrames(p, short_side=short_side, timeout=timeout) as reader:
+            for frame in reader:
+                frames.append(encode_rgb(frame, jpeg_quality))
     return Packed(frames, reader.fps, reader.width, reader.height)
 
 
-def _ordered(fn: Callable[[IndexRow], Any], rows: Sequence[IndexRow], workers: int) -> Iterator[tuple[IndexRow, Any]]:
-    """Apply ``fn`` on ``workers`` threads, yielding in input order with a bounded window."""
+def _pack_job(path: str, short_side: int | None, jpeg_quality: int, timeout: float) -> Packed | VideoDecodeError:
+    """One video in a worker process; decode errors come back as values."""
+    try:
+        return pack_video(path, short_side=short_side, jpeg_quality=jpeg_quality, timeout=timeout)
+    except VideoDecodeError as err:
+        return err
+
+
+def _ordered(rows: Sequence[IndexRow], workers: int, job: tuple[Any, ...]) -> Iterator[tuple[IndexRow, Any]]:
+    """Pack ``rows`` on ``workers`` processes, yielding results in input order with a bounded window."""
     if workers <= 1:
         for row in rows:
-            yield row, _call(fn, row)
+            yield row, _pack_job(row.path, *job)
         return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pack") as pool:
+    ctx = multiprocessing.get_context("spawn")  # no fork of a process holding LMDB and threads
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         window: deque[tuple[IndexRow, Future[Any]]] = deque()
-        it = iter(rows)
-        for row in it:
-            window.append((row, pool.submit(_call, fn, row)))
+        for row in rows:
+            window.append((row, pool.submit(_pack_job, row.path, *job)))
             if len(window) >= 2 * workers:
                 head, fut = window.popleft()
                 yield head, fut.result()
         while window:
             head, fut = window.popleft()
             yield head, fut.result()
-
-
-def _call(fn: Callable[[IndexRow], Any], row: IndexRow) -> Any:
-    try:
-        return fn(row)
-    except VideoDecodeError as err:
-        return err
 
 
 def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
@@ -165,12 +172,10 @@ def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.Pa
     input_bytes = sum(os.path.getsize(r.path) for r in rows if os.path.isfile(r.path))
     meta_attrs = {"short_side": short_side, "jpeg_quality": int(jpeg_quality), **(attrs or {})}
 
-    def work(row: IndexRow) -> Packed:
-        return pack_video(row.path, short_side=short_side, jpeg_quality=jpeg_quality, timeout=timeout)
-
     with ShardWriter(out, classes, attrs=meta_attrs, map_size=(1 << 30) + 12 * input_bytes) as writer:
         bar = tqdm(total=len(rows), desc=f"pack {out.name}", unit="video", disable=not progress, leave=False)
-        for row, packed in _ordered(work, rows, workers):
+        job = (short_side, int(jpeg_quality), float(timeout))
+        for row, packed in _ordered(rows, min(workers, max(len(rows), 1)), job):
             bar.update(1)
             if isinstance(packed, VideoDecodeError):
                 log.warning("skipping %s: %s", row.path, packed.reason)
