@@ -54,7 +54,8 @@ def kinetics(tmp_path_factory: pytest.TempPathFactory) -> dict:
         split_dir = "train" if i < len(KINETICS_TRAIN) else "val"
         folder = root / split_dir / label if i % 2 == 0 else root / split_dir  # per-class folders and flat
         folder.mkdir(parents=True, exist_ok=True)
-        encode(clip, folder / f"{yid}_{start:06d}_{end:06d}.mp4")
+        name = f"{yid}.mkv" if yid == "v_bagpip_01" else f"{yid}_{start:06d}_{end:06d}.mp4"  # id-only copies too
+        encode(clip, folder / name)
     (root / "train" / "README.txt").write_text("not a video")
     return {"kind": "kinetics", "root": str(root),
             "annotations": {"train": str(ann / "train.csv"), "validate": str(ann / "validate.csv")}}
@@ -78,6 +79,7 @@ def test_kinetics_labels_indices_and_missing(kinetics: dict) -> None:
     val = build_index(kinetics, "val", 4)  # the 'validate' file and split value 'val'
     assert val.classes == train.classes
     assert [r.label for r in val.rows] == ["abseiling", "playing bagpipes"]
+    assert val.rows[1].video_id == "v_bagpip_01_000000_000010" and val.rows[1].path.endswith("v_bagpip_01.mkv")
     assert [m.video_id for m in val.missing] == ["MISSING0003_000020_000030"]
 
 

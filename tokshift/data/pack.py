@@ -162,7 +162,11 @@ def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.Pa
               jpeg_quality: int = DEFAULT_QUALITY, workers: int | None = None,
               timeout: float = DEFAULT_TIMEOUT, attrs: dict[str, Any] | None = None,
               progress: bool = True) -> PackResult:
-    """Pack ``rows`` into the shard file ``out`` and list unreadable videos in ``failures``."""
+    """Pack ``rows`` into the shard file ``out`` and list unreadable videos in ``failures``.
+
+    With ``workers > 1`` videos are decoded in spawned worker processes, so a script calling
+    this must guard its entry point with ``if __name__ == "__main__":``.
+    """
     if not 1 <= int(jpeg_quality) <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     out, failures_path = Path(out), Path(failures)

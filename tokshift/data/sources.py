@@ -3,7 +3,8 @@
 Four kinds are understood (``spec["kind"]``):
 
 * ``kinetics``: the official Kinetics-400 layout, videos named ``{youtube_id}_{start:06d}_{end:06d}.ext``
-  anywhere under ``root`` plus the annotation CSVs (``label,youtube_id,time_start,time_end,split[,is_cc]``);
+  (or just ``{youtube_id}.ext``) anywhere under ``root`` plus the annotation CSVs
+  (``label,youtube_id,time_start,time_end,split[,is_cc]``);
 * ``csv``: ``path,label`` CSVs per split (paths relative to the CSV or absolute, labels are names);
 * ``demo``: what ``tokshift demo`` generated (``root/train.csv``, ``root/val.csv``), read as ``csv``;
 * ``frames``: frame folders in the original project's layout with ``path nframes label`` lists.
@@ -18,7 +19,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -187,9 +187,6 @@ def _index_csv(spec: Mapping[str, Any], split: str, shards: int, kind: str) -> I
 
 
 # -- kinetics -----------------------------------------------------------------------------------
-_KINETICS_NAME = re.compile(r"^(?P<yid>.{11})_(?P<start>\d{6})_(?P<end>\d{6})$")
-
-
 def kinetics_video_id(youtube_id: str, time_start: str | float, time_end: str | float) -> str:
     """The official file stem ``{youtube_id}_{time_start:06d}_{time_end:06d}``."""
     return f"{youtube_id}_{int(float(time_start)):06d}_{int(float(time_end)):06d}"
@@ -244,7 +241,7 @@ def _index_kinetics(spec: Mapping[str, Any], split: str, shards: int) -> IndexRe
         if vid in seen:
             continue
         seen.add(vid)
-        path = on_disk.get(vid)
+        path = on_disk.get(vid) or on_disk.get(r["youtube_id"])  # some copies name files by YouTube id only
         if path is None:
             result.missing.append(MissingRow(vid, "", r["label"], split, "not found under root"))
         else:
