@@ -89,6 +89,15 @@ def test_randomness_depends_only_on_seed_epoch_and_index(shards: list[Path]) -> 
     assert not torch.equal(torch.stack([other[i][0] for i in range(4)]), torch.stack(first))
 
 
+def test_eval_dataset_in_spawned_worker(shards: list[Path]) -> None:
+    ds = EvalViewDataset(shards, 4, 3, 32, num_clips=2, num_crops=1)
+    direct = [ds[i]["views"] for i in range(len(ds))]
+    loader = DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn")
+    got = list(loader)
+    assert [g["video_id"] for g in got] == ds.video_ids
+    assert all(torch.equal(g["views"], d) for g, d in zip(got, direct))
+
+
 def test_crop_first_resize_equals_resize_then_crop() -> None:
     rng = np.random.default_rng(0)
     frames = [cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (0, 0), 2.0) for _ in range(3)]
