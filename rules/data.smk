@@ -26,6 +26,7 @@ rule index_dataset:
     output:
         index=f"{RESULTS}/index/{{split}}.csv",
         missing=f"{RESULTS}/index/{{split}}.missing.csv",
+        classes=f"{RESULTS}/index/{{split}}.classes.txt",
     params:
         spec=lambda wc: shlex.quote(json.dumps(SPEC)),
         shards=FRAMES["shards"],
