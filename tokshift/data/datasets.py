@@ -69,7 +69,25 @@ class _ShardSet:
         return self.readers[r].read_decoded(vid, indices)
 
 
-class TrainClipDataset(Dataset):
+class _ShardDataset(Dataset):
+    """What both datasets expose about the videos of their shards."""
+
+    _set: _ShardSet
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._set.classes)
+
+    @property
+    def labels(self) -> list[int]:
+        return [item[3] for item in self._set.items]
+
+    @property
+    def video_ids(self) -> list[str]:
+        return [item[1] for item in self._set.items]
+
+
+class TrainClipDataset(_ShardDataset):
     """Random dense training clips: ``(uint8 tensor (T, 3, crop, crop), label_index)`` per item."""
 
     def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
@@ -101,17 +119,6 @@ class TrainClipDataset(Dataset):
         clip = self.augment(self._set.frames(i, indices.tolist()), rng)
         return torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2))), label
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self._set.classes)
-
-    @property
-    def labels(self) -> list[int]:
-        return [item[3] for item in self._set.items]
-
-    @property
-    def video_ids(self) -> list[str]:
-        return [item[1] for item in self._set.items]
 
 
 def _views(get_frames: Callable[[list[int]], list[np.ndarray]], n: int, num_frames: int, frame_stride: int,
@@ -145,7 +152,7 @@ def eval_views_from_frames(frames: np.ndarray | Sequence[np.ndarray], num_frames
                   crop_size, num_clips, num_crops)
 
 
-class EvalViewDataset(Dataset):
+class EvalViewDataset(_ShardDataset):
     """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``."""
 
     def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
@@ -166,16 +173,5 @@ class EvalViewDataset(Dataset):
                        self.crop_size, self.num_clips, self.num_crops)
         return {"video_id": vid, "label": label, "views": views}
 
-    @property
-    def classes(self) -> list[str]:
-        return list(self._set.classes)
-
-    @property
-    def labels(self) -> list[int]:
-        return [item[3] for item in self._set.items]
-
-    @property
-    def video_ids(self) -> list[str]:
-        return [item[1] for item in self._set.items]
 
 
