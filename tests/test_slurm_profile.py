@@ -50,6 +50,12 @@ def test_profile_is_found_from_the_repository_root() -> None:
     assert "slurm-qos" not in cfg and "slurm-reservation" not in cfg
 
 
+def test_local_profile_runs_on_this_machine_only() -> None:
+    cfg = yaml.safe_load((REPO / "profiles/local/config.yaml").read_text())
+    assert "executor" not in cfg and cfg["cores"] == "all"
+    assert cfg["rerun-incomplete"] is True
+
+
 def _tripwire_path(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A PATH where every SLURM command only records that it was called and fails (no cluster)."""
     bindir = tmp_path / "bin"

@@ -1,0 +1,195 @@
+"""The demo pipeline through the real local SLURM cluster with the project's `slurm` profile.
+
+The workflow runs exactly as a user runs it (`snakemake --profile slurm` in the repository),
+the partition given through TOKSHIFT_SLURM_PARTITION and the job sizes through a config file,
+never by editing the profile. What each job asked for is read back from sacct.
+
+In the same run one model's training gets a time limit shorter than it needs: SLURM signals
+it ahead of the limit, it saves a resume checkpoint and exits non-zero, Snakemake resubmits
+it, and it finishes with the same optimizer steps as the uninterrupted training of the same
+model in the local (no SLURM) run. The table must match the local run's.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.slurm.cluster import (PROFILE, Cluster, SacctJob, sacct_steps, slurm_cluster,  # noqa: F401
+                                 snakemake_slurm, unique_prefix, wait_until_recorded)
+from tests.workflow_helpers import copy_workflow, snakemake
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+EPOCHS = 3
+# Job sizes for the test (fake GPUs: the jobs ask SLURM for them, the code runs on the CPU).
+JOB_SIZES = {
+    "pack": {"cpus": 1, "mem_mb": 1500, "runtime": 10},
+    "train": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 3000, "runtime": 20, "signal_seconds": 120},
+    "evaluate": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 2500, "runtime": 10},
+}
+# The model whose training is cut short: a 2-minute limit with SIGUSR1 45 s ahead of it.
+# SLURM checks time limits every 30 s, so the signal comes 45-75 s into the job (after the
+# training has started) and the limit itself is never reached.
+PREEMPTED_MODEL = "demo_tokshift"
+SHORT_TRAIN = {"runtime": 2, "signal_seconds": 45}
+# Enough attempts for a slow machine; `--retries` on the command line is how users raise them.
+RETRIES = 8
+
+
+def _write_config(path: Path, resources: dict) -> Path:
+    path.write_text(yaml.safe_dump({"train": {"overrides": {"epochs": EPOCHS}}, "resources": resources},
+                                   sort_keys=False))
+    return path
+
+
+def _by_rule(jobs: list[SacctJob]) -> dict[str, list[SacctJob]]:
+    out: dict[str, list[SacctJob]] = {}
+    for j in sorted(jobs, key=lambda j: int(j.job_id)):
+        out.setdefault(j.rule, []).append(j)
+    return out
+
+
+def _summary(wf: Path, model: str) -> dict:
+    return json.loads((wf / "results/demo/train" / model / "train_summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same demo run on this machine without SLURM: the reference."""
+    wf = copy_workflow(tmp_path_factory.mktemp("local") / "wf")
+    cfg = _write_config(wf / "test-resources.yaml", JOB_SIZES)
+    t0 = time.monotonic()
+    snakemake(wf, "--cores", "2", "--configfile", str(cfg), check=True, timeout=1800)
+    print(f"demo pipeline, local: {time.monotonic() - t0:.0f} s")
+    return wf
+
+
+@pytest.fixture(scope="module")
+def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+    wf = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
+    sizes = {**JOB_SIZES, "per_model": {PREEMPTED_MODEL: {"train": {**JOB_SIZES["train"], **SHORT_TRAIN}}}}
+    cfg = _write_config(wf / "test-resources.yaml", sizes)
+    prefix = unique_prefix("e2e")
+    t0 = time.monotonic()
+    proc = snakemake_slurm(wf, "--configfile", cfg.name, "--retries", str(RETRIES), prefix=prefix,
+                           profile="slurm", timeout=2400,
+                           env={"TOKSHIFT_SLURM_PARTITION": slurm_cluster.partition})
+    seconds = time.monotonic() - t0
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
+    print(f"demo pipeline through SLURM (one training preempted): {seconds:.0f} s")
+    return {"wf": wf, "prefix": prefix, "seconds": seconds, "cluster": slurm_cluster,
+            "jobs": _by_rule(wait_until_recorded(prefix, 1))}
+
+
+def test_zoo_table_matches_the_local_run(slurm_run: dict, local_run: Path) -> None:
+    slurm_csv = pd.read_csv(slurm_run["wf"] / "results/demo/model_zoo.csv")
+    local_csv = pd.read_csv(local_run / "results/demo/model_zoo.csv")
+    assert list(slurm_csv.columns) == list(local_csv.columns)
+    assert list(slurm_csv["model"]) == list(local_csv["model"])
+    assert list(slurm_csv.dtypes) == list(local_csv.dtypes)
+    same = ["arch", "backbone", "img_size", "num_frames", "frame_stride", "shift_div", "params_m",
+            "gflops_per_view", "views", "val_videos", "val_failed", "epochs"]
+    pd.testing.assert_frame_equal(slurm_csv[same], local_csv[same])
+
+    def margin(df: pd.DataFrame) -> float:
+        top1 = df.set_index("model")["top1"]
+        return float(top1["demo_tokshift"] - top1["demo_vit"])
+
+    one_video = 100.0 / int(local_csv["val_videos"].iloc[0])
+    print(f"TokShift over ViT, 30-view top-1: SLURM {margin(slurm_csv):.2f}, local {margin(local_csv):.2f} points")
+    assert margin(slurm_csv) > 0
+    # Same seeds, data and batches; allow one validation video of float noise per model.
+    assert abs(margin(slurm_csv) - margin(local_csv)) <= 2 * one_video + 1e-6
+
+
+def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run: dict) -> None:
+    wf, cluster, rules = slurm_run["wf"], slurm_run["cluster"], slurm_run["jobs"]
+    shards = yaml.safe_load((wf / "config.yaml").read_text())["datasets"]["demo"]["frames"]["shards"]
+    models = sorted(pd.read_csv(wf / "results/demo/model_zoo.csv")["model"])
+
+    # The plugin's job comment is rule_<rule>_wildcards_<wildcard values joined by _>.
+    assert sorted(j.wildcards for j in rules["pack_shard"]) == sorted(
+        f"{split}_{k}" for split in ("train", "val") for k in range(shards))
+    assert sorted(j.wildcards for j in rules["evaluate"]) == models
+    completed_training = sorted(j.wildcards for j in rules["train"] if j.state == "COMPLETED")
+    assert completed_training == models, rules["train"]
+    for j in (job for jobs in rules.values() for job in jobs):
+        assert j.partition == cluster.partition, j
+        assert Path(j.workdir).resolve() == wf.resolve(), j
+        if j.rule != "train":
+            assert j.state == "COMPLETED", j
+
+    pack = JOB_SIZES["pack"]
+    for j in rules["pack_shard"]:
+        assert (j.gpus, j.cpus, j.mem_mb, j.timelimit_minutes) == (0, pack["cpus"], pack["mem_mb"], pack["runtime"]), j
+    for rule in ("train", "evaluate"):
+        for j in rules[rule]:
+            want = dict(JOB_SIZES[rule])
+            if rule == "train" and j.wildcards == PREEMPTED_MODEL:
+                want.update(SHORT_TRAIN)
+            assert (j.gpus, j.cpus) == (want["gpus"], want["gpus"] * want["cpus_per_gpu"]), j
+            assert (j.mem_mb, j.timelimit_minutes, j.nnodes) == (want["mem_mb"], want["runtime"], 1), j
+
+
+def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(slurm_run: dict, local_run: Path) -> None:
+    wf, rules = slurm_run["wf"], slurm_run["jobs"]
+    attempts = [j for j in rules["train"] if j.wildcards == PREEMPTED_MODEL]
+    assert len(attempts) >= 2, f"the training was never interrupted: {attempts}"
+    *interrupted, last = attempts
+    assert last.state == "COMPLETED", attempts
+    for j in interrupted:
+        steps = sacct_steps(j.job_id)
+        # Stopped by SIGUSR1 ahead of the limit (the training step exits 75 after checkpointing),
+        # not killed at the limit (TIMEOUT).
+        assert j.state == "FAILED" and j.elapsed_seconds < 60 * SHORT_TRAIN["runtime"], (
+            f"{j} (steps {steps}): the training must run in its own srun step (slurm/job-step.sh) "
+            "for --signal=USR1 to reach it")
+        assert any(s.exit_code == 75 for s in steps), steps
+
+    resumed, reference = _summary(wf, PREEMPTED_MODEL), _summary(local_run, PREEMPTED_MODEL)
+    assert resumed["optimizer_steps"] == reference["optimizer_steps"] > 0
+    assert resumed["epochs"] == reference["epochs"] == EPOCHS
+    zoo = pd.read_csv(wf / "results/demo/model_zoo.csv").set_index("model")
+    assert pd.notna(zoo.loc[PREEMPTED_MODEL, "top1"])
+
+
+MULTI_TASK_SNAKEFILE = textwrap.dedent('''
+    rule train_two_ranks:
+        input: train={train}, val={val}
+        output: "out/train_summary.json"
+        log: "train.log"
+        # A one-node training job with 2 tasks: one SLURM task per rank, started by srun.
+        resources: nodes=1, tasks=2, mpi="srun", cpus_per_task=1, mem_mb=3000, runtime=10
+        shell:
+            "{job_step} --ntasks 2 --nodes 1 --cpus-per-task 1 --"
+            " tokshift train --model demo_vit --train-shards {{input.train}} --val-shards {{input.val}}"
+            " --out-dir out --override epochs=1 --workers 0 --device cpu > {{log}} 2>&1"
+''')
+
+
+def test_two_srun_tasks_train_one_model_together(slurm_run: dict, tmp_path: Path) -> None:
+    """2 ranks started by srun from SLURM's environment join one gloo group and train one model."""
+    frames = slurm_run["wf"] / "results/demo/frames"
+    train = sorted(str(p) for p in (frames / "train").glob("shard-*.lmdb"))
+    val = sorted(str(p) for p in (frames / "val").glob("shard-*.lmdb"))
+    (tmp_path / "Snakefile").write_text(MULTI_TASK_SNAKEFILE.format(
+        train=train, val=val, job_step=PROFILE / "job-step.sh"))
+    prefix = unique_prefix("mtt")
+    proc = snakemake_slurm(tmp_path, prefix=prefix, timeout=900)
+    log = (tmp_path / "train.log").read_text() if (tmp_path / "train.log").exists() else ""
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:] + log[-4000:]
+
+    summary = json.loads((tmp_path / "out/train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 1 and summary["optimizer_steps"] > 0
+    assert "rank 0/2 (slurm, gloo)" in log, log[-3000:]
+    (job,) = wait_until_recorded(prefix, 1)
+    assert job.state == "COMPLETED" and job.cpus == 2
+    srun_steps = [s for s in sacct_steps(job.job_id) if not s.step_id.endswith((".batch", ".extern"))]
+    assert [(s.ntasks, s.state) for s in srun_steps] == [(2, "COMPLETED")], srun_steps
