@@ -1,0 +1,123 @@
+"""A tiny packed demo dataset for the engine tests, built once per test session.
+
+Real pipeline parts only: the demo generator renders and encodes H.264 clips
+with ffmpeg, the index is built from its CSVs and the shards are real LMDB files.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class PackedDemo:
+    root: Path
+    train: Path        # shard with every training clip
+    val: Path          # shard with every validation clip
+    val_odd: Path      # shard with an odd number of validation clips (for exact distributed eval)
+    val_odd_count: int
+    classes: list[str]
+    videos: Path       # folder of the rendered .mp4 files
+
+
+def _pack(spec: dict, split: str, out: Path) -> Path:
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.sources import build_index, write_index
+
+    index = out.parent / f"{out.stem}.index.csv"
+    write_index(build_index(spec, split, 1), index)
+    pack_shard(index, 0, out, out.with_suffix(".failures.csv"), short_side=64, workers=2, progress=False)
+    return out
+
+
+def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int = 4, odd: int = 7) -> PackedDemo:
+    from tokshift.data.demo import DemoConfig, generate_demo
+
+    demo = root / "demo"
+    generate_demo(demo, DemoConfig(train_per_class=train_per_class, val_per_class=val_per_class), workers=2,
+                  progress=False)
+    spec = {"kind": "demo", "root": str(demo)}
+    train = _pack(spec, "train", root / "train.lmdb")
+    val = _pack(spec, "val", root / "val.lmdb")
+    # An odd subset of the validation clips that still holds every class.
+    with open(demo / "val.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    rows.sort(key=lambda r: (r["path"].rsplit("_", 1)[-1], r["label"]))  # round-robin over classes
+    odd_csv = demo / "val_odd.csv"
+    with open(odd_csv, "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label"], lineterminator="\n")
+        w.writeheader()
+        w.writerows({"path": r["path"], "label": r["label"]} for r in rows[:odd])
+    val_odd = _pack({"kind": "csv", "splits": {"val": str(odd_csv)}}, "val", root / "val_odd.lmdb")
+    classes = sorted({r["label"] for r in rows})
+    return PackedDemo(root, train, val, val_odd, odd, classes, demo / "videos")
+
+
+# Test modules import these fixtures, and pytest registers an imported fixture once per
+# module; the cache makes "session" mean one build per test session all the same.
+_CACHE: dict[tuple[str, str], object] = {}
+
+
+@pytest.fixture(scope="session")
+def packed_demo(tmp_path_factory: pytest.TempPathFactory) -> PackedDemo:
+    key = ("packed", str(tmp_path_factory.getbasetemp()))
+    if key not in _CACHE:
+        _CACHE[key] = build_packed_demo(tmp_path_factory.mktemp("engine_demo"))
+    return _CACHE[key]  # type: ignore[return-value]
+
+
+def tokshift_cmd(*args: str) -> list[str]:
+    """Run the CLI of this checkout with the current interpreter."""
+    return [sys.executable, "-m", "tokshift.cli", *args]
+
+
+def cli_env(threads: int = 1) -> dict[str, str]:
+    """Environment for CLI subprocesses: this checkout importable, fixed thread count."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = str(threads)
+    env["MKL_NUM_THREADS"] = str(threads)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+              "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+        env.pop(k, None)
+    return env
+
+
+def run_cli(*args: str, threads: int = 1, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(tokshift_cmd(*args), env=cli_env(threads), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+
+
+@dataclass(frozen=True)
+class TrainedDemo:
+    out_dir: Path
+    checkpoint: Path
+    result: subprocess.CompletedProcess
+
+
+def train_args(data: PackedDemo, out_dir: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
+    """`tokshift train` arguments for the demo model on the tiny packed dataset."""
+    return ["train", "--model", "demo_tokshift", "--train-shards", str(data.train), "--val-shards", str(data.val),
+            "--out-dir", str(out_dir), "--workers", "1", "--log-every", "2",
+            "--override", "batch_size=8", "epochs=3", *overrides, *extra]
+
+
+@pytest.fixture(scope="session")
+def trained_demo(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
+    """The demo TokShift model trained for a few epochs through the CLI (shared by evaluation tests)."""
+    key = ("trained", str(tmp_path_factory.getbasetemp()))
+    if key not in _CACHE:
+        out = tmp_path_factory.mktemp("engine_trained") / "demo_tokshift"
+        res = run_cli(*train_args(packed_demo, out), threads=2)
+        assert res.returncode == 0, res.stderr[-3000:]
+        _CACHE[key] = TrainedDemo(out, out / "model.pt", res)
+    return _CACHE[key]  # type: ignore[return-value]
