@@ -19,6 +19,8 @@
 #   SLURM_GPU_TYPE     GRES type name of the fake GPUs    [fake]
 #   SLURM_PARTITION    default partition name             [main]
 #   SLURM_ACCOUNTING   1 = slurmdbd+MariaDB (sacct works), 0 = accounting_storage/none [1]
+#   SLURM_ENFORCE      with accounting: AccountingStorageEnforce, as most real clusters set it
+#                      (an unknown or empty --qos is rejected)  [associations,limits,qos]
 #   SLURM_START_TIMEOUT seconds to wait for each daemon / the node [60]
 #   SLURM_CLEAN_STATE  1 = wipe slurmctld/slurmd state before starting [0]
 set -Eeuo pipefail
@@ -33,6 +35,7 @@ GPUS=${SLURM_FAKE_GPUS:-2}
 GPU_TYPE=${SLURM_GPU_TYPE:-fake}
 PARTITION=${SLURM_PARTITION:-main}
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
+ENFORCE=${SLURM_ENFORCE-associations,limits,qos}
 TIMEOUT=${SLURM_START_TIMEOUT:-60}
 CLUSTER=localcluster
 DBPASS=slurmdbpass
@@ -108,6 +111,7 @@ GRES_NODE=""; GRES_TYPES=""
 if (( GPUS > 0 )); then GRES_NODE=" Gres=gpu:${GPU_TYPE}:${GPUS}"; GRES_TYPES="GresTypes=gpu"; fi
 if [ "$ACCOUNTING" = 1 ]; then
   ACCT=$'AccountingStorageType=accounting_storage/slurmdbd\nAccountingStorageHost=localhost\nAccountingStorageTRES=gres/gpu\nJobAcctGatherType=jobacct_gather/linux\nJobAcctGatherFrequency=30'
+  [ -n "$ENFORCE" ] && ACCT+=$'\n'"AccountingStorageEnforce=$ENFORCE"
 else
   ACCT=$'AccountingStorageType=accounting_storage/none\nJobAcctGatherType=jobacct_gather/none'
 fi
