@@ -30,4 +30,6 @@ include: "rules/report.smk"
 rule all:
     input:
         zoo_table_outputs(),
+        # Checkpoints are targets too: a deleted one is retrained (and re-evaluated).
+        expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS),
     default_target: True

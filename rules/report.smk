@@ -3,6 +3,9 @@ rule collect_results:
     input:
         metrics=expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
         summaries=expand(f"{RESULTS}/train/{{model}}/train_summary.json", model=MODELS),
+        # The table names each checkpoint and its sha256: a deleted or retrained one
+        # rebuilds that model's row (and only that model's training and evaluation).
+        checkpoints=expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS),
         val_summary=f"{RESULTS}/frames/val/summary.json",
     output:
         csv=report(f"{RESULTS}/model_zoo.csv", category="Model zoo", caption="../workflow/report/model_zoo.rst"),
