@@ -27,6 +27,7 @@ class PackedDemo:
     val_odd_count: int
     classes: list[str]
     videos: Path       # folder of the rendered .mp4 files
+    train_static: Path  # 17-frame clips: an 8x2 clip has one possible start, so no temporal jitter
 
 
 def _pack(spec: dict, split: str, out: Path) -> Path:
@@ -59,7 +60,11 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
         w.writerows({"path": r["path"], "label": r["label"]} for r in rows[:odd])
     val_odd = _pack({"kind": "csv", "splits": {"val": str(odd_csv)}}, "val", root / "val_odd.lmdb")
     classes = sorted({r["label"] for r in rows})
-    return PackedDemo(root, train, val, val_odd, odd, classes, demo / "videos")
+    static = root / "static"
+    generate_demo(static, DemoConfig(seed=1, train_per_class=train_per_class, val_per_class=1, frames=17),
+                  workers=2, progress=False)
+    train_static = _pack({"kind": "demo", "root": str(static)}, "train", root / "train_static.lmdb")
+    return PackedDemo(root, train, val, val_odd, odd, classes, demo / "videos", train_static)
 
 
 # Test modules import these fixtures, and pytest registers an imported fixture once per

@@ -66,10 +66,12 @@ def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Pat
     from tokshift.engine.train import TrainOptions, train
 
     torch.set_num_threads(2)
-    # Flips and colour jitter make every epoch a new dataset; an overfitting check wants the
-    # same clips each epoch, so the dataset is built with them off (crops: short side fixed).
-    ds = TrainClipDataset([packed_demo.train], 8, 2, 64, (64, 64), flip_p=0.0, jitter_p=0.0, seed=0)
-    overrides = {"train_short_side": (64, 64), "batch_size": 4, "lr": 0.004, "epochs": 20, "weight_decay": 0.0}
+    # Flips, colour jitter, random crops and random clip starts make every epoch a new dataset;
+    # an overfitting check wants the same clips each epoch, so they are all off here: no flip or
+    # jitter, short side fixed to the crop, 17-frame videos (an 8 x 2 clip has one start).
+    ds = TrainClipDataset([packed_demo.train_static], 8, 2, 64, (64, 64), flip_p=0.0, jitter_p=0.0, seed=0)
+    # lr 0.004 at the reference batch 16 is the zoo's 1e-3 at batch 4
+    overrides = {"train_short_side": (64, 64), "batch_size": 4, "lr": 0.004, "epochs": 24, "weight_decay": 0.0}
     rc = train(TrainOptions(model="demo_tokshift", train_shards=[], val_shards=[], out_dir=tmp_path,
                             overrides=overrides, workers=1, log_every=1000, progress=False), datasets=(ds, None))
     assert rc == 0
@@ -77,9 +79,10 @@ def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Pat
     losses = [e["train_loss"] for e in epochs]
     assert epochs[-1]["train_top1"] == 100.0, losses
     assert losses[-1] < 0.15 * losses[0], losses
-    # Monotone in epoch means, up to the noise of the random temporal crop: a rise of at most
-    # 5% of the previous epoch's mean is tolerated.
-    rises = [(i + 1, b / a) for i, (a, b) in enumerate(zip(losses, losses[1:])) if b > a * 1.05]
+    # Monotone in epoch means. The data are fixed but the batch order is reshuffled each epoch,
+    # so once the loss sits at its floor (label smoothing) it may wobble in the last digits:
+    # a rise of at most 1% of the previous epoch's mean is tolerated.
+    rises = [(i + 1, b / a) for i, (a, b) in enumerate(zip(losses, losses[1:])) if b > a * 1.01]
     assert not rises, (rises, losses)
 
 
