@@ -1,0 +1,182 @@
+"""Exact 30-view evaluation and `tokshift predict` on real packed shards and real video files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.engine_fixtures import (REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli,  # noqa: F401
+                                   trained_demo)
+from tokshift.data.transforms import normalize
+from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="module")
+def odd_shaped_shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, int, int]]]:
+    """One landscape and one portrait video, packed: crops must run along the long side."""
+    from tokshift.data.demo import encode_h264
+
+    root = tmp_path_factory.mktemp("views")
+    rng = np.random.default_rng(0)
+    shapes = {"wide": (40, 64, 96), "tall": (33, 96, 64)}  # frames, height, width
+    rows = []
+    for name, (n, h, w) in shapes.items():
+        frames = rng.integers(0, 255, (n, h, w, 3), dtype=np.uint8)
+        encode_h264(frames, root / f"{name}.mp4")
+        rows.append({"path": f"{name}.mp4", "label": name})
+    with open(root / "val.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=["path", "label"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(rows)
+    shard = _pack({"kind": "csv", "splits": {"val": str(root / "val.csv")}}, "val", root / "val.lmdb")
+    return shard, shapes
+
+
+def test_thirty_views_follow_reference_clip_starts_and_crops(odd_shaped_shard) -> None:
+    from tokshift.data.datasets import EvalViewDataset
+    from tokshift.data.sampling import crop_offsets, eval_clip_starts
+    from tokshift.data.store import ShardReader
+
+    shard, shapes = odd_shaped_shard
+    T, stride, crop = 8, 2, 64
+    ds = EvalViewDataset([shard], T, stride, crop, num_clips=10, num_crops=3)
+    reader = ShardReader(shard)
+    for i in range(len(ds)):
+        item = ds[i]
+        n, h, w = shapes[item["video_id"].split(".")[0]]
+        # REFERENCE.md: start_i = int(i * n / 10), clipped to the last valid start
+        starts = [min(int(c * n / 10), n - T * stride) for c in range(10)]
+        assert eval_clip_starts(n, T, stride, 10) == starts
+        # crops along the long side: left/top, centre, right/bottom
+        span = max(h, w) - crop
+        along = [0, span // 2, span]
+        expect_offsets = [(0, a) for a in along] if w > h else [(a, 0) for a in along]
+        assert crop_offsets(h, w, crop, 3) == expect_offsets
+        views = item["views"]
+        assert views.shape == (30, T, 3, crop, crop) and views.dtype == torch.uint8
+        for c, s in enumerate(starts):
+            frames = reader.read_decoded(item["video_id"], [s + t * stride for t in range(T)])
+            for k, (y, x) in enumerate(expect_offsets):
+                want = np.stack([f[y:y + crop, x:x + crop] for f in frames]).transpose(0, 3, 1, 2)
+                assert torch.equal(views[c * 3 + k], torch.from_numpy(np.ascontiguousarray(want))), (c, k)
+
+
+def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
+    from tokshift.data.datasets import EvalViewDataset
+    from tokshift.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("demo_tokshift", num_classes=4).eval()
+    shard, _ = odd_shaped_shard
+    views = EvalViewDataset([shard], 8, 2, 64)[0]["views"]
+    chunked = view_logits(model, views, torch.device("cpu"), view_batch=7, amp_dtype=None)  # 7+7+7+7+2
+    with torch.no_grad():
+        single = torch.cat([model(normalize(views[v:v + 1])) for v in range(30)])
+    assert torch.allclose(chunked, single, atol=1e-5)
+    lay = ViewLayout(10, 3)
+    rec = record_from_logits(0, "v", 2, chunked, lay)
+    mean = single.mean(0)
+    assert rec.top5 == mean.argsort(descending=True)[:4].tolist()
+    assert rec.top5_scores == pytest.approx(mean.softmax(-1).sort(descending=True).values[:4].tolist(), abs=1e-5)
+    assert rec.pred_1view == int(single[16].argmax())
+    assert rec.pred_10view == int(single[1::3].mean(0).argmax())
+    assert rec.top5_softmax[0] == int(single.softmax(-1).mean(0).argmax())
+
+
+def test_evaluate_cli_writes_metrics_and_one_row_per_video(trained_demo: TrainedDemo, packed_demo: PackedDemo,
+                                                           tmp_path: Path) -> None:
+    from tokshift.data.datasets import EvalViewDataset
+    from tokshift.engine.loading import load_trained_model
+
+    res = run_cli("evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val),
+                  "--out-dir", str(tmp_path), "--workers", "1", threads=2)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("top1", "top5", "top1_softmax", "top5_softmax", "top1_1view", "top1_3view", "top1_10view",
+                "mean_class_acc", "videos", "views", "clips", "crops", "failed", "model", "checkpoint"):
+        assert key in m, key
+    assert (m["videos"], m["views"], m["clips"], m["crops"], m["failed"]) == (16, 30, 10, 3, 0)
+    assert all(0 <= m[k] <= 100 for k in ("top1", "top5", "top1_1view", "mean_class_acc"))
+    assert m["top5"] == 100.0  # 4 classes
+    rows = _read_csv(tmp_path / "predictions.csv")
+    assert len(rows) == 16 and len({r["video_id"] for r in rows}) == 16
+    assert m["top1"] == pytest.approx(100 * np.mean([r["pred1"] == r["label"] for r in rows]))
+    # scores are the softmax of the mean of the 30 per-view logits, computed here view by view
+    trained = load_trained_model(trained_demo.checkpoint, torch.device("cpu"))
+    ds = EvalViewDataset([packed_demo.val], 8, 2, 64)
+    for i in (0, 7):
+        item = ds[i]
+        with torch.no_grad():
+            per_view = torch.cat([trained.model(normalize(item["views"][v:v + 1])) for v in range(30)])
+        probs = per_view.mean(0).softmax(-1)
+        row = next(r for r in rows if r["video_id"] == item["video_id"])
+        assert float(row["score1"]) == pytest.approx(float(probs.max()), abs=1e-5)
+        assert row["pred1"] == trained.classes[int(probs.argmax())]
+
+
+def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(trained_demo: TrainedDemo,
+                                                                      packed_demo: PackedDemo,
+                                                                      tmp_path: Path) -> None:
+    args = ["evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val_odd),
+            "--workers", "0"]
+    one = run_cli(*args, "--out-dir", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+           "tokshift.cli", *args, "--out-dir", str(tmp_path / "two")]
+    two = subprocess.run(cmd, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
+    assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    for m in (m1, m2):
+        for k in ("eval_seconds", "world_size"):
+            m.pop(k)
+    assert m1 == m2
+    assert m1["videos"] == packed_demo.val_odd_count == 7
+    p1 = (tmp_path / "one" / "predictions.csv").read_text()
+    assert p1 == (tmp_path / "two" / "predictions.csv").read_text()
+    assert len(p1.strip().splitlines()) == 1 + 7
+
+
+def test_evaluate_rejects_a_missing_checkpoint_by_name(packed_demo: PackedDemo, tmp_path: Path) -> None:
+    res = run_cli("evaluate", "--checkpoint", str(tmp_path / "absent.pt"), "--shards", str(packed_demo.val),
+                  "--out-dir", str(tmp_path / "o"))
+    assert res.returncode == 2 and "absent.pt" in res.stderr and "tokshift train" in res.stderr
+
+
+def test_predict_reads_videos_and_reports_unreadable_ones(trained_demo: TrainedDemo, packed_demo: PackedDemo,
+                                                          tmp_path: Path) -> None:
+    good = sorted(packed_demo.videos.glob("val/*.mp4"))[:2]
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
+    res = run_cli("predict", str(good[0]), str(broken), str(good[1]), "--checkpoint", str(trained_demo.checkpoint),
+                  "--format", "json")
+    assert res.returncode == 1  # some input could not be read
+    assert "broken.mp4" in res.stderr and "error" in res.stderr
+    out = json.loads(res.stdout)
+    preds = out["predictions"]
+    assert [p["video"] for p in preds] == [str(good[0]), str(broken), str(good[1])]
+    assert "error" in preds[1] and "broken.mp4" in preds[1]["error"]
+    for p in (preds[0], preds[2]):
+        assert len(p["top"]) == 4 and p["views"] == 30  # 4 demo classes
+        scores = [t["score"] for t in p["top"]]
+        assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-4)
+        assert {t["label"] for t in p["top"]} == set(packed_demo.classes)
+
+    text = run_cli("predict", str(good[0]), "--checkpoint", str(trained_demo.checkpoint), "--clips", "2",
+                   "--crops", "1")
+    assert text.returncode == 0, text.stderr[-2000:]
+    lines = text.stdout.strip().splitlines()
+    assert lines[0] == str(good[0]) and lines[1].lstrip().startswith("1. ")
