@@ -192,7 +192,8 @@ def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout:
         pending.clear()
 
     t0 = time.perf_counter()
-    for item in loader:
+    t_log = t0
+    for done, item in enumerate(loader, start=1):
         if item.get("error"):
             log.warning("video %s could not be evaluated: %s", item["video_id"], item["error"])
             records.append(VideoRecord(index=item["index"], video_id=str(item["video_id"]),
@@ -207,6 +208,9 @@ def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout:
                 flush()
         if bar is not None:
             bar.update(1)
+        elif progress and ctx.is_main and time.perf_counter() - t_log >= 60:
+            t_log = time.perf_counter()
+            log.info("%s: %d/%d videos on rank 0 (%.1f videos/s)", desc, done, len(mine), done / (t_log - t0))
     flush()
     if bar is not None:
         bar.close()
