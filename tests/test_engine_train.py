@@ -213,3 +213,13 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(packed_
     a, b = _load(tmp_path / "one" / "model.pt"), _load(tmp_path / "two" / "model.pt")
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], rtol=1e-3, atol=1e-4), k
+
+
+def test_timed_checkpoints_are_written_during_the_epoch(packed_demo: PackedDemo, tmp_path: Path) -> None:
+    res = run_cli("train", "--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--workers", "0",
+                  "--out-dir", str(tmp_path), "--override", "batch_size=8", "epochs=1", "--checkpoint-minutes", "0")
+    assert res.returncode == 0, res.stderr[-2000:]
+    saved = [line for line in res.stderr.splitlines() if "saved resume checkpoint" in line]
+    # one after each of the 4 optimizer steps (the timer is always due) plus the end of the epoch
+    assert len(saved) == 5, saved
+    assert "ckpt-e0000-s000000002.pt" in saved[1]
