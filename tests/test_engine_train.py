@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.engine_fixtures import (REPO, PackedDemo, TrainedDemo, cli_env, packed_demo, run_cli,  # noqa: F401
-                                   tokshift_cmd, train_args, trained_demo)
+                                   tokshift_cmd, trained_demo)
 from tokshift.engine.checkpoint import list_resume, sha256_file
 from tokshift.engine.logbook import read_jsonl
 from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED
@@ -208,6 +208,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(packed_
     assert [r["loss"] for r in s1] == pytest.approx([r["loss"] for r in s2], rel=2e-4)
     e1, e2 = _epochs(tmp_path / "one"), _epochs(tmp_path / "two")
     assert [e["val_videos"] for e in e2] == [packed_demo.val_odd_count] * 2
+    assert [e["train_loss"] for e in e1] == pytest.approx([e["train_loss"] for e in e2], rel=2e-4)
     summary = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["global_batch"] == 8
     a, b = _load(tmp_path / "one" / "model.pt"), _load(tmp_path / "two" / "model.pt")

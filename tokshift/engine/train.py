@@ -31,7 +31,7 @@ from tokshift.engine.checkpoint import (atomic_torch_save, atomic_write_text, fi
                                         load_verified, save_resume)
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.logbook import Logbook, read_jsonl
-from tokshift.engine.runtime import (EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, StopFlag, autocast,
+from tokshift.engine.runtime import (EXIT_OK, EXIT_PREEMPTED, StopFlag, autocast,
                                      ignore_stop_signals, resolve_amp, rng_state, seed_everything,
                                      set_fused_attention, set_rng_state, setup_logging)
 from tokshift.engine.sampler import ResumableBatchSampler
