@@ -85,6 +85,16 @@ def job_resources(rule_name, model=None):
     return out
 
 
+def loader_workers(rule_name, model):
+    """DataLoader workers per process: `auto` keeps the main process a core of its own."""
+    setting = config["train" if rule_name == "train" else "evaluate"]["workers"]
+    if setting != "auto":
+        return int(setting)
+    job = wc.job_settings(config, rule_name, model)
+    cores = int(job["cpus_per_gpu"]) if int(job.get("gpus", 0) or 0) else int(job["cpus"])
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
 def rule_resources(rule_name):
     """Resources for a per-model rule: each value a callable of the model wildcard."""
     keys = job_resources(rule_name, MODELS[0]).keys()

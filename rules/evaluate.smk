@@ -9,9 +9,10 @@ rule evaluate:
     params:
         launch=lambda wc: launcher("evaluate", wc.model),
         out_dir=lambda wc: f"{RESULTS}/eval/{wc.model}",
+        workers=lambda wc: loader_workers("evaluate", wc.model),
         views=(
             f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
-            f" --view-batch {config['evaluate']['view_batch']} --workers {config['evaluate']['workers']}"
+            f" --view-batch {config['evaluate']['view_batch']}"
         ),
     log:
         f"logs/evaluate/{DATASET}/{{model}}.log",
@@ -24,4 +25,4 @@ rule evaluate:
         **rule_resources("evaluate"),
     shell:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
-        " --out-dir {params.out_dir:q} {params.views} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.views} --workers {params.workers} > {log:q} 2>&1"

@@ -13,9 +13,10 @@ rule train:
         out_dir=lambda wc: f"{RESULTS}/train/{wc.model}",
         pretrained=lambda wc, input: f"--pretrained {input.weights[0]}" if input.weights else "",
         overrides=lambda wc: train_override_args(wc.model),
+        workers=lambda wc: loader_workers("train", wc.model),
         compile="--compile" if config["train"].get("compile") else "",
         settings=(
-            f"--seed {config['train']['seed']} --workers {config['train']['workers']}"
+            f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
         ),
     log:
@@ -30,4 +31,4 @@ rule train:
     shell:
         "{params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
         " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
-        " {params.overrides} {params.compile} {params.settings} > {log:q} 2>&1"
+        " {params.overrides} {params.compile} {params.settings} --workers {params.workers} > {log:q} 2>&1"
