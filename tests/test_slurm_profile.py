@@ -118,3 +118,22 @@ def test_each_rule_is_one_job_with_the_resources_it_asked_for(slurm_cluster: Clu
     assert (tmp_path / "out/cpu.txt").read_text().split()[0] == cpu.job_id
     # SLURM logs of successful jobs are removed; the profile puts them under logs/slurm.
     assert (tmp_path / "logs/slurm").is_dir()
+
+
+def test_job_step_runs_the_command_directly_outside_slurm(tmp_path: Path) -> None:
+    """Outside a SLURM job the rule's program runs as is, arguments intact, exit code passed on."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    script = PROFILE / "job-step.sh"
+    proc = subprocess.run([str(script), "--ntasks", "2", "--cpus-per-task", "4", "--",
+                           sys.executable, "-c", "import sys; print(sys.argv[1:]); sys.exit(75)", "a b", "c"],
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 75 and proc.stdout.strip() == "['a b', 'c']", proc
+
+
+def test_job_step_rejects_bad_counts_naming_them() -> None:
+    proc = subprocess.run([str(PROFILE / "job-step.sh"), "--ntasks", "0", "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "'0'" in proc.stderr
+    proc = subprocess.run([str(PROFILE / "job-step.sh"), "--gpus", "2", "--", "true"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--gpus" in proc.stderr
