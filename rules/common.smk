@@ -33,15 +33,18 @@ def pretrained_weights(wildcards):
 
 
 def slurm_account_settings():
-    """Partition and account from config.yaml, else from TOKSHIFT_SLURM_* variables (only when set)."""
+    """Partition, account and QoS from config.yaml, else TOKSHIFT_SLURM_* variables; only those set.
+
+    An empty value must not reach sbatch: `--qos=''` is rejected where QoS is enforced.
+    """
     res = config.get("resources") or {}
     out = {}
-    partition = res.get("slurm_partition") or os.environ.get("TOKSHIFT_SLURM_PARTITION")
-    account = res.get("slurm_account") or os.environ.get("TOKSHIFT_SLURM_ACCOUNT")
-    if partition:
-        out["slurm_partition"] = partition
-    if account:
-        out["slurm_account"] = account
+    for key, conf_key, env in (("slurm_partition", "slurm_partition", "TOKSHIFT_SLURM_PARTITION"),
+                               ("slurm_account", "slurm_account", "TOKSHIFT_SLURM_ACCOUNT"),
+                               ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS")):
+        value = res.get(conf_key) or os.environ.get(env)
+        if value:
+            out[key] = value
     return out
 
 
@@ -66,14 +69,16 @@ def job_resources(rule_name, model=None):
     out = {
         "mem_mb": int(job["mem_mb"]),
         "runtime": int(job["runtime"]),
-        "gpu": gpus,
+        "gpu": gpus * nodes,  # sbatch --gpus counts the whole job; config's `gpus` is per node
         "nodes": nodes,
         # One task (torchrun inside) on one node; one task per GPU started by srun otherwise.
         "tasks": nodes * per_node if multi_task else 1,
+        # GPU jobs: without tasks_per_gpu the plugin turns `tasks` into --ntasks-per-gpu
+        # (gpu=N with tasks=N asks for N*N tasks). 0 leaves it out; 1 = one task per GPU.
+        "tasks_per_gpu": 1 if multi_task and gpus else 0,
         "mpi": "srun" if multi_task else "",
         "cpus_per_task": (int(job["cpus_per_gpu"]) if gpus else int(job["cpus"])) if multi_task
         else job_threads(rule_name, model),
-        "qos": res.get("slurm_qos") or os.environ.get("TOKSHIFT_SLURM_QOS") or "",
         "constraint": (res.get("gpu_constraint") or os.environ.get("TOKSHIFT_SLURM_CONSTRAINT") or "")
         if gpus else "",
         "slurm_extra": "",
@@ -104,15 +109,22 @@ def rule_resources(rule_name):
 
 
 def launcher(rule_name, model):
-    """The command prefix that starts `tokshift` with the right number of processes."""
+    """The command that starts `tokshift` with the job's processes.
+
+    Under SLURM slurm/job-step.sh makes it a job step of its own, so that the early warning
+    (--signal=USR1@N goes to job steps) reaches the training and not Snakemake, which runs
+    in the batch script; outside SLURM it runs the command directly.
+    """
     job = wc.job_settings(config, rule_name, model)
     gpus = int(job.get("gpus", 0) or 0)
     res = job_resources(rule_name, model)
+    step = (f"{shlex.quote(str(Path(workflow.basedir) / 'slurm' / 'job-step.sh'))} --ntasks {res['tasks']}"
+            f" --nodes {res['nodes']} --cpus-per-task {res['cpus_per_task']} --")
     if res["mpi"]:
-        return f"srun --ntasks={res['tasks']} --nodes={res['nodes']} tokshift"
+        return f"{step} tokshift"
     if gpus > 1:
-        return f"torchrun --standalone --nproc-per-node={gpus} -m tokshift.cli"
-    return "tokshift"
+        return f"{step} torchrun --standalone --nproc-per-node={gpus} -m tokshift.cli"
+    return f"{step} tokshift"
 
 
 def train_override_args(model):

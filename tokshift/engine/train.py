@@ -248,8 +248,13 @@ class _Trainer:
     def _save_resume(self, t_start: float) -> None:
         """All ranks call this (RNG states are gathered); rank 0 writes."""
         rngs = D.all_gather_objects(self.ctx, rng_state())
-        if not self.ctx.is_main:
-            return
+        if self.ctx.is_main:
+            self._write_resume(t_start, rngs)
+        # No rank leaves before the checkpoint is on disk: a launcher (torchrun) stops the
+        # others as soon as one rank exits after a signal.
+        D.barrier(self.ctx)
+
+    def _write_resume(self, t_start: float, rngs: list) -> None:
         state = {
             "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "scheduler": {"step": self.step, **self.schedule.__dict__},
