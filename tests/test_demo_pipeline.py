@@ -22,7 +22,9 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
             in_table = True
             continue
         parts = line.split()
-        if in_table and len(parts) == 2 and parts[1].isdigit() and parts[0] != "total":
+        if in_table and parts[:1] == ["total"]:
+            in_table = False
+        elif in_table and len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
     return counts
 
