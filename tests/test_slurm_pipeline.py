@@ -41,7 +41,7 @@ JOB_SIZES = {
 # and the limit itself is never reached. The training is sized to need about PREEMPT_WORK_S.
 PREEMPTED_MODEL = "demo_tokshift"
 SHORT_TRAIN = {"runtime": 2, "signal_seconds": 45}
-PREEMPT_WORK_S = 80
+PREEMPT_WORK_S = 150
 # Enough attempts for a slow machine; `--retries` on the command line is how users raise them.
 RETRIES = 10
 
@@ -61,6 +61,21 @@ def _by_rule(jobs: list[SacctJob]) -> dict[str, list[SacctJob]]:
 
 def _summary(wf: Path, model: str) -> dict:
     return json.loads((wf / "results/demo/train" / model / "train_summary.json").read_text())
+
+
+def _fastest_epoch_seconds(wf: Path, model: str) -> float:
+    """An epoch at the fastest step rate of the first run, from the step records' timestamps.
+
+    Both models trained side by side then; alone a step may take up to half as long, so
+    PREEMPT_WORK_S leaves a factor of two: the training then needs more than the signal's
+    lead time however idle the machine is (a busier machine only means more resubmissions).
+    """
+    records = [json.loads(line) for line in
+               (wf / "results/demo/train" / model / "metrics.jsonl").read_text().splitlines()]
+    steps = [(r["step"], r["time"]) for r in records if r.get("kind") == "step"]
+    per_step = min((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(steps, steps[1:]) if s1 > s0)
+    summary = _summary(wf, model)
+    return per_step * summary["optimizer_steps"] / summary["epochs"]
 
 
 def _run_slurm(wf: Path, cfg: Path, cluster: Cluster, *extra: str) -> tuple[str, float]:
@@ -98,9 +113,8 @@ def preempted_run(slurm_run: dict) -> dict:
     wf, cluster = slurm_run["wf"], slurm_run["cluster"]
     done = _summary(wf, PREEMPTED_MODEL)
     steps_per_epoch = done["optimizer_steps"] // done["epochs"]
-    # Both models trained side by side in the first run; alone, an epoch takes about half as long.
-    seconds_per_epoch = max(done["train_hours"] * 3600 / done["epochs"] / 2, 0.5)
-    epochs = min(max(math.ceil(PREEMPT_WORK_S / seconds_per_epoch), 2), 100)
+    seconds_per_epoch = max(_fastest_epoch_seconds(wf, PREEMPTED_MODEL), 0.2)
+    epochs = min(max(math.ceil(PREEMPT_WORK_S / seconds_per_epoch), 2), 200)
     shutil.rmtree(wf / "results/demo/train" / PREEMPTED_MODEL)
     shutil.rmtree(wf / "results/demo/eval" / PREEMPTED_MODEL)
 
