@@ -42,6 +42,7 @@ JOB_SIZES = {
 PREEMPTED_MODEL = "demo_tokshift"
 SHORT_TRAIN = {"runtime": 2, "signal_seconds": 45}
 PREEMPT_WORK_S = 150
+MIN_PREEMPT_EPOCHS = 40
 # Enough attempts for a slow machine; `--retries` on the command line is how users raise them.
 RETRIES = 10
 
@@ -114,7 +115,9 @@ def preempted_run(slurm_run: dict) -> dict:
     done = _summary(wf, PREEMPTED_MODEL)
     steps_per_epoch = done["optimizer_steps"] // done["epochs"]
     seconds_per_epoch = max(_fastest_epoch_seconds(wf, PREEMPTED_MODEL), 0.2)
-    epochs = min(max(math.ceil(PREEMPT_WORK_S / seconds_per_epoch), 2), 200)
+    # Step timestamps of a short, shared run are a rough guide only: never fewer than
+    # MIN_PREEMPT_EPOCHS, which alone need well over the signal's lead time on this machine.
+    epochs = min(max(math.ceil(PREEMPT_WORK_S / seconds_per_epoch), MIN_PREEMPT_EPOCHS), 200)
     shutil.rmtree(wf / "results/demo/train" / PREEMPTED_MODEL)
     shutil.rmtree(wf / "results/demo/eval" / PREEMPTED_MODEL)
 
