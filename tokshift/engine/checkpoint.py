@@ -8,6 +8,7 @@ the next older one is tried, so a broken file is never loaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
@@ -17,22 +18,17 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Iterator
 
 import torch
+
+from tokshift.weights import sha256_file
+
+__all__ = ["sha256_file"]  # re-exported: evaluation records the checkpoint's hash
 
 log = logging.getLogger(__name__)
 
 RESUME_PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
-    """Hex sha256 of a file, read in chunks (checkpoints can be gigabytes)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -48,14 +44,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` so that `path` holds either the old content or all of the new."""
-    path = Path(path)
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A temporary file beside `path`, flushed and renamed onto it only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -63,6 +59,12 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` so that `path` holds either the old content or all of the new."""
+    with _atomic_file(Path(path)) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -71,20 +73,9 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
     """`torch.save` atomically; returns the sha256 of what was written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            hasher = _HashingWriter(f)
-            torch.save(obj, hasher)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
+    with _atomic_file(Path(path)) as f:
+        hasher = _HashingWriter(f)
+        torch.save(obj, hasher)
     return hasher.hexdigest()
 
 
