@@ -13,6 +13,8 @@ validate(config, "workflow/schemas/config.schema.yaml")
 
 
 include: "rules/common.smk"
+
+
 wildcard_constraints:
     split="train|val",
     shard=r"\d+",
@@ -28,8 +30,8 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         zoo_table_outputs(),
         # Checkpoints are targets too: a deleted one is retrained (and re-evaluated).
         expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS),
-    default_target: True

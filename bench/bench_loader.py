@@ -70,8 +70,12 @@ class PillowTrain:
         imgs = [im.crop((x, y, x + CROP, y + CROP)) for im in imgs]
         if rng.random() < 0.5:
             imgs = [TF.hflip(im) for im in imgs]
-        for fn, lo, hi in ((TF.adjust_brightness, 0.5, 2), (TF.adjust_saturation, 0.5, 3),
-                           (TF.adjust_gamma, 0.8, 1.2), (TF.adjust_hue, -0.5, 0.5)):
+        for fn, lo, hi in (
+            (TF.adjust_brightness, 0.5, 2),
+            (TF.adjust_saturation, 0.5, 3),
+            (TF.adjust_gamma, 0.8, 1.2),
+            (TF.adjust_hue, -0.5, 0.5),
+        ):
             apply, value = rng.random() < 0.1, rng.uniform(lo, hi)
             if apply:
                 imgs = [fn(im, value) for im in imgs]
@@ -91,13 +95,15 @@ class PillowEval:
         reader, vid, n = self.items[i]
         clips = eval_clip_indices(n, T, STRIDE, 10)
         unique = sorted({int(j) for c in clips for j in c})
-        frames = {j: np.asarray(pil_short_side(Image.open(io.BytesIO(b)).convert("RGB"), CROP))
-                  for j, b in zip(unique, reader.read_frames(vid, unique))}
+        frames = {
+            j: np.asarray(pil_short_side(Image.open(io.BytesIO(b)).convert("RGB"), CROP))
+            for j, b in zip(unique, reader.read_frames(vid, unique))
+        }
         views = []
         for c in clips:
             h, w = frames[int(c[0])].shape[:2]
             for y, x in crop_offsets(h, w, CROP, 3):
-                views.append(np.stack([frames[int(j)][y:y + CROP, x:x + CROP] for j in c]))
+                views.append(np.stack([frames[int(j)][y : y + CROP, x : x + CROP] for j in c]))
         return torch.from_numpy(np.stack(views).transpose(0, 1, 4, 2, 3).copy())
 
 
@@ -127,8 +133,10 @@ def main() -> None:
         shard = tmp_path / "shard-0.lmdb"
         pack_rows(rows, ["x"], shard, tmp_path / "f.csv", short_side=331, jpeg_quality=90, workers=2, progress=False)
         meta = next(ShardReader(shard).videos())
-        print(f"data: {args.videos} videos x {meta['nframes']} frames, {meta['width']}x{meta['height']} JPEG q90 "
-              f"({meta['bytes'] / meta['nframes'] / 1e3:.1f} kB/frame); one process, 1 thread (one worker's share)\n")
+        print(
+            f"data: {args.videos} videos x {meta['nframes']} frames, {meta['width']}x{meta['height']} JPEG q90 "
+            f"({meta['bytes'] / meta['nframes'] / 1e3:.1f} kB/frame); one process, 1 thread (one worker's share)\n"
+        )
 
         fast_train = TrainClipDataset([shard], T, STRIDE, CROP, SHORT)
         fast_eval = EvalViewDataset([shard], T, STRIDE, CROP)
@@ -156,10 +164,15 @@ def main() -> None:
         print("| loader | samples/s (wall, median) | samples per CPU-second (median) | vs Pillow baseline (CPU) |")
         print("|---|---|---|---|")
         for name in methods:
-            base = "train 8x224: Pillow (uint8) [baseline]" if name.startswith("train") \
+            base = (
+                "train 8x224: Pillow (uint8) [baseline]"
+                if name.startswith("train")
                 else "eval 30 views: Pillow (uint8) [baseline]"
+            )
             ratio = statistics.median(cpu[name]) / statistics.median(cpu[base])
-            print(f"| {name} | {statistics.median(wall[name]):.1f} | {statistics.median(cpu[name]):.1f} | {ratio:.2f}x |")
+            print(
+                f"| {name} | {statistics.median(wall[name]):.1f} | {statistics.median(cpu[name]):.1f} | {ratio:.2f}x |"
+            )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{args.threads} threads, batch {args.batch}, median of {args.repeats}")
+    print(
+        f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{args.threads} threads, batch {args.batch}, median of {args.repeats}"
+    )
     # Interleave the models so drifting machine load hits both alike.
     results: dict[str, list[float]] = {m: [] for m in args.models}
     for _ in range(2):
@@ -80,8 +82,10 @@ def main() -> None:
     tokens = (cfg.img_size // cfg.patch_size) ** 2 + 1
     shift = time_shift(cfg.num_frames * args.batch, tokens, cfg.embed_dim)
     added = 2 * cfg.depth * shift
-    print(f"token shift alone: {shift * 1e3:.2f} ms fwd+bwd per call, x{2 * cfg.depth} calls = "
-          f"{added * 1e3:.0f} ms = {100 * added / base:.1f}% of the baseline iteration")
+    print(
+        f"token shift alone: {shift * 1e3:.2f} ms fwd+bwd per call, x{2 * cfg.depth} calls = "
+        f"{added * 1e3:.0f} ms = {100 * added / base:.1f}% of the baseline iteration"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -46,11 +46,33 @@ def make_sources(folder: Path, count: int, seconds: float) -> list[Path]:
     out = []
     for i in range(count):
         path = folder / f"src_{i:03d}.mp4"
-        subprocess.run([ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
-                        "-i", f"testsrc2=size=340x256:rate=30:duration={seconds}",
-                        "-vf", f"noise=alls={8 + i % 5}:allf=t,hue=H=t*{i % 3}",
-                        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
-                        "-threads", "1", str(path)], check=True)
+        subprocess.run(
+            [
+                ffmpeg_executable(),
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size=340x256:rate=30:duration={seconds}",
+                "-vf",
+                f"noise=alls={8 + i % 5}:allf=t,hue=H=t*{i % 3}",
+                "-c:v",
+                "libx264",
+                "-preset",
+                "veryfast",
+                "-crf",
+                "23",
+                "-pix_fmt",
+                "yuv420p",
+                "-threads",
+                "1",
+                str(path),
+            ],
+            check=True,
+        )
         out.append(path)
     return out
 
@@ -68,9 +90,27 @@ def baseline_files(sources: list[Path], folder: Path, short_side: int, workers: 
     for i, src in enumerate(sources):
         d = folder / f"v{i}"
         d.mkdir(parents=True)
-        procs.append(subprocess.Popen([ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-threads", "1",
-                                       "-i", str(src), "-vf", scale_filter(short_side), "-fps_mode", "passthrough",
-                                       "-q:v", "2", str(d / "img_%05d.jpg")]))
+        procs.append(
+            subprocess.Popen(
+                [
+                    ffmpeg_executable(),
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-threads",
+                    "1",
+                    "-i",
+                    str(src),
+                    "-vf",
+                    scale_filter(short_side),
+                    "-fps_mode",
+                    "passthrough",
+                    "-q:v",
+                    "2",
+                    str(d / "img_%05d.jpg"),
+                ]
+            )
+        )
         while sum(p.poll() is None for p in procs) >= workers:
             time.sleep(0.005)
     for p in procs:
@@ -96,10 +136,14 @@ def main() -> None:
         (tmp_path / "src").mkdir()
         sources = make_sources(tmp_path / "src", args.videos, args.seconds)
         rows = [IndexRow(p.stem, str(p), "x", 0, "train", 0) for p in sources]
-        print(f"sources: {len(sources)} H.264 videos, 340x256, 30 fps, {args.seconds:g} s; "
-              f"output short side {args.short_side}, JPEG q{args.quality}\n")
-        print("| method | workers | frames | wall s | frames/s (wall) | CPU s | frames per CPU-second "
-              "| vs baseline (per CPU-s) |")
+        print(
+            f"sources: {len(sources)} H.264 videos, 340x256, 30 fps, {args.seconds:g} s; "
+            f"output short side {args.short_side}, JPEG q{args.quality}\n"
+        )
+        print(
+            "| method | workers | frames | wall s | frames/s (wall) | CPU s | frames per CPU-second "
+            "| vs baseline (per CPU-s) |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         base: dict[int, float] = {}
         for workers in sorted({1, args.workers}):
@@ -107,20 +151,35 @@ def main() -> None:
             frames, seconds = baseline_files(sources, tmp_path / f"files{workers}", args.short_side, workers)
             cpu = cpu_seconds() - c0
             base[workers] = frames / cpu
-            print(f"| ffmpeg -> JPEG files (baseline) | {workers} | {frames} | {seconds:.2f} | {frames / seconds:.0f} "
-                  f"| {cpu:.2f} | {frames / cpu:.0f} | 1.00x |")
+            print(
+                f"| ffmpeg -> JPEG files (baseline) | {workers} | {frames} | {seconds:.2f} | {frames / seconds:.0f} "
+                f"| {cpu:.2f} | {frames / cpu:.0f} | 1.00x |"
+            )
             shutil.rmtree(tmp_path / f"files{workers}")
             out = tmp_path / f"shard{workers}.lmdb"
             c0 = cpu_seconds()
-            result = pack_rows(rows, ["x"], out, tmp_path / f"f{workers}.csv", short_side=args.short_side,
-                               jpeg_quality=args.quality, workers=workers, progress=False)
+            result = pack_rows(
+                rows,
+                ["x"],
+                out,
+                tmp_path / f"f{workers}.csv",
+                short_side=args.short_side,
+                jpeg_quality=args.quality,
+                workers=workers,
+                progress=False,
+            )
             cpu = cpu_seconds() - c0
-            print(f"| tokshift pack (ffmpeg pipe -> LMDB) | {workers} | {result.frames} | {result.seconds:.2f} | "
-                  f"{result.frames / result.seconds:.0f} | {cpu:.2f} | {result.frames / cpu:.0f} "
-                  f"| {result.frames / cpu / base[workers]:.2f}x |")
+            print(
+                f"| tokshift pack (ffmpeg pipe -> LMDB) | {workers} | {result.frames} | {result.seconds:.2f} | "
+                f"{result.frames / result.seconds:.0f} | {cpu:.2f} | {result.frames / cpu:.0f} "
+                f"| {result.frames / cpu / base[workers]:.2f}x |"
+            )
             size = out.stat().st_size
-        print(f"\nshard file: {size / 1e6:.1f} MB for {result.frames} frames "
-              f"({size / result.frames / 1e3:.1f} kB/frame, JPEG payload {result.bytes / result.frames / 1e3:.1f} kB/frame)")
+        print(
+            f"\nshard file: {size / 1e6:.1f} MB for {result.frames} frames "
+            f"({size / result.frames / 1e3:.1f} kB/frame, "
+            f"JPEG payload {result.bytes / result.frames / 1e3:.1f} kB/frame)"
+        )
 
 
 if __name__ == "__main__":

@@ -62,16 +62,16 @@ def build_data(root: Path, per_class: int) -> Path:
     return shard
 
 
-def compute_only(model_name: str, batch: int, steps: int, device: torch.device, amp: torch.dtype | None,
-                 fused: bool) -> dict[str, float]:
+def compute_only(
+    model_name: str, batch: int, steps: int, device: torch.device, amp: torch.dtype | None, fused: bool
+) -> dict[str, float]:
     """Optimizer steps on one fixed batch already on the device: the no-loading upper bound."""
     cfg = get_config(model_name)
     torch.manual_seed(0)
     model = build_model(cfg.model_dict()).to(device).train()
     set_fused_attention(model, fused)
     opt = make_optimizer(model, cfg, 1e-4)
-    x = torch.randint(0, 256, (batch, cfg.num_frames, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8,
-                      device=device)
+    x = torch.randint(0, 256, (batch, cfg.num_frames, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=device)
     y = torch.randint(0, cfg.num_classes, (batch,), device=device)
 
     def step() -> None:
@@ -100,9 +100,19 @@ def engine_run(shard: Path, epochs: int, workers: int, batch: int) -> dict[str, 
     """The real thing: `tokshift train` (in-process) over the packed shard."""
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), cpu_seconds()
-        rc = train(TrainOptions(model="demo_tokshift", train_shards=[str(shard)], val_shards=[], out_dir=Path(tmp),
-                                overrides={"epochs": epochs, "batch_size": batch}, workers=workers,
-                                log_every=10**9, progress=False, checkpoint_minutes=1e9))
+        rc = train(
+            TrainOptions(
+                model="demo_tokshift",
+                train_shards=[str(shard)],
+                val_shards=[],
+                out_dir=Path(tmp),
+                overrides={"epochs": epochs, "batch_size": batch},
+                workers=workers,
+                log_every=10**9,
+                progress=False,
+                checkpoint_minutes=1e9,
+            )
+        )
         wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         assert rc == 0
         summary = json.loads((Path(tmp) / "train_summary.json").read_text())
@@ -110,8 +120,13 @@ def engine_run(shard: Path, epochs: int, workers: int, batch: int) -> dict[str, 
     clips = summary["train_clips"] // batch * batch * epochs
     steady = [r for r in recs if r["kind"] == "step" and r["epoch"] > 1]
     steady_rate = sum(r["clips_per_s"] for r in steady) / len(steady) if steady else float("nan")
-    return {"clips_per_s": clips / wall, "clips_per_cpu_s": clips / max(cpu, 1e-9),
-            "steady_clips_per_s": steady_rate, "train_s": summary["train_hours"] * 3600, "wall_s": wall}
+    return {
+        "clips_per_s": clips / wall,
+        "clips_per_cpu_s": clips / max(cpu, 1e-9),
+        "steady_clips_per_s": steady_rate,
+        "train_s": summary["train_hours"] * 3600,
+        "wall_s": wall,
+    }
 
 
 def gpu_section(steps: int) -> list[str]:
@@ -123,16 +138,24 @@ def gpu_section(steps: int) -> list[str]:
     dev = torch.device("cuda")
     gpu = torch.cuda.get_device_name(dev)
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-    rows = [f"GPU: {gpu}; model {name}, per-GPU batch {cfg.batch_size}, {macs / 1e9:.1f} GMACs per clip",
-            "", "| mode | clips/s | step ms | MFU (vs dense bf16 peak) | vs fp32 eager |", "|---|---|---|---|---|"]
+    rows = [
+        f"GPU: {gpu}; model {name}, per-GPU batch {cfg.batch_size}, {macs / 1e9:.1f} GMACs per clip",
+        "",
+        "| mode | clips/s | step ms | MFU (vs dense bf16 peak) | vs fp32 eager |",
+        "|---|---|---|---|---|",
+    ]
     base = None
-    for label, amp, fused in (("fp32 eager attention [baseline]", None, False),
-                              ("bf16 autocast + fused attention", torch.bfloat16, True)):
+    for label, amp, fused in (
+        ("fp32 eager attention [baseline]", None, False),
+        ("bf16 autocast + fused attention", torch.bfloat16, True),
+    ):
         r = compute_only(name, cfg.batch_size, steps, dev, amp, fused)
         base = base or r["clips_per_s"]
         mfu = 6 * macs * r["clips_per_s"] / peak if peak else float("nan")
-        rows.append(f"| {label} | {r['clips_per_s']:.1f} | {1000 * cfg.batch_size / r['clips_per_s']:.0f} | "
-                    f"{100 * mfu:.1f}% | {r['clips_per_s'] / base:.2f}x |")
+        rows.append(
+            f"| {label} | {r['clips_per_s']:.1f} | {1000 * cfg.batch_size / r['clips_per_s']:.0f} | "
+            f"{100 * mfu:.1f}% | {r['clips_per_s'] / base:.2f}x |"
+        )
         print(rows[-1], flush=True)
         torch.cuda.empty_cache()
     return rows
@@ -151,8 +174,11 @@ def main() -> None:
     ap.add_argument("--skip-cpu", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
-          f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, "
+        f"{args.threads} threads, load average {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     lines = []
     if not args.skip_cpu:
         data = args.data or Path(tempfile.mkdtemp(prefix="bench_train_"))
@@ -161,9 +187,10 @@ def main() -> None:
         steps = max(10, n // args.batch)
         runs: dict[str, list[dict[str, float]]] = {}
         names = ["compute only, one in-memory batch [baseline]"] + [
-            f"tokshift train, real loader, {w} workers" for w in sorted({args.workers, 0}, reverse=True)]
+            f"tokshift train, real loader, {w} workers" for w in sorted({args.workers, 0}, reverse=True)
+        ]
         for r in range(args.rounds):  # interleaved, order alternating, medians reported
-            for name in (names if r % 2 == 0 else names[::-1]):
+            for name in names if r % 2 == 0 else names[::-1]:
                 if name.startswith("compute"):
                     res = compute_only("demo_tokshift", args.batch, steps, torch.device("cpu"), None, True)
                 else:
@@ -175,14 +202,19 @@ def main() -> None:
             return statistics.median(x[key] for x in runs[name])
 
         base = med(names[0], "clips_per_cpu_s")
-        lines += [f"demo_tokshift, {n} training clips (8 x 64 x 64), batch {args.batch}, {args.epochs} epochs, "
-                  f"{args.threads} threads, median of {args.rounds} interleaved rounds", "",
-                  "| run | clips/s (wall) | clips/s (steady epochs) | clips per CPU-second | vs baseline (CPU-s) |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"demo_tokshift, {n} training clips (8 x 64 x 64), batch {args.batch}, {args.epochs} epochs, "
+            f"{args.threads} threads, median of {args.rounds} interleaved rounds",
+            "",
+            "| run | clips/s (wall) | clips/s (steady epochs) | clips per CPU-second | vs baseline (CPU-s) |",
+            "|---|---|---|---|---|",
+        ]
         for name in names:
             steady = f"{med(name, 'steady_clips_per_s'):.1f}" if "steady_clips_per_s" in runs[name][0] else "-"
-            lines.append(f"| {name} | {med(name, 'clips_per_s'):.1f} | {steady} | {med(name, 'clips_per_cpu_s'):.1f}"
-                         f" | {med(name, 'clips_per_cpu_s') / base:.2f}x |")
+            lines.append(
+                f"| {name} | {med(name, 'clips_per_s'):.1f} | {steady} | {med(name, 'clips_per_cpu_s'):.1f}"
+                f" | {med(name, 'clips_per_cpu_s') / base:.2f}x |"
+            )
     if torch.cuda.is_available():
         lines += [""] + gpu_section(args.gpu_steps)
     print("\n".join(lines))

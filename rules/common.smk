@@ -39,9 +39,11 @@ def slurm_account_settings():
     """
     res = config.get("resources") or {}
     out = {}
-    for key, conf_key, env in (("slurm_partition", "slurm_partition", "TOKSHIFT_SLURM_PARTITION"),
-                               ("slurm_account", "slurm_account", "TOKSHIFT_SLURM_ACCOUNT"),
-                               ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS")):
+    for key, conf_key, env in (
+        ("slurm_partition", "slurm_partition", "TOKSHIFT_SLURM_PARTITION"),
+        ("slurm_account", "slurm_account", "TOKSHIFT_SLURM_ACCOUNT"),
+        ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS"),
+    ):
         value = res.get(conf_key) or os.environ.get(env)
         if value:
             out[key] = value
@@ -77,10 +79,10 @@ def job_resources(rule_name, model=None):
         # (gpu=N with tasks=N asks for N*N tasks). 0 leaves it out; 1 = one task per GPU.
         "tasks_per_gpu": 1 if multi_task and gpus else 0,
         "mpi": "srun" if multi_task else "",
-        "cpus_per_task": (int(job["cpus_per_gpu"]) if gpus else int(job["cpus"])) if multi_task
-        else job_threads(rule_name, model),
-        "constraint": (res.get("gpu_constraint") or os.environ.get("TOKSHIFT_SLURM_CONSTRAINT") or "")
-        if gpus else "",
+        "cpus_per_task": (
+            (int(job["cpus_per_gpu"]) if gpus else int(job["cpus"])) if multi_task else job_threads(rule_name, model)
+        ),
+        "constraint": (res.get("gpu_constraint") or os.environ.get("TOKSHIFT_SLURM_CONSTRAINT") or "") if gpus else "",
         "slurm_extra": "",
     }
     if rule_name == "train" and int(job.get("signal_seconds", 0)):
@@ -118,8 +120,10 @@ def launcher(rule_name, model):
     job = wc.job_settings(config, rule_name, model)
     gpus = int(job.get("gpus", 0) or 0)
     res = job_resources(rule_name, model)
-    step = (f"{shlex.quote(str(Path(workflow.basedir) / 'slurm' / 'job-step.sh'))} --ntasks {res['tasks']}"
-            f" --nodes {res['nodes']} --cpus-per-task {res['cpus_per_task']} --")
+    step = (
+        f"{shlex.quote(str(Path(workflow.basedir) / 'slurm' / 'job-step.sh'))} --ntasks {res['tasks']}"
+        f" --nodes {res['nodes']} --cpus-per-task {res['cpus_per_task']} --"
+    )
     if res["mpi"]:
         return f"{step} tokshift"
     if gpus > 1:

@@ -3,8 +3,6 @@ rule demo_videos:
     output:
         train=f"{SPEC.get('root', 'resources/demo')}/train.csv",
         val=f"{SPEC.get('root', 'resources/demo')}/val.csv",
-    params:
-        root=lambda wildcards, output: os.path.dirname(output.train),
     log:
         "logs/demo_videos/demo_videos.log",
     benchmark:
@@ -15,6 +13,8 @@ rule demo_videos:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        root=lambda wildcards, output: os.path.dirname(output.train),
     shell:
         "tokshift demo --out {params.root:q} > {log:q} 2>&1"
 
@@ -27,9 +27,6 @@ rule index_dataset:
         index=f"{RESULTS}/index/{{split}}.csv",
         missing=f"{RESULTS}/index/{{split}}.missing.csv",
         classes=f"{RESULTS}/index/{{split}}.classes.txt",
-    params:
-        spec=lambda wc: shlex.quote(json.dumps(SPEC)),
-        shards=FRAMES["shards"],
     log:
         f"logs/index_dataset/{DATASET}/{{split}}.log",
     benchmark:
@@ -40,6 +37,9 @@ rule index_dataset:
     resources:
         mem_mb=2000,
         runtime=60,
+    params:
+        spec=lambda wc: shlex.quote(json.dumps(SPEC)),
+        shards=FRAMES["shards"],
     shell:
         "tokshift index --spec-json {params.spec} --split {wildcards.split} --shards {params.shards}"
         " --out {output.index:q} > {log:q} 2>&1"
@@ -52,10 +52,6 @@ rule pack_shard:
     output:
         lmdb=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.lmdb",
         failures=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.failures.csv",
-    params:
-        short_side=FRAMES["short_side"],
-        quality=FRAMES["jpeg_quality"],
-        timeout=FRAMES["timeout"],
     log:
         f"logs/pack_shard/{DATASET}/{{split}}-{{shard}}.log",
     benchmark:
@@ -66,6 +62,10 @@ rule pack_shard:
     resources:
         **job_resources("pack"),
         **slurm_account_settings(),
+    params:
+        short_side=FRAMES["short_side"],
+        quality=FRAMES["jpeg_quality"],
+        timeout=FRAMES["timeout"],
     shell:
         "tokshift pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
         " --failures {output.failures:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
@@ -80,8 +80,6 @@ rule summarize_frames:
         shards=lambda wc: shard_paths(wc.split),
     output:
         f"{RESULTS}/frames/{{split}}/summary.json",
-    params:
-        shards_dir=f"{RESULTS}/frames/{{split}}",
     log:
         f"logs/summarize_frames/{DATASET}/{{split}}.log",
     benchmark:
@@ -92,6 +90,8 @@ rule summarize_frames:
     resources:
         mem_mb=1000,
         runtime=30,
+    params:
+        shards_dir=f"{RESULTS}/frames/{{split}}",
     shell:
         "tokshift summarize --index {input.index:q} --shards-dir {params.shards_dir:q}"
         " --out {output:q} > {log:q} 2>&1"

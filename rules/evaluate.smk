@@ -6,14 +6,6 @@ rule evaluate:
     output:
         metrics=f"{RESULTS}/eval/{{model}}/metrics.json",
         predictions=f"{RESULTS}/eval/{{model}}/predictions.csv",
-    params:
-        launch=lambda wc: launcher("evaluate", wc.model),
-        out_dir=lambda wc: f"{RESULTS}/eval/{wc.model}",
-        workers=lambda wc: loader_workers("evaluate", wc.model),
-        views=(
-            f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
-            f" --view-batch {config['evaluate']['view_batch']}"
-        ),
     log:
         f"logs/evaluate/{DATASET}/{{model}}.log",
     benchmark:
@@ -23,6 +15,14 @@ rule evaluate:
     threads: lambda wc: job_threads("evaluate", wc.model)
     resources:
         **rule_resources("evaluate"),
+    params:
+        launch=lambda wc: launcher("evaluate", wc.model),
+        out_dir=lambda wc: f"{RESULTS}/eval/{wc.model}",
+        workers=lambda wc: loader_workers("evaluate", wc.model),
+        views=(
+            f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
+            f" --view-batch {config['evaluate']['view_batch']}"
+        ),
     shell:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
         " --out-dir {params.out_dir:q} {params.views} --workers {params.workers} > {log:q} 2>&1"

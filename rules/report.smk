@@ -10,12 +10,7 @@ rule collect_results:
     output:
         csv=report(f"{RESULTS}/model_zoo.csv", category="Model zoo", caption="../workflow/report/model_zoo.rst"),
         md=f"{RESULTS}/model_zoo.md",
-        plot=report(
-            f"{RESULTS}/accuracy_vs_gflops.png", category="Model zoo", caption="../workflow/report/plot.rst"
-        ),
-    params:
-        models=" ".join(MODELS),
-        dataset=DATASET,
+        plot=report(f"{RESULTS}/accuracy_vs_gflops.png", category="Model zoo", caption="../workflow/report/plot.rst"),
     log:
         f"logs/collect_results/{DATASET}.log",
     benchmark:
@@ -26,6 +21,9 @@ rule collect_results:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        models=" ".join(MODELS),
+        dataset=DATASET,
     shell:
         "tokshift collect --dataset {params.dataset} --models {params.models} --results-dir results"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"

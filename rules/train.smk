@@ -8,6 +8,15 @@ rule train:
         model=f"{RESULTS}/train/{{model}}/model.pt",
         metrics=f"{RESULTS}/train/{{model}}/metrics.jsonl",
         summary=f"{RESULTS}/train/{{model}}/train_summary.json",
+    log:
+        f"logs/train/{DATASET}/{{model}}.log",
+    benchmark:
+        f"benchmarks/train/{DATASET}/{{model}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: lambda wc: job_threads("train", wc.model)
+    resources:
+        **rule_resources("train"),
     params:
         launch=lambda wc: launcher("train", wc.model),
         out_dir=lambda wc: f"{RESULTS}/train/{wc.model}",
@@ -19,15 +28,6 @@ rule train:
             f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
         ),
-    log:
-        f"logs/train/{DATASET}/{{model}}.log",
-    benchmark:
-        f"benchmarks/train/{DATASET}/{{model}}.tsv"
-    conda:
-        "../envs/tokshift.yaml"
-    threads: lambda wc: job_threads("train", wc.model)
-    resources:
-        **rule_resources("train"),
     shell:
         "{params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
         " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"

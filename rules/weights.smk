@@ -2,6 +2,17 @@ rule download_weights:
     """ImageNet-21k ViT weights: resumable, retried, sha256 verified (or recorded on first download)."""
     output:
         "resources/weights/{backbone}.npz",
+    log:
+        "logs/download_weights/{backbone}.log",
+    benchmark:
+        "benchmarks/download_weights/{backbone}.tsv"
+    retries: 3
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=120,
     params:
         url=lambda wc: config["weights"][wc.backbone]["url"],
         sha=lambda wc: (
@@ -9,16 +20,5 @@ rule download_weights:
             if config["weights"][wc.backbone].get("sha256")
             else ""
         ),
-    log:
-        "logs/download_weights/{backbone}.log",
-    benchmark:
-        "benchmarks/download_weights/{backbone}.tsv"
-    conda:
-        "../envs/tokshift.yaml"
-    threads: 1
-    resources:
-        mem_mb=1000,
-        runtime=120,
-    retries: 3
     shell:
         "tokshift download --url {params.url:q} --out {output:q} {params.sha} > {log:q} 2>&1"

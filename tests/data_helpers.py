@@ -27,23 +27,53 @@ def numbered_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:
 def frame_code(frame: np.ndarray) -> int:
     """Recover the code written by :func:`numbered_frames` from a decoded frame."""
     bar = max(4, frame.shape[0] // 4)
-    return int(round(float(frame[1:bar - 1, 2:-2].mean())))
+    return int(round(float(frame[1 : bar - 1, 2:-2].mean())))
 
 
-def encode(frames: np.ndarray, out: Path, fps: float = 10, codec: str = "libx264", extra: list[str] | None = None,
-           pre_input: list[str] | None = None) -> Path:
+def encode(
+    frames: np.ndarray,
+    out: Path,
+    fps: float = 10,
+    codec: str = "libx264",
+    extra: list[str] | None = None,
+    pre_input: list[str] | None = None,
+) -> Path:
     """Encode RGB frames to ``out`` with ffmpeg."""
     n, h, w, _ = frames.shape
-    cmd = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", *(pre_input or []),
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
-           "-c:v", codec, "-pix_fmt", "yuv420p", "-threads", "1", *(extra or []), str(out)]
+    cmd = [
+        ffmpeg_executable(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        *(pre_input or []),
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-c:v",
+        codec,
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        *(extra or []),
+        str(out),
+    ]
     subprocess.run(cmd, input=frames.tobytes(), check=True, capture_output=True)
     return out
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True, capture_output=True
+    )
 
 
 def rotate_metadata(src: Path, out: Path, degrees: int = 90) -> Path:
@@ -77,8 +107,25 @@ def truncated_copy(src: Path, out: Path, fraction: float = 0.5) -> Path:
 
 def reference_decode(path: Path, width: int, height: int) -> np.ndarray:
     """Decode straight through ffmpeg to raw RGB at ``width`` x ``height`` (every frame, decode order)."""
-    cmd = [ffmpeg_executable(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-map", "0:v:0",
-           "-fps_mode", "passthrough", "-vf", f"scale={width}:{height}", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    cmd = [
+        ffmpeg_executable(),
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        str(path),
+        "-map",
+        "0:v:0",
+        "-fps_mode",
+        "passthrough",
+        "-vf",
+        f"scale={width}:{height}",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-",
+    ]
     raw = subprocess.run(cmd, check=True, capture_output=True).stdout
     frame_bytes = width * height * 3
     assert len(raw) % frame_bytes == 0

@@ -21,12 +21,12 @@ REPO = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class PackedDemo:
     root: Path
-    train: Path        # shard with every training clip
-    val: Path          # shard with every validation clip
-    val_odd: Path      # shard with an odd number of validation clips (for exact distributed eval)
+    train: Path  # shard with every training clip
+    val: Path  # shard with every validation clip
+    val_odd: Path  # shard with an odd number of validation clips (for exact distributed eval)
     val_odd_count: int
     classes: list[str]
-    videos: Path       # folder of the rendered .mp4 files
+    videos: Path  # folder of the rendered .mp4 files
     train_static: Path  # 17-frame clips: an 8x2 clip has one possible start, so no temporal jitter
 
 
@@ -44,8 +44,9 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
     from tokshift.data.demo import DemoConfig, generate_demo
 
     demo = root / "demo"
-    generate_demo(demo, DemoConfig(train_per_class=train_per_class, val_per_class=val_per_class), workers=2,
-                  progress=False)
+    generate_demo(
+        demo, DemoConfig(train_per_class=train_per_class, val_per_class=val_per_class), workers=2, progress=False
+    )
     spec = {"kind": "demo", "root": str(demo)}
     train = _pack(spec, "train", root / "train.lmdb")
     val = _pack(spec, "val", root / "val.lmdb")
@@ -61,8 +62,12 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
     val_odd = _pack({"kind": "csv", "splits": {"val": str(odd_csv)}}, "val", root / "val_odd.lmdb")
     classes = sorted({r["label"] for r in rows})
     static = root / "static"
-    generate_demo(static, DemoConfig(seed=1, train_per_class=train_per_class, val_per_class=1, frames=17),
-                  workers=2, progress=False)
+    generate_demo(
+        static,
+        DemoConfig(seed=1, train_per_class=train_per_class, val_per_class=1, frames=17),
+        workers=2,
+        progress=False,
+    )
     train_static = _pack({"kind": "demo", "root": str(static)}, "train", root / "train_static.lmdb")
     return PackedDemo(root, train, val, val_odd, odd, classes, demo / "videos", train_static)
 
@@ -91,15 +96,24 @@ def cli_env(threads: int = 1) -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
-              "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"):
+    for k in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "SLURM_PROCID",
+        "SLURM_STEP_NUM_TASKS",
+        "SLURM_NTASKS",
+    ):
         env.pop(k, None)
     return env
 
 
 def run_cli(*args: str, threads: int = 1, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(tokshift_cmd(*args), env=cli_env(threads), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    return subprocess.run(
+        tokshift_cmd(*args), env=cli_env(threads), capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 @dataclass(frozen=True)
@@ -111,9 +125,26 @@ class TrainedDemo:
 
 def train_args(data: PackedDemo, out_dir: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
     """`tokshift train` arguments for the demo model on the tiny packed dataset."""
-    return ["train", "--model", "demo_tokshift", "--train-shards", str(data.train), "--val-shards", str(data.val),
-            "--out-dir", str(out_dir), "--workers", "1", "--log-every", "2",
-            "--override", "batch_size=8", "epochs=3", *overrides, *extra]
+    return [
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(data.train),
+        "--val-shards",
+        str(data.val),
+        "--out-dir",
+        str(out_dir),
+        "--workers",
+        "1",
+        "--log-every",
+        "2",
+        "--override",
+        "batch_size=8",
+        "epochs=3",
+        *overrides,
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,11 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
             for vid in ids:
                 n, h, wd, label = VIDEOS[vid]
                 frames = [encode_rgb(f, 95) for f in numbered_frames(n, h, wd, seed=n)]
-                w.add_video(vid, frames, {"label": ["cls_a", "cls_b"][label], "label_index": label, "fps": 10.0,
-                                          "width": wd, "height": h})
+                w.add_video(
+                    vid,
+                    frames,
+                    {"label": ["cls_a", "cls_b"][label], "label_index": label, "fps": 10.0, "width": wd, "height": h},
+                )
             w.finish()
         paths.append(path)
     return paths
@@ -106,11 +109,20 @@ def test_crop_first_resize_equals_resize_then_crop() -> None:
         p = aug.draw(96, 128, np.random.default_rng(seed))
         got = aug.apply(frames, p)
         nh, nw = short_side_size(96, 128, p.short_side)
-        ref = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)[p.y:p.y + 64, p.x:p.x + 64]
-                        for f in frames])
+        ref = np.stack(
+            [cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)[p.y : p.y + 64, p.x : p.x + 64] for f in frames]
+        )
         assert psnr(got, ref) > 30, (seed, p, psnr(got, ref))
-        shifted = np.stack([cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)[p.y:p.y + 64, p.x + 3:p.x + 67]
-                            for f in frames]) if p.x + 67 <= nw else None
+        shifted = (
+            np.stack(
+                [
+                    cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR)[p.y : p.y + 64, p.x + 3 : p.x + 67]
+                    for f in frames
+                ]
+            )
+            if p.x + 67 <= nw
+            else None
+        )
         if shifted is not None:  # the comparison is sharp enough to see a 3-pixel shift
             assert psnr(got, shifted) < psnr(got, ref) - 3
 
@@ -148,7 +160,7 @@ def reference_views(frames: np.ndarray, T: int, stride: int, crop: int, clips: i
             nh, nw = short_side_size(f.shape[0], f.shape[1], crop)
             resized.append(cv2.resize(f, (nw, nh), interpolation=cv2.INTER_LINEAR))
         for y, x in crop_offsets(resized[0].shape[0], resized[0].shape[1], crop, crops):
-            views.append(np.stack([r[y:y + crop, x:x + crop].transpose(2, 0, 1) for r in resized]))
+            views.append(np.stack([r[y : y + crop, x : x + crop].transpose(2, 0, 1) for r in resized]))
     return np.stack(views)
 
 
@@ -172,7 +184,7 @@ def test_eval_views_order_clip_major_and_crops_along_long_side(shards: list[Path
     land = ds[0]["views"]  # landscape 48x64 -> 32x42: crops at x = 0, 5, 10
     resized = cv2.resize(decoded(shards, "land")[0], (42, 32), interpolation=cv2.INTER_LINEAR)
     for k, x in enumerate((0, 5, 10)):
-        assert np.array_equal(land[k, 0].numpy(), resized[:, x:x + 32].transpose(2, 0, 1))
+        assert np.array_equal(land[k, 0].numpy(), resized[:, x : x + 32].transpose(2, 0, 1))
     starts = [min(int(c * 40 / 10), 40 - 12) for c in range(10)]
     for c, s in enumerate(starts):  # view v = clip * 3 + crop: frame codes follow the clip starts
         assert abs(frame_code(land[c * 3 + 1, 0].permute(1, 2, 0).numpy()) - (s * 37) % 256) <= 3

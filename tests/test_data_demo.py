@@ -54,7 +54,9 @@ def test_demo_is_byte_identical_on_rerun_and_seed_dependent(demo: Path, tmp_path
     assert all((demo / f).read_bytes() == (again / f).read_bytes() for f in files)
     other = tmp_path / "other"
     generate_demo(other, DemoConfig(seed=4, train_per_class=1, val_per_class=1), progress=False)
-    assert (other / "videos/train/brighten_0000.mp4").read_bytes() != (demo / "videos/train/brighten_0000.mp4").read_bytes()
+    assert (other / "videos/train/brighten_0000.mp4").read_bytes() != (
+        demo / "videos/train/brighten_0000.mp4"
+    ).read_bytes()
 
 
 def test_demo_classes_differ_only_in_the_direction_of_time(demo: Path) -> None:
@@ -64,7 +66,7 @@ def test_demo_classes_differ_only_in_the_direction_of_time(demo: Path) -> None:
             frames, fps = decode_video(demo / f"videos/train/{label}_{i:04d}.mp4")
             assert frames.shape == (24, 64, 64, 3) and fps == pytest.approx(8)
             if label.startswith("disc"):  # disc area: pixels far from the frame's median colour
-                signal = (np.abs(frames.astype(int) - np.median(frames, axis=(1, 2), keepdims=True)).sum(-1) > 60)
+                signal = np.abs(frames.astype(int) - np.median(frames, axis=(1, 2), keepdims=True)).sum(-1) > 60
                 series = signal.mean(axis=(1, 2))
             else:
                 series = frames.mean(axis=(1, 2, 3))
@@ -85,23 +87,54 @@ def test_demo_classes_differ_only_in_the_direction_of_time(demo: Path) -> None:
 def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
     res = tmp_path / "results"
     spec = json.dumps({"kind": "demo", "root": str(demo)})
-    assert cli("index", "--spec-json", spec, "--split", "train", "--shards", "2",
-               "--out", str(res / "index/train.csv")) == 0
+    assert (
+        cli("index", "--spec-json", spec, "--split", "train", "--shards", "2", "--out", str(res / "index/train.csv"))
+        == 0
+    )
     # the validation split as a csv dataset with one broken and one missing video added
     (tmp_path / "broken.mp4").write_bytes(b"\x00" * 100)
     rows = (demo / "val.csv").read_text().splitlines()[1:]
     val_csv = tmp_path / "val.csv"
-    val_csv.write_text("path,label\n" + "".join(f"{demo / r.split(',')[0]},{r.split(',')[1]}\n" for r in rows)
-                       + "broken.mp4,darken\ngone.mp4,darken\n")
+    val_csv.write_text(
+        "path,label\n"
+        + "".join(f"{demo / r.split(',')[0]},{r.split(',')[1]}\n" for r in rows)
+        + "broken.mp4,darken\ngone.mp4,darken\n"
+    )
     spec = json.dumps({"kind": "csv", "splits": {"val": str(val_csv)}})
-    assert cli("index", "--spec-json", spec, "--split", "val", "--shards", "2",
-               "--out", str(res / "index/val.csv")) == 0
+    assert (
+        cli("index", "--spec-json", spec, "--split", "val", "--shards", "2", "--out", str(res / "index/val.csv")) == 0
+    )
     for k in range(2):
-        assert cli("pack", "--index", str(res / "index/val.csv"), "--shard", str(k), "--short-side", "48",
-                   "--out", str(res / f"frames/val/shard-{k}.lmdb"), "--workers", "2", "--quiet") == 0
+        assert (
+            cli(
+                "pack",
+                "--index",
+                str(res / "index/val.csv"),
+                "--shard",
+                str(k),
+                "--short-side",
+                "48",
+                "--out",
+                str(res / f"frames/val/shard-{k}.lmdb"),
+                "--workers",
+                "2",
+                "--quiet",
+            )
+            == 0
+        )
     summary_path = res / "frames/val/summary.json"
-    assert cli("summarize", "--index", str(res / "index/val.csv"), "--shards-dir", str(res / "frames/val"),
-               "--out", str(summary_path)) == 0
+    assert (
+        cli(
+            "summarize",
+            "--index",
+            str(res / "index/val.csv"),
+            "--shards-dir",
+            str(res / "frames/val"),
+            "--out",
+            str(summary_path),
+        )
+        == 0
+    )
     summary = json.loads(summary_path.read_text())
     assert summary["split"] == "val" and summary["videos_in_annotation"] == 10
     assert (summary["packed"], summary["missing"], summary["failed"]) == (8, 1, 1)
@@ -115,8 +148,18 @@ def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
     assert reader.classes == sorted(CLASSES)
     assert reader.attrs["short_side"] == 48 and all(reader.meta(v)["height"] == 48 for v in reader.video_ids)
     assert ShardReader(res / "frames/val/shard-1.lmdb").classes == sorted(CLASSES)
-    assert cli("index", "--spec-json", json.dumps({"kind": "demo", "root": str(tmp_path / "x")}),
-               "--split", "val", "--out", str(tmp_path / "x.csv")) == 2
+    assert (
+        cli(
+            "index",
+            "--spec-json",
+            json.dumps({"kind": "demo", "root": str(tmp_path / "x")}),
+            "--split",
+            "val",
+            "--out",
+            str(tmp_path / "x.csv"),
+        )
+        == 2
+    )
 
 
 def test_ffmpeg_lookup_order(tmp_path: Path) -> None:

@@ -13,8 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.data_helpers import (audio_only, corrupt_file, encode, frame_code, numbered_frames, psnr,
-                                reference_decode, rotate_metadata, truncated_copy, vfr_video, write_csv)
+from tests.data_helpers import (
+    audio_only,
+    corrupt_file,
+    encode,
+    frame_code,
+    numbered_frames,
+    psnr,
+    reference_decode,
+    rotate_metadata,
+    truncated_copy,
+    vfr_video,
+    write_csv,
+)
 from tokshift.data.decode import VideoDecodeError, decode_video
 from tokshift.data.jpeg import decode_rgb
 from tokshift.data.pack import pack_shard, read_failures
@@ -131,7 +142,12 @@ def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
     assert not partial_path(shard).exists()
     assert not Path(str(shard) + "-lock").exists()
     assert sorted(p.name for p in shard.parent.iterdir()) == [
-        "shard-0.failures.csv", "shard-0.lmdb", "train.classes.txt", "train.csv", "train.missing.csv"]
+        "shard-0.failures.csv",
+        "shard-0.lmdb",
+        "train.classes.txt",
+        "train.csv",
+        "train.missing.csv",
+    ]
 
 
 def test_decode_video_returns_all_frames_and_clear_errors(videos: Path) -> None:
@@ -151,8 +167,16 @@ def test_hanging_ffmpeg_is_killed_and_the_shard_completes(videos: Path, tmp_path
     index = tmp_path / "train.csv"
     write_index(build_index({"kind": "csv", "splits": {"train": str(csv_path)}}, "train", 1), index)
     t0 = time.monotonic()
-    result = pack_shard(index, 0, tmp_path / "s.lmdb", tmp_path / "s.failures.csv", short_side=32,
-                        timeout=1.5, workers=2, progress=False)
+    result = pack_shard(
+        index,
+        0,
+        tmp_path / "s.lmdb",
+        tmp_path / "s.failures.csv",
+        short_side=32,
+        timeout=1.5,
+        workers=2,
+        progress=False,
+    )
     assert time.monotonic() - t0 < 30
     assert result.packed == 1
     (failure,) = read_failures(tmp_path / "s.failures.csv")
@@ -184,8 +208,9 @@ def test_killed_shard_job_rerun_gives_identical_content(tmp_path: Path) -> None:
         p = encode(numbered_frames(60, 72, 96, seed=10 + i), tmp_path / f"v{i}.mp4")
         rows.append((p.name, f"c{i % 3}"))
     index = tmp_path / "train.csv"
-    write_index(build_index({"kind": "csv", "splits": {"train": str(write_csv(tmp_path / "v.csv", rows))}},
-                            "train", 1), index)
+    write_index(
+        build_index({"kind": "csv", "splits": {"train": str(write_csv(tmp_path / "v.csv", rows))}}, "train", 1), index
+    )
     reference = tmp_path / "ref.lmdb"
     pack_shard(index, 0, reference, short_side=48, workers=1, progress=False)
 

@@ -14,8 +14,16 @@ from tests.data_helpers import encode, numbered_frames, write_csv
 from tokshift.data.commands import register
 from tokshift.data.jpeg import decode_rgb, encode_rgb
 from tokshift.data.pack import pack_shard
-from tokshift.data.sources import (DatasetSpecError, build_index, classes_path, missing_path, read_classes,
-                                   read_index, shard_of, write_index)
+from tokshift.data.sources import (
+    DatasetSpecError,
+    build_index,
+    classes_path,
+    missing_path,
+    read_classes,
+    read_index,
+    shard_of,
+    write_index,
+)
 from tokshift.data.store import ShardReader
 
 KINETICS_TRAIN = [
@@ -57,16 +65,23 @@ def kinetics(tmp_path_factory: pytest.TempPathFactory) -> dict:
         name = f"{yid}.mkv" if yid == "v_bagpip_01" else f"{yid}_{start:06d}_{end:06d}.mp4"  # id-only copies too
         encode(clip, folder / name)
     (root / "train" / "README.txt").write_text("not a video")
-    return {"kind": "kinetics", "root": str(root),
-            "annotations": {"train": str(ann / "train.csv"), "validate": str(ann / "validate.csv")}}
+    return {
+        "kind": "kinetics",
+        "root": str(root),
+        "annotations": {"train": str(ann / "train.csv"), "validate": str(ann / "validate.csv")},
+    }
 
 
 def test_kinetics_labels_indices_and_missing(kinetics: dict) -> None:
     train = build_index(kinetics, "train", 4)
     expected_classes = sorted({r[0] for r in KINETICS_TRAIN + KINETICS_VAL})
     assert train.classes == expected_classes  # over both splits, alphabetically
-    assert {r.video_id for r in train.rows} == {"-3B32lodo2M_000059_000069", "--07WQ2iBlw_000001_000011",
-                                                "0aWUi84SXf0_000012_000022", "zz_Top-1234_000105_000115"}
+    assert {r.video_id for r in train.rows} == {
+        "-3B32lodo2M_000059_000069",
+        "--07WQ2iBlw_000001_000011",
+        "0aWUi84SXf0_000012_000022",
+        "zz_Top-1234_000105_000115",
+    }
     by_id = {r.video_id: r for r in train.rows}
     football = by_id["0aWUi84SXf0_000012_000022"]
     assert football.label == "passing American football (in game)"
@@ -89,8 +104,9 @@ def test_kinetics_index_files_through_the_cli(kinetics: dict, tmp_path: Path) ->
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     out = tmp_path / "index" / "train.csv"
-    args = parser.parse_args(["index", "--spec-json", json.dumps(kinetics), "--split", "train",
-                              "--shards", "3", "--out", str(out)])
+    args = parser.parse_args(
+        ["index", "--spec-json", json.dumps(kinetics), "--split", "train", "--shards", "3", "--out", str(out)]
+    )
     assert args.func(args) == 0
     rows = read_index(out)
     assert len(rows) == 4 and {r.split for r in rows} == {"train"}
@@ -173,12 +189,19 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
     val.write_text("vid_a 5 1\n")
     classes = tmp_path / "classes.txt"
     classes.write_text("archery\nbowling\ncurling\n")
-    spec = {"kind": "frames", "root": str(root), "lists": {"train": str(train), "val": str(val)},
-            "classes": str(classes)}
+    spec = {
+        "kind": "frames",
+        "root": str(root),
+        "lists": {"train": str(train), "val": str(val)},
+        "classes": str(classes),
+    }
     res = build_index(spec, "train", 1)
     assert res.classes == ["archery", "bowling", "curling"]
     assert [(r.video_id, r.label, r.label_index) for r in res.rows] == [
-        ("vid_a", "bowling", 1), ("class x/vid_b", "archery", 0), ("empty_vid", "curling", 2)]
+        ("vid_a", "bowling", 1),
+        ("class x/vid_b", "archery", 0),
+        ("empty_vid", "curling", 2),
+    ]
     assert [m.video_id for m in res.missing] == ["gone"]
     index = tmp_path / "idx" / "train.csv"
     write_index(res, index)

@@ -22,8 +22,11 @@ def _write(path: Path, videos: dict[str, int], size: tuple[int, int] = (24, 32),
     with ShardWriter(path, ["a", "b"], attrs={"split": "train", "shard": 0}, **kw) as w:
         for k, (vid, n) in enumerate(videos.items()):
             frames = [encode_rgb(rng.integers(0, 255, (*size, 3), dtype=np.uint8), 90) for _ in range(n)]
-            w.add_video(vid, frames, {"label": "ab"[k % 2], "label_index": k % 2, "fps": 25.0,
-                                      "width": size[1], "height": size[0]})
+            w.add_video(
+                vid,
+                frames,
+                {"label": "ab"[k % 2], "label_index": k % 2, "fps": 25.0, "width": size[1], "height": size[0]},
+            )
             data[vid] = frames
         w.finish()
     return data

@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine_fixtures import (REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli,  # noqa: F401
-                                   trained_demo)
+from tests.engine_fixtures import REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli, trained_demo  # noqa: F401
 from tokshift.data.transforms import normalize
 from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
 
@@ -69,7 +68,7 @@ def test_thirty_views_follow_reference_clip_starts_and_crops(odd_shaped_shard) -
         for c, s in enumerate(starts):
             frames = reader.read_decoded(item["video_id"], [s + t * stride for t in range(T)])
             for k, (y, x) in enumerate(expect_offsets):
-                want = np.stack([f[y:y + crop, x:x + crop] for f in frames]).transpose(0, 3, 1, 2)
+                want = np.stack([f[y : y + crop, x : x + crop] for f in frames]).transpose(0, 3, 1, 2)
                 assert torch.equal(views[c * 3 + k], torch.from_numpy(np.ascontiguousarray(want))), (c, k)
 
 
@@ -83,7 +82,7 @@ def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
     views = EvalViewDataset([shard], 8, 2, 64)[0]["views"]
     chunked = view_logits(model, views, torch.device("cpu"), view_batch=7, amp_dtype=None)  # 7+7+7+7+2
     with torch.no_grad():
-        single = torch.cat([model(normalize(views[v:v + 1])) for v in range(30)])
+        single = torch.cat([model(normalize(views[v : v + 1])) for v in range(30)])
     assert torch.allclose(chunked, single, atol=1e-5)
     lay = ViewLayout(10, 3)
     rec = record_from_logits(0, "v", 2, chunked, lay)
@@ -95,17 +94,43 @@ def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
     assert rec.top5_softmax[0] == int(single.softmax(-1).mean(0).argmax())
 
 
-def test_evaluate_cli_writes_metrics_and_one_row_per_video(trained_demo: TrainedDemo, packed_demo: PackedDemo,
-                                                           tmp_path: Path) -> None:
+def test_evaluate_cli_writes_metrics_and_one_row_per_video(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.engine.loading import load_trained_model
 
-    res = run_cli("evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val),
-                  "--out-dir", str(tmp_path), "--workers", "1", threads=2)
+    res = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(trained_demo.checkpoint),
+        "--shards",
+        str(packed_demo.val),
+        "--out-dir",
+        str(tmp_path),
+        "--workers",
+        "1",
+        threads=2,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((tmp_path / "metrics.json").read_text())
-    for key in ("top1", "top5", "top1_softmax", "top5_softmax", "top1_1view", "top1_3view", "top1_10view",
-                "mean_class_acc", "videos", "views", "clips", "crops", "failed", "model", "checkpoint"):
+    for key in (
+        "top1",
+        "top5",
+        "top1_softmax",
+        "top5_softmax",
+        "top1_1view",
+        "top1_3view",
+        "top1_10view",
+        "mean_class_acc",
+        "videos",
+        "views",
+        "clips",
+        "crops",
+        "failed",
+        "model",
+        "checkpoint",
+    ):
         assert key in m, key
     assert (m["videos"], m["views"], m["clips"], m["crops"], m["failed"]) == (16, 30, 10, 3, 0)
     assert all(0 <= m[k] <= 100 for k in ("top1", "top5", "top1_1view", "mean_class_acc"))
@@ -119,22 +144,39 @@ def test_evaluate_cli_writes_metrics_and_one_row_per_video(trained_demo: Trained
     for i in (0, 7):
         item = ds[i]
         with torch.no_grad():
-            per_view = torch.cat([trained.model(normalize(item["views"][v:v + 1])) for v in range(30)])
+            per_view = torch.cat([trained.model(normalize(item["views"][v : v + 1])) for v in range(30)])
         probs = per_view.mean(0).softmax(-1)
         row = next(r for r in rows if r["video_id"] == item["video_id"])
         assert float(row["score1"]) == pytest.approx(float(probs.max()), abs=1e-5)
         assert row["pred1"] == trained.classes[int(probs.argmax())]
 
 
-def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(trained_demo: TrainedDemo,
-                                                                      packed_demo: PackedDemo,
-                                                                      tmp_path: Path) -> None:
-    args = ["evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val_odd),
-            "--workers", "0"]
+def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    args = [
+        "evaluate",
+        "--checkpoint",
+        str(trained_demo.checkpoint),
+        "--shards",
+        str(packed_demo.val_odd),
+        "--workers",
+        "0",
+    ]
     one = run_cli(*args, "--out-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
-           "tokshift.cli", *args, "--out-dir", str(tmp_path / "two")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "tokshift.cli",
+        *args,
+        "--out-dir",
+        str(tmp_path / "two"),
+    ]
     two = subprocess.run(cmd, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
@@ -151,18 +193,34 @@ def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(trained_de
 
 
 def test_evaluate_rejects_a_missing_checkpoint_by_name(packed_demo: PackedDemo, tmp_path: Path) -> None:
-    res = run_cli("evaluate", "--checkpoint", str(tmp_path / "absent.pt"), "--shards", str(packed_demo.val),
-                  "--out-dir", str(tmp_path / "o"))
+    res = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(tmp_path / "absent.pt"),
+        "--shards",
+        str(packed_demo.val),
+        "--out-dir",
+        str(tmp_path / "o"),
+    )
     assert res.returncode == 2 and "absent.pt" in res.stderr and "tokshift train" in res.stderr
 
 
-def test_predict_reads_videos_and_reports_unreadable_ones(trained_demo: TrainedDemo, packed_demo: PackedDemo,
-                                                          tmp_path: Path) -> None:
+def test_predict_reads_videos_and_reports_unreadable_ones(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
     good = sorted(packed_demo.videos.glob("val/*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
-    res = run_cli("predict", str(good[0]), str(broken), str(good[1]), "--checkpoint", str(trained_demo.checkpoint),
-                  "--format", "json")
+    res = run_cli(
+        "predict",
+        str(good[0]),
+        str(broken),
+        str(good[1]),
+        "--checkpoint",
+        str(trained_demo.checkpoint),
+        "--format",
+        "json",
+    )
     assert res.returncode == 1  # some input could not be read
     assert "broken.mp4" in res.stderr and "error" in res.stderr
     out = json.loads(res.stdout)
@@ -175,8 +233,9 @@ def test_predict_reads_videos_and_reports_unreadable_ones(trained_demo: TrainedD
         assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-4)
         assert {t["label"] for t in p["top"]} == set(packed_demo.classes)
 
-    text = run_cli("predict", str(good[0]), "--checkpoint", str(trained_demo.checkpoint), "--clips", "2",
-                   "--crops", "1")
+    text = run_cli(
+        "predict", str(good[0]), "--checkpoint", str(trained_demo.checkpoint), "--clips", "2", "--crops", "1"
+    )
     assert text.returncode == 0, text.stderr[-2000:]
     lines = text.stdout.strip().splitlines()
     assert lines[0] == str(good[0]) and lines[1].lstrip().startswith("1. ")

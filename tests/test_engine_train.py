@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_fixtures import (REPO, PackedDemo, TrainedDemo, cli_env, packed_demo, run_cli,  # noqa: F401
-                                   tokshift_cmd, trained_demo)
+from tests.engine_fixtures import (  # noqa: F401
+    REPO,
+    PackedDemo,
+    TrainedDemo,
+    cli_env,
+    packed_demo,
+    run_cli,
+    tokshift_cmd,
+    trained_demo,
+)
 from tokshift.engine.checkpoint import list_resume, sha256_file
 from tokshift.engine.logbook import read_jsonl
 from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED
@@ -40,8 +48,20 @@ def test_train_cli_writes_declared_outputs(trained_demo: TrainedDemo, packed_dem
     assert ckpt["config"]["name"] == "demo_tokshift" and ckpt["config"]["batch_size"] == 8
     assert ckpt["optimizer_steps"] == 3 * (32 // 8)
     summary = json.loads((out / "train_summary.json").read_text())
-    for key in ("model", "epochs", "optimizer_steps", "world_size", "device", "global_batch", "lr", "train_hours",
-                "final_train_loss", "final_val_top1_1view", "checkpoint", "checkpoint_sha256"):
+    for key in (
+        "model",
+        "epochs",
+        "optimizer_steps",
+        "world_size",
+        "device",
+        "global_batch",
+        "lr",
+        "train_hours",
+        "final_train_loss",
+        "final_val_top1_1view",
+        "checkpoint",
+        "checkpoint_sha256",
+    ):
         assert key in summary, key
     assert summary["checkpoint_sha256"] == sha256_file(out / "model.pt")
     assert summary["lr"] == pytest.approx(1e-3 * 8 / 16)  # linear scaling to the global batch
@@ -72,8 +92,19 @@ def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Pat
     ds = TrainClipDataset([packed_demo.train_static], 8, 2, 64, (64, 64), flip_p=0.0, jitter_p=0.0, seed=0)
     # lr 0.004 at the reference batch 16 is the zoo's 1e-3 at batch 4
     overrides = {"train_short_side": (64, 64), "batch_size": 4, "lr": 0.004, "epochs": 24, "weight_decay": 0.0}
-    rc = train(TrainOptions(model="demo_tokshift", train_shards=[], val_shards=[], out_dir=tmp_path,
-                            overrides=overrides, workers=1, log_every=1000, progress=False), datasets=(ds, None))
+    rc = train(
+        TrainOptions(
+            model="demo_tokshift",
+            train_shards=[],
+            val_shards=[],
+            out_dir=tmp_path,
+            overrides=overrides,
+            workers=1,
+            log_every=1000,
+            progress=False,
+        ),
+        datasets=(ds, None),
+    )
     assert rc == 0
     epochs = _epochs(tmp_path)
     losses = [e["train_loss"] for e in epochs]
@@ -98,14 +129,18 @@ def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError("training made no progress")
 
 
-@pytest.mark.parametrize("signum, at_step, corrupt_newest", [
-    (signal.SIGTERM, 2, False),
-    # SIGUSR1 in epoch 2, then the newest checkpoint is damaged: the rerun must skip it with a
-    # warning, resume from the end of epoch 1, and still end with the same weights.
-    (signal.SIGUSR1, 10, True),
-])
-def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(packed_demo: PackedDemo, tmp_path: Path, signum: int,
-                                                              at_step: int, corrupt_newest: bool) -> None:
+@pytest.mark.parametrize(
+    "signum, at_step, corrupt_newest",
+    [
+        (signal.SIGTERM, 2, False),
+        # SIGUSR1 in epoch 2, then the newest checkpoint is damaged: the rerun must skip it with a
+        # warning, resume from the end of epoch 1, and still end with the same weights.
+        (signal.SIGUSR1, 10, True),
+    ],
+)
+def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
+    packed_demo: PackedDemo, tmp_path: Path, signum: int, at_step: int, corrupt_newest: bool
+) -> None:
     """Preempt, rerun the same command, and end with the same steps and bit-identical weights.
 
     Exact equality holds on CPU because the data order and augmentation depend only on
@@ -155,9 +190,25 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(packed_demo: Packe
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: PackedDemo, tmp_path: Path) -> None:
     # epoch 1 trains normally, then the step schedule multiplies the LR by 1e35
-    res = run_cli("train", "--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--workers", "0",
-                  "--out-dir", str(tmp_path), "--override", "batch_size=8", "epochs=3", "lr_schedule=step",
-                  "lr_milestones=[1]", "lr_gamma=1e35", "grad_clip=null", "warmup_epochs=0")
+    res = run_cli(
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(packed_demo.train),
+        "--workers",
+        "0",
+        "--out-dir",
+        str(tmp_path),
+        "--override",
+        "batch_size=8",
+        "epochs=3",
+        "lr_schedule=step",
+        "lr_milestones=[1]",
+        "lr_gamma=1e35",
+        "grad_clip=null",
+        "warmup_epochs=0",
+    )
     assert res.returncode == EXIT_DIVERGED, res.stderr[-2000:]
     assert "training diverged" in res.stderr and "optimizer step" in res.stderr and "epoch 2" in res.stderr
     assert not (tmp_path / "model.pt").exists()
@@ -167,27 +218,33 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: Pa
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "no_such_model"], "unknown zoo model 'no_such_model'"),
-    (["--model", "demo_tokshift", "--override", "bogus=1"], "unknown zoo field"),
-    (["--model", "k400_tokshift_div4_8x32_base_224"], "--pretrained resources/weights/ViT-B_16.npz"),
-])
-def test_bad_input_fails_fast_with_a_clear_message(packed_demo: PackedDemo, tmp_path: Path, args: list[str],
-                                                   message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "no_such_model"], "unknown zoo model 'no_such_model'"),
+        (["--model", "demo_tokshift", "--override", "bogus=1"], "unknown zoo field"),
+        (["--model", "k400_tokshift_div4_8x32_base_224"], "--pretrained resources/weights/ViT-B_16.npz"),
+    ],
+)
+def test_bad_input_fails_fast_with_a_clear_message(
+    packed_demo: PackedDemo, tmp_path: Path, args: list[str], message: str
+) -> None:
     res = run_cli("train", *args, "--train-shards", str(packed_demo.train), "--out-dir", str(tmp_path))
     assert res.returncode == 2
     assert message in res.stderr
 
 
 def test_missing_shard_is_named(tmp_path: Path) -> None:
-    res = run_cli("train", "--model", "demo_tokshift", "--train-shards", str(tmp_path / "nope.lmdb"),
-                  "--out-dir", str(tmp_path))
+    res = run_cli(
+        "train", "--model", "demo_tokshift", "--train-shards", str(tmp_path / "nope.lmdb"), "--out-dir", str(tmp_path)
+    )
     assert res.returncode == 2 and "nope.lmdb" in res.stderr
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_match_one_process_with_the_same_global_batch(packed_demo: PackedDemo,
-                                                                         tmp_path: Path) -> None:
+def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
+    packed_demo: PackedDemo, tmp_path: Path
+) -> None:
     """Same samples per global batch, gradients averaged: the loss curves agree.
 
     Tolerance: 1e-5 relative on the losses, 1e-5 absolute on the weights (measured: 8e-8 and
@@ -195,12 +252,36 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(packed_
     all-reduce vs one mean over 8 clips), which changes the last bits; AdamW carries those
     differences forward through 8 steps.
     """
-    common = ["--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--val-shards",
-              str(packed_demo.val_odd), "--workers", "0", "--log-every", "1"]
+    common = [
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(packed_demo.train),
+        "--val-shards",
+        str(packed_demo.val_odd),
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+    ]
     one = run_cli("train", *common, "--out-dir", str(tmp_path / "one"), "--override", "batch_size=8", "epochs=2")
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "tokshift.cli",
-           "train", *common, "--out-dir", str(tmp_path / "two"), "--override", "batch_size=4", "epochs=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "tokshift.cli",
+        "train",
+        *common,
+        "--out-dir",
+        str(tmp_path / "two"),
+        "--override",
+        "batch_size=4",
+        "epochs=2",
+    ]
     two = subprocess.run(cmd, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     s1, s2 = _steps(tmp_path / "one"), _steps(tmp_path / "two")
@@ -218,8 +299,22 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(packed_
 
 
 def test_timed_checkpoints_are_written_during_the_epoch(packed_demo: PackedDemo, tmp_path: Path) -> None:
-    res = run_cli("train", "--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--workers", "0",
-                  "--out-dir", str(tmp_path), "--override", "batch_size=8", "epochs=1", "--checkpoint-minutes", "0")
+    res = run_cli(
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(packed_demo.train),
+        "--workers",
+        "0",
+        "--out-dir",
+        str(tmp_path),
+        "--override",
+        "batch_size=8",
+        "epochs=1",
+        "--checkpoint-minutes",
+        "0",
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     saved = [line for line in res.stderr.splitlines() if "saved resume checkpoint" in line]
     # one after each of the 4 optimizer steps (the timer is always due) plus the end of the epoch

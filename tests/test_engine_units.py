@@ -9,8 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tokshift.engine.checkpoint import (CheckpointError, find_resume, list_resume, load_verified,
-                                        save_resume, sha256_file)
+from tokshift.engine.checkpoint import (
+    CheckpointError,
+    find_resume,
+    list_resume,
+    load_verified,
+    save_resume,
+    sha256_file,
+)
 from tokshift.engine.distributed import detect_launch
 from tokshift.engine.evaluate import ViewLayout, predictions_csv, record_from_logits, summarize
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, label_smoothing_loss, mean_class_accuracy
@@ -19,8 +25,8 @@ from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
 from tokshift.zoo import get_config
 
-
 # ----------------------------------------------------------------------------- launch environment
+
 
 def test_single_process_without_launcher_variables() -> None:
     env = detect_launch({"PATH": "/bin"})
@@ -28,22 +34,51 @@ def test_single_process_without_launcher_variables() -> None:
 
 
 def test_torchrun_variables_win_over_slurm() -> None:
-    env = detect_launch({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1", "MASTER_ADDR": "node7",
-                         "MASTER_PORT": "1234", "SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2"})
-    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, env.source) == \
-        (3, 8, 1, "node7", 1234, "torchrun")
+    env = detect_launch(
+        {
+            "RANK": "3",
+            "WORLD_SIZE": "8",
+            "LOCAL_RANK": "1",
+            "MASTER_ADDR": "node7",
+            "MASTER_PORT": "1234",
+            "SLURM_PROCID": "0",
+            "SLURM_STEP_NUM_TASKS": "2",
+        }
+    )
+    assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.master_port, env.source) == (
+        3,
+        8,
+        1,
+        "node7",
+        1234,
+        "torchrun",
+    )
 
 
 def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
-    env = detect_launch({"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_LOCALID": "1",
-                         "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.4", "SLURM_JOB_ID": "123456"})
+    env = detect_launch(
+        {
+            "SLURM_PROCID": "5",
+            "SLURM_STEP_NUM_TASKS": "8",
+            "SLURM_LOCALID": "1",
+            "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.4",
+            "SLURM_JOB_ID": "123456",
+        }
+    )
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (5, 8, 1, "10.0.0.4", "slurm")
     assert env.master_port == 15000 + 123456 % 20000
 
 
 def test_srun_without_launch_address_takes_first_host_of_nodelist() -> None:
-    env = detect_launch({"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "4", "SLURM_JOB_NODELIST": "gpu[07-09],cpu1",
-                         "SLURM_JOB_ID": "7", "PATH": "/nonexistent"})
+    env = detect_launch(
+        {
+            "SLURM_PROCID": "0",
+            "SLURM_STEP_NUM_TASKS": "4",
+            "SLURM_JOB_NODELIST": "gpu[07-09],cpu1",
+            "SLURM_JOB_ID": "7",
+            "PATH": "/nonexistent",
+        }
+    )
     assert env.master_addr == "gpu07"
 
 
@@ -54,6 +89,7 @@ def test_batch_script_of_a_multi_task_job_is_a_single_process() -> None:
 
 
 # ------------------------------------------------------------------------------------ checkpoints
+
 
 def test_resume_picks_newest_valid_and_skips_corrupt_with_warning(tmp_path) -> None:
     save_resume({"v": torch.tensor([1.0])}, tmp_path, epoch=1, step=10, keep=5)
@@ -100,6 +136,7 @@ def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
 
 # ---------------------------------------------------------------------------------------- sampler
 
+
 def test_two_ranks_split_exactly_the_batches_of_one_rank() -> None:
     one = ResumableBatchSampler(50, batch_size=8, world_size=1, seed=3)
     r0 = ResumableBatchSampler(50, batch_size=4, world_size=2, rank=0, seed=3)
@@ -130,6 +167,7 @@ def test_sampler_rejects_dataset_smaller_than_a_global_batch() -> None:
 
 # ------------------------------------------------------------------------------------ LR schedule
 
+
 def test_linear_scaling_rule_against_reference_global_batch() -> None:
     cfg = get_config("k400_tokshift_div4_8x32_base_224")  # 21 x 2 GPUs x 10 accum, lr 0.1
     assert scaled_lr(cfg, 2) == pytest.approx(0.1)
@@ -155,6 +193,7 @@ def test_onecycle_warms_up_then_anneals_to_zero() -> None:
 
 
 # ------------------------------------------------------------------------------ loss and fusion
+
 
 def test_cross_entropy_label_smoothing_equals_reference_formula() -> None:
     g = torch.Generator().manual_seed(0)
@@ -198,8 +237,12 @@ def test_mean_class_accuracy_weights_classes_equally() -> None:
 
 
 def test_overrides_parse_yaml_scalars_and_reject_garbage() -> None:
-    assert parse_overrides(["epochs=2", "lr=0.01", "pretrained=null", "lr_milestones=[1, 2]"]) == \
-        {"epochs": 2, "lr": 0.01, "pretrained": None, "lr_milestones": [1, 2]}
+    assert parse_overrides(["epochs=2", "lr=0.01", "pretrained=null", "lr_milestones=[1, 2]"]) == {
+        "epochs": 2,
+        "lr": 0.01,
+        "pretrained": None,
+        "lr_milestones": [1, 2],
+    }
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["epochs"])
     assert math.isclose(parse_overrides(["x=1e-3"])["x"], 1e-3)

@@ -9,7 +9,11 @@ import pytest
 import torch
 
 from tokshift.models import (
-    CheckpointMismatchError, TokShiftBlock, build_model, resize_pos_embed, token_shift_,
+    CheckpointMismatchError,
+    TokShiftBlock,
+    build_model,
+    resize_pos_embed,
+    token_shift_,
 )
 
 
@@ -52,6 +56,7 @@ def _block_jacobian_blocks(arch: str, T: int = 6, N: int = 5, D: int = 16) -> to
         blk = TokShiftBlock(dim=D, num_heads=2, qkv_bias=True, num_frames=T, shift_div=4)
     else:
         from timm.models.vision_transformer import Block
+
         blk = Block(dim=D, num_heads=2, qkv_bias=True)
     blk = blk.double()
     x0 = torch.randn(T, N, D, dtype=torch.float64)
@@ -85,8 +90,18 @@ def test_tokshift_block_information_flow() -> None:
 
 
 def test_vit_and_tokshift_differ_only_by_shift() -> None:
-    cfg = dict(arch="vit", embed_dim=32, depth=2, num_heads=4, mlp_ratio=4.0, patch_size=8,
-               img_size=32, num_frames=3, shift_div=4, num_classes=5)
+    cfg = dict(
+        arch="vit",
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        mlp_ratio=4.0,
+        patch_size=8,
+        img_size=32,
+        num_frames=3,
+        shift_div=4,
+        num_classes=5,
+    )
     torch.manual_seed(0)
     vit = build_model(cfg)
     tok = build_model({**cfg, "arch": "tokshift"})
@@ -102,16 +117,39 @@ def test_vit_and_tokshift_differ_only_by_shift() -> None:
 
 
 def test_model_rejects_wrong_frame_count() -> None:
-    m = build_model(dict(arch="tokshift", embed_dim=32, depth=1, num_heads=4, mlp_ratio=4.0,
-                         patch_size=8, img_size=32, num_frames=4, shift_div=4, num_classes=3))
+    m = build_model(
+        dict(
+            arch="tokshift",
+            embed_dim=32,
+            depth=1,
+            num_heads=4,
+            mlp_ratio=4.0,
+            patch_size=8,
+            img_size=32,
+            num_frames=4,
+            shift_div=4,
+            num_classes=3,
+        )
+    )
     with pytest.raises(ValueError, match="4 frames"):
         m(torch.randn(1, 3, 3, 32, 32))
 
 
 def test_build_model_names_missing_keys() -> None:
     with pytest.raises(ValueError, match="shift_div"):
-        build_model(dict(arch="vit", embed_dim=32, depth=1, num_heads=4, mlp_ratio=4.0,
-                         patch_size=8, img_size=32, num_frames=4, num_classes=3))
+        build_model(
+            dict(
+                arch="vit",
+                embed_dim=32,
+                depth=1,
+                num_heads=4,
+                mlp_ratio=4.0,
+                patch_size=8,
+                img_size=32,
+                num_frames=4,
+                num_classes=3,
+            )
+        )
 
 
 def test_backward_through_in_place_shift() -> None:
@@ -133,24 +171,40 @@ def write_google_npz(path, grid: int = 4, seed: int = 0) -> dict[str, np.ndarray
     r = lambda *s: (rng.standard_normal(s) * 0.2).astype(np.float32)  # noqa: E731
     hd = D // HEADS
     w = {
-        "embedding/kernel": r(PATCH, PATCH, 3, D), "embedding/bias": r(D), "cls": r(1, 1, D),
+        "embedding/kernel": r(PATCH, PATCH, 3, D),
+        "embedding/bias": r(D),
+        "cls": r(1, 1, D),
         "Transformer/posembed_input/pos_embedding": r(1, 1 + grid * grid, D),
-        "Transformer/encoder_norm/scale": 1 + r(D), "Transformer/encoder_norm/bias": r(D),
-        "pre_logits/kernel": r(D, D), "pre_logits/bias": r(D), "head/kernel": r(D, 21), "head/bias": r(21),
+        "Transformer/encoder_norm/scale": 1 + r(D),
+        "Transformer/encoder_norm/bias": r(D),
+        "pre_logits/kernel": r(D, D),
+        "pre_logits/bias": r(D),
+        "head/kernel": r(D, 21),
+        "head/bias": r(21),
     }
     for i in range(DEPTH):
         p = f"Transformer/encoderblock_{i}/"
         a = p + "MultiHeadDotProductAttention_1/"
-        w.update({
-            p + "LayerNorm_0/scale": 1 + r(D), p + "LayerNorm_0/bias": r(D),
-            p + "LayerNorm_2/scale": 1 + r(D), p + "LayerNorm_2/bias": r(D),
-            a + "query/kernel": r(D, HEADS, hd), a + "query/bias": r(HEADS, hd),
-            a + "key/kernel": r(D, HEADS, hd), a + "key/bias": r(HEADS, hd),
-            a + "value/kernel": r(D, HEADS, hd), a + "value/bias": r(HEADS, hd),
-            a + "out/kernel": r(HEADS, hd, D), a + "out/bias": r(D),
-            p + "MlpBlock_3/Dense_0/kernel": r(D, MLP), p + "MlpBlock_3/Dense_0/bias": r(MLP),
-            p + "MlpBlock_3/Dense_1/kernel": r(MLP, D), p + "MlpBlock_3/Dense_1/bias": r(D),
-        })
+        w.update(
+            {
+                p + "LayerNorm_0/scale": 1 + r(D),
+                p + "LayerNorm_0/bias": r(D),
+                p + "LayerNorm_2/scale": 1 + r(D),
+                p + "LayerNorm_2/bias": r(D),
+                a + "query/kernel": r(D, HEADS, hd),
+                a + "query/bias": r(HEADS, hd),
+                a + "key/kernel": r(D, HEADS, hd),
+                a + "key/bias": r(HEADS, hd),
+                a + "value/kernel": r(D, HEADS, hd),
+                a + "value/bias": r(HEADS, hd),
+                a + "out/kernel": r(HEADS, hd, D),
+                a + "out/bias": r(D),
+                p + "MlpBlock_3/Dense_0/kernel": r(D, MLP),
+                p + "MlpBlock_3/Dense_0/bias": r(MLP),
+                p + "MlpBlock_3/Dense_1/kernel": r(MLP, D),
+                p + "MlpBlock_3/Dense_1/bias": r(D),
+            }
+        )
     np.savez(path, **w)
     return w
 
@@ -165,8 +219,12 @@ def bilinear_corner_aligned(grid: np.ndarray, out: int) -> np.ndarray:
             x = j * (g - 1) / (out - 1)
             y0, x0 = min(int(math.floor(y)), g - 2), min(int(math.floor(x)), g - 2)
             dy, dx = y - y0, x - x0
-            res[i, j] = ((1 - dy) * (1 - dx) * grid[y0, x0] + (1 - dy) * dx * grid[y0, x0 + 1]
-                         + dy * (1 - dx) * grid[y0 + 1, x0] + dy * dx * grid[y0 + 1, x0 + 1])
+            res[i, j] = (
+                (1 - dy) * (1 - dx) * grid[y0, x0]
+                + (1 - dy) * dx * grid[y0, x0 + 1]
+                + dy * (1 - dx) * grid[y0 + 1, x0]
+                + dy * dx * grid[y0 + 1, x0 + 1]
+            )
     return res
 
 
@@ -183,7 +241,8 @@ def reference_features(w: dict[str, np.ndarray], video: np.ndarray, arch: str, g
     pos = f["Transformer/posembed_input/pos_embedding"]
     if g != grid:
         pos = np.concatenate(
-            [pos[:, :1], bilinear_corner_aligned(pos[0, 1:].reshape(grid, grid, D), g).reshape(1, g * g, D)], 1)
+            [pos[:, :1], bilinear_corner_aligned(pos[0, 1:].reshape(grid, grid, D), g).reshape(1, g * g, D)], 1
+        )
     x = x + pos
 
     def ln(v, s, b):
@@ -225,8 +284,18 @@ def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) 
     path = tmp_path / "ViT-tiny.npz"
     w = write_google_npz(path, grid=4)
     T, classes = 3, 6
-    cfg = dict(arch=arch, embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D,
-               patch_size=PATCH, img_size=img_size, num_frames=T, shift_div=4, num_classes=classes)
+    cfg = dict(
+        arch=arch,
+        embed_dim=D,
+        depth=DEPTH,
+        num_heads=HEADS,
+        mlp_ratio=MLP / D,
+        patch_size=PATCH,
+        img_size=img_size,
+        num_frames=T,
+        shift_div=4,
+        num_classes=classes,
+    )
     model = build_model(cfg, pretrained=path).double().eval()
     assert model.head.weight.abs().max() == 0 and model.head.bias.abs().max() == 0
     video = np.random.default_rng(1).standard_normal((2, T, 3, img_size, img_size))
@@ -259,8 +328,18 @@ def test_pos_embed_resize_is_corner_aligned_order1() -> None:
 def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
     path = tmp_path / "w.npz"
     write_google_npz(path)
-    cfg = dict(arch="vit", embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=2.0,  # MLP 64 vs 64? no: 2*32=64
-               patch_size=PATCH, img_size=32, num_frames=2, shift_div=4, num_classes=3)
+    cfg = dict(
+        arch="vit",
+        embed_dim=D,
+        depth=DEPTH,
+        num_heads=HEADS,
+        mlp_ratio=2.0,  # MLP 64 vs 64? no: 2*32=64
+        patch_size=PATCH,
+        img_size=32,
+        num_frames=2,
+        shift_div=4,
+        num_classes=3,
+    )
     cfg["mlp_ratio"] = 3.0  # model MLP width 96, checkpoint 64
     with pytest.raises(CheckpointMismatchError) as e:
         build_model(cfg, pretrained=path)
@@ -273,7 +352,17 @@ def test_npz_missing_key_is_named(tmp_path) -> None:
     w = write_google_npz(path)
     del w["Transformer/encoderblock_1/LayerNorm_2/bias"]
     np.savez(path, **w)
-    cfg = dict(arch="vit", embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D,
-               patch_size=PATCH, img_size=32, num_frames=2, shift_div=4, num_classes=3)
+    cfg = dict(
+        arch="vit",
+        embed_dim=D,
+        depth=DEPTH,
+        num_heads=HEADS,
+        mlp_ratio=MLP / D,
+        patch_size=PATCH,
+        img_size=32,
+        num_frames=2,
+        shift_div=4,
+        num_classes=3,
+    )
     with pytest.raises(CheckpointMismatchError, match="encoderblock_1/LayerNorm_2/bias"):
         build_model(cfg, pretrained=path)

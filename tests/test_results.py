@@ -25,19 +25,37 @@ def _write(path: Path, data: dict) -> None:
 
 def _metrics(model: str, top1: float, videos: int, failed: int) -> dict:
     return {
-        "model": model, "checkpoint": f"results/x/train/{model}/model.pt",
-        "top1": top1, "top5": 100.0, "top1_softmax": top1 - 0.004, "top5_softmax": 100.0,
-        "top1_1view": top1 - 12.3456, "top1_3view": top1 - 5.0, "top1_10view": top1 - 1.0,
-        "mean_class_acc": top1 - 0.111, "videos": videos, "views": 30, "clips": 10, "crops": 3,
+        "model": model,
+        "checkpoint": f"results/x/train/{model}/model.pt",
+        "top1": top1,
+        "top5": 100.0,
+        "top1_softmax": top1 - 0.004,
+        "top5_softmax": 100.0,
+        "top1_1view": top1 - 12.3456,
+        "top1_3view": top1 - 5.0,
+        "top1_10view": top1 - 1.0,
+        "mean_class_acc": top1 - 0.111,
+        "videos": videos,
+        "views": 30,
+        "clips": 10,
+        "crops": 3,
         "failed": failed,
     }
 
 
 def _summary(model: str, device: str, world_size: int, hours: float) -> dict:
     return {
-        "model": model, "epochs": 8, "optimizer_steps": 256, "world_size": world_size, "device": device,
-        "global_batch": 16, "lr": 1e-3, "train_hours": hours, "final_train_loss": 0.0123,
-        "checkpoint": f"results/x/train/{model}/model.pt", "checkpoint_sha256": "ab" * 32,
+        "model": model,
+        "epochs": 8,
+        "optimizer_steps": 256,
+        "world_size": world_size,
+        "device": device,
+        "global_batch": 16,
+        "lr": 1e-3,
+        "train_hours": hours,
+        "final_train_loss": 0.0123,
+        "checkpoint": f"results/x/train/{model}/model.pt",
+        "checkpoint_sha256": "ab" * 32,
     }
 
 
@@ -45,11 +63,15 @@ def _populate(root: Path, dataset: str, pack: bool = True) -> None:
     _write(root / dataset / "eval" / "demo_vit" / "metrics.json", _metrics("demo_vit", 50.0, 62, 1))
     _write(root / dataset / "eval" / "demo_tokshift" / "metrics.json", _metrics("demo_tokshift", 98.387, 62, 1))
     _write(root / dataset / "train" / "demo_vit" / "train_summary.json", _summary("demo_vit", "cpu", 1, 0.0213))
-    _write(root / dataset / "train" / "demo_tokshift" / "train_summary.json",
-           _summary("demo_tokshift", "cuda:0", 2, 0.01849))
+    _write(
+        root / dataset / "train" / "demo_tokshift" / "train_summary.json",
+        _summary("demo_tokshift", "cuda:0", 2, 0.01849),
+    )
     if pack:
-        _write(root / dataset / "frames" / "val" / "summary.json",
-               {"annotated": 66, "packed": 63, "missing": 2, "failed": 1})
+        _write(
+            root / dataset / "frames" / "val" / "summary.json",
+            {"annotated": 66, "packed": 63, "missing": 2, "failed": 1},
+        )
 
 
 def test_collect_values_and_outputs(tmp_path: Path) -> None:
@@ -71,8 +93,12 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
 
     out = tmp_path / "out"
     paths = write_outputs(df, out / "model_zoo.csv", out / "model_zoo.md", out / "accuracy_vs_gflops.png")
-    assert [p.name for p in paths] == ["model_zoo.csv", "model_zoo.md", "accuracy_vs_gflops.png",
-                                       "model_zoo.sources.json"]
+    assert [p.name for p in paths] == [
+        "model_zoo.csv",
+        "model_zoo.md",
+        "accuracy_vs_gflops.png",
+        "model_zoo.sources.json",
+    ]
     csv_text = (out / "model_zoo.csv").read_text()
     assert csv_text.splitlines()[0] == ",".join(COLUMNS)
     back = pd.read_csv(out / "model_zoo.csv")
@@ -151,8 +177,9 @@ def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     _populate(tmp_path, "demo", pack=False)
     parser = argparse.ArgumentParser()
     report_commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["collect", "--dataset", "demo", "--models", "demo_vit", "demo_tokshift",
-                              "--results-dir", str(tmp_path)])
+    args = parser.parse_args(
+        ["collect", "--dataset", "demo", "--models", "demo_vit", "demo_tokshift", "--results-dir", str(tmp_path)]
+    )
     assert args.func(args) == 0
     for name in ("model_zoo.csv", "model_zoo.md", "accuracy_vs_gflops.png", "model_zoo.sources.json"):
         assert (tmp_path / "demo" / name).is_file()

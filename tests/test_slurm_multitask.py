@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import (Cluster, slurm_cluster, snakemake_slurm, unique_prefix,  # noqa: F401
-                                 wait_until_recorded)
+from tests.slurm.cluster import Cluster, slurm_cluster, snakemake_slurm, unique_prefix, wait_until_recorded  # noqa: F401
 
-RANK_SCRIPT = textwrap.dedent('''
+RANK_SCRIPT = textwrap.dedent("""
     import json, os, socket, sys
     import torch
     from tokshift.engine.distributed import init_distributed, all_reduce, shutdown
@@ -32,16 +31,16 @@ RANK_SCRIPT = textwrap.dedent('''
     with open(os.path.join(sys.argv[1], f"rank{ctx.rank}.json"), "w") as f:
         json.dump(out, f)
     shutdown(ctx)
-''')
+""")
 
-SNAKEFILE = textwrap.dedent('''
+SNAKEFILE = textwrap.dedent("""
     rule ranks:
         output: directory("ranks")
         threads: 1
         # What the workflow asks for a training job with 2 tasks on one node.
         resources: nodes=1, tasks=2, mpi="srun", cpus_per_task=1, mem_mb=2000, runtime=5
         shell: "mkdir -p {output} && {resources.mpi} --ntasks=2 --nodes=1 python rank.py {output}"
-''')
+""")
 
 
 @pytest.mark.slurm
@@ -64,7 +63,8 @@ def test_two_srun_tasks_form_one_gloo_group(slurm_cluster: Cluster, tmp_path: Pa
     # The accounting database shows one job, and in it one srun step with 2 tasks.
     (job,) = wait_until_recorded(prefix, 1)
     assert job.state == "COMPLETED" and job.job_id == ranks[0]["job"]
-    steps = subprocess.run(["sacct", "-n", "-P", "-j", job.job_id, "-o", "JobID,NTasks,State"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    steps = subprocess.run(
+        ["sacct", "-n", "-P", "-j", job.job_id, "-o", "JobID,NTasks,State"], capture_output=True, text=True, check=True
+    ).stdout.split()
     srun_steps = [s.split("|") for s in steps if s.split("|")[0] == f"{job.job_id}.{ranks[0]['step']}"]
     assert srun_steps and srun_steps[0][1] == "2" and srun_steps[0][2] == "COMPLETED", steps

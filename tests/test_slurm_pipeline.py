@@ -23,8 +23,16 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.slurm.cluster import (PROFILE, Cluster, SacctJob, sacct_steps, slurm_cluster,  # noqa: F401
-                                 snakemake_slurm, unique_prefix, wait_until_recorded)
+from tests.slurm.cluster import (  # noqa: F401
+    PROFILE,
+    Cluster,
+    SacctJob,
+    sacct_steps,
+    slurm_cluster,
+    snakemake_slurm,
+    unique_prefix,
+    wait_until_recorded,
+)
 from tests.workflow_helpers import copy_workflow, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -71,8 +79,9 @@ def _fastest_epoch_seconds(wf: Path, model: str) -> float:
     PREEMPT_WORK_S leaves a factor of two: the training then needs more than the signal's
     lead time however idle the machine is (a busier machine only means more resubmissions).
     """
-    records = [json.loads(line) for line in
-               (wf / "results/demo/train" / model / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (wf / "results/demo/train" / model / "metrics.jsonl").read_text().splitlines()
+    ]
     steps = [(r["step"], r["time"]) for r in records if r.get("kind") == "step"]
     per_step = min((t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(steps, steps[1:]) if s1 > s0)
     summary = _summary(wf, model)
@@ -82,8 +91,16 @@ def _fastest_epoch_seconds(wf: Path, model: str) -> float:
 def _run_slurm(wf: Path, cfg: Path, cluster: Cluster, *extra: str) -> tuple[str, float]:
     prefix = unique_prefix("e2e")
     t0 = time.monotonic()
-    proc = snakemake_slurm(wf, "--configfile", cfg.name, *extra, prefix=prefix, profile="slurm", timeout=2400,
-                           env={"TOKSHIFT_SLURM_PARTITION": cluster.partition})
+    proc = snakemake_slurm(
+        wf,
+        "--configfile",
+        cfg.name,
+        *extra,
+        prefix=prefix,
+        profile="slurm",
+        timeout=2400,
+        env={"TOKSHIFT_SLURM_PARTITION": cluster.partition},
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
     return prefix, time.monotonic() - t0
 
@@ -124,10 +141,16 @@ def preempted_run(slurm_run: dict) -> dict:
     sizes = {**JOB_SIZES, "per_model": {PREEMPTED_MODEL: {"train": {**JOB_SIZES["train"], **SHORT_TRAIN}}}}
     cfg = _write_config(wf / "test-preempt.yaml", sizes, {"per_model": {PREEMPTED_MODEL: {"epochs": epochs}}})
     prefix, seconds = _run_slurm(wf, cfg, cluster, "--retries", str(RETRIES))
-    print(f"{PREEMPTED_MODEL}: {epochs} epochs under a {SHORT_TRAIN['runtime']}-minute limit, "
-          f"resubmitted until done, then evaluated and tabled: {seconds:.0f} s")
-    return {"wf": wf, "epochs": epochs, "steps": epochs * steps_per_epoch,
-            "jobs": _by_rule(wait_until_recorded(prefix, 1))}
+    print(
+        f"{PREEMPTED_MODEL}: {epochs} epochs under a {SHORT_TRAIN['runtime']}-minute limit, "
+        f"resubmitted until done, then evaluated and tabled: {seconds:.0f} s"
+    )
+    return {
+        "wf": wf,
+        "epochs": epochs,
+        "steps": epochs * steps_per_epoch,
+        "jobs": _by_rule(wait_until_recorded(prefix, 1)),
+    }
 
 
 def test_zoo_table_matches_the_local_run(slurm_run: dict, local_run: Path) -> None:
@@ -136,8 +159,20 @@ def test_zoo_table_matches_the_local_run(slurm_run: dict, local_run: Path) -> No
     assert list(slurm_csv.columns) == list(local_csv.columns)
     assert list(slurm_csv["model"]) == list(local_csv["model"])
     assert list(slurm_csv.dtypes) == list(local_csv.dtypes)
-    same = ["arch", "backbone", "img_size", "num_frames", "frame_stride", "shift_div", "params_m",
-            "gflops_per_view", "views", "val_videos", "val_failed", "epochs"]
+    same = [
+        "arch",
+        "backbone",
+        "img_size",
+        "num_frames",
+        "frame_stride",
+        "shift_div",
+        "params_m",
+        "gflops_per_view",
+        "views",
+        "val_videos",
+        "val_failed",
+        "epochs",
+    ]
     pd.testing.assert_frame_equal(slurm_csv[same], local_csv[same])
     for model in ("demo_vit", "demo_tokshift"):
         assert _summary(slurm_run["wf"], model)["optimizer_steps"] == _summary(local_run, model)["optimizer_steps"]
@@ -160,7 +195,8 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
 
     # The plugin's job comment is rule_<rule>_wildcards_<wildcard values joined by _>.
     assert sorted(j.wildcards for j in rules["pack_shard"]) == sorted(
-        f"{split}_{k}" for split in ("train", "val") for k in range(shards))
+        f"{split}_{k}" for split in ("train", "val") for k in range(shards)
+    )
     assert sorted(j.wildcards for j in rules["train"]) == models
     assert sorted(j.wildcards for j in rules["evaluate"]) == models
     for j in (job for jobs in rules.values() for job in jobs):
@@ -193,7 +229,8 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
         # not killed at the limit (TIMEOUT).
         assert j.state == "FAILED" and j.elapsed_seconds < 60 * SHORT_TRAIN["runtime"], (
             f"{j} (steps {steps}): the training must run in its own srun step (slurm/job-step.sh) "
-            "for --signal=USR1 to reach it")
+            "for --signal=USR1 to reach it"
+        )
         assert any(s.exit_code == 75 for s in steps), steps
 
     resumed = _summary(wf, PREEMPTED_MODEL)
@@ -203,7 +240,7 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
     assert pd.notna(zoo.loc[PREEMPTED_MODEL, "top1"]) and zoo.loc[PREEMPTED_MODEL, "epochs"] == preempted_run["epochs"]
 
 
-MULTI_TASK_SNAKEFILE = textwrap.dedent('''
+MULTI_TASK_SNAKEFILE = textwrap.dedent("""
     rule train_two_ranks:
         input: train={train}, val={val}
         output: "out/train_summary.json"
@@ -214,7 +251,7 @@ MULTI_TASK_SNAKEFILE = textwrap.dedent('''
             "{job_step} --ntasks 2 --nodes 1 --cpus-per-task 1 --"
             " tokshift train --model demo_vit --train-shards {{input.train}} --val-shards {{input.val}}"
             " --out-dir out --override epochs=1 --workers 0 --device cpu > {{log}} 2>&1"
-''')
+""")
 
 
 def test_two_srun_tasks_train_one_model_together(slurm_run: dict, tmp_path: Path) -> None:
@@ -222,8 +259,9 @@ def test_two_srun_tasks_train_one_model_together(slurm_run: dict, tmp_path: Path
     frames = slurm_run["wf"] / "results/demo/frames"
     train = sorted(str(p) for p in (frames / "train").glob("shard-*.lmdb"))
     val = sorted(str(p) for p in (frames / "val").glob("shard-*.lmdb"))
-    (tmp_path / "Snakefile").write_text(MULTI_TASK_SNAKEFILE.format(
-        train=train, val=val, job_step=PROFILE / "job-step.sh"))
+    (tmp_path / "Snakefile").write_text(
+        MULTI_TASK_SNAKEFILE.format(train=train, val=val, job_step=PROFILE / "job-step.sh")
+    )
     prefix = unique_prefix("mtt")
     proc = snakemake_slurm(tmp_path, prefix=prefix, timeout=900)
     log = (tmp_path / "train.log").read_text() if (tmp_path / "train.log").exists() else ""

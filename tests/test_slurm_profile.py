@@ -16,10 +16,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.slurm.cluster import (PROFILE, REPO, Cluster, slurm_cluster, snakemake_slurm,  # noqa: F401
-                                 unique_prefix, wait_until_recorded)
+from tests.slurm.cluster import (  # noqa: F401
+    PROFILE,
+    REPO,
+    Cluster,
+    slurm_cluster,
+    snakemake_slurm,
+    unique_prefix,
+    wait_until_recorded,
+)
 
-SMOKE_SNAKEFILE = textwrap.dedent('''
+SMOKE_SNAKEFILE = textwrap.dedent("""
     rule all:
         input: "out/gpu.txt", "out/cpu.txt"
 
@@ -34,7 +41,7 @@ SMOKE_SNAKEFILE = textwrap.dedent('''
         threads: 2
         resources: mem_mb=234, runtime=2
         shell: "echo $SLURM_JOB_ID > {output}"
-''')
+""")
 
 
 def test_profile_is_found_from_the_repository_root() -> None:
@@ -78,8 +85,14 @@ def test_dry_run_plans_the_demo_without_contacting_a_cluster(tmp_path: Path) -> 
     if not (clone / "Snakefile").exists() or not (clone / "slurm" / "config.yaml").exists():
         pytest.skip("the committed tree has no Snakefile or slurm profile yet")
     calls, env = _tripwire_path(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"], cwd=clone,
-                          capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--profile", "slurm", "-n"],
+        cwd=clone,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-5000:]
     for rule in ("demo_videos", "index_dataset", "pack_shard", "train", "evaluate", "collect_results", "all"):
@@ -124,16 +137,34 @@ def test_job_step_runs_the_command_directly_outside_slurm(tmp_path: Path) -> Non
     """Outside a SLURM job the rule's program runs as is, arguments intact, exit code passed on."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
     script = PROFILE / "job-step.sh"
-    proc = subprocess.run([str(script), "--ntasks", "2", "--cpus-per-task", "4", "--",
-                           sys.executable, "-c", "import sys; print(sys.argv[1:]); sys.exit(75)", "a b", "c"],
-                          capture_output=True, text=True, env=env, timeout=60)
+    proc = subprocess.run(
+        [
+            str(script),
+            "--ntasks",
+            "2",
+            "--cpus-per-task",
+            "4",
+            "--",
+            sys.executable,
+            "-c",
+            "import sys; print(sys.argv[1:]); sys.exit(75)",
+            "a b",
+            "c",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 75 and proc.stdout.strip() == "['a b', 'c']", proc
 
 
 def test_job_step_rejects_bad_counts_naming_them() -> None:
-    proc = subprocess.run([str(PROFILE / "job-step.sh"), "--ntasks", "0", "--", "true"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(PROFILE / "job-step.sh"), "--ntasks", "0", "--", "true"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "'0'" in proc.stderr
-    proc = subprocess.run([str(PROFILE / "job-step.sh"), "--gpus", "2", "--", "true"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [str(PROFILE / "job-step.sh"), "--gpus", "2", "--", "true"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 2 and "--gpus" in proc.stderr

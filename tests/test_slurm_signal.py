@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import (PROFILE, Cluster, sacct_steps, slurm_cluster, snakemake_slurm,  # noqa: F401
-                                 unique_prefix, wait_until_recorded)
+from tests.slurm.cluster import (  # noqa: F401
+    PROFILE,
+    Cluster,
+    sacct_steps,
+    slurm_cluster,
+    snakemake_slurm,
+    unique_prefix,
+    wait_until_recorded,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -43,7 +50,7 @@ WORKER = textwrap.dedent('''
     sys.exit(1)
 ''')
 
-SNAKEFILE = textwrap.dedent('''
+SNAKEFILE = textwrap.dedent("""
     STEP = "{job_step}"
     SIGNAL = dict(runtime=2, mem_mb=1000, slurm_extra="--signal=USR1@30")
 
@@ -63,7 +70,7 @@ SNAKEFILE = textwrap.dedent('''
         shell:
             "mkdir -p out && {{STEP}} --ntasks 1 --nodes 1 --cpus-per-task 2 --"
             " torchrun --standalone --nproc-per-node=2 --no-python python worker.py out/torchrun"
-''')
+""")
 
 
 @pytest.mark.timeout(900)

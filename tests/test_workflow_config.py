@@ -46,10 +46,15 @@ def test_kinetics_plan_downloads_weights(wf: Path, tmp_path: Path) -> None:
 
     def edit(cfg):
         cfg["dataset"] = "k400"
-        cfg["datasets"]["k400"] = {"kind": "kinetics", "zoo": "k400", "root": str(tmp_path),
-                                   "annotations": {"train": str(ann), "val": str(ann)}}
+        cfg["datasets"]["k400"] = {
+            "kind": "kinetics",
+            "zoo": "k400",
+            "root": str(tmp_path),
+            "annotations": {"train": str(ann), "val": str(ann)},
+        }
         cfg["models"] = ["k400_tokshift_div4_8x32_large_384", "k400_vit_8x32_224"]
         cfg["resources"]["train"]["gpus"] = "zoo"
+
     write_config(wf, edit)
     out = snakemake(wf, "-n", "-p", "--cores", "2", check=True).stdout
     assert "resources/weights/ViT-L_16.npz" in out and "resources/weights/ViT-B_16.npz" in out
@@ -65,13 +70,26 @@ def test_kinetics_plan_downloads_weights(wf: Path, tmp_path: Path) -> None:
         (lambda c: c["train"].update(epocs=3), "epocs"),
         (lambda c: c.update(models=["demo_tokshift", "k400_tokshift_huge"]), "k400_tokshift_huge"),
         (lambda c: c["train"].update(overrides={"learning_rate": 0.1}), "learning_rate"),
-        (lambda c: c["datasets"].update(mine={"kind": "csv", "zoo": "demo",
-                                              "splits": {"train": "/nope/train.csv", "val": "/nope/val.csv"}})
-         or c.update(dataset="mine"), "datasets.mine.splits.train"),
+        (
+            lambda c: (
+                c["datasets"].update(
+                    mine={"kind": "csv", "zoo": "demo", "splits": {"train": "/nope/train.csv", "val": "/nope/val.csv"}}
+                )
+                or c.update(dataset="mine")
+            ),
+            "datasets.mine.splits.train",
+        ),
         (lambda c: c.update(dataset="kinetics400"), "kinetics400"),
     ],
-    ids=["unknown-top-key", "wrong-type", "unknown-train-key", "unknown-model", "bad-override",
-         "missing-path", "unknown-dataset"],
+    ids=[
+        "unknown-top-key",
+        "wrong-type",
+        "unknown-train-key",
+        "unknown-model",
+        "bad-override",
+        "missing-path",
+        "unknown-dataset",
+    ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(wf: Path, edit, expect: str) -> None:
     write_config(wf, edit)

@@ -12,9 +12,13 @@ import pytest
 from tokshift.zoo import ZOO, get_config, zoo_names, zoo_row
 
 K400 = [
-    "k400_vit_8x32_224", "k400_tokshift_div4_8x32_base_224", "k400_tokshift_div4_8x32_base_256",
-    "k400_tokshift_div4_8x32_base_384", "k400_tokshift_div4_16x32_base_224",
-    "k400_tokshift_div4_8x32_large_384", "k400_tokshift_div4_12x32_large_384",
+    "k400_vit_8x32_224",
+    "k400_tokshift_div4_8x32_base_224",
+    "k400_tokshift_div4_8x32_base_256",
+    "k400_tokshift_div4_8x32_base_384",
+    "k400_tokshift_div4_16x32_base_224",
+    "k400_tokshift_div4_8x32_large_384",
+    "k400_tokshift_div4_12x32_large_384",
 ]
 
 
@@ -24,8 +28,9 @@ def test_zoo_names_are_the_interface() -> None:
 
 
 def test_zoo_cli_csv_gflops_and_params_match_paper() -> None:
-    out = subprocess.run([sys.executable, "-m", "tokshift.cli", "zoo", "--format", "csv"],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tokshift.cli", "zoo", "--format", "csv"], check=True, capture_output=True, text=True
+    ).stdout
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(out))}
     assert set(rows) == set(ZOO)
     for name in K400:

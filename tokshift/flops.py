@@ -9,8 +9,9 @@ one forward pass on the `meta` device, so no memory is allocated and a ViT-L at
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn

@@ -10,8 +10,9 @@ with the neighbouring frames (REFERENCE.md, "TokShift, exactly").
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,8 +23,15 @@ from torch import nn
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
 __all__ = [
-    "token_shift_", "TokShiftBlock", "VideoVisionTransformer", "build_model", "resolve_model_config",
-    "load_google_npz", "google_npz_state_dict", "resize_pos_embed", "CheckpointMismatchError",
+    "token_shift_",
+    "TokShiftBlock",
+    "VideoVisionTransformer",
+    "build_model",
+    "resolve_model_config",
+    "load_google_npz",
+    "google_npz_state_dict",
+    "resize_pos_embed",
+    "CheckpointMismatchError",
 ]
 
 
@@ -61,8 +69,7 @@ class TokShiftBlock(Block):
         self.num_frames = num_frames
         self.shift_div = shift_div
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         x = token_shift_(x, self.num_frames, self.shift_div)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
         x = token_shift_(x, self.num_frames, self.shift_div)
@@ -78,8 +85,7 @@ class VideoVisionTransformer(VisionTransformer):
 
     def __init__(self, *, arch: str, num_frames: int, shift_div: int, **vit_kwargs: Any) -> None:
         if arch == "tokshift":
-            vit_kwargs["block_fn"] = functools.partial(
-                TokShiftBlock, num_frames=num_frames, shift_div=shift_div)
+            vit_kwargs["block_fn"] = functools.partial(TokShiftBlock, num_frames=num_frames, shift_div=shift_div)
         elif arch != "vit":
             raise ValueError(f"unknown arch {arch!r}; expected 'tokshift' or 'vit'")
         super().__init__(**vit_kwargs)
@@ -132,11 +138,21 @@ def build_model(
     if num_classes is not None:
         m["num_classes"] = int(num_classes)
     model = VideoVisionTransformer(
-        arch=m["arch"], num_frames=int(m["num_frames"]), shift_div=int(m["shift_div"]),
-        img_size=int(m["img_size"]), patch_size=int(m["patch_size"]), num_classes=int(m["num_classes"]),
-        embed_dim=int(m["embed_dim"]), depth=int(m["depth"]), num_heads=int(m["num_heads"]),
-        mlp_ratio=float(m["mlp_ratio"]), qkv_bias=True, class_token=True, global_pool="token",
-        norm_layer=functools.partial(LayerNorm, eps=1e-6), act_layer=nn.GELU,
+        arch=m["arch"],
+        num_frames=int(m["num_frames"]),
+        shift_div=int(m["shift_div"]),
+        img_size=int(m["img_size"]),
+        patch_size=int(m["patch_size"]),
+        num_classes=int(m["num_classes"]),
+        embed_dim=int(m["embed_dim"]),
+        depth=int(m["depth"]),
+        num_heads=int(m["num_heads"]),
+        mlp_ratio=float(m["mlp_ratio"]),
+        qkv_bias=True,
+        class_token=True,
+        global_pool="token",
+        norm_layer=functools.partial(LayerNorm, eps=1e-6),
+        act_layer=nn.GELU,
     )
     if pretrained is not None:
         load_google_npz(model, pretrained)
@@ -177,6 +193,7 @@ def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTrans
     The classifier head is zero-initialised for the model's classes and `pre_logits`
     is dropped (ImageNet-21k checkpoints carry both for 21k classes).
     """
+
     def get(key: str) -> np.ndarray:
         if key not in npz:
             raise CheckpointMismatchError(f"key {key!r} missing from the .npz checkpoint")
@@ -187,8 +204,7 @@ def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTrans
         "patch_embed.proj.weight": get("embedding/kernel").transpose(3, 2, 0, 1),
         "patch_embed.proj.bias": get("embedding/bias"),
         "cls_token": get("cls"),
-        "pos_embed": resize_pos_embed(get("Transformer/posembed_input/pos_embedding"),
-                                      model.patch_embed.grid_size),
+        "pos_embed": resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.patch_embed.grid_size),
         "norm.weight": get("Transformer/encoder_norm/scale"),
         "norm.bias": get("Transformer/encoder_norm/bias"),
     }
@@ -198,9 +214,11 @@ def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTrans
         sd[t + "norm1.weight"] = get(p + "LayerNorm_0/scale")
         sd[t + "norm1.bias"] = get(p + "LayerNorm_0/bias")
         sd[t + "attn.qkv.weight"] = np.concatenate(
-            [get(att + f"{n}/kernel").reshape(dim, dim).T for n in ("query", "key", "value")])
+            [get(att + f"{n}/kernel").reshape(dim, dim).T for n in ("query", "key", "value")]
+        )
         sd[t + "attn.qkv.bias"] = np.concatenate(
-            [get(att + f"{n}/bias").reshape(dim) for n in ("query", "key", "value")])
+            [get(att + f"{n}/bias").reshape(dim) for n in ("query", "key", "value")]
+        )
         sd[t + "attn.proj.weight"] = get(att + "out/kernel").reshape(dim, dim).T
         sd[t + "attn.proj.bias"] = get(att + "out/bias")
         sd[t + "norm2.weight"] = get(p + "LayerNorm_2/scale")
@@ -227,7 +245,8 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
             problems.append(f"missing key {key!r} (model shape {tuple(value.shape)})")
         elif tuple(state[key].shape) != tuple(value.shape):
             problems.append(
-                f"key {key!r}: checkpoint shape {tuple(state[key].shape)} != model shape {tuple(value.shape)}")
+                f"key {key!r}: checkpoint shape {tuple(state[key].shape)} != model shape {tuple(value.shape)}"
+            )
     for key in state:
         if key not in own:
             problems.append(f"unexpected key {key!r} (checkpoint shape {tuple(state[key].shape)})")
@@ -243,7 +262,8 @@ def load_google_npz(model: VideoVisionTransformer, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
-            f"pretrained weights {path} not found; run `snakemake download_weights` or `tokshift download`")
+            f"pretrained weights {path} not found; run `snakemake download_weights` or `tokshift download`"
+        )
     with np.load(path) as npz:
         state = google_npz_state_dict(npz, model)
     load_state_dict_checked(model, state, f"checkpoint {path}")

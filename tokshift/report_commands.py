@@ -55,8 +55,13 @@ def _run_download(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         digest = download(
-            args.url, args.out, sha256=args.sha256, retries=args.retries, timeout=args.timeout,
-            progress=not args.no_progress, config_key=args.config_key,
+            args.url,
+            args.out,
+            sha256=args.sha256,
+            retries=args.retries,
+            timeout=args.timeout,
+            progress=not args.no_progress,
+            config_key=args.config_key,
         )
     except DownloadError as err:
         print(f"tokshift download: error: {err}", file=sys.stderr)

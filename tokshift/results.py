@@ -22,31 +22,81 @@ log = logging.getLogger(__name__)
 
 # The results table interface: these columns, in this order.
 COLUMNS: tuple[str, ...] = (
-    "model", "arch", "backbone", "pretrained", "img_size", "num_frames", "frame_stride", "shift_div",
-    "params_m", "gflops_per_view", "views", "top1", "top5", "top1_softmax", "top1_1view", "top1_3view",
-    "mean_class_acc", "paper_top1", "delta_top1", "val_videos", "val_failed", "epochs", "gpus",
-    "train_hours", "checkpoint", "checkpoint_sha256",
+    "model",
+    "arch",
+    "backbone",
+    "pretrained",
+    "img_size",
+    "num_frames",
+    "frame_stride",
+    "shift_div",
+    "params_m",
+    "gflops_per_view",
+    "views",
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "paper_top1",
+    "delta_top1",
+    "val_videos",
+    "val_failed",
+    "epochs",
+    "gpus",
+    "train_hours",
+    "checkpoint",
+    "checkpoint_sha256",
 )
 
 METRICS_KEYS: tuple[str, ...] = (
-    "top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc", "videos", "views", "failed",
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "videos",
+    "views",
+    "failed",
 )
 TRAIN_KEYS: tuple[str, ...] = (
-    "epochs", "world_size", "device", "train_hours", "checkpoint", "checkpoint_sha256",
+    "epochs",
+    "world_size",
+    "device",
+    "train_hours",
+    "checkpoint",
+    "checkpoint_sha256",
 )
 PACK_KEYS: tuple[str, ...] = ("missing", "failed")
 
 # Where each column comes from (written into model_zoo.sources.json).
 COLUMN_SOURCES: dict[str, str] = {
-    **{c: "zoo" for c in ("arch", "backbone", "pretrained", "img_size", "num_frames", "frame_stride",
-                          "shift_div", "params_m", "gflops_per_view", "paper_top1")},
-    **{c: f"metrics:{c}" for c in ("views", "top1", "top5", "top1_softmax", "top1_1view", "top1_3view",
-                                   "mean_class_acc")},
+    **{
+        c: "zoo"
+        for c in (
+            "arch",
+            "backbone",
+            "pretrained",
+            "img_size",
+            "num_frames",
+            "frame_stride",
+            "shift_div",
+            "params_m",
+            "gflops_per_view",
+            "paper_top1",
+        )
+    },
+    **{
+        c: f"metrics:{c}"
+        for c in ("views", "top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc")
+    },
     "model": "zoo",
     "delta_top1": "metrics:top1 - zoo:paper_top1",
     "val_videos": "metrics:videos",
     "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
-                  "when there is no pack summary)",
+    "when there is no pack summary)",
     "epochs": "train_summary:epochs",
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
@@ -54,8 +104,16 @@ COLUMN_SOURCES: dict[str, str] = {
     "checkpoint_sha256": "train_summary:checkpoint_sha256",
 }
 
-ACCURACY_COLUMNS = ("top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc",
-                    "paper_top1", "delta_top1")
+ACCURACY_COLUMNS = (
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "paper_top1",
+    "delta_top1",
+)
 
 
 class ResultsError(RuntimeError):
@@ -135,8 +193,7 @@ def _model_row(
 
     if metrics.get("checkpoint") and train.get("checkpoint"):
         if Path(metrics["checkpoint"]).resolve() != Path(train["checkpoint"]).resolve():
-            log.warning("%s evaluated %s but %s trained %s", m_file, metrics["checkpoint"], t_file,
-                        train["checkpoint"])
+            log.warning("%s evaluated %s but %s trained %s", m_file, metrics["checkpoint"], t_file, train["checkpoint"])
 
     acc = {k: round(_num(metrics[k], m_file, k), 2) for k in ACCURACY_COLUMNS[:6]}
     paper = cfg.paper_top1
@@ -146,8 +203,9 @@ def _model_row(
         packed = pack.get("packed")
         videos = int(_num(metrics["videos"], m_file, "videos"))
         if packed is not None and videos + eval_failed != int(packed):
-            log.warning("%s: %d evaluated + %d failed != %s packed in %s", m_file, videos, eval_failed,
-                        packed, pack_file)
+            log.warning(
+                "%s: %d evaluated + %d failed != %s packed in %s", m_file, videos, eval_failed, packed, pack_file
+            )
     else:
         val_failed = eval_failed
     device = str(train["device"]).lower()
@@ -224,17 +282,35 @@ def to_markdown(df: pd.DataFrame) -> str:
     """A readable markdown table (the CSV keeps every column)."""
     dataset = df.attrs.get("dataset", "")
     header = [
-        "Model", "Arch", "Backbone", "Pretrained", "Input", "GFLOPs × views", "Params (M)", "Top-1", "Top-5",
-        "Top-1 (softmax)", "Top-1 (1 view)", "Top-1 (3 views)", "Mean class acc.", "Paper top-1", "Δ top-1",
-        "Val videos (failed)", "Epochs", "GPUs", "Train h", "Checkpoint sha256",
+        "Model",
+        "Arch",
+        "Backbone",
+        "Pretrained",
+        "Input",
+        "GFLOPs × views",
+        "Params (M)",
+        "Top-1",
+        "Top-5",
+        "Top-1 (softmax)",
+        "Top-1 (1 view)",
+        "Top-1 (3 views)",
+        "Mean class acc.",
+        "Paper top-1",
+        "Δ top-1",
+        "Val videos (failed)",
+        "Epochs",
+        "GPUs",
+        "Train h",
+        "Checkpoint sha256",
     ]
     lines = [
         f"# Model zoo: {dataset}" if dataset else "# Model zoo",
         "",
-        "Accuracies in percent. Top-1/top-5 fuse the views by averaging logits; the softmax column averages "
-        "probabilities instead; the 1- and 3-view columns score the same videos with 1 and 3 views. Δ is our top-1 minus the "
-        "paper's. Failed videos are missing, unpackable or unreadable validation videos; they are not counted "
-        "in the accuracy. Every number is traced to its input file in `model_zoo.sources.json`.",
+        "Accuracies in percent. Top-1/top-5 fuse the views by averaging logits; the softmax column "
+        "averages probabilities instead; the 1- and 3-view columns score the same videos with 1 and 3 "
+        "views. Δ is our top-1 minus the paper's. Failed videos are missing, unpackable or unreadable "
+        "validation videos; they are not counted in the accuracy. Every number is traced to its input "
+        "file in `model_zoo.sources.json`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|",
@@ -243,13 +319,26 @@ def to_markdown(df: pd.DataFrame) -> str:
         delta = r["delta_top1"]
         delta_s = "—" if isinstance(delta, float) and math.isnan(delta) else f"{delta:+.2f}"
         cells = [
-            f"`{_fmt(r['model'])}`", _fmt(r["arch"]), _fmt(r["backbone"]), _fmt(r["pretrained"]),
+            f"`{_fmt(r['model'])}`",
+            _fmt(r["arch"]),
+            _fmt(r["backbone"]),
+            _fmt(r["pretrained"]),
             f"{r['num_frames']}×{r['frame_stride']}, {r['img_size']}px",
-            f"{_fmt_gflops(r['gflops_per_view'])} × {r['views']}", _fmt(r["params_m"], 2),
-            _fmt(r["top1"], 2), _fmt(r["top5"], 2), _fmt(r["top1_softmax"], 2), _fmt(r["top1_1view"], 2),
-            _fmt(r["top1_3view"], 2), _fmt(r["mean_class_acc"], 2), _fmt(r["paper_top1"], 2), delta_s,
-            f"{r['val_videos']} ({r['val_failed']})", _fmt(r["epochs"]), _fmt(r["gpus"]),
-            _fmt(r["train_hours"], 3), f"`{str(r['checkpoint_sha256'])[:12]}`",
+            f"{_fmt_gflops(r['gflops_per_view'])} × {r['views']}",
+            _fmt(r["params_m"], 2),
+            _fmt(r["top1"], 2),
+            _fmt(r["top5"], 2),
+            _fmt(r["top1_softmax"], 2),
+            _fmt(r["top1_1view"], 2),
+            _fmt(r["top1_3view"], 2),
+            _fmt(r["mean_class_acc"], 2),
+            _fmt(r["paper_top1"], 2),
+            delta_s,
+            f"{r['val_videos']} ({r['val_failed']})",
+            _fmt(r["epochs"]),
+            _fmt(r["gpus"]),
+            _fmt(r["train_hours"], 3),
+            f"`{str(r['checkpoint_sha256'])[:12]}`",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -276,8 +365,15 @@ def plot_accuracy_vs_gflops(df: pd.DataFrame, out_plot: Path) -> None:
         ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
     paper = df[df["paper_top1"].notna()]
     if len(paper):
-        ax.scatter(paper["gflops_per_view"].astype(float) * 30.0, paper["paper_top1"], facecolors="none",
-                   edgecolors="black", s=40, zorder=2, label="paper (30 views)")
+        ax.scatter(
+            paper["gflops_per_view"].astype(float) * 30.0,
+            paper["paper_top1"],
+            facecolors="none",
+            edgecolors="black",
+            s=40,
+            zorder=2,
+            label="paper (30 views)",
+        )
     positive = x[x > 0]
     if len(positive) and positive.max() / positive.min() > 20:
         ax.set_xscale("log")
@@ -309,9 +405,12 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
     out_md.write_text(to_markdown(df))
     plot_accuracy_vs_gflops(df, out_plot)
     src = sources_path(out_csv)
-    src.write_text(json.dumps(
-        {"dataset": df.attrs.get("dataset"), "models": df.attrs.get("sources", {}), "columns": COLUMN_SOURCES},
-        indent=2,
-    ) + "\n")
+    src.write_text(
+        json.dumps(
+            {"dataset": df.attrs.get("dataset"), "models": df.attrs.get("sources", {}), "columns": COLUMN_SOURCES},
+            indent=2,
+        )
+        + "\n"
+    )
     log.info("wrote %s, %s, %s, %s", out_csv, out_md, out_plot, src)
     return [out_csv, out_md, out_plot, src]

@@ -31,7 +31,6 @@ import http.client
 import logging
 import os
 import re
-import socket
 import sys
 import time
 import urllib.error
@@ -103,7 +102,7 @@ def normalise_sha256(sha256: str | None) -> str | None:
         return None
     value = str(sha256).strip().lower()
     if value.startswith("sha256:"):
-        value = value[len("sha256:"):]
+        value = value[len("sha256:") :]
     if not _HEX64.match(value):
         raise DownloadError(f"sha256 {sha256!r} is not 64 hexadecimal digits; fix or remove it")
     return value
@@ -217,8 +216,14 @@ def _copy_local(src: Path, part: Path, progress: bool) -> None:
 def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
     name = part.name[: -len(".part")] if part.name.endswith(".part") else part.name
     return tqdm(
-        total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-        desc=name, disable=not progress, leave=False,
+        total=total,
+        initial=initial,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc=name,
+        disable=not progress,
+        leave=False,
         # Into a log file (Snakemake redirects stderr) update rarely instead of ten times a second.
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
     )
@@ -235,10 +240,12 @@ def _fetch_http(url: str, part: Path, retries: int, timeout: float, progress: bo
             if attempt >= retries:
                 kept = (
                     f" The partial file {part} ({part.stat().st_size} bytes) is kept; run the download "
-                    "again to resume it." if part.exists() else ""
+                    "again to resume it."
+                    if part.exists()
+                    else ""
                 )
                 raise DownloadError(f"giving up on {url} after {attempt + 1} attempts: {exc}.{kept}") from exc
-            delay = min(backoff * (2 ** attempt), 60.0)
+            delay = min(backoff * (2**attempt), 60.0)
             attempt += 1
             log.warning("download of %s interrupted (%s); retry %d/%d in %.1f s", url, exc, attempt, retries, delay)
             time.sleep(delay)
@@ -312,7 +319,7 @@ def _stream(response: http.client.HTTPResponse, fh: BinaryIO, bar: tqdm) -> int:
             fh.write(chunk)
             received += len(chunk)
             bar.update(len(chunk))
-    except (http.client.IncompleteRead, ConnectionError, socket.timeout, OSError) as err:
+    except (TimeoutError, http.client.IncompleteRead, ConnectionError, OSError) as err:
         fh.flush()
         raise _Retryable(f"connection dropped after {received} more bytes: {err}") from err
     return received

@@ -22,8 +22,8 @@ def dataset_spec(config: dict[str, Any]) -> dict[str, Any]:
     name = config["dataset"]
     if name not in config["datasets"]:
         raise ConfigError(
-            f"config key 'dataset': {name!r} is not an entry of 'datasets' "
-            f"(entries: {', '.join(config['datasets'])})")
+            f"config key 'dataset': {name!r} is not an entry of 'datasets' (entries: {', '.join(config['datasets'])})"
+        )
     return config["datasets"][name]
 
 
@@ -36,7 +36,8 @@ def selected_models(config: dict[str, Any]) -> list[str]:
         if not names:
             raise ConfigError(
                 f"config key 'datasets.{config['dataset']}.zoo': no zoo entries for {spec['zoo']!r} "
-                f"(zoos: {', '.join(sorted({c.dataset for c in ZOO.values()}))})")
+                f"(zoos: {', '.join(sorted({c.dataset for c in ZOO.values()}))})"
+            )
         return names
     if isinstance(models, str):
         models = [models]
@@ -68,7 +69,7 @@ def model_config(config: dict[str, Any], model: str) -> ZooConfig:
 def training_overrides(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The overridden zoo fields of `model`, with the types of the zoo (command-line values are strings)."""
     train = config.get("train") or {}
-    keys = set(train.get("overrides") or {}) | set(((train.get("per_model") or {}).get(model) or {}))
+    keys = set(train.get("overrides") or {}) | set((train.get("per_model") or {}).get(model) or {})
     cfg = model_config(config, model)
     return {k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in sorted(keys)}
 
@@ -77,8 +78,15 @@ def job_settings(config: dict[str, Any], rule: str, model: str | None = None) ->
     """`resources.<rule>` with `resources.per_model.<model>.<rule>` on top; gpus 'zoo' resolved."""
     defaults = {
         "pack": {"cpus": 2, "mem_mb": 4000, "runtime": 120},
-        "train": {"gpus": 0, "nodes": 1, "cpus": 2, "cpus_per_gpu": 8, "mem_mb": 8000, "runtime": 60,
-                  "signal_seconds": 300},
+        "train": {
+            "gpus": 0,
+            "nodes": 1,
+            "cpus": 2,
+            "cpus_per_gpu": 8,
+            "mem_mb": 8000,
+            "runtime": 60,
+            "signal_seconds": 300,
+        },
         "evaluate": {"gpus": 0, "nodes": 1, "cpus": 2, "cpus_per_gpu": 8, "mem_mb": 8000, "runtime": 60},
     }
     res = config.get("resources") or {}
@@ -134,10 +142,10 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
         cfg = get_config(m)
         if cfg.pretrained and cfg.pretrained not in (config.get("weights") or {}):
             problems.append(f"config key 'weights': no entry for {cfg.pretrained!r}, which {m} starts from")
-    for m in ((config.get("resources") or {}).get("per_model") or {}):
+    for m in (config.get("resources") or {}).get("per_model") or {}:
         if m not in ZOO:
             problems.append(f"config key 'resources.per_model': unknown model {m!r}")
-    for m in ((config.get("train") or {}).get("per_model") or {}):
+    for m in (config.get("train") or {}).get("per_model") or {}:
         if m not in ZOO:
             problems.append(f"config key 'train.per_model': unknown model {m!r}")
     if problems:

@@ -26,8 +26,20 @@ START_SCRIPT = HERE / "start-local-slurm.sh"
 STOP_SCRIPT = HERE / "stop-local-slurm.sh"
 PROFILE = REPO / "slurm"
 
-SACCT_FIELDS = ("JobID", "JobName", "Comment", "State", "ExitCode", "Timelimit", "ReqTRES",
-                "AllocTRES", "NNodes", "Partition", "WorkDir", "Elapsed")
+SACCT_FIELDS = (
+    "JobID",
+    "JobName",
+    "Comment",
+    "State",
+    "ExitCode",
+    "Timelimit",
+    "ReqTRES",
+    "AllocTRES",
+    "NNodes",
+    "Partition",
+    "WorkDir",
+    "Elapsed",
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +187,9 @@ def slurm_cluster() -> Cluster:
     return ensure_cluster()
 
 
-def sacct_jobs(*, name_prefix: str | None = None, job_ids: list[str] | None = None,
-               since: str = "now-1days") -> list[SacctJob]:
+def sacct_jobs(
+    *, name_prefix: str | None = None, job_ids: list[str] | None = None, since: str = "now-1days"
+) -> list[SacctJob]:
     """Jobs (allocations, not steps) from sacct, optionally only those whose name starts with a prefix."""
     cmd = ["sacct", "-n", "-X", "-P", "-a", "-S", since, "-o", ",".join(f"{f}%300" for f in SACCT_FIELDS)]
     if job_ids:
@@ -189,13 +202,22 @@ def sacct_jobs(*, name_prefix: str | None = None, job_ids: list[str] | None = No
         row = dict(zip(SACCT_FIELDS, line.split("|")))
         if name_prefix and not row["JobName"].startswith(name_prefix):
             continue
-        jobs.append(SacctJob(
-            job_id=row["JobID"], name=row["JobName"], comment=row["Comment"], state=row["State"],
-            exit_code=row["ExitCode"], timelimit_minutes=_timelimit_minutes(row["Timelimit"]),
-            req_tres=_tres(row["ReqTRES"]), alloc_tres=_tres(row["AllocTRES"]),
-            nnodes=int(row["NNodes"] or 0), partition=row["Partition"], workdir=row["WorkDir"],
-            elapsed_seconds=_timelimit_minutes_seconds(row["Elapsed"]),
-        ))
+        jobs.append(
+            SacctJob(
+                job_id=row["JobID"],
+                name=row["JobName"],
+                comment=row["Comment"],
+                state=row["State"],
+                exit_code=row["ExitCode"],
+                timelimit_minutes=_timelimit_minutes(row["Timelimit"]),
+                req_tres=_tres(row["ReqTRES"]),
+                alloc_tres=_tres(row["AllocTRES"]),
+                nnodes=int(row["NNodes"] or 0),
+                partition=row["Partition"],
+                workdir=row["WorkDir"],
+                elapsed_seconds=_timelimit_minutes_seconds(row["Elapsed"]),
+            )
+        )
     return jobs
 
 
@@ -215,16 +237,21 @@ def unique_prefix(tag: str) -> str:
     return f"tt{tag}{os.getpid()}x{int(time.time() * 1000) % 10**9}"
 
 
-def snakemake_slurm(workdir: Path, *args: str, prefix: str, env: dict[str, str] | None = None,
-                    timeout: float = 900, profile: Path | str = PROFILE) -> subprocess.CompletedProcess[str]:
+def snakemake_slurm(
+    workdir: Path,
+    *args: str,
+    prefix: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 900,
+    profile: Path | str = PROFILE,
+) -> subprocess.CompletedProcess[str]:
     """Run `snakemake --profile <repo>/slurm` in `workdir`, as a user would from the repository root.
 
     On timeout Snakemake gets SIGINT first, which cancels its SLURM jobs (a SIGKILL would orphan them).
     """
     cmd = [sys.executable, "-m", "snakemake", "--profile", str(profile), "--slurm-jobname-prefix", prefix, *args]
     full_env = {**os.environ, **(env or {})}
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=full_env)
+    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

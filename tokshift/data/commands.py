@@ -37,8 +37,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from tokshift.data.demo import DemoConfig, generate_demo
 
     _setup_logging()
-    cfg = DemoConfig(seed=args.seed, train_per_class=args.train_per_class, val_per_class=args.val_per_class,
-                     frames=args.frames, size=args.size, fps=args.fps)
+    cfg = DemoConfig(
+        seed=args.seed,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+        frames=args.frames,
+        size=args.size,
+        fps=args.fps,
+    )
     csvs = generate_demo(args.out, cfg, workers=args.workers, progress=not args.quiet)
     for split, path in csvs.items():
         print(f"{split}: {path}")
@@ -72,8 +78,15 @@ def run_index(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     out, miss, cls = write_index(result, args.out)
-    log.info("indexed %s split %s: %d videos, %d missing, %d classes -> %s",
-             spec.get("kind"), result.split, len(result.rows), len(result.missing), len(result.classes), out)
+    log.info(
+        "indexed %s split %s: %d videos, %d missing, %d classes -> %s",
+        spec.get("kind"),
+        result.split,
+        len(result.rows),
+        len(result.missing),
+        len(result.classes),
+        out,
+    )
     if result.missing:
         log.warning("%d annotated videos are missing on disk; listed in %s", len(result.missing), miss)
     return 0
@@ -86,14 +99,24 @@ def run_pack(args: argparse.Namespace) -> int:
 
     _setup_logging()
     try:
-        result = pack_shard(args.index, args.shard, args.out, args.failures, short_side=args.short_side or None,
-                            jpeg_quality=args.jpeg_quality, workers=args.workers, timeout=args.timeout,
-                            progress=not args.quiet)
+        result = pack_shard(
+            args.index,
+            args.shard,
+            args.out,
+            args.failures,
+            short_side=args.short_side or None,
+            jpeg_quality=args.jpeg_quality,
+            workers=args.workers,
+            timeout=args.timeout,
+            progress=not args.quiet,
+        )
     except (DatasetSpecError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{result.path}: {result.packed}/{result.videos} videos, {result.frames} frames, "
-          f"{len(result.failures)} failed ({result.failures_path}), {result.seconds:.1f} s")
+    print(
+        f"{result.path}: {result.packed}/{result.videos} videos, {result.frames} frames, "
+        f"{len(result.failures)} failed ({result.failures_path}), {result.seconds:.1f} s"
+    )
     return 0
 
 

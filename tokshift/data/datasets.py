@@ -55,8 +55,10 @@ class _ShardSet:
             if classes is None:
                 classes = reader.classes
             elif reader.classes != classes:
-                raise ValueError(f"{reader.path} lists different classes than {self.readers[0].path}; "
-                                 "shards of one dataset must come from the same index")
+                raise ValueError(
+                    f"{reader.path} lists different classes than {self.readers[0].path}; "
+                    "shards of one dataset must come from the same index"
+                )
             for v in reader.videos():
                 if int(v["nframes"]) > 0:
                     self.items.append((r, v["video_id"], int(v["nframes"]), int(v["label_index"])))
@@ -90,14 +92,23 @@ class _ShardDataset(Dataset):
 class TrainClipDataset(_ShardDataset):
     """Random dense training clips: ``(uint8 tensor (T, 3, crop, crop), label_index)`` per item."""
 
-    def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
-                 short_side_range: tuple[int, int], flip_p: float = 0.5, jitter_p: float = 0.1,
-                 seed: int = 0) -> None:
+    def __init__(
+        self,
+        shards: PathLike | Sequence[PathLike],
+        num_frames: int,
+        frame_stride: int,
+        crop_size: int,
+        short_side_range: tuple[int, int],
+        flip_p: float = 0.5,
+        jitter_p: float = 0.1,
+        seed: int = 0,
+    ) -> None:
         self._set = _ShardSet(shards)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
-        self.augment = ClipAugment(int(crop_size), (int(short_side_range[0]), int(short_side_range[1])),
-                                   flip_p=flip_p, jitter_p=jitter_p)
+        self.augment = ClipAugment(
+            int(crop_size), (int(short_side_range[0]), int(short_side_range[1])), flip_p=flip_p, jitter_p=jitter_p
+        )
         self.seed = int(seed)
         self.epoch = 0
 
@@ -120,9 +131,15 @@ class TrainClipDataset(_ShardDataset):
         return torch.from_numpy(np.ascontiguousarray(clip.transpose(0, 3, 1, 2))), label
 
 
-
-def _views(get_frames: Callable[[list[int]], list[np.ndarray]], n: int, num_frames: int, frame_stride: int,
-           crop_size: int, num_clips: int, num_crops: int) -> torch.Tensor:
+def _views(
+    get_frames: Callable[[list[int]], list[np.ndarray]],
+    n: int,
+    num_frames: int,
+    frame_stride: int,
+    crop_size: int,
+    num_clips: int,
+    num_crops: int,
+) -> torch.Tensor:
     """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major.
 
     Each distinct frame is decoded, resized and cut into its crops once; the views are then one
@@ -136,27 +153,41 @@ def _views(get_frames: Callable[[list[int]], list[np.ndarray]], n: int, num_fram
         resized = resize_short_side(frame, crop_size)
         chw = resized.transpose(2, 0, 1)
         for k, (y, x) in enumerate(crop_offsets(resized.shape[0], resized.shape[1], crop_size, num_crops)):
-            crops[u, k] = chw[:, y:y + crop_size, x:x + crop_size]
+            crops[u, k] = chw[:, y : y + crop_size, x : x + crop_size]
     frame_ids = np.array([[position[int(i)] for i in idx] for idx in clips])  # (clips, T)
     views = crops[frame_ids[:, None, :], np.arange(num_crops)[None, :, None]]  # (clips, crops, T, 3, c, c)
     return torch.from_numpy(views.reshape(num_clips * num_crops, num_frames, 3, crop_size, crop_size))
 
 
-def eval_views_from_frames(frames: np.ndarray | Sequence[np.ndarray], num_frames: int, frame_stride: int,
-                           crop_size: int, num_clips: int = 10, num_crops: int = 3) -> torch.Tensor:
+def eval_views_from_frames(
+    frames: np.ndarray | Sequence[np.ndarray],
+    num_frames: int,
+    frame_stride: int,
+    crop_size: int,
+    num_clips: int = 10,
+    num_crops: int = 3,
+) -> torch.Tensor:
     """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8."""
     n = len(frames)
     if n == 0:
         raise ValueError("cannot build evaluation views of a video with no frames")
-    return _views(lambda idx: [np.asarray(frames[i]) for i in idx], n, num_frames, frame_stride,
-                  crop_size, num_clips, num_crops)
+    return _views(
+        lambda idx: [np.asarray(frames[i]) for i in idx], n, num_frames, frame_stride, crop_size, num_clips, num_crops
+    )
 
 
 class EvalViewDataset(_ShardDataset):
     """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``."""
 
-    def __init__(self, shards: PathLike | Sequence[PathLike], num_frames: int, frame_stride: int, crop_size: int,
-                 num_clips: int = 10, num_crops: int = 3) -> None:
+    def __init__(
+        self,
+        shards: PathLike | Sequence[PathLike],
+        num_frames: int,
+        frame_stride: int,
+        crop_size: int,
+        num_clips: int = 10,
+        num_crops: int = 3,
+    ) -> None:
         self._set = _ShardSet(shards)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
@@ -169,9 +200,13 @@ class EvalViewDataset(_ShardDataset):
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         _, vid, n, label = self._set.items[i]
-        views = _views(lambda idx: self._set.frames(i, idx), n, self.num_frames, self.frame_stride,
-                       self.crop_size, self.num_clips, self.num_crops)
+        views = _views(
+            lambda idx: self._set.frames(i, idx),
+            n,
+            self.num_frames,
+            self.frame_stride,
+            self.crop_size,
+            self.num_clips,
+            self.num_crops,
+        )
         return {"video_id": vid, "label": label, "views": views}
-
-
-

@@ -59,15 +59,32 @@ def scale_filter(short_side: int) -> str:
     return f"scale=w='if(gte(iw,ih),-1,{s})':h='if(gte(iw,ih),{s},-1)'"
 
 
-def ffmpeg_decode_command(path: str | os.PathLike[str], short_side: int | None, threads: int = 1,
-                          pixel_format: str = "rgb") -> list[str]:
+def ffmpeg_decode_command(
+    path: str | os.PathLike[str], short_side: int | None, threads: int = 1, pixel_format: str = "rgb"
+) -> list[str]:
     """The ffmpeg command streaming upright frames of the first video stream to stdout.
 
     ``pixel_format`` "rgb": PPM frames; "yuv420": YUV4MPEG2, full-range BT.601 (JPEG's YCbCr).
     """
     exe = ffmpeg_executable()
-    cmd = [exe, "-hide_banner", "-nostdin", "-nostats", "-loglevel", "info", "-threads", str(threads),
-           "-i", os.fspath(path), "-map", "0:v:0", "-an", "-sn", "-dn", *passthrough_args(exe)]
+    cmd = [
+        exe,
+        "-hide_banner",
+        "-nostdin",
+        "-nostats",
+        "-loglevel",
+        "info",
+        "-threads",
+        str(threads),
+        "-i",
+        os.fspath(path),
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
+        *passthrough_args(exe),
+    ]
     filters = [scale_filter(short_side)] if short_side is not None else []
     if pixel_format == "yuv420":
         filters.append("scale=out_range=full:out_color_matrix=bt601,format=yuvj420p")
@@ -125,8 +142,14 @@ class VideoFrames:
     After iteration, ``fps``, ``width`` and ``height`` describe the output frames.
     """
 
-    def __init__(self, path: str | os.PathLike[str], short_side: int | None = None,
-                 timeout: float | None = DEFAULT_TIMEOUT, threads: int = 1, pixel_format: str = "rgb") -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        short_side: int | None = None,
+        timeout: float | None = DEFAULT_TIMEOUT,
+        threads: int = 1,
+        pixel_format: str = "rgb",
+    ) -> None:
         self.path = Path(path)
         self.short_side = short_side
         self.timeout = timeout
@@ -149,7 +172,10 @@ class VideoFrames:
         self._precheck()
         self._proc = subprocess.Popen(
             ffmpeg_decode_command(self.path, self.short_side, self.threads, self.pixel_format),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=1 << 20,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=1 << 20,
         )
         self._last_progress = time.monotonic()
         self._threads = [threading.Thread(target=self._drain_log, daemon=True)]
@@ -268,8 +294,8 @@ class VideoFrames:
             if stream.readinto(memoryview(buf)) != buf.nbytes:
                 return
             y = buf[: w * h].reshape(h, w)
-            u = buf[w * h: w * h + cw * ch].reshape(ch, cw)
-            v = buf[w * h + cw * ch:].reshape(ch, cw)
+            u = buf[w * h : w * h + cw * ch].reshape(ch, cw)
+            v = buf[w * h + cw * ch :].reshape(ch, cw)
             yield y, u, v
 
     def _finish(self) -> None:
@@ -281,7 +307,9 @@ class VideoFrames:
         log = self._log_head + list(self._log_tail)
         self.fps = _parse_fps(self._log_head)
         if self.timed_out:
-            raise VideoDecodeError(self.path, f"ffmpeg produced no frame for {self.timeout:g} s and was killed (hung decode)")
+            raise VideoDecodeError(
+                self.path, f"ffmpeg produced no frame for {self.timeout:g} s and was killed (hung decode)"
+            )
         if rc != 0:
             raise VideoDecodeError(self.path, _classify(rc, log))
         if self.count == 0:
@@ -293,8 +321,9 @@ class VideoFrames:
         return self._log_head + list(self._log_tail)
 
 
-def decode_video(path: str | os.PathLike[str], short_side: int | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> tuple[np.ndarray, float]:
+def decode_video(
+    path: str | os.PathLike[str], short_side: int | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> tuple[np.ndarray, float]:
     """Decode every frame of ``path`` (short side resized to ``short_side`` when given).
 
     Returns ``(frames (N, H, W, 3) uint8 RGB, fps)``; raises :class:`VideoDecodeError`.

@@ -45,8 +45,9 @@ class DemoConfig:
     crf: int = 20
 
 
-def _ramp(rng: np.random.Generator, n: int, increasing: bool, lo: tuple[float, float],
-          hi: tuple[float, float]) -> np.ndarray:
+def _ramp(
+    rng: np.random.Generator, n: int, increasing: bool, lo: tuple[float, float], hi: tuple[float, float]
+) -> np.ndarray:
     """A linear ramp from a low to a high value (or back), endpoints drawn per clip."""
     a, b = rng.uniform(*lo), rng.uniform(*hi)
     ramp = np.linspace(a, b, n)
@@ -84,11 +85,43 @@ def encode_h264(frames: np.ndarray, out: str | os.PathLike[str], fps: int = 8, c
     n, h, w, _ = frames.shape
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp.mp4")
-    cmd = [ffmpeg_executable(), "-hide_banner", "-nostdin", "-loglevel", "error", "-y",
-           "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "-",
-           "-c:v", "libx264", "-preset", "veryfast", "-crf", str(crf), "-pix_fmt", "yuv420p",
-           "-threads", "1", "-x264-params", "threads=1:sliced-threads=0",
-           "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", str(tmp)]
+    cmd = [
+        ffmpeg_executable(),
+        "-hide_banner",
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{w}x{h}",
+        "-r",
+        str(fps),
+        "-i",
+        "-",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-crf",
+        str(crf),
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
+        "-x264-params",
+        "threads=1:sliced-threads=0",
+        "-fflags",
+        "+bitexact",
+        "-flags:v",
+        "+bitexact",
+        "-map_metadata",
+        "-1",
+        str(tmp),
+    ]
     proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
@@ -100,8 +133,13 @@ def _clip_rng(seed: int, split: str, class_index: int, clip: int) -> np.random.G
     return np.random.default_rng([seed, _SPLIT_SALT[split], class_index, clip])
 
 
-def generate_demo(out: str | os.PathLike[str], cfg: DemoConfig = DemoConfig(), workers: int | None = None,
-                  classes: Sequence[str] = CLASSES, progress: bool = True) -> dict[str, Path]:
+def generate_demo(
+    out: str | os.PathLike[str],
+    cfg: DemoConfig = DemoConfig(),
+    workers: int | None = None,
+    classes: Sequence[str] = CLASSES,
+    progress: bool = True,
+) -> dict[str, Path]:
     """Write ``out/videos/{split}/{class}_{i:04d}.mp4`` and ``out/{train,val}.csv``; returns the CSVs."""
     if cfg.frames < 1 or cfg.size < 8 or cfg.train_per_class < 1 or cfg.val_per_class < 1:
         raise ValueError(f"demo sizes must be positive (frames >= 1, size >= 8): {cfg}")

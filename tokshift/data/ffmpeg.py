@@ -23,7 +23,7 @@ class FFmpegNotFoundError(RuntimeError):
     """Raised when no usable ffmpeg binary exists."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_executable() -> str:
     """Return the path of the ffmpeg binary: ``$TOKSHIFT_FFMPEG``, then ``PATH``, then imageio-ffmpeg."""
     override = os.environ.get(ENV_VAR)
@@ -51,7 +51,7 @@ def ffmpeg_executable() -> str:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def ffmpeg_version(executable: str | None = None) -> tuple[int, int]:
     """Major and minor version of ffmpeg ((0, 0) for unparsable git builds), for option spelling."""
     exe = executable or ffmpeg_executable()

@@ -61,13 +61,13 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
             continue
         marker = buf[pos + 1]
         if marker in _SOF_MARKERS:
-            height = int.from_bytes(buf[pos + 5:pos + 7], "big")
-            width = int.from_bytes(buf[pos + 7:pos + 9], "big")
+            height = int.from_bytes(buf[pos + 5 : pos + 7], "big")
+            width = int.from_bytes(buf[pos + 7 : pos + 9], "big")
             return width, height
         if marker == 0xFF or 0xD0 <= marker <= 0xD9:
             pos += 1 if marker == 0xFF else 2
             continue
-        pos += 2 + int.from_bytes(buf[pos + 2:pos + 4], "big")
+        pos += 2 + int.from_bytes(buf[pos + 2 : pos + 4], "big")
     raise ValueError("JPEG header without a frame (SOF) marker")
 
 

@@ -3,22 +3,22 @@
 Each worker process runs one single-threaded ffmpeg at a time (two single-threaded processes
 beat one two-threaded one) and JPEG-encodes the full-range 4:2:0 planes ffmpeg streams out
 (no colour conversion anywhere); the calling process writes finished videos in index order,
-one transaction per video, so the shard's content does not depend on timing. Bad videos are skipped and listed with their reason
-in the failures CSV; the shard is built under a temporary name and renamed when complete, so a
-rerun after a kill rebuilds exactly the same content. Frame folders (``frames`` datasets) are
-copied JPEG-for-JPEG without re-encoding.
+one transaction per video, so the shard's content does not depend on timing. Bad videos are
+skipped and listed with their reason in the failures CSV; the shard is built under a
+temporary name and renamed when complete, so a rerun after a kill rebuilds exactly the same
+content. Frame folders (``frames`` datasets) are copied JPEG-for-JPEG without re-encoding.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
+import multiprocessing
 import os
 import re
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
-import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,8 +82,12 @@ def _pack_folder(folder: Path) -> Packed:
     return Packed(frames, 0.0, width, height)
 
 
-def pack_video(path: str | os.PathLike[str], short_side: int | None = DEFAULT_SHORT_SIDE,
-               jpeg_quality: int = DEFAULT_QUALITY, timeout: float = DEFAULT_TIMEOUT) -> Packed:
+def pack_video(
+    path: str | os.PathLike[str],
+    short_side: int | None = DEFAULT_SHORT_SIDE,
+    jpeg_quality: int = DEFAULT_QUALITY,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> Packed:
     """Decode ``path`` (or read a frame folder) into JPEG frames; raises :class:`VideoDecodeError`."""
     p = Path(path)
     if p.is_dir():
@@ -157,11 +161,19 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.PathLike[str],
-              failures: str | os.PathLike[str], *, short_side: int | None = DEFAULT_SHORT_SIDE,
-              jpeg_quality: int = DEFAULT_QUALITY, workers: int | None = None,
-              timeout: float = DEFAULT_TIMEOUT, attrs: dict[str, Any] | None = None,
-              progress: bool = True) -> PackResult:
+def pack_rows(
+    rows: Sequence[IndexRow],
+    classes: Sequence[str],
+    out: str | os.PathLike[str],
+    failures: str | os.PathLike[str],
+    *,
+    short_side: int | None = DEFAULT_SHORT_SIDE,
+    jpeg_quality: int = DEFAULT_QUALITY,
+    workers: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    attrs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> PackResult:
     """Pack ``rows`` into the shard file ``out`` and list unreadable videos in ``failures``.
 
     With ``workers > 1`` videos are decoded in spawned worker processes, so a script calling
@@ -183,13 +195,21 @@ def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.Pa
             bar.update(1)
             if isinstance(packed, VideoDecodeError):
                 log.warning("skipping %s: %s", row.path, packed.reason)
-                result.failures.append({"video_id": row.video_id, "path": row.path, "label": row.label,
-                                        "reason": packed.reason})
+                result.failures.append(
+                    {"video_id": row.video_id, "path": row.path, "label": row.label, "reason": packed.reason}
+                )
                 continue
-            writer.add_video(row.video_id, packed.frames, {
-                "label": row.label, "label_index": row.label_index, "fps": round(float(packed.fps), 6),
-                "width": packed.width, "height": packed.height,
-            })
+            writer.add_video(
+                row.video_id,
+                packed.frames,
+                {
+                    "label": row.label,
+                    "label_index": row.label_index,
+                    "fps": round(float(packed.fps), 6),
+                    "width": packed.width,
+                    "height": packed.height,
+                },
+            )
             result.packed += 1
             result.frames += len(packed.frames)
             result.bytes += sum(len(f) for f in packed.frames)
@@ -198,16 +218,32 @@ def pack_rows(rows: Sequence[IndexRow], classes: Sequence[str], out: str | os.Pa
         _write_failures(failures_path, result.failures)
         writer.finish()
     result.seconds = time.perf_counter() - t0
-    log.info("packed %s: %d/%d videos, %d frames, %.1f MB, %d failed, %.1f s (%.0f frames/s)",
-             out, result.packed, result.videos, result.frames, result.bytes / 1e6, len(result.failures),
-             result.seconds, result.frames / max(result.seconds, 1e-9))
+    log.info(
+        "packed %s: %d/%d videos, %d frames, %.1f MB, %d failed, %.1f s (%.0f frames/s)",
+        out,
+        result.packed,
+        result.videos,
+        result.frames,
+        result.bytes / 1e6,
+        len(result.failures),
+        result.seconds,
+        result.frames / max(result.seconds, 1e-9),
+    )
     return result
 
 
-def pack_shard(index: str | os.PathLike[str], shard: int, out: str | os.PathLike[str],
-               failures: str | os.PathLike[str] | None = None, *, short_side: int | None = DEFAULT_SHORT_SIDE,
-               jpeg_quality: int = DEFAULT_QUALITY, workers: int | None = None,
-               timeout: float = DEFAULT_TIMEOUT, progress: bool = True) -> PackResult:
+def pack_shard(
+    index: str | os.PathLike[str],
+    shard: int,
+    out: str | os.PathLike[str],
+    failures: str | os.PathLike[str] | None = None,
+    *,
+    short_side: int | None = DEFAULT_SHORT_SIDE,
+    jpeg_quality: int = DEFAULT_QUALITY,
+    workers: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    progress: bool = True,
+) -> PackResult:
     """Pack the videos of shard ``shard`` of the index CSV ``index`` into ``out`` (an LMDB file)."""
     all_rows = read_index(index)
     rows = [r for r in all_rows if r.shard == int(shard)]
@@ -216,5 +252,15 @@ def pack_shard(index: str | os.PathLike[str], shard: int, out: str | os.PathLike
     if failures is None:
         failures = Path(out).with_suffix(".failures.csv")
     attrs = {"shard": int(shard), "split": splits[0] if len(splits) == 1 else ",".join(splits)}
-    return pack_rows(rows, classes, out, failures, short_side=short_side, jpeg_quality=jpeg_quality,
-                     workers=workers, timeout=timeout, attrs=attrs, progress=progress)
+    return pack_rows(
+        rows,
+        classes,
+        out,
+        failures,
+        short_side=short_side,
+        jpeg_quality=jpeg_quality,
+        workers=workers,
+        timeout=timeout,
+        attrs=attrs,
+        progress=progress,
+    )

@@ -41,8 +41,15 @@ __all__ = [
 ]
 
 SPLITS = ("train", "val")
-SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "validate": "val",
-                 "validation": "val", "valid": "val", "test": "test"}
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "validate": "val",
+    "validation": "val",
+    "valid": "val",
+    "test": "test",
+}
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp"})
 INDEX_COLUMNS = ("video_id", "path", "label", "label_index", "split", "shard")
 MISSING_COLUMNS = ("video_id", "path", "label", "split", "reason")
@@ -105,7 +112,9 @@ def _check_split(split: str) -> str:
 
 def _require(spec: Mapping[str, Any], key: str, kind: str) -> Any:
     if key not in spec or spec[key] in (None, ""):
-        raise DatasetSpecError(f"dataset of kind {kind!r} needs the key {key!r} in its description (got keys {sorted(spec)})")
+        raise DatasetSpecError(
+            f"dataset of kind {kind!r} needs the key {key!r} in its description (got keys {sorted(spec)})"
+        )
     return spec[key]
 
 
@@ -118,7 +127,9 @@ def _split_file(spec: Mapping[str, Any], key: str, split: str, kind: str) -> Pat
         raise DatasetSpecError(f"{kind} dataset: {key!r} has no entry for split {split!r} (has {sorted(by_split)})")
     path = Path(str(by_split[split])).expanduser()
     if not path.is_file():
-        raise DatasetSpecError(f"{kind} dataset: the {split} file {path} does not exist; fix {key}.{split} in the config")
+        raise DatasetSpecError(
+            f"{kind} dataset: the {split} file {path} does not exist; fix {key}.{split} in the config"
+        )
     return path
 
 
@@ -163,9 +174,11 @@ def _index_csv(spec: Mapping[str, Any], split: str, shards: int, kind: str) -> I
     if kind == "demo":
         root = Path(str(_require(spec, "root", kind))).expanduser()
         files = {s: root / f"{s}.csv" for s in SPLITS}
-        for s, f in files.items():
+        for f in files.values():
             if not f.is_file():
-                raise DatasetSpecError(f"demo dataset: {f} does not exist; generate it with `tokshift demo --out {root}`")
+                raise DatasetSpecError(
+                    f"demo dataset: {f} does not exist; generate it with `tokshift demo --out {root}`"
+                )
     else:
         files = _all_split_files(spec, "splits", kind)
         if split not in files:
@@ -208,8 +221,10 @@ def _kinetics_rows(path: Path) -> list[dict[str, str]]:
     header, rows = _open_csv(path)
     need = {"label", "youtube_id", "time_start", "time_end"}
     if not need <= set(header):
-        raise DatasetSpecError(f"{path}: a Kinetics annotation CSV needs the columns "
-                          f"label,youtube_id,time_start,time_end[,split] (found {header})")
+        raise DatasetSpecError(
+            f"{path}: a Kinetics annotation CSV needs the columns "
+            f"label,youtube_id,time_start,time_end[,split] (found {header})"
+        )
     return rows
 
 
@@ -236,8 +251,10 @@ def _index_kinetics(spec: Mapping[str, Any], split: str, shards: int) -> IndexRe
         try:
             vid = kinetics_video_id(r["youtube_id"], r["time_start"], r["time_end"])
         except ValueError:
-            raise DatasetSpecError(f"{files[split]} line {line}: time_start/time_end must be numbers, "
-                              f"got {r['time_start']!r}, {r['time_end']!r}") from None
+            raise DatasetSpecError(
+                f"{files[split]} line {line}: time_start/time_end must be numbers, "
+                f"got {r['time_start']!r}, {r['time_end']!r}"
+            ) from None
         if vid in seen:
             continue
         seen.add(vid)
@@ -245,8 +262,9 @@ def _index_kinetics(spec: Mapping[str, Any], split: str, shards: int) -> IndexRe
         if path is None:
             result.missing.append(MissingRow(vid, "", r["label"], split, "not found under root"))
         else:
-            result.rows.append(IndexRow(vid, os.path.abspath(path), r["label"], position[r["label"]], split,
-                                        shard_of(vid, shards)))
+            result.rows.append(
+                IndexRow(vid, os.path.abspath(path), r["label"], position[r["label"]], split, shard_of(vid, shards))
+            )
     if rows and not result.rows and not result.missing:
         values = sorted({r.get("split", "") for r in rows})
         raise DatasetSpecError(f"{files[split]}: no labelled rows for split {split!r} (split column has {values})")
@@ -266,7 +284,9 @@ def _frames_list(path: Path) -> list[tuple[str, int, int]]:
             try:
                 out.append((parts[0], int(parts[1]), int(parts[2])))
             except ValueError:
-                raise DatasetSpecError(f"{path} line {line}: nframes and label must be integers, got {text.strip()!r}") from None
+                raise DatasetSpecError(
+                    f"{path} line {line}: nframes and label must be integers, got {text.strip()!r}"
+                ) from None
     return out
 
 
@@ -284,7 +304,9 @@ def _index_frames(spec: Mapping[str, Any], split: str, shards: int) -> IndexResu
             raise DatasetSpecError(f"frames dataset: classes file {cpath} does not exist")
         classes = [ln.strip() for ln in cpath.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if max_label >= len(classes):
-            raise DatasetSpecError(f"frames dataset: label {max_label} in the lists but {cpath} names only {len(classes)} classes")
+            raise DatasetSpecError(
+                f"frames dataset: label {max_label} in the lists but {cpath} names only {len(classes)} classes"
+            )
     else:
         classes = [str(i) for i in range(max_label + 1)]
     result = IndexResult(split=split, classes=classes)
@@ -298,9 +320,13 @@ def _index_frames(spec: Mapping[str, Any], split: str, shards: int) -> IndexResu
         seen.add(vid)
         folder = Path(rel) if Path(rel).is_absolute() else root / rel
         if folder.is_dir():
-            result.rows.append(IndexRow(vid, os.path.abspath(folder), classes[label], label, split, shard_of(vid, shards)))
+            result.rows.append(
+                IndexRow(vid, os.path.abspath(folder), classes[label], label, split, shard_of(vid, shards))
+            )
         else:
-            result.missing.append(MissingRow(vid, os.path.abspath(folder), classes[label], split, "frame folder not found"))
+            result.missing.append(
+                MissingRow(vid, os.path.abspath(folder), classes[label], split, "frame folder not found")
+            )
     return result
 
 
@@ -366,8 +392,9 @@ def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:
     header, rows = _open_csv(path)
     if list(header) != list(INDEX_COLUMNS):
         raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
-    return [IndexRow(r["video_id"], r["path"], r["label"], int(r["label_index"]), r["split"], int(r["shard"]))
-            for r in rows]
+    return [
+        IndexRow(r["video_id"], r["path"], r["label"], int(r["label_index"]), r["split"], int(r["shard"])) for r in rows
+    ]
 
 
 def read_missing(path: str | os.PathLike[str]) -> list[MissingRow]:

@@ -64,8 +64,13 @@ def _remove(path: Path) -> None:
 class ShardWriter:
     """Write one shard: ``add_video`` per video (one transaction each), then ``finish``."""
 
-    def __init__(self, path: str | os.PathLike[str], classes: Sequence[str],
-                 attrs: dict[str, Any] | None = None, map_size: int = 1 << 30) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        classes: Sequence[str],
+        attrs: dict[str, Any] | None = None,
+        map_size: int = 1 << 30,
+    ) -> None:
         self.path = Path(path)
         self.tmp = partial_path(self.path)
         self.classes = list(classes)
@@ -75,8 +80,18 @@ class ShardWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _remove(self.tmp)  # leftovers of a killed run are rebuilt from scratch
         self.map_size = max(int(map_size), MIN_MAP_SIZE)
-        self.env = lmdb.open(str(self.tmp), subdir=False, lock=False, map_size=self.map_size, sync=False,
-                             metasync=False, readahead=False, meminit=False, writemap=False, max_dbs=0)
+        self.env = lmdb.open(
+            str(self.tmp),
+            subdir=False,
+            lock=False,
+            map_size=self.map_size,
+            sync=False,
+            metasync=False,
+            readahead=False,
+            meminit=False,
+            writemap=False,
+            max_dbs=0,
+        )
 
     def _grow(self, needed: int) -> None:
         self.map_size = max(2 * self.map_size, self.map_size + 2 * needed)
@@ -154,15 +169,19 @@ def _acquire_env(path: Path) -> lmdb.Environment:
                 pass
             del _ENVS[key]
         if not path.is_file():
-            hint = " (a .partial file exists: its packing job did not finish; rerun it)" \
-                if partial_path(path).exists() else ""
+            hint = (
+                " (a .partial file exists: its packing job did not finish; rerun it)"
+                if partial_path(path).exists()
+                else ""
+            )
             raise FileNotFoundError(
                 f"frame shard {path} does not exist{hint}; build it with `tokshift pack` "
                 "(or the pipeline's pack_shard rule)"
             )
         try:
-            env = lmdb.open(str(path), subdir=False, readonly=True, lock=False, readahead=False,
-                            meminit=False, max_spare_txns=1)
+            env = lmdb.open(
+                str(path), subdir=False, readonly=True, lock=False, readahead=False, meminit=False, max_spare_txns=1
+            )
         except lmdb.Error as err:
             raise ValueError(f"{path} is not a readable LMDB frame shard ({err}); repack it") from err
         _ENVS[key] = (pid, env, 1)
@@ -229,8 +248,10 @@ class ShardReader:
                 raise ValueError(f"{self.path} has no tokshift header: not a frame shard, or written incompletely")
             header = json.loads(blob.decode("utf-8"))
             if header.get("format") != FORMAT or int(header.get("version", 0)) > VERSION:
-                raise ValueError(f"{self.path} has format {header.get('format')!r} v{header.get('version')}; "
-                                 f"this tokshift reads {FORMAT!r} up to v{VERSION}: repack it")
+                raise ValueError(
+                    f"{self.path} has format {header.get('format')!r} v{header.get('version')}; "
+                    f"this tokshift reads {FORMAT!r} up to v{VERSION}: repack it"
+                )
             self._header = header
         return self._header
 

@@ -21,8 +21,10 @@ def failures_path_for(shard: str | os.PathLike[str]) -> Path:
     return Path(shard).with_suffix(".failures.csv")
 
 
-def summarize_split(index: str | os.PathLike[str], shards: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
-                    ) -> dict[str, Any]:
+def summarize_split(
+    index: str | os.PathLike[str],
+    shards: Sequence[str | os.PathLike[str]] | str | os.PathLike[str],
+) -> dict[str, Any]:
     """Summarise one split from its index CSV and its shard files (a list, or their directory)."""
     rows = read_index(index)
     missing = read_missing(missing_path(index))

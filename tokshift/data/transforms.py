@@ -145,8 +145,9 @@ class ClipAugment:
         for t, frame in enumerate(frames):
             if frame.shape[:2] != (h, w):  # a mid-stream resolution change: bring it to the first size
                 frame = cv2.resize(frame, (w, h), interpolation=cv2.INTER_LINEAR)
-            cv2.resize(frame[y0:y0 + rh, x0:x0 + rw], (self.crop, self.crop), dst=out[t],
-                       interpolation=cv2.INTER_LINEAR)
+            cv2.resize(
+                frame[y0 : y0 + rh, x0 : x0 + rw], (self.crop, self.crop), dst=out[t], interpolation=cv2.INTER_LINEAR
+            )
         if p.flip:
             out = out[:, :, ::-1]
         for name, value in p.jitter:
@@ -170,5 +171,4 @@ class AugmentParams:
     jitter: tuple[tuple[str, float], ...]
 
 
-_JITTERS = {"brightness": adjust_brightness, "saturation": adjust_saturation, "gamma": adjust_gamma,
-            "hue": adjust_hue}
+_JITTERS = {"brightness": adjust_brightness, "saturation": adjust_saturation, "gamma": adjust_gamma, "hue": adjust_hue}

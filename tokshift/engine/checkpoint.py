@@ -16,9 +16,10 @@ import os
 import re
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
 import torch
 
@@ -111,8 +112,7 @@ def resume_name(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:09d}.pt"
 
 
-def save_resume(state: dict[str, Any], folder: str | os.PathLike[str], epoch: int, step: int,
-                keep: int = 2) -> Path:
+def save_resume(state: dict[str, Any], folder: str | os.PathLike[str], epoch: int, step: int, keep: int = 2) -> Path:
     """Write a sealed resume checkpoint and keep only the newest `keep` of them."""
     folder = Path(folder)
     path = folder / resume_name(epoch, step)
@@ -166,8 +166,7 @@ class Resumed:
     state: dict[str, Any]
 
 
-def find_resume(folder: str | os.PathLike[str], map_location: Any = "cpu",
-                accept: Any = None) -> Resumed | None:
+def find_resume(folder: str | os.PathLike[str], map_location: Any = "cpu", accept: Any = None) -> Resumed | None:
     """The newest resume checkpoint in `folder` that verifies (and that `accept(state)` takes).
 
     Broken files are skipped with a warning; `accept` returns None to take a

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, parse_overrides
 
@@ -15,6 +16,7 @@ log = logging.getLogger("tokshift.engine")
 
 def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Turn input errors into one clear line and exit code 2; divergence into exit code 3."""
+
     def run(args: argparse.Namespace) -> int:
         from tokshift.engine.checkpoint import CheckpointError
         from tokshift.engine.train import TrainingDiverged
@@ -27,14 +29,23 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
         except (ValueError, FileNotFoundError, CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+
     return run
 
 
 def _common(p: argparse.ArgumentParser, workers: bool = True) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="auto: this rank's GPU if CUDA works, else CPU")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"],
-                   help="autocast dtype; auto = bf16 on GPU, fp32 on CPU")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: this rank's GPU if CUDA works, else CPU",
+    )
+    p.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="autocast dtype; auto = bf16 on GPU, fp32 on CPU",
+    )
     if workers:
         p.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
 
@@ -43,11 +54,21 @@ def _train(args: argparse.Namespace) -> int:
     from tokshift.engine.train import TrainOptions, train
 
     opts = TrainOptions(
-        model=args.model, train_shards=args.train_shards, val_shards=args.val_shards or [],
-        out_dir=Path(args.out_dir), pretrained=args.pretrained, overrides=parse_overrides(args.override),
-        workers=args.workers, seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
-        fused_attn=not args.no_fused_attn, checkpoint_minutes=args.checkpoint_minutes,
-        log_every=args.log_every, max_epochs=args.max_epochs,
+        model=args.model,
+        train_shards=args.train_shards,
+        val_shards=args.val_shards or [],
+        out_dir=Path(args.out_dir),
+        pretrained=args.pretrained,
+        overrides=parse_overrides(args.override),
+        workers=args.workers,
+        seed=args.seed,
+        device=args.device,
+        amp=args.amp,
+        compile=args.compile,
+        fused_attn=not args.no_fused_attn,
+        checkpoint_minutes=args.checkpoint_minutes,
+        log_every=args.log_every,
+        max_epochs=args.max_epochs,
         progress={"auto": None, "bar": True, "lines": False}[args.progress],
     )
     return train(opts)
@@ -56,43 +77,79 @@ def _train(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from tokshift.engine.evaluate import EvalOptions, run_evaluation
 
-    return run_evaluation(EvalOptions(
-        checkpoint=Path(args.checkpoint), shards=args.shards, out_dir=Path(args.out_dir), clips=args.clips,
-        crops=args.crops, view_batch=args.view_batch, workers=args.workers, device=args.device, amp=args.amp,
-        fused_attn=not args.no_fused_attn))
+    return run_evaluation(
+        EvalOptions(
+            checkpoint=Path(args.checkpoint),
+            shards=args.shards,
+            out_dir=Path(args.out_dir),
+            clips=args.clips,
+            crops=args.crops,
+            view_batch=args.view_batch,
+            workers=args.workers,
+            device=args.device,
+            amp=args.amp,
+            fused_attn=not args.no_fused_attn,
+        )
+    )
 
 
 def _predict(args: argparse.Namespace) -> int:
     from tokshift.engine.predict import PredictOptions, predict_videos
 
-    return predict_videos(PredictOptions(
-        videos=args.videos, checkpoint=Path(args.checkpoint), format=args.format, clips=args.clips,
-        crops=args.crops, view_batch=args.view_batch, device=args.device, amp=args.amp, top=args.top))
+    return predict_videos(
+        PredictOptions(
+            videos=args.videos,
+            checkpoint=Path(args.checkpoint),
+            format=args.format,
+            clips=args.clips,
+            crops=args.crops,
+            view_batch=args.view_batch,
+            device=args.device,
+            amp=args.amp,
+            top=args.top,
+        )
+    )
 
 
 def register(subparsers: Any) -> None:
     t = subparsers.add_parser(
-        "train", help="train a zoo model (resumable; DDP under torchrun or srun)",
+        "train",
+        help="train a zoo model (resumable; DDP under torchrun or srun)",
         description="Train a zoo model on packed shards. Resumes automatically from OUT_DIR/resume/. "
-                    f"Exit codes: 0 done, 2 bad input, {EXIT_DIVERGED} loss diverged, "
-                    f"{EXIT_PREEMPTED} stopped by SIGTERM/SIGUSR1 after checkpointing (rerun to continue).")
+        f"Exit codes: 0 done, 2 bad input, {EXIT_DIVERGED} loss diverged, "
+        f"{EXIT_PREEMPTED} stopped by SIGTERM/SIGUSR1 after checkpointing (rerun to continue).",
+    )
     t.add_argument("--model", required=True, help="zoo name (tokshift zoo)")
     t.add_argument("--train-shards", nargs="+", required=True, metavar="LMDB")
     t.add_argument("--val-shards", nargs="*", default=[], metavar="LMDB")
     t.add_argument("--out-dir", required=True)
     t.add_argument("--pretrained", default=None, help="ImageNet-21k ViT .npz (tokshift download)")
-    t.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="zoo fields to change, values as YAML scalars (epochs=2 lr=0.01)")
+    t.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="zoo fields to change, values as YAML scalars (epochs=2 lr=0.01)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
-    t.add_argument("--checkpoint-minutes", type=float, default=30.0,
-                   help="also save a resume checkpoint this often (minutes)")
+    t.add_argument(
+        "--checkpoint-minutes", type=float, default=30.0, help="also save a resume checkpoint this often (minutes)"
+    )
     t.add_argument("--log-every", type=int, default=10, help="optimizer steps per log record")
-    t.add_argument("--max-epochs", type=int, default=None,
-                   help="stop after this many epochs (the LR schedule still spans the zoo's epochs)")
-    t.add_argument("--progress", default="auto", choices=["auto", "bar", "lines"],
-                   help="auto: a progress bar on terminals, log lines otherwise")
+    t.add_argument(
+        "--max-epochs",
+        type=int,
+        default=None,
+        help="stop after this many epochs (the LR schedule still spans the zoo's epochs)",
+    )
+    t.add_argument(
+        "--progress",
+        default="auto",
+        choices=["auto", "bar", "lines"],
+        help="auto: a progress bar on terminals, log lines otherwise",
+    )
     _common(t)
     t.set_defaults(func=_guard(_train))
 

@@ -12,8 +12,9 @@ import datetime
 import logging
 import os
 import subprocess
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,7 +39,10 @@ def _first_slurm_host(nodelist: str) -> str:
     try:
         out = subprocess.run(
             ["scontrol", "show", "hostnames", nodelist],
-            check=True, capture_output=True, text=True, timeout=30,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
         ).stdout.split()
         if out:
             return out[0]
@@ -63,10 +67,12 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     env = os.environ if environ is None else environ
     if "RANK" in env and "WORLD_SIZE" in env:
         return LaunchEnv(
-            rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]),
+            rank=int(env["RANK"]),
+            world_size=int(env["WORLD_SIZE"]),
             local_rank=int(env.get("LOCAL_RANK", 0)),
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
-            master_port=int(env.get("MASTER_PORT", 29500)), source="torchrun",
+            master_port=int(env.get("MASTER_PORT", 29500)),
+            source="torchrun",
         )
     step_tasks = env.get("SLURM_STEP_NUM_TASKS")
     if "SLURM_PROCID" in env and step_tasks and int(step_tasks) > 1:
@@ -76,9 +82,12 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
             addr = _first_slurm_host(nodelist) if nodelist else "127.0.0.1"
         job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
         return LaunchEnv(
-            rank=int(env["SLURM_PROCID"]), world_size=int(step_tasks),
-            local_rank=int(env.get("SLURM_LOCALID", 0)), master_addr=addr,
-            master_port=int(env.get("MASTER_PORT", 15000 + job_id % 20000)), source="slurm",
+            rank=int(env["SLURM_PROCID"]),
+            world_size=int(step_tasks),
+            local_rank=int(env.get("SLURM_LOCALID", 0)),
+            master_addr=addr,
+            master_port=int(env.get("MASTER_PORT", 15000 + job_id % 20000)),
+            source="slurm",
         )
     return LaunchEnv()
 
@@ -132,8 +141,10 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
         os.environ.setdefault("MASTER_ADDR", launch.master_addr)
         os.environ.setdefault("MASTER_PORT", str(launch.master_port))
         dist.init_process_group(
-            backend=backend, init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
-            rank=launch.rank, world_size=launch.world_size,
+            backend=backend,
+            init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
+            rank=launch.rank,
+            world_size=launch.world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     log.info("rank %d/%d (%s, %s) on %s", launch.rank, launch.world_size, launch.source, backend, dev)

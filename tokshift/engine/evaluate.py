@@ -14,9 +14,10 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -69,7 +70,7 @@ class VideoRecord:
     index: int
     video_id: str
     label: int
-    top5: list[int] = field(default_factory=list)          # logit-averaged fusion
+    top5: list[int] = field(default_factory=list)  # logit-averaged fusion
     top5_scores: list[float] = field(default_factory=list)  # softmax of the fused logits
     top5_softmax: list[int] = field(default_factory=list)  # softmax-averaged fusion
     pred_1view: int = -1
@@ -127,19 +128,19 @@ def normalize_on_device(views: torch.Tensor, device: torch.device) -> torch.Tens
 
 
 @torch.no_grad()
-def view_logits(model: nn.Module, views: torch.Tensor, device: torch.device, view_batch: int,
-                amp_dtype: torch.dtype | None) -> torch.Tensor:
+def view_logits(
+    model: nn.Module, views: torch.Tensor, device: torch.device, view_batch: int, amp_dtype: torch.dtype | None
+) -> torch.Tensor:
     """(V, T, 3, H, W) uint8 views -> (V, C) float32 logits, `view_batch` views per forward."""
     out = []
     for lo in range(0, views.shape[0], max(1, view_batch)):
-        x = normalize_on_device(views[lo: lo + view_batch], device)
+        x = normalize_on_device(views[lo : lo + view_batch], device)
         with autocast(device, amp_dtype):
             out.append(model(x).float().cpu())
     return torch.cat(out)
 
 
-def record_from_logits(index: int, video_id: str, label: int, logits: torch.Tensor,
-                       layout: ViewLayout) -> VideoRecord:
+def record_from_logits(index: int, video_id: str, label: int, logits: torch.Tensor, layout: ViewLayout) -> VideoRecord:
     """Fuse one video's (V, C) logits into its record."""
     if logits.shape[0] != layout.views:
         raise ValueError(f"video {video_id}: got {logits.shape[0]} views, expected {layout.views}")
@@ -149,7 +150,12 @@ def record_from_logits(index: int, video_id: str, label: int, logits: torch.Tens
     top_sm, _ = topk(fuse_softmax(logits), 5)
     loss = float(F.cross_entropy(fused[None], torch.tensor([label]))) if label >= 0 else float("nan")
     return VideoRecord(
-        index=index, video_id=video_id, label=label, top5=top, top5_scores=scores, top5_softmax=top_sm,
+        index=index,
+        video_id=video_id,
+        label=label,
+        top5=top,
+        top5_scores=scores,
+        top5_softmax=top_sm,
         pred_1view=int(fuse_logits(logits[layout.one_view()]).argmax()),
         pred_3view=int(fuse_logits(logits[layout.crops_of_centre_clip()]).argmax()),
         pred_10view=int(fuse_logits(logits[layout.clips_at_centre_crop()]).argmax()),
@@ -157,9 +163,19 @@ def record_from_logits(index: int, video_id: str, label: int, logits: torch.Tens
     )
 
 
-def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout: ViewLayout, *,
-                     view_batch: int = 30, amp_dtype: torch.dtype | None = None, workers: int = 2,
-                     pack_videos: bool = False, progress: bool = False, desc: str = "eval") -> list[VideoRecord]:
+def evaluate_dataset(
+    model: nn.Module,
+    dataset: Any,
+    ctx: D.DistContext,
+    layout: ViewLayout,
+    *,
+    view_batch: int = 30,
+    amp_dtype: torch.dtype | None = None,
+    workers: int = 2,
+    pack_videos: bool = False,
+    progress: bool = False,
+    desc: str = "eval",
+) -> list[VideoRecord]:
     """Records of every video of `dataset`, each computed once on one rank, gathered on all ranks.
 
     `pack_videos` lets several videos share one forward pass (faster for 1-view
@@ -171,8 +187,12 @@ def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout:
     n = len(dataset)
     mine = list(range(ctx.rank, n, ctx.world_size))
     loader = DataLoader(
-        Subset(_Safe(dataset), mine), batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=_identity, pin_memory=ctx.device.type == "cuda",
+        Subset(_Safe(dataset), mine),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_identity,
+        pin_memory=ctx.device.type == "cuda",
         worker_init_fn=ignore_stop_signals if workers else None,
         prefetch_factor=2 if workers else None,
     )
@@ -187,7 +207,7 @@ def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout:
         views = torch.cat([p["views"] for p in pending]) if len(pending) > 1 else pending[0]["views"]
         logits = view_logits(model, views, ctx.device, view_batch, amp_dtype)
         for j, p in enumerate(pending):
-            part = logits[j * layout.views: (j + 1) * layout.views]
+            part = logits[j * layout.views : (j + 1) * layout.views]
             records.append(record_from_logits(p["index"], str(p["video_id"]), int(p["label"]), part, layout))
         pending.clear()
 
@@ -196,13 +216,21 @@ def evaluate_dataset(model: nn.Module, dataset: Any, ctx: D.DistContext, layout:
     for done, item in enumerate(loader, start=1):
         if item.get("error"):
             log.warning("video %s could not be evaluated: %s", item["video_id"], item["error"])
-            records.append(VideoRecord(index=item["index"], video_id=str(item["video_id"]),
-                                       label=int(item["label"]), error=str(item["error"])))
+            records.append(
+                VideoRecord(
+                    index=item["index"],
+                    video_id=str(item["video_id"]),
+                    label=int(item["label"]),
+                    error=str(item["error"]),
+                )
+            )
         else:
             views = item["views"]
             if views.shape[0] != layout.views:
-                raise ValueError(f"dataset gave {views.shape[0]} views for video {item['video_id']}, "
-                                 f"expected {layout.num_clips} clips x {layout.num_crops} crops")
+                raise ValueError(
+                    f"dataset gave {views.shape[0]} views for video {item['video_id']}, "
+                    f"expected {layout.num_clips} clips x {layout.num_crops} crops"
+                )
             pending.append(item)
             if len(pending) >= per_forward:
                 flush()
@@ -258,8 +286,7 @@ def predictions_csv(records: Iterable[VideoRecord], classes: Sequence[str]) -> s
     """One row per video: id, true label, top-5 class names and scores (softmax of fused logits)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["video_id", "label", *[f"pred{i}" for i in range(1, 6)],
-                *[f"score{i}" for i in range(1, 6)], "error"])
+    w.writerow(["video_id", "label", *[f"pred{i}" for i in range(1, 6)], *[f"score{i}" for i in range(1, 6)], "error"])
 
     def name(i: int) -> str:
         return classes[i] if 0 <= i < len(classes) else str(i)
@@ -309,38 +336,76 @@ def run_evaluation(opts: EvalOptions) -> int:
         set_fused_attention(trained.model, opts.fused_attn)
         cfg = trained.config
         amp_dtype = resolve_amp(opts.amp, ctx.device)
-        ds = EvalViewDataset(list(opts.shards), cfg.num_frames, cfg.frame_stride, cfg.img_size,
-                             num_clips=opts.clips, num_crops=opts.crops)
+        ds = EvalViewDataset(
+            list(opts.shards),
+            cfg.num_frames,
+            cfg.frame_stride,
+            cfg.img_size,
+            num_clips=opts.clips,
+            num_crops=opts.crops,
+        )
         classes = [str(c) for c in ds.classes]
         if classes != trained.classes:
-            raise ValueError(f"the shards' classes ({len(classes)}) differ from those the checkpoint "
-                             f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
-                             "evaluate on the same dataset's validation split")
+            raise ValueError(
+                f"the shards' classes ({len(classes)}) differ from those the checkpoint "
+                f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
+                "evaluate on the same dataset's validation split"
+            )
         layout = ViewLayout(opts.clips, opts.crops)
-        log.info("evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
-                 cfg.name, len(ds), layout.views, opts.clips, opts.crops, ctx.world_size)
+        log.info(
+            "evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
+            cfg.name,
+            len(ds),
+            layout.views,
+            opts.clips,
+            opts.crops,
+            ctx.world_size,
+        )
         t0 = time.perf_counter()
         show = opts.progress if opts.progress is not None else True
-        records = evaluate_dataset(trained.model, ds, ctx, layout, view_batch=opts.view_batch,
-                                   amp_dtype=amp_dtype, workers=opts.workers, progress=show, desc="evaluate")
+        records = evaluate_dataset(
+            trained.model,
+            ds,
+            ctx,
+            layout,
+            view_batch=opts.view_batch,
+            amp_dtype=amp_dtype,
+            workers=opts.workers,
+            progress=show,
+            desc="evaluate",
+        )
         seconds = time.perf_counter() - t0
         if ctx.is_main:
             metrics = summarize(records, layout)
             metrics.update(
-                model=cfg.name, checkpoint=str(opts.checkpoint),
-                checkpoint_sha256=sha256_file(opts.checkpoint), world_size=ctx.world_size,
-                device=ctx.device.type, amp=str(amp_dtype or "off").replace("torch.", ""),
-                eval_seconds=seconds, view_sets={
-                    "1view": "centre clip, centre crop", "3view": "centre clip, every crop",
-                    "10view": "every clip, centre crop"},
-                failed_videos=[r.video_id for r in records if r.error])
+                model=cfg.name,
+                checkpoint=str(opts.checkpoint),
+                checkpoint_sha256=sha256_file(opts.checkpoint),
+                world_size=ctx.world_size,
+                device=ctx.device.type,
+                amp=str(amp_dtype or "off").replace("torch.", ""),
+                eval_seconds=seconds,
+                view_sets={
+                    "1view": "centre clip, centre crop",
+                    "3view": "centre clip, every crop",
+                    "10view": "every clip, centre crop",
+                },
+                failed_videos=[r.video_id for r in records if r.error],
+            )
             out = Path(opts.out_dir)
             out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))
             clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
             atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
-            log.info("top-1 %.2f%% top-5 %.2f%% (%d views, logit averaging) on %d videos, %d failed; wrote %s",
-                     metrics["top1"], metrics["top5"], layout.views, metrics["videos"], metrics["failed"], out)
+            log.info(
+                "top-1 %.2f%% top-5 %.2f%% (%d views, logit averaging) on %d videos, %d failed; wrote %s",
+                metrics["top1"],
+                metrics["top5"],
+                layout.views,
+                metrics["videos"],
+                metrics["failed"],
+                out,
+            )
         D.barrier(ctx)
         return 0
     finally:

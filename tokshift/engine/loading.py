@@ -30,8 +30,10 @@ def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
     model = build_model(cfg.model_dict())
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
-        raise ValueError(f"checkpoint {path} does not fit model {cfg.name!r}: "
-                         f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}")
+        raise ValueError(
+            f"checkpoint {path} does not fit model {cfg.name!r}: "
+            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
+        )
     model.to(device).eval()
     classes = [str(c) for c in state["classes"]]
     if len(classes) != cfg.num_classes:

@@ -25,8 +25,9 @@ def _clean(v: Any) -> Any:
 class Logbook:
     """Appends records to a JSONL file and scalars to TensorBoard (rank 0 only)."""
 
-    def __init__(self, folder: Path, resume_step: int | None = None, enabled: bool = True,
-                 tensorboard: bool = True) -> None:
+    def __init__(
+        self, folder: Path, resume_step: int | None = None, enabled: bool = True, tensorboard: bool = True
+    ) -> None:
         self.enabled = enabled
         self.path = folder / "metrics.jsonl"
         self.events = folder / "events"

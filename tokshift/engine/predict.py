@@ -57,8 +57,9 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
             if not Path(path).is_file():
                 raise FileNotFoundError("no such file")
             frames, _fps = decode_video(path, cfg.img_size, opts.timeout)
-            views = eval_views_from_frames(frames, cfg.num_frames, cfg.frame_stride, cfg.img_size,
-                                           num_clips=opts.clips, num_crops=opts.crops)
+            views = eval_views_from_frames(
+                frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=opts.clips, num_crops=opts.crops
+            )
             logits = view_logits(trained.model, torch.as_tensor(views), device, opts.view_batch, amp_dtype)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
             failed += 1
@@ -76,7 +77,16 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
                 print(f"  {rank}. {t['label']:<30s} {t['score']:.4f}", file=out)
             out.flush()
     if opts.format == "json":
-        json.dump({"checkpoint": str(opts.checkpoint), "model": cfg.name, "clips": opts.clips,
-                   "crops": opts.crops, "predictions": results}, out, indent=2)
+        json.dump(
+            {
+                "checkpoint": str(opts.checkpoint),
+                "model": cfg.name,
+                "clips": opts.clips,
+                "crops": opts.crops,
+                "predictions": results,
+            },
+            out,
+            indent=2,
+        )
         out.write("\n")
     return 1 if failed else 0

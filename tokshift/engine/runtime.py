@@ -8,23 +8,26 @@ import os
 import random
 import signal
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 EXIT_OK = 0
-EXIT_USAGE = 2          # bad input: the message names it
-EXIT_DIVERGED = 3       # NaN/inf loss; the last good resume checkpoint is kept
-EXIT_PREEMPTED = 75     # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, rerun to resume
+EXIT_USAGE = 2  # bad input: the message names it
+EXIT_DIVERGED = 3  # NaN/inf loss; the last good resume checkpoint is kept
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, rerun to resume
 
 log = logging.getLogger("tokshift.engine")
 
 
 def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
     """Plain timestamped log lines on stderr, tagged with the rank when distributed."""
-    tag = f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_STEP_NUM_TASKS", "1"))) > 1 else ""
+    tag = (
+        f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_STEP_NUM_TASKS", "1"))) > 1 else ""
+    )
     root = logging.getLogger("tokshift")
     if not root.handlers:
         h = logging.StreamHandler(sys.stderr)
@@ -41,7 +44,9 @@ def seed_everything(seed: int) -> None:
 
 def rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
-        "python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -94,8 +99,9 @@ class StopFlag:
 
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is None:
-            log.warning("received %s: will save a resume checkpoint and exit %d",
-                        signal.Signals(signum).name, EXIT_PREEMPTED)
+            log.warning(
+                "received %s: will save a resume checkpoint and exit %d", signal.Signals(signum).name, EXIT_PREEMPTED
+            )
         self.signum = signum
 
     @property
@@ -103,7 +109,7 @@ class StopFlag:
         return self.signum is not None
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopFlag"]:
+    def installed(self) -> Iterator[StopFlag]:
         for s in self.SIGNALS:
             self._old[s] = signal.signal(s, self._handler)
         try:

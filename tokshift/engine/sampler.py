@@ -9,7 +9,7 @@ with exactly the batches an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,8 +27,9 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 class ResumableBatchSampler(Sampler[list[int]]):
     """Per-rank batches of a shuffled epoch; drops the last incomplete global batch."""
 
-    def __init__(self, n: int, batch_size: int, world_size: int = 1, rank: int = 0,
-                 seed: int = 0, shuffle: bool = True) -> None:
+    def __init__(
+        self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
+    ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad sampler geometry: batch_size={batch_size}, rank={rank}/{world_size}")
         global_batch = batch_size * world_size
@@ -61,4 +62,4 @@ class ResumableBatchSampler(Sampler[list[int]]):
         g = self.batch_size * self.world_size
         for k in range(self.start_batch, self.batches_per_epoch):
             lo = k * g + self.rank * self.batch_size
-            yield order[lo: lo + self.batch_size].tolist()
+            yield order[lo : lo + self.batch_size].tolist()

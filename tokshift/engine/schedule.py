@@ -36,10 +36,15 @@ class LRSchedule:
     start_factor: float = 1.0 / 25.0  # one-cycle: LR at step 0 relative to the peak
 
     @classmethod
-    def from_config(cls, cfg: ZooConfig, steps_per_epoch: int) -> "LRSchedule":
-        return cls(kind=cfg.lr_schedule, steps_per_epoch=steps_per_epoch, epochs=cfg.epochs,
-                   milestones=tuple(cfg.lr_milestones), gamma=cfg.lr_gamma,
-                   warmup_epochs=cfg.warmup_epochs)
+    def from_config(cls, cfg: ZooConfig, steps_per_epoch: int) -> LRSchedule:
+        return cls(
+            kind=cfg.lr_schedule,
+            steps_per_epoch=steps_per_epoch,
+            epochs=cfg.epochs,
+            milestones=tuple(cfg.lr_milestones),
+            gamma=cfg.lr_gamma,
+            warmup_epochs=cfg.warmup_epochs,
+        )
 
     @property
     def total_steps(self) -> int:

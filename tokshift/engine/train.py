@@ -27,13 +27,29 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from tokshift.engine import distributed as D
-from tokshift.engine.checkpoint import (atomic_torch_save, atomic_write_text, find_resume, list_resume,
-                                        load_verified, save_resume)
+from tokshift.engine.checkpoint import (
+    atomic_torch_save,
+    atomic_write_text,
+    find_resume,
+    list_resume,
+    load_verified,
+    save_resume,
+)
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.logbook import Logbook, read_jsonl
-from tokshift.engine.runtime import (EXIT_OK, EXIT_PREEMPTED, StopFlag, autocast,
-                                     ignore_stop_signals, resolve_amp, rng_state, seed_everything,
-                                     set_fused_attention, set_rng_state, setup_logging)
+from tokshift.engine.runtime import (
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    StopFlag,
+    autocast,
+    ignore_stop_signals,
+    resolve_amp,
+    rng_state,
+    seed_everything,
+    set_fused_attention,
+    set_rng_state,
+    setup_logging,
+)
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
 from tokshift.zoo import ZooConfig, get_config
@@ -78,7 +94,8 @@ def resolve_config(opts: TrainOptions, check_files: bool = True) -> ZooConfig:
         raise ValueError(
             f"model {cfg.name!r} starts from the {cfg.pretrained} weights: pass "
             f"--pretrained resources/weights/{cfg.pretrained}.npz (tokshift download), "
-            "or --override pretrained=null to train from scratch")
+            "or --override pretrained=null to train from scratch"
+        )
     if opts.pretrained and not Path(opts.pretrained).is_file():
         raise FileNotFoundError(f"--pretrained {opts.pretrained}: no such file (run tokshift download first)")
     if check_files:
@@ -97,8 +114,7 @@ def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.O
         if not p.requires_grad:
             continue
         (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
@@ -116,6 +132,7 @@ def _mismatch(fp: dict[str, Any]) -> Any:
         old = state.get("fingerprint", {})
         diff = sorted(k for k in fp if old.get(k) != fp[k])
         return f"it was written by a different run (differs in {', '.join(diff)})" if diff else None
+
     return check
 
 
@@ -141,8 +158,9 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
 
 
 class _Trainer:
-    def __init__(self, opts: TrainOptions, ctx: D.DistContext, stop: StopFlag,
-                 datasets: tuple[Any, Any] | None = None) -> None:
+    def __init__(
+        self, opts: TrainOptions, ctx: D.DistContext, stop: StopFlag, datasets: tuple[Any, Any] | None = None
+    ) -> None:
         self.opts, self.ctx, self.stop, self.datasets = opts, ctx, stop, datasets
         self.out_dir = Path(opts.out_dir)
         self.resume_dir = self.out_dir / "resume"
@@ -160,18 +178,33 @@ class _Trainer:
             from tokshift.data.datasets import EvalViewDataset, TrainClipDataset
 
             self.train_ds = TrainClipDataset(
-                list(opts.train_shards), cfg.num_frames, cfg.frame_stride, cfg.img_size,
-                tuple(cfg.train_short_side), seed=opts.seed)
-            self.val_ds = EvalViewDataset(
-                list(opts.val_shards), cfg.num_frames, cfg.frame_stride, cfg.img_size,
-                num_clips=1, num_crops=1) if opts.val_shards else None
+                list(opts.train_shards),
+                cfg.num_frames,
+                cfg.frame_stride,
+                cfg.img_size,
+                tuple(cfg.train_short_side),
+                seed=opts.seed,
+            )
+            self.val_ds = (
+                EvalViewDataset(
+                    list(opts.val_shards), cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=1, num_crops=1
+                )
+                if opts.val_shards
+                else None
+            )
         self.classes = [str(c) for c in self.train_ds.classes]
         if self.val_ds is not None and [str(c) for c in self.val_ds.classes] != self.classes:
-            raise ValueError("the validation shards list other classes than the training shards; "
-                             "index both splits of the same dataset")
+            raise ValueError(
+                "the validation shards list other classes than the training shards; "
+                "index both splits of the same dataset"
+            )
         if len(self.classes) != cfg.num_classes:
-            log.info("dataset has %d classes; setting num_classes=%d (zoo default %d)",
-                     len(self.classes), len(self.classes), cfg.num_classes)
+            log.info(
+                "dataset has %d classes; setting num_classes=%d (zoo default %d)",
+                len(self.classes),
+                len(self.classes),
+                cfg.num_classes,
+            )
             cfg = cfg.replace(num_classes=len(self.classes))
         self.cfg = cfg
         self.device = ctx.device
@@ -182,8 +215,9 @@ class _Trainer:
         set_fused_attention(model, opts.fused_attn)
         self.raw = model.to(self.device)
 
-        self.sampler = ResumableBatchSampler(len(self.train_ds), cfg.batch_size, ctx.world_size,
-                                             ctx.rank, seed=opts.seed)
+        self.sampler = ResumableBatchSampler(
+            len(self.train_ds), cfg.batch_size, ctx.world_size, ctx.rank, seed=opts.seed
+        )
         self.batches_per_epoch = self.sampler.batches_per_epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accum_steps)
         self.schedule = LRSchedule.from_config(cfg, self.steps_per_epoch)
@@ -196,9 +230,13 @@ class _Trainer:
         self.end_epoch = min(cfg.epochs, opts.max_epochs) if opts.max_epochs else cfg.epochs
         self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds))
         self.loader = DataLoader(
-            self.train_ds, batch_sampler=self.sampler, num_workers=opts.workers,
-            pin_memory=self.device.type == "cuda", worker_init_fn=ignore_stop_signals if opts.workers else None,
-            prefetch_factor=4 if opts.workers else None)
+            self.train_ds,
+            batch_sampler=self.sampler,
+            num_workers=opts.workers,
+            pin_memory=self.device.type == "cuda",
+            worker_init_fn=ignore_stop_signals if opts.workers else None,
+            prefetch_factor=4 if opts.workers else None,
+        )
 
         # state that a resume restores
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
@@ -216,13 +254,24 @@ class _Trainer:
             model_for_train = torch.compile(model_for_train)
         self.model = model_for_train
         self.logbook = Logbook(self.resume_dir, resume_step=self.step, enabled=ctx.is_main)
-        log.info("model %s: %d clips/epoch, global batch %d (%d x %d proc x %d accum), lr %.4g "
-                 "(%.4g at the reference global batch %d), "
-                 "%d optimizer steps/epoch, %d epochs, device %s, amp %s",
-                 cfg.name, len(self.train_ds), self.global_batch, cfg.batch_size, ctx.world_size,
-                 cfg.accum_steps, self.base_lr, cfg.lr, self.reference_batch, self.steps_per_epoch,
-                 self.end_epoch, self.device,
-                 self.amp_dtype or "off")
+        log.info(
+            "model %s: %d clips/epoch, global batch %d (%d x %d proc x %d accum), lr %.4g "
+            "(%.4g at the reference global batch %d), "
+            "%d optimizer steps/epoch, %d epochs, device %s, amp %s",
+            cfg.name,
+            len(self.train_ds),
+            self.global_batch,
+            cfg.batch_size,
+            ctx.world_size,
+            cfg.accum_steps,
+            self.base_lr,
+            cfg.lr,
+            self.reference_batch,
+            self.steps_per_epoch,
+            self.end_epoch,
+            self.device,
+            self.amp_dtype or "off",
+        )
 
     def _resume(self) -> None:
         path = None
@@ -241,8 +290,13 @@ class _Trainer:
         self.train_seconds = float(state["train_seconds"])
         self.last_epoch_record = state.get("last_epoch_record", {})
         set_rng_state(state["rng"][min(self.ctx.rank, len(state["rng"]) - 1)])
-        log.info("resumed from %s: epoch %d, micro-batch %d, optimizer step %d",
-                 path, self.epoch, self.batch_in_epoch, self.step)
+        log.info(
+            "resumed from %s: epoch %d, micro-batch %d, optimizer step %d",
+            path,
+            self.epoch,
+            self.batch_in_epoch,
+            self.step,
+        )
 
     # ------------------------------------------------------------- checkpoints
     def _save_resume(self, t_start: float) -> None:
@@ -256,12 +310,18 @@ class _Trainer:
 
     def _write_resume(self, t_start: float, rngs: list) -> None:
         state = {
-            "model": self.raw.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict(), "scheduler": {"step": self.step, **self.schedule.__dict__},
-            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "step": self.step,
-            "epoch_stats": self.epoch_stats.cpu(), "rng": rngs,
+            "model": self.raw.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "scheduler": {"step": self.step, **self.schedule.__dict__},
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "epoch_stats": self.epoch_stats.cpu(),
+            "rng": rngs,
             "train_seconds": self.train_seconds + time.perf_counter() - t_start,
-            "last_epoch_record": self.last_epoch_record, "fingerprint": self.fingerprint,
+            "last_epoch_record": self.last_epoch_record,
+            "fingerprint": self.fingerprint,
             "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch, "seed": self.opts.seed},
         }
         path = save_resume(state, self.resume_dir, self.epoch, self.step, keep=self.opts.keep_resume)
@@ -315,8 +375,14 @@ class _Trainer:
         bar = None
         if show_bar and ctx.is_main:
             from tqdm import tqdm
-            bar = tqdm(total=nb, initial=self.batch_in_epoch, desc=f"epoch {self.epoch + 1}/{self.end_epoch}",
-                       unit="batch", dynamic_ncols=True)
+
+            bar = tqdm(
+                total=nb,
+                initial=self.batch_in_epoch,
+                desc=f"epoch {self.epoch + 1}/{self.end_epoch}",
+                unit="batch",
+                dynamic_ncols=True,
+            )
         self.optimizer.zero_grad(set_to_none=True)
         try:
             for i, (clips, labels) in enumerate(self.loader, start=self.batch_in_epoch):
@@ -342,8 +408,9 @@ class _Trainer:
 
                 # ---- optimizer step: agree on loss, signals and timed checkpoint across ranks
                 due = ctx.is_main and (time.monotonic() - last_save) >= opts.checkpoint_minutes * 60
-                sync_t = torch.cat([win, torch.tensor([float(self.stop.raised), float(due)],
-                                                      dtype=torch.float64, device=self.device)])
+                sync_t = torch.cat(
+                    [win, torch.tensor([float(self.stop.raised), float(due)], dtype=torch.float64, device=self.device)]
+                )
                 D.all_reduce(ctx, sync_t)
                 stats = sync_t[:3].cpu()
                 stop_now, save_now = bool(sync_t[3] > 0), bool(sync_t[4] > 0)
@@ -353,14 +420,16 @@ class _Trainer:
                         f"loss is {float(stats[0] / stats[2])} at epoch {self.epoch + 1}, optimizer step "
                         f"{self.step + 1} (micro-batch {i + 1} of {nb}); training stopped and the last good "
                         f"resume checkpoint in {self.resume_dir} is kept. Lower the learning rate "
-                        "(--override lr=...) or check the input data")
+                        "(--override lr=...) or check the input data"
+                    )
                 self.scaler.unscale_(self.optimizer)
                 max_norm = cfg.grad_clip if cfg.grad_clip else float("inf")
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
                 if not self.scaler.is_enabled() and not math.isfinite(float(grad_norm)):
                     raise TrainingDiverged(
                         f"gradient norm is {float(grad_norm)} at epoch {self.epoch + 1}, optimizer step "
-                        f"{self.step + 1}; the last good resume checkpoint in {self.resume_dir} is kept")
+                        f"{self.step + 1}; the last good resume checkpoint in {self.resume_dir} is kept"
+                    )
                 lr = self.base_lr * self.schedule.factor(self.step)
                 for g in self.optimizer.param_groups:
                     g["lr"] = lr
@@ -373,24 +442,42 @@ class _Trainer:
                 log_window += stats
                 if self.step % max(1, opts.log_every) == 0 or self.batch_in_epoch == nb:
                     dt = time.perf_counter() - t_window
-                    rec = {"kind": "step", "epoch": self.epoch + 1, "step": self.step,
-                           "loss": float(log_window[0] / log_window[2]),
-                           "top1": float(100 * log_window[1] / log_window[2]), "lr": lr,
-                           "grad_norm": float(grad_norm), "clips_per_s": float(log_window[2]) / max(dt, 1e-9),
-                           "time": time.time()}
+                    rec = {
+                        "kind": "step",
+                        "epoch": self.epoch + 1,
+                        "step": self.step,
+                        "loss": float(log_window[0] / log_window[2]),
+                        "top1": float(100 * log_window[1] / log_window[2]),
+                        "lr": lr,
+                        "grad_norm": float(grad_norm),
+                        "clips_per_s": float(log_window[2]) / max(dt, 1e-9),
+                        "time": time.time(),
+                    }
                     self.logbook.write(rec, self.step)
                     if bar is not None:
                         bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}")
                     else:
-                        log.info("epoch %d/%d batch %d/%d step %d loss %.4f lr %.4g %.1f clips/s",
-                                 self.epoch + 1, self.end_epoch, self.batch_in_epoch, nb, self.step,
-                                 rec["loss"], lr, rec["clips_per_s"])
+                        log.info(
+                            "epoch %d/%d batch %d/%d step %d loss %.4f lr %.4g %.1f clips/s",
+                            self.epoch + 1,
+                            self.end_epoch,
+                            self.batch_in_epoch,
+                            nb,
+                            self.step,
+                            rec["loss"],
+                            lr,
+                            rec["clips_per_s"],
+                        )
                     log_window.zero_()
                     t_window = time.perf_counter()
                 if stop_now:
                     self._save_resume(t_start)
-                    log.warning("stopped on signal at epoch %d, step %d; exit %d, rerun the same command "
-                                "to continue", self.epoch + 1, self.step, EXIT_PREEMPTED)
+                    log.warning(
+                        "stopped on signal at epoch %d, step %d; exit %d, rerun the same command to continue",
+                        self.epoch + 1,
+                        self.step,
+                        EXIT_PREEMPTED,
+                    )
                     return EXIT_PREEMPTED, last_save
                 if save_now:
                     self._save_resume(t_start)
@@ -403,23 +490,44 @@ class _Trainer:
     def _end_of_epoch(self) -> None:
         s = self.epoch_stats
         rec: dict[str, Any] = {
-            "kind": "epoch", "epoch": self.epoch + 1, "step": self.step,
+            "kind": "epoch",
+            "epoch": self.epoch + 1,
+            "step": self.step,
             "train_loss": float(s[0] / s[2]) if s[2] else float("nan"),
             "train_top1": float(100 * s[1] / s[2]) if s[2] else float("nan"),
-            "lr": self.optimizer.param_groups[0]["lr"], "time": time.time(),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "time": time.time(),
         }
         if self.val_ds is not None and len(self.val_ds):
             records = evaluate_dataset(
-                self.raw, self.val_ds, self.ctx, ViewLayout(1, 1), view_batch=self.opts.val_view_batch,
-                amp_dtype=self.amp_dtype, workers=self.opts.workers, pack_videos=True, desc="validate")
+                self.raw,
+                self.val_ds,
+                self.ctx,
+                ViewLayout(1, 1),
+                view_batch=self.opts.val_view_batch,
+                amp_dtype=self.amp_dtype,
+                workers=self.opts.workers,
+                pack_videos=True,
+                desc="validate",
+            )
             m = summarize(records, ViewLayout(1, 1))
-            rec.update(val_top1_1view=m["top1"], val_top5_1view=m["top5"], val_loss=m["loss"],
-                       val_videos=m["videos"], val_failed=m["failed"])
+            rec.update(
+                val_top1_1view=m["top1"],
+                val_top5_1view=m["top5"],
+                val_loss=m["loss"],
+                val_videos=m["videos"],
+                val_failed=m["failed"],
+            )
         self.last_epoch_record = rec
         self.logbook.write(rec, self.step)
-        log.info("epoch %d/%d: train loss %.4f, train top-1 %.2f%%%s", self.epoch + 1, self.end_epoch,
-                 rec["train_loss"], rec["train_top1"],
-                 f", val top-1 (1 view) {rec['val_top1_1view']:.2f}%" if "val_top1_1view" in rec else "")
+        log.info(
+            "epoch %d/%d: train loss %.4f, train top-1 %.2f%%%s",
+            self.epoch + 1,
+            self.end_epoch,
+            rec["train_loss"],
+            rec["train_top1"],
+            f", val top-1 (1 view) {rec['val_top1_1view']:.2f}%" if "val_top1_1view" in rec else "",
+        )
 
     # ------------------------------------------------------------ final outputs
     def _write_final_outputs(self) -> None:
@@ -441,27 +549,45 @@ class _Trainer:
         cfg = self.cfg
         final = {
             "model": {k: v.detach().cpu() for k, v in self.raw.state_dict().items()},
-            "config": cfg.to_dict(), "classes": self.classes, "epoch": self.epoch,
-            "optimizer_steps": self.step, "metrics": self.last_epoch_record,
-            "world_size": self.ctx.world_size, "global_batch": self.global_batch, "lr": self.base_lr,
-            "seed": self.opts.seed, "pretrained": self.opts.pretrained,
+            "config": cfg.to_dict(),
+            "classes": self.classes,
+            "epoch": self.epoch,
+            "optimizer_steps": self.step,
+            "metrics": self.last_epoch_record,
+            "world_size": self.ctx.world_size,
+            "global_batch": self.global_batch,
+            "lr": self.base_lr,
+            "seed": self.opts.seed,
+            "pretrained": self.opts.pretrained,
         }
         ckpt = out / "model.pt"
         digest = atomic_torch_save(final, ckpt)
         records = read_jsonl(out / "metrics.jsonl")
         steps = [r for r in records if r.get("kind") == "step"]
         summary = {
-            "model": cfg.name, "epochs": self.epoch, "optimizer_steps": self.step,
-            "world_size": self.ctx.world_size, "gpus": self.ctx.world_size if self.device.type == "cuda" else 0,
-            "device": str(self.device.type), "amp": str(self.amp_dtype or "off").replace("torch.", ""),
-            "global_batch": self.global_batch, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps,
-            "lr": self.base_lr, "lr_reference": cfg.lr, "reference_global_batch": self.reference_batch,
+            "model": cfg.name,
+            "epochs": self.epoch,
+            "optimizer_steps": self.step,
+            "world_size": self.ctx.world_size,
+            "gpus": self.ctx.world_size if self.device.type == "cuda" else 0,
+            "device": str(self.device.type),
+            "amp": str(self.amp_dtype or "off").replace("torch.", ""),
+            "global_batch": self.global_batch,
+            "batch_size": cfg.batch_size,
+            "accum_steps": cfg.accum_steps,
+            "lr": self.base_lr,
+            "lr_reference": cfg.lr,
+            "reference_global_batch": self.reference_batch,
             "train_hours": self.train_seconds / 3600,
             "final_train_loss": self.last_epoch_record.get("train_loss", steps[-1]["loss"] if steps else None),
             "final_train_top1": self.last_epoch_record.get("train_top1"),
             "final_val_top1_1view": self.last_epoch_record.get("val_top1_1view"),
-            "train_clips": len(self.train_ds), "classes": len(self.classes), "seed": self.opts.seed,
-            "pretrained": self.opts.pretrained, "checkpoint": str(ckpt), "checkpoint_sha256": digest,
+            "train_clips": len(self.train_ds),
+            "classes": len(self.classes),
+            "seed": self.opts.seed,
+            "pretrained": self.opts.pretrained,
+            "checkpoint": str(ckpt),
+            "checkpoint_sha256": digest,
         }
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         for old in list_resume(self.resume_dir):  # the run is complete: free the disk

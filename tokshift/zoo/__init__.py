@@ -7,8 +7,16 @@ from typing import Any
 from tokshift.zoo.configs import BACKBONES, MODEL_KEYS, ZOO, Backbone, ZooConfig, validate
 
 __all__ = [
-    "BACKBONES", "MODEL_KEYS", "ZOO", "Backbone", "ZooConfig", "validate",
-    "get_config", "zoo_names", "zoo_row", "ZOO_COLUMNS",
+    "BACKBONES",
+    "MODEL_KEYS",
+    "ZOO",
+    "Backbone",
+    "ZooConfig",
+    "validate",
+    "get_config",
+    "zoo_names",
+    "zoo_row",
+    "ZOO_COLUMNS",
 ]
 
 
@@ -26,8 +34,17 @@ def get_config(name: str) -> ZooConfig:
 
 
 ZOO_COLUMNS = (
-    "name", "arch", "backbone", "img_size", "num_frames", "frame_stride", "shift_div",
-    "params_m", "gflops_per_view", "paper_top1", "paper_gflops",
+    "name",
+    "arch",
+    "backbone",
+    "img_size",
+    "num_frames",
+    "frame_stride",
+    "shift_div",
+    "params_m",
+    "gflops_per_view",
+    "paper_top1",
+    "paper_gflops",
 )
 
 
@@ -43,8 +60,15 @@ def zoo_row(name: str) -> dict[str, Any]:
     cfg = get_config(name)
     cost = model_cost(cfg)
     return {
-        "name": cfg.name, "arch": cfg.arch, "backbone": cfg.backbone, "img_size": cfg.img_size,
-        "num_frames": cfg.num_frames, "frame_stride": cfg.frame_stride, "shift_div": cfg.shift_div,
-        "params_m": round(cost.params / 1e6, 2), "gflops_per_view": _round_gflops(cost.macs / 1e9),
-        "paper_top1": cfg.paper_top1, "paper_gflops": cfg.paper_gflops,
+        "name": cfg.name,
+        "arch": cfg.arch,
+        "backbone": cfg.backbone,
+        "img_size": cfg.img_size,
+        "num_frames": cfg.num_frames,
+        "frame_stride": cfg.frame_stride,
+        "shift_div": cfg.shift_div,
+        "params_m": round(cost.params / 1e6, 2),
+        "gflops_per_view": _round_gflops(cost.macs / 1e9),
+        "paper_top1": cfg.paper_top1,
+        "paper_gflops": cfg.paper_gflops,
     }

@@ -32,11 +32,17 @@ BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
         Backbone(
-            "ViT-B_16", embed_dim=768, depth=12, num_heads=12,
+            "ViT-B_16",
+            embed_dim=768,
+            depth=12,
+            num_heads=12,
             weights_url="https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz",
         ),
         Backbone(
-            "ViT-L_16", embed_dim=1024, depth=24, num_heads=16,
+            "ViT-L_16",
+            embed_dim=1024,
+            depth=24,
+            num_heads=16,
             weights_url="https://storage.googleapis.com/vit_models/imagenet21k/ViT-L_16.npz",
         ),
         # A tiny ViT trained from scratch on the generated demo dataset.
@@ -100,21 +106,19 @@ class ZooConfig:
         d["train_short_side"] = list(self.train_short_side)
         return d
 
-    def replace(self, **overrides: Any) -> "ZooConfig":
+    def replace(self, **overrides: Any) -> ZooConfig:
         """A copy with some fields changed; unknown fields and bad values are rejected."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(
-                f"unknown zoo field(s) {unknown} for {self.name!r}; known fields: {sorted(known)}"
-            )
+            raise ValueError(f"unknown zoo field(s) {unknown} for {self.name!r}; known fields: {sorted(known)}")
         overrides = {k: _coerce(k, v, getattr(self, k)) for k, v in overrides.items()}
         cfg = dataclasses.replace(self, **overrides)
         validate(cfg)
         return cfg
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ZooConfig":
+    def from_dict(cls, d: dict[str, Any]) -> ZooConfig:
         """Rebuild a config saved with `to_dict` (e.g. inside a checkpoint)."""
         known = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in d.items() if k in known}
@@ -148,8 +152,16 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
 
 
 MODEL_KEYS = (
-    "arch", "embed_dim", "depth", "num_heads", "mlp_ratio", "patch_size",
-    "img_size", "num_frames", "shift_div", "num_classes",
+    "arch",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "patch_size",
+    "img_size",
+    "num_frames",
+    "shift_div",
+    "num_classes",
 )
 
 
@@ -162,8 +174,17 @@ def validate(cfg: ZooConfig) -> None:
         problems.append(f"img_size={cfg.img_size} is not a multiple of patch_size={cfg.patch_size}")
     if cfg.embed_dim % cfg.num_heads:
         problems.append(f"embed_dim={cfg.embed_dim} is not a multiple of num_heads={cfg.num_heads}")
-    for key in ("num_frames", "frame_stride", "shift_div", "num_classes", "batch_size", "gpus",
-                "accum_steps", "epochs", "depth"):
+    for key in (
+        "num_frames",
+        "frame_stride",
+        "shift_div",
+        "num_classes",
+        "batch_size",
+        "gpus",
+        "accum_steps",
+        "epochs",
+        "depth",
+    ):
         if int(getattr(cfg, key)) < 1:
             problems.append(f"{key}={getattr(cfg, key)} must be >= 1")
     if cfg.optimizer not in ("sgd", "adamw"):
@@ -182,21 +203,53 @@ def validate(cfg: ZooConfig) -> None:
 
 
 def _k400(
-    name: str, arch: Arch, backbone: str, img_size: int, num_frames: int, batch_size: int,
-    gpus: int, lr: float, short_side: tuple[int, int], paper_top1: float, paper_gflops: float,
+    name: str,
+    arch: Arch,
+    backbone: str,
+    img_size: int,
+    num_frames: int,
+    batch_size: int,
+    gpus: int,
+    lr: float,
+    short_side: tuple[int, int],
+    paper_top1: float,
+    paper_gflops: float,
 ) -> ZooConfig:
     """A Kinetics-400 entry with the original recipe (REFERENCE.md, "Training")."""
     b = BACKBONES[backbone]
     return ZooConfig(
-        name=name, dataset="k400", arch=arch, backbone=backbone,
-        embed_dim=b.embed_dim, depth=b.depth, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio,
-        patch_size=b.patch_size, img_size=img_size, num_frames=num_frames, frame_stride=32,
-        shift_div=4, num_classes=400, pretrained=backbone,
-        optimizer="sgd", lr=lr, momentum=0.9, weight_decay=0.0,
-        batch_size=batch_size, gpus=gpus, accum_steps=10, epochs=18,
-        lr_schedule="step", lr_milestones=(10, 15), lr_gamma=0.1, warmup_epochs=0.0,
-        grad_clip=1.0, label_smoothing=0.01, train_short_side=short_side,
-        paper_top1=paper_top1, paper_gflops=paper_gflops,
+        name=name,
+        dataset="k400",
+        arch=arch,
+        backbone=backbone,
+        embed_dim=b.embed_dim,
+        depth=b.depth,
+        num_heads=b.num_heads,
+        mlp_ratio=b.mlp_ratio,
+        patch_size=b.patch_size,
+        img_size=img_size,
+        num_frames=num_frames,
+        frame_stride=32,
+        shift_div=4,
+        num_classes=400,
+        pretrained=backbone,
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        weight_decay=0.0,
+        batch_size=batch_size,
+        gpus=gpus,
+        accum_steps=10,
+        epochs=18,
+        lr_schedule="step",
+        lr_milestones=(10, 15),
+        lr_gamma=0.1,
+        warmup_epochs=0.0,
+        grad_clip=1.0,
+        label_smoothing=0.01,
+        train_short_side=short_side,
+        paper_top1=paper_top1,
+        paper_gflops=paper_gflops,
     )
 
 
@@ -204,15 +257,37 @@ def _demo(name: str, arch: Arch) -> ZooConfig:
     """A tiny model that learns the generated demo dataset on 2 CPU cores in about a minute."""
     b = BACKBONES["demo-tiny"]
     return ZooConfig(
-        name=name, dataset="demo", arch=arch, backbone=b.name,
-        embed_dim=b.embed_dim, depth=b.depth, num_heads=b.num_heads, mlp_ratio=b.mlp_ratio,
-        patch_size=b.patch_size, img_size=64, num_frames=8, frame_stride=2,
-        shift_div=4, num_classes=4, pretrained=None,
+        name=name,
+        dataset="demo",
+        arch=arch,
+        backbone=b.name,
+        embed_dim=b.embed_dim,
+        depth=b.depth,
+        num_heads=b.num_heads,
+        mlp_ratio=b.mlp_ratio,
+        patch_size=b.patch_size,
+        img_size=64,
+        num_frames=8,
+        frame_stride=2,
+        shift_div=4,
+        num_classes=4,
+        pretrained=None,
         # From scratch a ViT wants AdamW with a warm-up; the K400 entries keep SGD.
-        optimizer="adamw", lr=1e-3, momentum=0.9, weight_decay=0.05,
-        batch_size=16, gpus=1, accum_steps=1, epochs=8,
-        lr_schedule="onecycle", lr_milestones=(), lr_gamma=0.1, warmup_epochs=1.0,
-        grad_clip=1.0, label_smoothing=0.01, train_short_side=(64, 72),
+        optimizer="adamw",
+        lr=1e-3,
+        momentum=0.9,
+        weight_decay=0.05,
+        batch_size=16,
+        gpus=1,
+        accum_steps=1,
+        epochs=8,
+        lr_schedule="onecycle",
+        lr_milestones=(),
+        lr_gamma=0.1,
+        warmup_epochs=1.0,
+        grad_clip=1.0,
+        label_smoothing=0.01,
+        train_short_side=(64, 72),
     )
 
 
@@ -220,18 +295,20 @@ ZOO: dict[str, ZooConfig] = {
     c.name: c
     for c in (
         _k400("k400_vit_8x32_224", "vit", "ViT-B_16", 224, 8, 21, 2, 0.1, (224, 330), 76.02, 134.7),
-        _k400("k400_tokshift_div4_8x32_base_224", "tokshift", "ViT-B_16", 224, 8, 21, 2, 0.1,
-              (224, 330), 77.28, 134.7),
-        _k400("k400_tokshift_div4_8x32_base_256", "tokshift", "ViT-B_16", 256, 8, 16, 2, 0.076,
-              (256, 380), 77.68, 175.8),
-        _k400("k400_tokshift_div4_8x32_base_384", "tokshift", "ViT-B_16", 384, 8, 1, 8, 0.01,
-              (384, 512), 78.14, 394.7),
-        _k400("k400_tokshift_div4_16x32_base_224", "tokshift", "ViT-B_16", 224, 16, 3, 4, 0.03,
-              (224, 330), 78.18, 268.5),
-        _k400("k400_tokshift_div4_8x32_large_384", "tokshift", "ViT-L_16", 384, 8, 1, 8, 0.02,
-              (384, 512), 79.83, 1397.6),
-        _k400("k400_tokshift_div4_12x32_large_384", "tokshift", "ViT-L_16", 384, 12, 1, 8, 0.03,
-              (384, 512), 80.40, 2096.4),
+        _k400("k400_tokshift_div4_8x32_base_224", "tokshift", "ViT-B_16", 224, 8, 21, 2, 0.1, (224, 330), 77.28, 134.7),
+        _k400(
+            "k400_tokshift_div4_8x32_base_256", "tokshift", "ViT-B_16", 256, 8, 16, 2, 0.076, (256, 380), 77.68, 175.8
+        ),
+        _k400("k400_tokshift_div4_8x32_base_384", "tokshift", "ViT-B_16", 384, 8, 1, 8, 0.01, (384, 512), 78.14, 394.7),
+        _k400(
+            "k400_tokshift_div4_16x32_base_224", "tokshift", "ViT-B_16", 224, 16, 3, 4, 0.03, (224, 330), 78.18, 268.5
+        ),
+        _k400(
+            "k400_tokshift_div4_8x32_large_384", "tokshift", "ViT-L_16", 384, 8, 1, 8, 0.02, (384, 512), 79.83, 1397.6
+        ),
+        _k400(
+            "k400_tokshift_div4_12x32_large_384", "tokshift", "ViT-L_16", 384, 12, 1, 8, 0.03, (384, 512), 80.40, 2096.4
+        ),
         _demo("demo_vit", "vit"),
         _demo("demo_tokshift", "tokshift"),
     )
