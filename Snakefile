@@ -3,13 +3,15 @@
 
 from snakemake.utils import min_version, validate
 
+from tokshift.workflow.schema import SCHEMA_PATH
+
 min_version("9.0")
 
 
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, str(SCHEMA_PATH))
 
 
 include: "rules/common.smk"

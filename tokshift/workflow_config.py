@@ -1,6 +1,6 @@
 """Checks and lookups over the pipeline's config.yaml that the JSON schema cannot express.
 
-The schema (workflow/schemas/config.schema.yaml) rejects unknown keys and wrong types;
+The schema (tokshift/workflow/config.schema.yaml) rejects unknown keys and wrong types;
 this module rejects what needs the zoo or the file system: unknown model names,
 training overrides that do not fit a zoo entry, and dataset paths that do not exist.
 Everything here runs before any job starts, and every message names the config key.
