@@ -23,9 +23,10 @@ from tests.engine_fixtures import (  # noqa: F401
     tokshift_cmd,
     trained_demo,
 )
-from tokshift.engine.checkpoint import list_resume, sha256_file
+from tokshift.engine.checkpoint import list_resume
 from tokshift.engine.logbook import read_jsonl
 from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED
+from tokshift.fileio import sha256_file
 
 
 def _load(path: Path) -> dict:

@@ -15,7 +15,6 @@ from tokshift.engine.checkpoint import (
     list_resume,
     load_verified,
     save_resume,
-    sha256_file,
 )
 from tokshift.engine.distributed import detect_launch
 from tokshift.engine.evaluate import ViewLayout, predictions_csv, record_from_logits, summarize
@@ -23,6 +22,7 @@ from tokshift.engine.metrics import fuse_logits, fuse_softmax, label_smoothing_l
 from tokshift.engine.runtime import parse_overrides
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
+from tokshift.fileio import sha256_file
 from tokshift.zoo import get_config
 
 # ----------------------------------------------------------------------------- launch environment

@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 from tokshift import report_commands
+from tokshift.fileio import sha256_file
 from tokshift.weights import (
     ChecksumMismatch,
     DownloadError,
     download,
     part_path,
     read_sha256_record,
-    sha256_file,
 )
 
 

@@ -26,7 +26,6 @@ an offline cluster can point at a pre-downloaded checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -40,6 +39,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tqdm import tqdm
+
+from tokshift.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -62,15 +63,6 @@ class _Retryable(Exception):
     """Internal: a transient failure worth another attempt."""
 
 
-def sha256_file(path: Path, chunk_bytes: int = CHUNK_BYTES) -> str:
-    """Hex sha256 of a file, read in chunks so gigabyte checkpoints fit in memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sha256_record_path(dest: Path) -> Path:
     """Where the checksum of ``dest`` is recorded (``<dest>.sha256``)."""
     return dest.with_name(dest.name + ".sha256")
@@ -79,9 +71,7 @@ def sha256_record_path(dest: Path) -> Path:
 def write_sha256_record(dest: Path, hexdigest: str) -> Path:
     """Write ``<hex>  <filename>`` (``sha256sum -c`` format) next to ``dest``, atomically."""
     record = sha256_record_path(dest)
-    tmp = record.with_name(record.name + ".tmp")
-    tmp.write_text(f"{hexdigest}  {dest.name}\n")
-    os.replace(tmp, record)
+    atomic_write_text(record, f"{hexdigest}  {dest.name}\n")
     return record
 
 

@@ -11,6 +11,7 @@ runs single-threaded with bit-exact flags, so a rerun writes byte-identical file
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import subprocess
@@ -23,6 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokshift.data.ffmpeg import ffmpeg_executable
+from tokshift.fileio import atomic_path, atomic_write_text
 
 __all__ = ["CLASSES", "DemoConfig", "encode_h264", "generate_demo", "render_clip"]
 
@@ -84,7 +86,6 @@ def encode_h264(frames: np.ndarray, out: str | os.PathLike[str], fps: int = 8, c
     """Encode RGB frames to an H.264 mp4 with reproducible (bit-exact, single-threaded) settings."""
     n, h, w, _ = frames.shape
     out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.mp4")
     cmd = [
         ffmpeg_executable(),
         "-hide_banner",
@@ -120,13 +121,13 @@ def encode_h264(frames: np.ndarray, out: str | os.PathLike[str], fps: int = 8, c
         "+bitexact",
         "-map_metadata",
         "-1",
-        str(tmp),
     ]
-    proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise RuntimeError(f"ffmpeg could not encode {out}: {proc.stderr.decode(errors='replace').strip()[-500:]}")
-    os.replace(tmp, out)
+    with atomic_path(out, suffix=".mp4") as tmp:
+        proc = subprocess.run(
+            [*cmd, str(tmp)], input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"ffmpeg could not encode {out}: {proc.stderr.decode(errors='replace').strip()[-500:]}")
 
 
 def _clip_rng(seed: int, split: str, class_index: int, clip: int) -> np.random.Generator:
@@ -163,14 +164,13 @@ def generate_demo(
     csvs = {}
     for split in ("train", "val"):
         path = out / f"{split}.csv"
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["path", "label"])
-            for s, ci, _i, p in jobs:
-                if s == split:
-                    writer.writerow([p.relative_to(out).as_posix(), classes[ci]])
-        os.replace(tmp, path)
+        buf = io.StringIO(newline="")
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["path", "label"])
+        for s, ci, _i, p in jobs:
+            if s == split:
+                writer.writerow([p.relative_to(out).as_posix(), classes[ci]])
+        atomic_write_text(path, buf.getvalue())
         csvs[split] = path
     log.info("demo dataset: %d clips in %s", len(jobs), out)
     return csvs

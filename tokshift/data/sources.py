@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+from tokshift.fileio import atomic_write_text
 
 __all__ = [
     "SPLITS",
@@ -361,13 +364,12 @@ def classes_path(index_csv: str | os.PathLike[str]) -> Path:
 
 
 def _write_rows(path: Path, columns: Iterable[str], rows: Iterable[Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(list(columns))
-        for row in rows:
-            writer.writerow([getattr(row, c) for c in columns])
-    os.replace(tmp, path)
+    buf = io.StringIO(newline="")
+    writer = csv.writer(buf)
+    writer.writerow(list(columns))
+    for row in rows:
+        writer.writerow([getattr(row, c) for c in columns])
+    atomic_write_text(path, buf.getvalue())
 
 
 def write_index(result: IndexResult, out: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
@@ -378,9 +380,7 @@ def write_index(result: IndexResult, out: str | os.PathLike[str]) -> tuple[Path,
     miss = missing_path(out)
     _write_rows(miss, MISSING_COLUMNS, result.missing)
     cls = classes_path(out)
-    tmp = cls.with_name(cls.name + ".tmp")
-    tmp.write_text("".join(c + "\n" for c in result.classes), encoding="utf-8")
-    os.replace(tmp, cls)
+    atomic_write_text(cls, "".join(c + "\n" for c in result.classes))
     return out, miss, cls
 
 
@@ -415,7 +415,3 @@ def read_classes(index_csv: str | os.PathLike[str], rows: list[IndexRow] | None 
     names: dict[int, str] = {r.label_index: r.label for r in rows}
     size = max(names, default=-1) + 1
     return [names.get(i, str(i)) for i in range(size)]
-
-
-def row_dict(row: IndexRow | MissingRow) -> dict[str, Any]:
-    return asdict(row)

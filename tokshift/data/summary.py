@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 from tokshift.data.pack import read_failures
 from tokshift.data.sources import missing_path, read_index, read_missing
 from tokshift.data.store import ShardReader
+from tokshift.fileio import atomic_write_json
 
 __all__ = ["failures_path_for", "summarize_split", "write_summary"]
 
@@ -71,8 +71,5 @@ def summarize_split(
 def write_summary(summary: dict[str, Any], out: str | os.PathLike[str]) -> Path:
     """Write the summary as indented JSON (atomically)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_json(out, summary)
     return out

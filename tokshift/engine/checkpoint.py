@@ -1,111 +1,28 @@
-"""Checkpoints that survive crashes: atomic writes, checksums, newest-valid resume.
+"""Checkpoints that survive crashes: sealed with checksums, resumed from the newest valid one.
 
-A resume checkpoint is written to a temporary file, flushed, renamed into place and
-then sealed by a `.sha256` file beside it. A checkpoint without a matching seal
-(a crash mid-write, a truncated copy, a flipped bit) is skipped with a warning and
-the next older one is tried, so a broken file is never loaded.
+A resume checkpoint is written atomically (`tokshift.fileio`) and then sealed by a
+`.sha256` file beside it. A checkpoint without a matching seal (a crash mid-write,
+a truncated copy, a flipped bit) is skipped with a warning and the next older one
+is tried, so a broken file is never loaded.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
 import logging
 import os
 import re
-import tempfile
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
-from tokshift.weights import sha256_file
-
-__all__ = ["sha256_file"]  # re-exported: evaluation records the checkpoint's hash
+from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
 RESUME_PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[BinaryIO]:
-    """A temporary file beside `path`, flushed and renamed onto it only if the block succeeds."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` so that `path` holds either the old content or all of the new."""
-    with _atomic_file(Path(path)) as f:
-        f.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
-    """`torch.save` atomically; returns the sha256 of what was written."""
-    with _atomic_file(Path(path)) as f:
-        hasher = _HashingWriter(f)
-        torch.save(obj, hasher)
-    return hasher.hexdigest()
-
-
-class _HashingWriter(io.RawIOBase):
-    """A write-only stream that hashes what passes through (saves a second read)."""
-
-    def __init__(self, f: Any) -> None:
-        self._f = f
-        self._h = hashlib.sha256()
-        self._pos = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b: Any) -> int:  # type: ignore[override]
-        mv = memoryview(b).cast("B")
-        self._h.update(mv)
-        self._f.write(mv)
-        self._pos += len(mv)
-        return len(mv)
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seekable(self) -> bool:
-        return False
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
 
 
 def resume_name(epoch: int, step: int) -> str:

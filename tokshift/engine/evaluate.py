@@ -320,9 +320,9 @@ def run_evaluation(opts: EvalOptions) -> int:
     import json
 
     from tokshift.data.datasets import EvalViewDataset
-    from tokshift.engine.checkpoint import atomic_write_text, sha256_file
     from tokshift.engine.loading import load_trained_model
     from tokshift.engine.runtime import resolve_amp, set_fused_attention, setup_logging
+    from tokshift.fileio import atomic_write_text, sha256_file
 
     if opts.clips < 1 or opts.crops < 1:
         raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")

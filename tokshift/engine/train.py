@@ -27,14 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from tokshift.engine import distributed as D
-from tokshift.engine.checkpoint import (
-    atomic_torch_save,
-    atomic_write_text,
-    find_resume,
-    list_resume,
-    load_verified,
-    save_resume,
-)
+from tokshift.engine.checkpoint import find_resume, list_resume, load_verified, save_resume
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.logbook import Logbook, read_jsonl
 from tokshift.engine.runtime import (
@@ -52,6 +45,7 @@ from tokshift.engine.runtime import (
 )
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
+from tokshift.fileio import atomic_torch_save, atomic_write_text
 from tokshift.zoo import ZooConfig, get_config
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,137 @@
+"""Files that are either wholly old or wholly new: atomic writes and sha256 of files.
+
+Every output the pipeline writes goes through a temporary file beside the target
+that is flushed, fsynced and renamed onto it, so a crash, a preemption or a full
+disk never leaves a half-written file that a later step would trust. Only the
+standard library is imported here; torch is imported when a tensor is saved.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+__all__ = [
+    "atomic_path",
+    "atomic_torch_save",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "sha256_file",
+]
+
+CHUNK_BYTES = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> str:
+    """Hex sha256 of a file, read in chunks so gigabyte checkpoints fit in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in `path` durable (skipped where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
+    """A fresh temporary path beside `path`, renamed onto it only if the block succeeds.
+
+    For files written by another program (ffmpeg): the program writes the yielded
+    path, which keeps `suffix` so tools that choose a format by extension still can.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary handle on a temporary file beside `path`, fsynced and renamed onto it on success."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write `data` so that `path` holds either the old content or all of the new."""
+    with _atomic_file(Path(path)) as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """`atomic_write_bytes` of UTF-8 text (no newline translation)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> None:
+    """`obj` as JSON (non-ASCII kept), ending in a newline."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
+    """`torch.save` atomically; returns the sha256 of what was written (hashed while writing)."""
+    import torch
+
+    with _atomic_file(Path(path)) as f:
+        hasher = _HashingWriter(f)
+        torch.save(obj, hasher)
+    return hasher.hexdigest()
+
+
+class _HashingWriter(io.RawIOBase):
+    """A write-only stream that hashes what passes through (saves a second read)."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._h = hashlib.sha256()
+        self._pos = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        mv = memoryview(b).cast("B")
+        self._h.update(mv)
+        self._f.write(mv)
+        self._pos += len(mv)
+        return len(mv)
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return False
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
