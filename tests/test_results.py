@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from tokshift import report_commands
+from tokshift.flops import zoo_row
 from tokshift.results import COLUMNS, MissingResultError, ResultsError, collect, write_outputs
-from tokshift.zoo import zoo_row
 
 K400 = "k400_tokshift_div4_8x32_base_224"
 

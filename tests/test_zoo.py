@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from tokshift.zoo import ZOO, get_config, zoo_names, zoo_row
+from tokshift.flops import zoo_row
+from tokshift.zoo import ZOO, get_config, zoo_names
 
 K400 = [
     "k400_vit_8x32_224",

@@ -4,7 +4,8 @@ The paper's GFLOPs/view count the multiply-accumulates of the patch-embedding
 convolution and of every Linear layer (attention score and weighting products are
 not counted). Forward hooks record what each such layer actually computes during
 one forward pass on the `meta` device, so no memory is allocated and a ViT-L at
-384 px costs milliseconds.
+384 px costs milliseconds. `zoo_row` puts these numbers beside a zoo entry's
+configuration and the paper's, for `tokshift zoo` and the results table.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokshift.zoo import ZooConfig
+from tokshift.models import build_model, resolve_model_config
+from tokshift.zoo import ZooConfig, get_config
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,6 @@ def count_macs(model: nn.Module, video_shape: tuple[int, ...]) -> int:
 
 def model_cost(cfg: ZooConfig | str | Mapping[str, Any]) -> ModelCost:
     """Parameters and MACs per view of a zoo entry (or model dict), built on the meta device."""
-    from tokshift.models import build_model, resolve_model_config
-
     m = resolve_model_config(cfg)
     with torch.device("meta"):
         model = build_model(m)
@@ -65,3 +65,44 @@ def model_cost(cfg: ZooConfig | str | Mapping[str, Any]) -> ModelCost:
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, (1, m["num_frames"], 3, m["img_size"], m["img_size"]))
     return ModelCost(params=params, macs=macs)
+
+
+# --------------------------------------------------------------------------- the zoo table
+
+ZOO_COLUMNS = (
+    "name",
+    "arch",
+    "backbone",
+    "img_size",
+    "num_frames",
+    "frame_stride",
+    "shift_div",
+    "params_m",
+    "gflops_per_view",
+    "paper_top1",
+    "paper_gflops",
+)
+
+
+def _round_gflops(g: float) -> float:
+    """One decimal as the paper prints, more for the tiny demo models."""
+    return round(g, 1) if g >= 10 else round(g, 4)
+
+
+def zoo_row(name: str) -> dict[str, Any]:
+    """One zoo entry as a table row, with parameters and GFLOPs computed from the built model."""
+    cfg = get_config(name)
+    cost = model_cost(cfg)
+    return {
+        "name": cfg.name,
+        "arch": cfg.arch,
+        "backbone": cfg.backbone,
+        "img_size": cfg.img_size,
+        "num_frames": cfg.num_frames,
+        "frame_stride": cfg.frame_stride,
+        "shift_div": cfg.shift_div,
+        "params_m": round(cost.params / 1e6, 2),
+        "gflops_per_view": _round_gflops(cost.macs / 1e9),
+        "paper_top1": cfg.paper_top1,
+        "paper_gflops": cfg.paper_gflops,
+    }

@@ -177,7 +177,8 @@ def _model_row(
     dataset: str, model: str, results_dir: Path, pack: dict[str, Any] | None, pack_file: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One table row and the files it was read from."""
-    from tokshift.zoo import get_config, zoo_row
+    from tokshift.flops import zoo_row
+    from tokshift.zoo import get_config
 
     try:
         cfg = get_config(model)
@@ -236,7 +237,7 @@ def _model_row(
         "metrics": str(m_file),
         "train_summary": str(t_file),
         "pack_summary": str(pack_file) if pack is not None else None,
-        "zoo": f"tokshift.zoo.get_config({model!r}) / zoo_row({model!r})",
+        "zoo": f"tokshift.zoo.get_config({model!r}) / tokshift.flops.zoo_row({model!r})",
         "device": str(train["device"]),
     }
     return row, sources

@@ -6,7 +6,7 @@ import argparse
 import csv
 import sys
 
-from tokshift.zoo import ZOO_COLUMNS, zoo_names, zoo_row
+from tokshift.zoo import zoo_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tokshift.flops import ZOO_COLUMNS, zoo_row  # builds models: torch only when the command runs
+
     rows = [zoo_row(n) for n in zoo_names(args.dataset)]
     if args.format == "csv":
         w = csv.DictWriter(sys.stdout, fieldnames=list(ZOO_COLUMNS), lineterminator="\n")
