@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from tokshift.engine.checkpoint import load_model_checkpoint
+from tokshift.models import build_model, load_state_dict_checked
 from tokshift.zoo import ZooConfig
 
 
@@ -23,17 +24,10 @@ class TrainedModel:
 
 def load_trained_model(path: str | Path, device: torch.device) -> TrainedModel:
     """The model in `path` in eval mode on `device`, with its config and class names."""
-    from tokshift.models import build_model
-
     state = load_model_checkpoint(path)
     cfg = ZooConfig.from_dict(state["config"])
     model = build_model(cfg.model_dict())
-    missing, unexpected = model.load_state_dict(state["model"], strict=False)
-    if missing or unexpected:
-        raise ValueError(
-            f"checkpoint {path} does not fit model {cfg.name!r}: "
-            f"missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"
-        )
+    load_state_dict_checked(model, state["model"], f"checkpoint {path} (model {cfg.name!r})")
     model.to(device).eval()
     classes = [str(c) for c in state["classes"]]
     if len(classes) != cfg.num_classes:
