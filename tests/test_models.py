@@ -209,14 +209,15 @@ def write_google_npz(path, grid: int = 4, seed: int = 0) -> dict[str, np.ndarray
     return w
 
 
-def bilinear_corner_aligned(grid: np.ndarray, out: int) -> np.ndarray:
+def bilinear_corner_aligned(grid: np.ndarray, out: int | tuple[int, int]) -> np.ndarray:
     """Independent corner-aligned bilinear resize of a (g, g, D) grid, written out by hand."""
     g = grid.shape[0]
-    res = np.zeros((out, out, grid.shape[2]))
-    for i in range(out):
-        for j in range(out):
-            y = i * (g - 1) / (out - 1)
-            x = j * (g - 1) / (out - 1)
+    oh, ow = (out, out) if isinstance(out, int) else out
+    res = np.zeros((oh, ow, grid.shape[2]))
+    for i in range(oh):
+        for j in range(ow):
+            y = i * (g - 1) / (oh - 1)
+            x = j * (g - 1) / (ow - 1)
             y0, x0 = min(int(math.floor(y)), g - 2), min(int(math.floor(x)), g - 2)
             dy, dx = y - y0, x - x0
             res[i, j] = (
@@ -325,6 +326,18 @@ def test_pos_embed_resize_is_corner_aligned_order1() -> None:
     np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("hw", [(16, 16), (24, 24), (16, 24), (10, 10)])
+def test_pos_embed_resize_matches_hand_written_bilinear(hw: tuple[int, int]) -> None:
+    """256 px (16x16), 384 px (24x24), a non-square grid and a shrink, each against the loops above."""
+    pos = np.random.default_rng(hw[0] * 100 + hw[1]).standard_normal((1, 1 + 14 * 14, 5)).astype(np.float32)
+    out = resize_pos_embed(pos, hw)
+    assert out.dtype == np.float32 and out.shape == (1, 1 + hw[0] * hw[1], 5)
+    np.testing.assert_array_equal(out[:, 0], pos[:, 0])  # [CLS] position kept
+    ref = bilinear_corner_aligned(pos[0, 1:].reshape(14, 14, 5).astype(np.float64), hw).reshape(-1, 5)
+    np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-6, atol=1e-6)  # float32 rounding only
+    assert resize_pos_embed(pos, (14, 14)) is pos  # same grid: untouched
+
+
 def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
     path = tmp_path / "w.npz"
     write_google_npz(path)
@@ -366,3 +379,28 @@ def test_npz_missing_key_is_named(tmp_path) -> None:
     )
     with pytest.raises(CheckpointMismatchError, match="encoderblock_1/LayerNorm_2/bias"):
         build_model(cfg, pretrained=path)
+
+
+def test_trained_checkpoint_mismatch_names_key_and_shapes(tmp_path) -> None:
+    """`tokshift evaluate`/`predict` load model.pt through the same checked loader as the .npz weights."""
+    from tokshift.engine.loading import load_trained_model
+    from tokshift.zoo import get_config
+
+    cfg = get_config("demo_tokshift")
+    model = build_model(cfg)
+    classes = [f"c{i}" for i in range(cfg.num_classes)]
+    good = tmp_path / "good.pt"
+    torch.save({"model": model.state_dict(), "config": cfg.to_dict(), "classes": classes}, good)
+    loaded = load_trained_model(good, torch.device("cpu"))
+    assert torch.equal(loaded.model.pos_embed, model.pos_embed) and loaded.classes == classes
+
+    state = model.state_dict()
+    state["head.weight"] = torch.zeros(cfg.num_classes + 1, cfg.embed_dim)
+    state["extra.bias"] = torch.zeros(2)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": state, "config": cfg.to_dict(), "classes": classes}, bad)
+    with pytest.raises(CheckpointMismatchError) as e:
+        load_trained_model(bad, torch.device("cpu"))
+    msg = str(e.value)
+    assert str(bad) in msg and "'head.weight'" in msg and "(5, 96)" in msg and "(4, 96)" in msg
+    assert "unexpected key 'extra.bias'" in msg

@@ -19,6 +19,7 @@ import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
+from torch.nn import functional as F
 
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
@@ -32,6 +33,7 @@ __all__ = [
     "google_npz_state_dict",
     "resize_pos_embed",
     "CheckpointMismatchError",
+    "load_state_dict_checked",
 ]
 
 
@@ -169,22 +171,22 @@ class CheckpointMismatchError(ValueError):
 def resize_pos_embed(posemb: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
     """Resize a (1, 1 + g*g, D) position table to a new patch grid, keeping the [CLS] entry.
 
-    Order-1 spline zoom (bilinear through the grid corners), as the original TokShift
-    did; a resize that samples differently (half-pixel centres, antialiasing) costs
-    about 3 points top-1 on Kinetics-400, which is why timm's resampler is not used.
+    Bilinear through the grid corners (``align_corners=True``, in float64): the same
+    numbers as the order-1 spline zoom of the original TokShift. A resize that samples
+    differently (half-pixel centres, antialiasing) costs about 3 points top-1 on
+    Kinetics-400, which is why timm's resampler is not used.
     """
-    from scipy import ndimage
-
     cls_tok, grid = posemb[:, :1], posemb[0, 1:]
     old = int(round(np.sqrt(len(grid))))
     if old * old != len(grid):
         raise CheckpointMismatchError(f"position table of {len(grid)} patches is not a square grid")
     if (old, old) == tuple(grid_hw):
         return posemb
-    grid = grid.reshape(old, old, -1)
-    zoom = (grid_hw[0] / old, grid_hw[1] / old, 1)
-    grid = ndimage.zoom(grid, zoom, order=1)
-    return np.concatenate([cls_tok, grid.reshape(1, grid_hw[0] * grid_hw[1], -1)], axis=1)
+    hw = (int(grid_hw[0]), int(grid_hw[1]))
+    chw = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float64)).reshape(old, old, -1).permute(2, 0, 1)
+    chw = F.interpolate(chw[None], size=hw, mode="bilinear", align_corners=True)[0]
+    resized = chw.permute(1, 2, 0).reshape(1, hw[0] * hw[1], -1).numpy().astype(posemb.dtype, copy=False)
+    return np.concatenate([cls_tok, resized], axis=1)
 
 
 def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTransformer) -> dict[str, torch.Tensor]:
