@@ -27,7 +27,6 @@ __all__ = [
     "normalize",
     "resize_short_side",
     "short_side_size",
-    "to_tensor_clip",
 ]
 
 cv2.setNumThreads(1)
@@ -55,11 +54,6 @@ def resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
     if (nh, nw) == (h, w):
         return img
     return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
-
-
-def to_tensor_clip(frames: np.ndarray) -> torch.Tensor:
-    """(T, H, W, 3) uint8 -> contiguous (T, 3, H, W) uint8 tensor."""
-    return torch.from_numpy(np.ascontiguousarray(frames.transpose(0, 3, 1, 2)))
 
 
 def adjust_brightness(clip: np.ndarray, factor: float) -> np.ndarray:

@@ -17,7 +17,7 @@ Arch = Literal["tokshift", "vit"]
 
 @dataclass(frozen=True)
 class Backbone:
-    """A ViT backbone: its shape and where its ImageNet-21k weights come from."""
+    """A ViT backbone's shape (its ImageNet-21k weights are named in config.yaml under `weights`)."""
 
     name: str
     embed_dim: int
@@ -25,26 +25,13 @@ class Backbone:
     num_heads: int
     mlp_ratio: float = 4.0
     patch_size: int = 16
-    weights_url: str | None = None
 
 
 BACKBONES: dict[str, Backbone] = {
     b.name: b
     for b in (
-        Backbone(
-            "ViT-B_16",
-            embed_dim=768,
-            depth=12,
-            num_heads=12,
-            weights_url="https://storage.googleapis.com/vit_models/imagenet21k/ViT-B_16.npz",
-        ),
-        Backbone(
-            "ViT-L_16",
-            embed_dim=1024,
-            depth=24,
-            num_heads=16,
-            weights_url="https://storage.googleapis.com/vit_models/imagenet21k/ViT-L_16.npz",
-        ),
+        Backbone("ViT-B_16", embed_dim=768, depth=12, num_heads=12),
+        Backbone("ViT-L_16", embed_dim=1024, depth=24, num_heads=16),
         # A tiny ViT trained from scratch on the generated demo dataset.
         Backbone("demo-tiny", embed_dim=96, depth=4, num_heads=4),
     )
