@@ -1,4 +1,7 @@
-"""Sampling indices and crop positions against a direct transcription of REFERENCE.md's formulas."""
+"""Sampling indices and crop positions against a direct transcription of docs/reference.md's formulas.
+
+("Training input" and "Evaluation input and score fusion".)
+"""
 
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def test_thirty_views_follow_reference_clip_starts_and_crops(odd_shaped_shard) -
     for i in range(len(ds)):
         item = ds[i]
         n, h, w = shapes[item["video_id"].split(".")[0]]
-        # REFERENCE.md: start_i = int(i * n / 10), clipped to the last valid start
+        # docs/reference.md, "Evaluation input and score fusion":
+        # start_i = int(i * n / 10), clipped to the last valid start
         starts = [min(int(c * n / 10), n - T * stride) for c in range(10)]
         assert eval_clip_starts(n, T, stride, 10) == starts
         # crops along the long side: left/top, centre, right/bottom

@@ -18,7 +18,7 @@ from tokshift.models import (
 
 
 def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:
-    """Deliberately naive transcription of REFERENCE.md: loops over frames and channels."""
+    """Deliberately naive transcription of docs/reference.md ("TokShift"): loops over frames and channels."""
     BT, N, D = x.shape
     out = x.copy()
     fold = D // div

@@ -4,7 +4,7 @@ A video of T frames goes through the ViT as a batch of B*T images; the video log
 is the mean over T of the per-frame head output on the final-normed [CLS] token.
 TokShift differs from the plain ViT only in `TokShiftBlock`: before the attention
 and before the MLP of every block, a quarter of the [CLS] channels is exchanged
-with the neighbouring frames (REFERENCE.md, "TokShift, exactly").
+with the neighbouring frames (docs/reference.md, "TokShift").
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Which frames and which crops a clip uses: the exact sampling rules of REFERENCE.md.
+"""Which frames and which crops a clip uses.
 
-Training takes ``T`` frames ``stride`` apart from a random start in
+The rules of docs/reference.md, "Training input" and "Evaluation input and score fusion":
+training takes ``T`` frames ``stride`` apart from a random start in
 ``[0, max(n - T*stride + 1, 1) - 1)``, wrapping modulo ``n`` for short videos. Evaluation takes
 ``num_clips`` starts ``int(i*n/num_clips)`` clipped to the last valid start ``max(n - T*stride, 0)``
 (one clip: the centre one), and ``num_crops`` crops spread along the long side.

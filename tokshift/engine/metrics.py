@@ -45,7 +45,7 @@ def mean_class_accuracy(labels: Sequence[int], preds: Sequence[int]) -> float:
 def label_smoothing_loss(logits: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     """(1 - eps) * NLL + eps * mean over classes of -log p, averaged over the batch.
 
-    Written out as REFERENCE.md states it; training uses the equal and faster
+    Written out as docs/reference.md ("Training recipe") states it; training uses the equal and faster
     `F.cross_entropy(label_smoothing=eps)` (a test checks they agree).
     """
     logp = logits.float().log_softmax(dim=-1)

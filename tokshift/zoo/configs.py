@@ -202,7 +202,7 @@ def _k400(
     paper_top1: float,
     paper_gflops: float,
 ) -> ZooConfig:
-    """A Kinetics-400 entry with the original recipe (REFERENCE.md, "Training")."""
+    """A Kinetics-400 entry with the original recipe (docs/reference.md, "Training recipe")."""
     b = BACKBONES[backbone]
     return ZooConfig(
         name=name,
