@@ -47,7 +47,7 @@ def test_reference_recipe() -> None:
     c = get_config("k400_tokshift_div4_8x32_base_256")
     assert (c.optimizer, c.momentum, c.weight_decay, c.epochs, c.accum_steps) == ("sgd", 0.9, 0.0, 18, 10)
     assert (c.batch_size, c.gpus, c.lr, c.train_short_side) == (16, 2, 0.076, (256, 380))
-    assert c.lr_milestones == (10, 15) and c.grad_clip == 1.0 and c.label_smoothing == 0.01
+    assert c.lr_milestones == (10, 15) and c.grad_clip == 1.0 and c.label_smoothing == 0.1
     assert c.reference_global_batch == 16 * 2 * 10
 
 
