@@ -23,8 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokshift.data.decode import scale_filter  # noqa: E402
-from tokshift.data.ffmpeg import ffmpeg_executable  # noqa: E402
+import ffmpeg  # noqa: E402
+
+from tokshift.data.decode import scale_short_side  # noqa: E402
+from tokshift.data.ffmpeg import compile_command, ffmpeg_executable  # noqa: E402
 from tokshift.data.pack import pack_rows  # noqa: E402
 from tokshift.data.sources import IndexRow  # noqa: E402
 
@@ -46,33 +48,10 @@ def make_sources(folder: Path, count: int, seconds: float) -> list[Path]:
     out = []
     for i in range(count):
         path = folder / f"src_{i:03d}.mp4"
-        subprocess.run(
-            [
-                ffmpeg_executable(),
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                f"testsrc2=size=340x256:rate=30:duration={seconds}",
-                "-vf",
-                f"noise=alls={8 + i % 5}:allf=t,hue=H=t*{i % 3}",
-                "-c:v",
-                "libx264",
-                "-preset",
-                "veryfast",
-                "-crf",
-                "23",
-                "-pix_fmt",
-                "yuv420p",
-                "-threads",
-                "1",
-                str(path),
-            ],
-            check=True,
-        )
+        src = ffmpeg.input(f"testsrc2=size=340x256:rate=30:duration={seconds}", format="lavfi")
+        textured = src.filter("noise", alls=8 + i % 5, allf="t").filter("hue", H=f"t*{i % 3}")
+        clip = textured.output(str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p", threads=1)
+        subprocess.run(compile_command(clip, "-loglevel", "error", overwrite=True), check=True)
         out.append(path)
     return out
 
@@ -90,27 +69,9 @@ def baseline_files(sources: list[Path], folder: Path, short_side: int, workers: 
     for i, src in enumerate(sources):
         d = folder / f"v{i}"
         d.mkdir(parents=True)
-        procs.append(
-            subprocess.Popen(
-                [
-                    ffmpeg_executable(),
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-threads",
-                    "1",
-                    "-i",
-                    str(src),
-                    "-vf",
-                    scale_filter(short_side),
-                    "-fps_mode",
-                    "passthrough",
-                    "-q:v",
-                    "2",
-                    str(d / "img_%05d.jpg"),
-                ]
-            )
-        )
+        frames = scale_short_side(ffmpeg.input(str(src), threads=1), short_side)
+        files = frames.output(str(d / "img_%05d.jpg"), fps_mode="passthrough", **{"q:v": 2})
+        procs.append(subprocess.Popen(compile_command(files, "-loglevel", "error")))
         while sum(p.poll() is None for p in procs) >= workers:
             time.sleep(0.005)
     for p in procs:

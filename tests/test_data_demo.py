@@ -180,3 +180,18 @@ def test_ffmpeg_lookup_order(tmp_path: Path) -> None:
     assert "imageio_ffmpeg" in fallback and os.access(fallback, os.X_OK)  # then the pip binary
     bad = run({**base, "TOKSHIFT_FFMPEG": str(tmp_path / "missing")})
     assert bad.returncode != 0 and "TOKSHIFT_FFMPEG" in bad.stderr
+
+
+def test_demo_encode_matches_a_plain_ffmpeg_command(tmp_path: Path) -> None:
+    from tokshift.data.demo import encode_h264
+    from tokshift.data.ffmpeg import ffmpeg_executable
+
+    clip = render_clip("disc_grow", np.random.default_rng(7), frames=12, size=48)
+    encode_h264(clip, tmp_path / "graph.mp4", fps=6, crf=24)
+    plain = [ffmpeg_executable(), "-nostdin", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24"]
+    plain += ["-s", "48x48", "-r", "6", "-i", "-", "-c:v", "libx264", "-preset", "veryfast", "-crf", "24"]
+    plain += ["-pix_fmt", "yuv420p", "-threads", "1", "-x264-params", "threads=1:sliced-threads=0"]
+    plain += ["-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1", str(tmp_path / "plain.mp4")]
+    subprocess.run(plain, input=clip.tobytes(), check=True, capture_output=True)
+    assert (tmp_path / "graph.mp4").read_bytes() == (tmp_path / "plain.mp4").read_bytes()
+    assert not list(tmp_path.glob("*.tmp*"))

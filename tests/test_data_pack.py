@@ -26,7 +26,8 @@ from tests.data_helpers import (
     vfr_video,
     write_csv,
 )
-from tokshift.data.decode import VideoDecodeError, decode_video
+from tokshift.data.decode import VideoDecodeError, decode_video, ffmpeg_decode_command
+from tokshift.data.ffmpeg import ffmpeg_executable
 from tokshift.data.jpeg import decode_rgb
 from tokshift.data.pack import pack_shard, read_failures
 from tokshift.data.sources import build_index, read_index, write_index
@@ -158,6 +159,34 @@ def test_decode_video_returns_all_frames_and_clear_errors(videos: Path) -> None:
     assert "audio only.m4a" in str(info.value)
     with pytest.raises(VideoDecodeError, match="file not found"):
         decode_video(videos / "nope.mp4")
+
+
+def _simple_filter_decode(path: Path, short_side: int | None, pixel_format: str) -> bytes:
+    """Decode with a hand-written single-chain ``-vf`` command, the plainest spelling of the decode."""
+    chain = [f"scale=w='if(gte(iw,ih),-1,{short_side})':h='if(gte(iw,ih),{short_side},-1)'"] if short_side else []
+    if pixel_format == "yuv420":
+        chain.append("scale=out_range=full:out_color_matrix=bt601,format=yuvj420p")
+        out = ["-f", "yuv4mpegpipe", "-strict", "-1", "-"]
+    else:
+        out = ["-f", "image2pipe", "-c:v", "ppm", "-"]
+    cmd = [ffmpeg_executable(), "-nostdin", "-loglevel", "error", "-threads", "1", "-i", str(path), "-map", "0:v:0"]
+    cmd += ["-fps_mode", "passthrough", *(["-vf", ",".join(chain)] if chain else []), *out]
+    return subprocess.run(cmd, capture_output=True, check=True, stdin=subprocess.DEVNULL).stdout
+
+
+@pytest.mark.parametrize("pixel_format", ["rgb", "yuv420"])
+def test_graph_built_decode_command_emits_the_same_bytes_as_a_plain_filter_chain(
+    videos: Path, pixel_format: str
+) -> None:
+    for name in ("rotated.mp4", "vfr.mp4", "vidéo 日本.mp4"):
+        for short_side in (None, 32, 37):
+            cmd = ffmpeg_decode_command(videos / name, short_side, pixel_format=pixel_format)
+            assert cmd[0] == ffmpeg_executable()
+            got = subprocess.run(cmd, capture_output=True, check=True, stdin=subprocess.DEVNULL).stdout
+            want = _simple_filter_decode(videos / name, short_side, pixel_format)
+            assert len(want) > 1000 and got == want, (name, short_side)
+    with pytest.raises(ValueError, match="pixel_format must be"):
+        ffmpeg_decode_command(videos / "short.mp4", None, pixel_format="gray")
 
 
 def test_hanging_ffmpeg_is_killed_and_the_shard_completes(videos: Path, tmp_path: Path) -> None:

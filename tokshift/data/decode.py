@@ -21,16 +21,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import ffmpeg
 import numpy as np
 
-from tokshift.data.ffmpeg import ffmpeg_executable, passthrough_args
+from tokshift.data.ffmpeg import compile_command, ffmpeg_executable, passthrough_options
 
 __all__ = [
     "VideoDecodeError",
     "VideoFrames",
     "decode_video",
     "ffmpeg_decode_command",
-    "scale_filter",
+    "scale_short_side",
 ]
 
 DEFAULT_TIMEOUT = 300.0
@@ -51,12 +52,19 @@ class VideoDecodeError(RuntimeError):
         return (VideoDecodeError, (self.path, self.reason))
 
 
-def scale_filter(short_side: int) -> str:
-    """ffmpeg filter resizing the (already upright) frame so its short side is ``short_side``."""
+def scale_short_side(stream: Any, short_side: int) -> Any:
+    """Resize the (already upright) ``ffmpeg-python`` stream so its short side is ``short_side``, keeping aspect."""
     s = int(short_side)
     if s <= 0:
         raise ValueError(f"short_side must be a positive number of pixels, got {short_side}")
-    return f"scale=w='if(gte(iw,ih),-1,{s})':h='if(gte(iw,ih),{s},-1)'"
+    return stream.filter("scale", w=f"if(gte(iw,ih),-1,{s})", h=f"if(gte(iw,ih),{s},-1)")
+
+
+# Output options per frame format: PPM images, or YUV4MPEG2 (its 4:2:0 "C420jpeg" needs -strict -1).
+_FORMATS = {
+    "rgb": {"format": "image2pipe", "vcodec": "ppm"},
+    "yuv420": {"format": "yuv4mpegpipe", "strict": "-1"},
+}
 
 
 def ffmpeg_decode_command(
@@ -65,37 +73,20 @@ def ffmpeg_decode_command(
     """The ffmpeg command streaming upright frames of the first video stream to stdout.
 
     ``pixel_format`` "rgb": PPM frames; "yuv420": YUV4MPEG2, full-range BT.601 (JPEG's YCbCr).
+    Only that stream is mapped (no audio, subtitles or data), and filters run single-threaded:
+    one packing worker is one core.
     """
-    exe = ffmpeg_executable()
-    cmd = [
-        exe,
-        "-hide_banner",
-        "-nostdin",
-        "-nostats",
-        "-loglevel",
-        "info",
-        "-threads",
-        str(threads),
-        "-i",
-        os.fspath(path),
-        "-map",
-        "0:v:0",
-        "-an",
-        "-sn",
-        "-dn",
-        *passthrough_args(exe),
-    ]
-    filters = [scale_filter(short_side)] if short_side is not None else []
-    if pixel_format == "yuv420":
-        filters.append("scale=out_range=full:out_color_matrix=bt601,format=yuvj420p")
-        out = ["-f", "yuv4mpegpipe", "-strict", "-1", "-"]
-    elif pixel_format == "rgb":
-        out = ["-f", "image2pipe", "-c:v", "ppm", "-"]
-    else:
+    if pixel_format not in _FORMATS:
         raise ValueError(f"pixel_format must be 'rgb' or 'yuv420', got {pixel_format!r}")
-    if filters:
-        cmd += ["-vf", ",".join(filters), "-filter_threads", "1"]
-    return cmd + out
+    exe = ffmpeg_executable()
+    stream = ffmpeg.input(os.fspath(path), threads=threads)["v:0"]
+    if short_side is not None:
+        stream = scale_short_side(stream, short_side)
+    if pixel_format == "yuv420":
+        stream = stream.filter("scale", out_range="full", out_color_matrix="bt601").filter("format", "yuvj420p")
+    output = stream.output("pipe:", **_FORMATS[pixel_format], **passthrough_options(exe))
+    log = ("-nostats", "-loglevel", "info", "-filter_complex_threads", "1")
+    return compile_command(output, *log, executable=exe)
 
 
 _FPS_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")

@@ -20,10 +20,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import ffmpeg
 import numpy as np
 from tqdm import tqdm
 
-from tokshift.data.ffmpeg import ffmpeg_executable
+from tokshift.data.ffmpeg import compile_command
 from tokshift.fileio import atomic_path, atomic_write_text
 
 __all__ = ["CLASSES", "DemoConfig", "encode_h264", "generate_demo", "render_clip"]
@@ -82,50 +83,30 @@ def render_clip(label: str, rng: np.random.Generator, frames: int = 24, size: in
     return np.clip(clip, 0, 255).astype(np.uint8)
 
 
+def _h264_command(width: int, height: int, fps: int, crf: int, dest: Path) -> list[str]:
+    """ffmpeg reading raw RGB frames on stdin and writing a bit-exact, single-threaded H.264 mp4."""
+    raw = ffmpeg.input("pipe:", format="rawvideo", pix_fmt="rgb24", s=f"{width}x{height}", r=str(fps))
+    options = {
+        "c:v": "libx264",
+        "preset": "veryfast",
+        "crf": str(crf),
+        "pix_fmt": "yuv420p",
+        "threads": "1",
+        "x264-params": "threads=1:sliced-threads=0",
+        "fflags": "+bitexact",
+        "flags:v": "+bitexact",
+        "map_metadata": "-1",
+    }
+    return compile_command(raw.output(str(dest), **options), "-loglevel", "error", overwrite=True)
+
+
 def encode_h264(frames: np.ndarray, out: str | os.PathLike[str], fps: int = 8, crf: int = 20) -> None:
     """Encode RGB frames to an H.264 mp4 with reproducible (bit-exact, single-threaded) settings."""
     n, h, w, _ = frames.shape
     out = Path(out)
-    cmd = [
-        ffmpeg_executable(),
-        "-hide_banner",
-        "-nostdin",
-        "-loglevel",
-        "error",
-        "-y",
-        "-f",
-        "rawvideo",
-        "-pix_fmt",
-        "rgb24",
-        "-s",
-        f"{w}x{h}",
-        "-r",
-        str(fps),
-        "-i",
-        "-",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "veryfast",
-        "-crf",
-        str(crf),
-        "-pix_fmt",
-        "yuv420p",
-        "-threads",
-        "1",
-        "-x264-params",
-        "threads=1:sliced-threads=0",
-        "-fflags",
-        "+bitexact",
-        "-flags:v",
-        "+bitexact",
-        "-map_metadata",
-        "-1",
-    ]
     with atomic_path(out, suffix=".mp4") as tmp:
-        proc = subprocess.run(
-            [*cmd, str(tmp)], input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False
-        )
+        cmd = _h264_command(w, h, fps, crf, tmp)
+        proc = subprocess.run(cmd, input=np.ascontiguousarray(frames).tobytes(), capture_output=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"ffmpeg could not encode {out}: {proc.stderr.decode(errors='replace').strip()[-500:]}")
 

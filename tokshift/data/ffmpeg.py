@@ -1,9 +1,11 @@
-"""Locate the ffmpeg binary and build the argument lists shared by decoding and demo encoding.
+"""Locate the ffmpeg binary and turn ``ffmpeg-python`` graphs into its command lines.
 
 ffmpeg is found on ``PATH`` first (a cluster module or a system package is usually newer and
 faster), then falls back to the static binary shipped by the ``imageio-ffmpeg`` wheel so a
-plain ``pip install`` works everywhere. ffprobe is never required: stream facts are read from
-ffmpeg's own log and from the frames it emits.
+plain ``pip install`` works everywhere. Every invocation is described as an ``ffmpeg-python``
+graph (inputs, filters, output options) and compiled against that binary here, so filter
+escaping and stream mapping are not hand-written. ffprobe is never required: stream facts
+are read from ffmpeg's own log and from the frames it emits.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import os
 import re
 import shutil
 import subprocess
+from typing import Any
 
-__all__ = ["FFmpegNotFoundError", "ffmpeg_executable", "ffmpeg_version", "passthrough_args"]
+__all__ = ["FFmpegNotFoundError", "compile_command", "ffmpeg_executable", "ffmpeg_version", "passthrough_options"]
 
 ENV_VAR = "TOKSHIFT_FFMPEG"
 
@@ -62,9 +65,21 @@ def ffmpeg_version(executable: str | None = None) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def passthrough_args(executable: str | None = None) -> list[str]:
-    """Arguments that pass every decoded frame through once, in decode order (no dup/drop for VFR)."""
+def passthrough_options(executable: str | None = None) -> dict[str, str]:
+    """Output options that pass every decoded frame through once, in decode order (no dup/drop for VFR)."""
     major, minor = ffmpeg_version(executable)
     if (major, minor) >= (5, 1) or (major, minor) == (0, 0):
-        return ["-fps_mode", "passthrough"]
-    return ["-vsync", "0"]
+        return {"fps_mode": "passthrough"}
+    return {"vsync": "0"}
+
+
+def compile_command(
+    output: Any, *global_args: str, overwrite: bool = False, executable: str | None = None
+) -> list[str]:
+    """The argv running the ``ffmpeg-python`` output ``output`` with the resolved binary.
+
+    ``-hide_banner -nostdin`` are always added (no banner in logs, never read the terminal),
+    followed by ``global_args``; ``overwrite`` adds ``-y``.
+    """
+    graph = output.global_args("-hide_banner", "-nostdin", *global_args)
+    return graph.compile(cmd=executable or ffmpeg_executable(), overwrite_output=overwrite)
