@@ -101,7 +101,7 @@ def sniff_format(path: str | Path) -> str:
     )
 
 
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+_UNSUPPORTED_GLOBAL = re.compile(r"\bGLOBAL ([\w.]+)")
 
 
 def read_torch_file(path: str | Path) -> Any:
