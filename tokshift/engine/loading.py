@@ -105,6 +105,11 @@ def load_trained_model(
     content). The latter needs `model_name`, the zoo entry it was trained as; its
     `classes` default to Kinetics-400's sorted labels for a 400-class head.
     """
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"checkpoint {path} does not exist; train the model first (tokshift train) "
+            "or import a released checkpoint of the original (import_original)"
+        )
     return trained_from_checkpoint(open_checkpoint(path), device, model_name, classes)
 
 
