@@ -14,13 +14,19 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
-from torch.nn import functional as F
 
+from tokshift.checkpoints import (
+    CheckpointMismatchError,
+    google_npz_state_dict,
+    load_google_npz,
+    load_pretrained,
+    load_state_dict_checked,
+    resize_pos_embed,
+)
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
 __all__ = [
@@ -29,7 +35,9 @@ __all__ = [
     "VideoVisionTransformer",
     "build_model",
     "resolve_model_config",
+    # Checkpoint reading lives in tokshift.checkpoints; these names stay importable from here.
     "load_google_npz",
+    "load_pretrained",
     "google_npz_state_dict",
     "resize_pos_embed",
     "CheckpointMismatchError",
@@ -134,7 +142,9 @@ def build_model(
     Args:
         cfg_or_name: a zoo name, a ZooConfig, or a dict with the keys in `tokshift.zoo.MODEL_KEYS`.
         num_classes: overrides the config's class count (the head size).
-        pretrained: path to a Google ImageNet-21k ViT `.npz`; the head is then zero-initialised.
+        pretrained: a checkpoint to start from, its format read from its content (`tokshift.checkpoints`):
+            a Google ImageNet-21k ViT `.npz` (head zero-initialised), a `.pth` of the original TokShift
+            or a tokshift `model.pt` (head kept when its class count matches, zero-initialised otherwise).
     """
     m = resolve_model_config(cfg_or_name)
     if num_classes is not None:
@@ -157,115 +167,5 @@ def build_model(
         act_layer=nn.GELU,
     )
     if pretrained is not None:
-        load_google_npz(model, pretrained)
+        load_pretrained(model, pretrained)
     return model
-
-
-# --------------------------------------------------------------------------- Google .npz weights
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose keys or shapes do not fit the model."""
-
-
-def resize_pos_embed(posemb: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
-    """Resize a (1, 1 + g*g, D) position table to a new patch grid, keeping the [CLS] entry.
-
-    Bilinear through the grid corners (``align_corners=True``, in float64): the same
-    numbers as the order-1 spline zoom of the original TokShift. A resize that samples
-    differently (half-pixel centres, antialiasing) costs about 3 points top-1 on
-    Kinetics-400, which is why timm's resampler is not used.
-    """
-    cls_tok, grid = posemb[:, :1], posemb[0, 1:]
-    old = int(round(np.sqrt(len(grid))))
-    if old * old != len(grid):
-        raise CheckpointMismatchError(f"position table of {len(grid)} patches is not a square grid")
-    if (old, old) == tuple(grid_hw):
-        return posemb
-    hw = (int(grid_hw[0]), int(grid_hw[1]))
-    chw = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float64)).reshape(old, old, -1).permute(2, 0, 1)
-    chw = F.interpolate(chw[None], size=hw, mode="bilinear", align_corners=True)[0]
-    resized = chw.permute(1, 2, 0).reshape(1, hw[0] * hw[1], -1).numpy().astype(posemb.dtype, copy=False)
-    return np.concatenate([cls_tok, resized], axis=1)
-
-
-def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTransformer) -> dict[str, torch.Tensor]:
-    """Translate Google's ViT `.npz` layout into this model's state dict.
-
-    The classifier head is zero-initialised for the model's classes and `pre_logits`
-    is dropped (ImageNet-21k checkpoints carry both for 21k classes).
-    """
-
-    def get(key: str) -> np.ndarray:
-        if key not in npz:
-            raise CheckpointMismatchError(f"key {key!r} missing from the .npz checkpoint")
-        return np.asarray(npz[key])
-
-    dim = model.embed_dim
-    sd: dict[str, np.ndarray] = {
-        "patch_embed.proj.weight": get("embedding/kernel").transpose(3, 2, 0, 1),
-        "patch_embed.proj.bias": get("embedding/bias"),
-        "cls_token": get("cls"),
-        "pos_embed": resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.patch_embed.grid_size),
-        "norm.weight": get("Transformer/encoder_norm/scale"),
-        "norm.bias": get("Transformer/encoder_norm/bias"),
-    }
-    for i in range(len(model.blocks)):
-        p, t = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
-        att = p + "MultiHeadDotProductAttention_1/"
-        sd[t + "norm1.weight"] = get(p + "LayerNorm_0/scale")
-        sd[t + "norm1.bias"] = get(p + "LayerNorm_0/bias")
-        sd[t + "attn.qkv.weight"] = np.concatenate(
-            [get(att + f"{n}/kernel").reshape(dim, dim).T for n in ("query", "key", "value")]
-        )
-        sd[t + "attn.qkv.bias"] = np.concatenate(
-            [get(att + f"{n}/bias").reshape(dim) for n in ("query", "key", "value")]
-        )
-        sd[t + "attn.proj.weight"] = get(att + "out/kernel").reshape(dim, dim).T
-        sd[t + "attn.proj.bias"] = get(att + "out/bias")
-        sd[t + "norm2.weight"] = get(p + "LayerNorm_2/scale")
-        sd[t + "norm2.bias"] = get(p + "LayerNorm_2/bias")
-        for j in (0, 1):
-            sd[t + f"mlp.fc{j + 1}.weight"] = get(p + f"MlpBlock_3/Dense_{j}/kernel").T
-            sd[t + f"mlp.fc{j + 1}.bias"] = get(p + f"MlpBlock_3/Dense_{j}/bias")
-    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
-    out["head.weight"] = torch.zeros_like(model.head.weight)
-    out["head.bias"] = torch.zeros_like(model.head.bias)
-    return out
-
-
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model`, failing on any missing, unexpected or mis-shaped key.
-
-    The error names every offending key with both shapes, so a wrong backbone or
-    image size is obvious instead of surfacing as a cryptic size-mismatch trace.
-    """
-    own = model.state_dict()
-    problems = []
-    for key, value in own.items():
-        if key not in state:
-            problems.append(f"missing key {key!r} (model shape {tuple(value.shape)})")
-        elif tuple(state[key].shape) != tuple(value.shape):
-            problems.append(
-                f"key {key!r}: checkpoint shape {tuple(state[key].shape)} != model shape {tuple(value.shape)}"
-            )
-    for key in state:
-        if key not in own:
-            problems.append(f"unexpected key {key!r} (checkpoint shape {tuple(state[key].shape)})")
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
-    with torch.no_grad():
-        for key, value in own.items():
-            value.copy_(state[key].to(dtype=value.dtype))
-
-
-def load_google_npz(model: VideoVisionTransformer, path: str | Path) -> None:
-    """Load ImageNet-21k weights from a Google ViT `.npz` (ViT-B_16.npz, ViT-L_16.npz)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights {path} not found; run `snakemake download_weights` or `tokshift download`"
-        )
-    with np.load(path) as npz:
-        state = google_npz_state_dict(npz, model)
-    load_state_dict_checked(model, state, f"checkpoint {path}")

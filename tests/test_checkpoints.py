@@ -1,0 +1,420 @@
+"""The original TokShift's released `.pth` files, tokshift's model.pt and Google's .npz, read by content.
+
+The original's layout is re-implemented here from its description (docs/reference.md,
+"Released checkpoints of the original"): plain torch modules with ViT-pytorch names,
+separate query/key/value/out layers, the [CLS] shift written as a loop over frames,
+wrapped like DDP. Its logits must match tokshift's model loaded from the saved file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from io import StringIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import tokshift
+from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, open_checkpoint
+from tokshift.data.labels import kinetics400_classes
+from tokshift.engine.loading import import_original, load_trained_model
+from tokshift.fileio import sha256_file
+from tokshift.models import CheckpointMismatchError, build_model
+from tokshift.zoo import get_config
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = get_config("demo_tokshift")  # embed 96, depth 4, heads 4, patch 16, 64 px, 8 frames
+
+
+# --------------------------------------------------------------------------- the original's layout
+
+
+def cls_shift(x: torch.Tensor, frames: int, shift_div: int) -> torch.Tensor:
+    """[CLS] channels [0, fold) from frame t+1, [fold, 2 fold) from frame t-1, zeros past the ends."""
+    bt, n, d = x.shape
+    fold = d // shift_div
+    v = x.view(bt // frames, frames, n, d)
+    out = v.clone()
+    for t in range(frames):
+        out[:, t, 0, :fold] = v[:, t + 1, 0, :fold] if t + 1 < frames else 0.0
+        out[:, t, 0, fold : 2 * fold] = v[:, t - 1, 0, fold : 2 * fold] if t > 0 else 0.0
+    return out.view(bt, n, d)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query, self.key, self.value, self.out = (nn.Linear(dim, dim) for _ in range(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t.view(b, n, self.heads, d // self.heads).permute(0, 2, 1, 3)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        w = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
+        return self.out((w @ v).permute(0, 2, 1, 3).reshape(b, n, d))
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int, frames: int, shift_div: int | None) -> None:
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.ffn_norm = nn.LayerNorm(dim, eps=1e-6)
+        self.ffn = Mlp(dim, hidden)
+        self.frames, self.shift_div = frames, shift_div
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.shift_div:
+            x = cls_shift(x, self.frames, self.shift_div)
+        x = x + self.attn(self.attention_norm(x))
+        if self.shift_div:
+            x = cls_shift(x, self.frames, self.shift_div)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Embeddings(nn.Module):
+    def __init__(self, dim: int, patch: int, grid: int) -> None:
+        super().__init__()
+        self.patch_embeddings = nn.Conv2d(3, dim, patch, patch)
+        self.position_embeddings = nn.Parameter(torch.zeros(1, 1 + grid * grid, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.patch_embeddings(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls_token.expand(len(x), -1, -1), p], dim=1) + self.position_embeddings
+
+
+class Encoder(nn.Module):
+    def __init__(self, layers: list[Block], dim: int) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList(layers)
+        self.encoder_norm = nn.LayerNorm(dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.layer:
+            x = blk(x)
+        return self.encoder_norm(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, embeddings: Embeddings, encoder: Encoder) -> None:
+        super().__init__()
+        self.embeddings, self.encoder = embeddings, encoder
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self.embeddings(x))
+
+
+class ViT(nn.Module):
+    def __init__(self, arch: str, dim: int, depth: int, heads: int, patch: int, img: int, classes: int, frames: int):
+        super().__init__()
+        div = 4 if arch == "tokshift" else None
+        blocks = [Block(dim, heads, 4 * dim, frames, div) for _ in range(depth)]
+        self.transformer = Transformer(Embeddings(dim, patch, img // patch), Encoder(blocks, dim))
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.head(self.transformer(frames)[:, 0])
+
+
+class VideoNet(nn.Module):
+    """The original's video wrapper: a ViT per frame, logits averaged over frames."""
+
+    def __init__(self, **kw) -> None:
+        super().__init__()
+        self.base_model = ViT(**kw)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        b, t = video.shape[:2]
+        return self.base_model(video.flatten(0, 1)).view(b, t, -1).mean(1)
+
+
+def original_net(arch: str = "tokshift", dim: int = 96, depth: int = 4, classes: int = 7, seed: int = 0) -> VideoNet:
+    """A random original-layout network with the demo model's shape."""
+    torch.manual_seed(seed)
+    net = VideoNet(arch=arch, dim=dim, depth=depth, heads=4, patch=16, img=64, classes=classes, frames=8)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.copy_(1 + 0.1 * torch.randn_like(p) if is_norm_scale else 0.2 * torch.randn_like(p))
+    return net.double().eval()
+
+
+def save_original(net: VideoNet, path: Path, prefix: str = "module.base_model.", **extra) -> Path:
+    """`torch.save` as the original's rank 0 does: keys under DDP's and the video wrapper's prefixes."""
+    state = {prefix + k: v.float() for k, v in net.base_model.state_dict().items()}
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 15])
+    ckpt = {
+        "epoch": 18,
+        "state_dict": state,
+        "best_acc1": torch.tensor(77.3),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        **extra,
+    }
+    torch.save(ckpt, path)
+    return path
+
+
+def demo_cfg(arch: str, **changes) -> dict:
+    return {**DEMO.model_dict(), "arch": arch, "num_classes": 7, **changes}
+
+
+def video(seed: int = 1, b: int = 2) -> torch.Tensor:
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal((b, 8, 3, 64, 64)))
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).abs().max() / b.abs().max())
+
+
+# --------------------------------------------------------------------------- build_model(pretrained=.pth)
+
+
+@pytest.mark.parametrize("arch", ["tokshift", "vit"])
+def test_original_pth_matches_independent_implementation(tmp_path, arch: str) -> None:
+    net = original_net(arch)
+    path = save_original(net, tmp_path / "best_ckpt_e18.pth")
+    model = build_model(demo_cfg(arch), pretrained=path).double().eval()
+    x = video()
+    with torch.no_grad():
+        expect, got = net(x), model(x)
+    assert rel_err(got, expect) < 1e-6  # float32 storage of the weights, float64 arithmetic on both sides
+    # The head was kept (7 classes on both sides), so the logits are not trivial.
+    assert expect.abs().max() > 1e-2
+    if arch == "tokshift":  # the shift matters: the same weights without it give other logits
+        model_vit = build_model(demo_cfg("vit"), pretrained=path).double().eval()
+        with torch.no_grad():
+            assert rel_err(model_vit(x), expect) > 1e-3
+
+
+@pytest.mark.parametrize("prefix", ["module.base_model.", "module.", "base_model.", ""])
+def test_wrapper_prefixes_are_stripped(tmp_path, prefix: str) -> None:
+    net = original_net("vit", seed=3)
+    path = save_original(net, tmp_path / "c.pth", prefix=prefix)
+    ckpt = open_checkpoint(path)
+    assert ckpt.kind == ORIGINAL and ckpt.meta["epoch"] == 18
+    model = build_model(demo_cfg("vit"), pretrained=path)
+    attn = net.base_model.transformer.encoder.layer[2].attn
+    qkv = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]).float()
+    assert torch.equal(model.blocks[2].attn.qkv.weight, qkv)
+    assert torch.equal(model.blocks[2].attn.proj.bias, attn.out.bias.float())
+
+
+def test_depth_mismatch_names_the_key(tmp_path) -> None:
+    path = save_original(original_net("vit", depth=4), tmp_path / "c.pth")
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_model(demo_cfg("vit", depth=3), pretrained=path)
+    assert "unexpected key 'blocks.3.attn.qkv.weight' (checkpoint shape (288, 96))" in str(e.value)
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_model(demo_cfg("vit", depth=5), pretrained=path)
+    assert "missing key 'blocks.4.norm1.weight' (model shape (96,))" in str(e.value)
+    assert str(path) in str(e.value)
+
+
+def test_width_mismatch_names_key_and_both_shapes(tmp_path) -> None:
+    path = save_original(original_net("vit", dim=64), tmp_path / "c.pth")
+    with pytest.raises(CheckpointMismatchError) as e:
+        build_model(demo_cfg("vit"), pretrained=path)
+    msg = str(e.value)
+    assert "key 'cls_token': checkpoint shape (1, 1, 64) != model shape (1, 1, 96)" in msg
+    assert "key 'blocks.0.attn.qkv.weight': checkpoint shape (192, 64) != model shape (288, 96)" in msg
+
+
+class _Payload:
+    """An object whose unpickling would write a file: the kind of thing weights_only refuses."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_file_needing_arbitrary_objects_is_refused(tmp_path) -> None:
+    marker = tmp_path / "unpickled"
+    path = save_original(original_net("vit"), tmp_path / "c.pth", scheduler=_Payload(str(marker)))
+    with pytest.raises(CheckpointFormatError) as e:
+        build_model(demo_cfg("vit"), pretrained=path)
+    msg = str(e.value)
+    assert str(path) in msg and "unpickling arbitrary objects can run code" in msg
+    assert "mkdir" in msg  # names the object it would have had to create
+    assert not marker.exists()
+
+
+def test_head_reinitialised_when_classes_differ(tmp_path, caplog) -> None:
+    net = original_net("tokshift", classes=7)
+    path = save_original(net, tmp_path / "c.pth")
+    with caplog.at_level(logging.INFO, logger="tokshift.checkpoints"):
+        model = build_model(demo_cfg("tokshift", num_classes=5), pretrained=path)
+    assert model.head.weight.shape == (5, 96)
+    assert model.head.weight.abs().max() == 0 and model.head.bias.abs().max() == 0
+    assert torch.equal(model.norm.weight, net.base_model.transformer.encoder.encoder_norm.weight.float())
+    assert any("7-class head" in r.message and "5 classes" in r.message for r in caplog.records)
+
+
+def test_format_comes_from_content_not_name(tmp_path) -> None:
+    from tests.test_models import DEPTH, HEADS, MLP, PATCH, D, write_google_npz
+
+    net = original_net("vit")
+    as_npz = save_original(net, tmp_path / "really_a.npz")
+    model = build_model(demo_cfg("vit"), pretrained=as_npz)
+    assert torch.equal(model.cls_token, net.base_model.transformer.embeddings.cls_token.float())
+    legacy = tmp_path / "legacy.pth"  # torch's pre-zip format: a bare pickle stream
+    torch.save(torch.load(as_npz, weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    assert open_checkpoint(legacy).kind == ORIGINAL
+    assert torch.equal(build_model(demo_cfg("vit"), pretrained=legacy).pos_embed, model.pos_embed)
+    # A Google .npz named .pth is still read as an .npz (zero head).
+    npz = tmp_path / "ViT.npz"
+    write_google_npz(npz)
+    renamed = tmp_path / "ViT.pth"
+    npz.rename(renamed)
+    assert open_checkpoint(renamed).kind == NPZ
+    cfg = dict(demo_cfg("vit"), embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D, patch_size=PATCH)
+    small = build_model(cfg, pretrained=renamed)
+    assert small.head.weight.abs().max() == 0 and small.cls_token.abs().max() > 0
+    junk = tmp_path / "notes.pth"
+    junk.write_text("not a checkpoint\n")
+    with pytest.raises(CheckpointFormatError, match="neither a torch checkpoint"):
+        build_model(cfg, pretrained=junk)
+
+
+def test_model_pt_as_pretrained_and_position_table_resized(tmp_path) -> None:
+    src = build_model("demo_vit")
+    torch.nn.init.normal_(src.head.weight)
+    path = tmp_path / "model.pt"
+    torch.save({"model": src.state_dict(), "config": DEMO.to_dict(), "classes": list("abcd")}, path)
+    same = build_model("demo_tokshift", pretrained=path)
+    assert torch.equal(same.head.weight, src.head.weight)  # 4 classes both: head kept
+    big = build_model(dict(DEMO.model_dict(), img_size=96), pretrained=path)  # 4x4 -> 6x6 patch grid
+    from tokshift.models import resize_pos_embed
+
+    expect = resize_pos_embed(src.pos_embed.detach().numpy(), (6, 6))
+    assert big.pos_embed.shape == (1, 37, 96)
+    np.testing.assert_array_equal(big.pos_embed.detach().numpy(), expect)
+
+
+# --------------------------------------------------------------------------- evaluate / predict / import
+
+
+def test_load_trained_model_reads_original_pth(tmp_path) -> None:
+    net = original_net("tokshift", classes=400)
+    path = save_original(net, tmp_path / "k400.pth")
+    with pytest.raises(ValueError, match="pass the zoo name it was trained as"):
+        load_trained_model(path, torch.device("cpu"))
+    trained = load_trained_model(path, torch.device("cpu"), model_name="demo_tokshift")
+    assert trained.classes == kinetics400_classes() and trained.config.num_classes == 400
+    assert trained.checkpoint["format"] == ORIGINAL and not trained.model.training
+    x = video(b=1)
+    with torch.no_grad():
+        assert rel_err(trained.model.double()(x), net(x)) < 1e-6
+    # A wrong zoo name fails on the first key that does not fit, not with a silent resize.
+    with pytest.raises(
+        CheckpointMismatchError, match=r"'pos_embed': checkpoint shape \(1, 17, 96\) != model shape \(1, 197, 768\)"
+    ):
+        load_trained_model(path, torch.device("cpu"), model_name="k400_tokshift_div4_8x32_base_224")
+    five = save_original(original_net("vit", classes=5), tmp_path / "five.pth")
+    with pytest.raises(ValueError, match="5-class head and records no class names"):
+        load_trained_model(five, torch.device("cpu"), model_name="demo_vit")
+    named = load_trained_model(five, torch.device("cpu"), model_name="demo_vit", classes=list("vwxyz"))
+    assert named.classes == list("vwxyz")
+
+
+def test_import_original_writes_a_model_pt(tmp_path) -> None:
+    net = original_net("tokshift", classes=3)
+    src = save_original(net, tmp_path / "ckpt_e18.pth")
+    out = tmp_path / "imported" / "model.pt"
+    done = import_original(src, "demo_tokshift", out, classes=["x", "y", "z"])
+    assert done.sha256 == sha256_file(out) and done.source_sha256 == sha256_file(src)
+    state = torch.load(out, weights_only=True)
+    assert state["source"] == str(src.resolve()) and state["source_sha256"] == sha256_file(src)
+    assert state["epoch"] == 18 and state["metrics"]["best_acc1"] == pytest.approx(77.3)
+    assert state["classes"] == ["x", "y", "z"] and state["config"]["num_classes"] == 3
+    trained = load_trained_model(out, torch.device("cpu"))
+    x = video(b=1)
+    with torch.no_grad():
+        assert rel_err(trained.model.double()(x), net(x)) < 1e-6
+    with pytest.raises(CheckpointFormatError, match="not a checkpoint of the original TokShift"):
+        import_original(out, "demo_tokshift", tmp_path / "again.pt")
+
+
+def test_notebook_api_matches_predict_command(tmp_path) -> None:
+    from tests.data_helpers import encode
+    from tokshift.engine.predict import PredictOptions, predict_videos
+
+    torch.manual_seed(0)
+    model = build_model("demo_tokshift")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    path = tmp_path / "model.pt"
+    torch.save(
+        {"model": model.state_dict(), "config": DEMO.to_dict(), "classes": ["up", "down", "left", "right"]}, path
+    )
+    m = tokshift.load(path, device="cpu")
+    assert m.classes == ["up", "down", "left", "right"] and not m.model.training
+    frames = np.random.default_rng(0).integers(0, 256, (20, 48, 64, 3), dtype=np.uint8)
+    top = tokshift.predict(m, frames)
+    assert sorted(label for label, _ in top) == sorted(m.classes)  # top=5 of 4 classes: all of them
+    probs = [p for _, p in top]
+    assert probs == sorted(probs, reverse=True) and all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-6
+    assert len(tokshift.predict(m, frames, top=2)) == 2
+    # A file goes through the same decode and views as `tokshift predict`.
+    mp4 = encode(frames, tmp_path / "clip.mp4")
+    out = StringIO()
+    assert predict_videos(PredictOptions([str(mp4)], path, format="json", device="cpu", amp="off"), out=out) == 0
+    expect = json.loads(out.getvalue())["predictions"][0]["top"]
+    got = tokshift.predict(m, mp4)
+    assert [label for label, _ in got] == [t["label"] for t in expect]
+    np.testing.assert_allclose([p for _, p in got], [t["score"] for t in expect], rtol=1e-5)
+    with pytest.raises(ValueError, match=r"\(T, H, W, 3\) uint8"):
+        tokshift.predict(m, frames.astype(np.float32))
+
+
+def test_notebook_load_of_npz_needs_a_model_name(tmp_path) -> None:
+    from tests.test_models import write_google_npz
+
+    npz = tmp_path / "ViT.npz"
+    write_google_npz(npz)
+    with pytest.raises(ValueError, match="pass model=<zoo name>"):
+        tokshift.load(npz)
+    with pytest.raises(ValueError, match="without a trained classifier"):
+        load_trained_model(npz, torch.device("cpu"))
+
+
+def test_kinetics400_labels_are_the_sorted_400() -> None:
+    names = kinetics400_classes()
+    assert len(names) == len(set(names)) == 400 and names == sorted(names)
+    assert names[0] == "abseiling" and names[-1] == "zumba"
+    assert {"passing American football (in game)", "massaging person's head", "dying hair"} <= set(names)
+
+
+def test_import_tokshift_stays_torch_free() -> None:
+    code = "import sys, tokshift; print(sorted({'torch', 'timm', 'numpy'} & set(sys.modules)))"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
+    assert {"load", "predict", "import_original"} <= set(dir(tokshift))

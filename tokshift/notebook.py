@@ -1,0 +1,102 @@
+"""A small API for notebooks: `load` any checkpoint, `predict` a video's top classes.
+
+Prediction uses the evaluation's own code (the 30 views of `eval_views_from_frames`,
+`view_logits`, logit fusion), so a notebook sees the numbers `tokshift predict` prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokshift.checkpoints import NPZ, open_checkpoint
+from tokshift.engine.loading import TrainedModel, trained_from_checkpoint
+from tokshift.models import build_model, load_state_dict_checked
+from tokshift.zoo import get_config
+
+__all__ = ["TrainedModel", "load", "predict"]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load(
+    path: str | Path,
+    model: str | None = None,
+    classes: Sequence[str] | None = None,
+    device: str | torch.device | None = None,
+) -> TrainedModel:
+    """The model in `path` in eval mode, with `.model`, `.classes` and `.config`.
+
+    `path` is a tokshift model.pt, a `.pth` of the original TokShift (then `model` is the
+    zoo name it was trained as) or a Google ViT `.npz` (then `model` names the zoo entry
+    to build; its head is zero, so its predictions are uniform until it is fine-tuned).
+    `classes` overrides or supplies the class names.
+    """
+    dev = _device(device)
+    ckpt = open_checkpoint(path)
+    if ckpt.kind != NPZ:
+        return trained_from_checkpoint(ckpt, dev, model, classes)
+    if model is None:
+        raise ValueError(f"{path} is a Google ViT .npz, which does not record its model; pass model=<zoo name>")
+    cfg = get_config(model)
+    names = [str(c) for c in classes] if classes is not None else [f"class_{i}" for i in range(cfg.num_classes)]
+    if len(names) != cfg.num_classes:
+        cfg = cfg.replace(num_classes=len(names))
+    net = build_model(cfg.model_dict())
+    load_state_dict_checked(net, ckpt.state_dict_for(net), f"checkpoint {path} ({ckpt.description})")
+    net.to(dev).eval()
+    return TrainedModel(net, cfg, names, {"format": ckpt.kind})
+
+
+def _frames(video: str | Path | np.ndarray, short_side: int) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB frames of a video file or an array."""
+    if isinstance(video, (str, Path)):
+        from tokshift.data.decode import decode_video
+
+        if not Path(video).is_file():
+            raise FileNotFoundError(f"video {video} not found")
+        frames, _fps = decode_video(video, short_side)
+        return frames
+    arr = np.asarray(video)
+    if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
+        raise ValueError(
+            f"video array must be (T, H, W, 3) uint8 RGB frames with T >= 1, got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return arr
+
+
+def predict(
+    model: TrainedModel | str | Path,
+    video: str | Path | np.ndarray,
+    top: int = 5,
+    clips: int = 10,
+    crops: int = 3,
+    view_batch: int = 30,
+) -> list[tuple[str, float]]:
+    """The `top` (label, probability) pairs for one video, from the fused logits of clips x crops views.
+
+    `model` is what `load` returns (or a checkpoint path to load); `video` a file
+    (decoded with ffmpeg) or a (T, H, W, 3) uint8 RGB array.
+    """
+    from tokshift.data.datasets import eval_views_from_frames
+    from tokshift.engine.evaluate import view_logits
+    from tokshift.engine.metrics import fuse_logits, topk
+
+    trained: Any = model if isinstance(model, TrainedModel) else load(model)
+    if top < 1:
+        raise ValueError(f"top={top} must be >= 1")
+    cfg = trained.config
+    frames = _frames(video, cfg.img_size)
+    views = eval_views_from_frames(frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, clips, crops)
+    device = next(trained.model.parameters()).device
+    logits = view_logits(trained.model, torch.as_tensor(views), device, view_batch, None)
+    idx, scores = topk(fuse_logits(logits).softmax(-1), top)
+    return [(trained.classes[i], float(s)) for i, s in zip(idx, scores)]
