@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import copy_workflow, snakemake
+from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tokshift.workflow.schema import default
 
 
 @pytest.fixture()
@@ -184,3 +185,17 @@ def test_moved_project_keeps_its_results(tmp_path: Path) -> None:
     assert {o: r["params"] for o, r in records.items()} == {
         o: r["params"] for o, r in _job_records(moved, {"train", "evaluate"}).items()
     }
+
+
+def test_config_yaml_shows_the_schema_defaults() -> None:
+    """Every setting config.yaml shows outside the dataset entries is the schema's default."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    shown = [(section, key) for section in ("frames", "train", "evaluate") for key in cfg[section]]
+    shown += [("resources", key) for key, value in cfg["resources"].items() if not isinstance(value, dict)]
+    shown += [("resources", rule, key) for rule in ("pack", "train", "evaluate") for key in cfg["resources"][rule]]
+    assert len(shown) > 30
+    for keys in shown:
+        value = cfg
+        for key in keys:
+            value = value[key]
+        assert value == default(*keys), f"config.yaml {'.'.join(keys)}: {value!r}, schema default {default(*keys)!r}"

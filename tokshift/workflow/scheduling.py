@@ -46,7 +46,7 @@ def slurm_account_settings(config: dict[str, Any], env: Mapping[str, str] = os.e
     res = config["resources"]
     out = {}
     for key, conf_key, var in ACCOUNT_SETTINGS:
-        value = res.get(conf_key) or env.get(var)
+        value = res[conf_key] or env.get(var)
         if value:
             out[key] = value
     return out
@@ -79,7 +79,7 @@ def job_resources(
     job = job_settings(config, rule, model)
     gpus, nodes = job["gpus"], job["nodes"]
     multi_task = _multi_task(job)
-    constraint = config["resources"].get("gpu_constraint") or env.get(CONSTRAINT_ENV) or ""
+    constraint = config["resources"]["gpu_constraint"] or env.get(CONSTRAINT_ENV) or ""
     out = {
         "mem_mb": job["mem_mb"],
         "runtime": job["runtime"],
