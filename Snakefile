@@ -3,6 +3,7 @@
 
 from snakemake.utils import min_version, validate
 
+from tokshift.workflow.cli_values import coerce_command_line
 from tokshift.workflow.schema import SCHEMA_PATH
 
 min_version("9.0")
@@ -11,6 +12,9 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+# Nested --config values arrive as strings: numbers become numbers before validation,
+# which fills in every default the schema declares.
+coerce_command_line(config, workflow.config_settings.overwrite_config)
 validate(config, str(SCHEMA_PATH))
 
 

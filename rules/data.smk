@@ -38,7 +38,7 @@ rule index_dataset:
         mem_mb=2000,
         runtime=60,
     params:
-        spec=lambda wc: shlex.quote(json.dumps(SPEC)),
+        spec=lambda wildcards: shlex.quote(json.dumps(SPEC)),
         shards=FRAMES["shards"],
     shell:
         "tokshift index --spec-json {params.spec} --split {wildcards.split} --shards {params.shards}"
@@ -77,7 +77,7 @@ rule summarize_frames:
     input:
         index=f"{RESULTS}/index/{{split}}.csv",
         missing=f"{RESULTS}/index/{{split}}.missing.csv",
-        shards=lambda wc: shard_paths(wc.split),
+        shards=lambda wildcards: shard_paths(wildcards.split),
     output:
         f"{RESULTS}/frames/{{split}}/summary.json",
     log:

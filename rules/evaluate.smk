@@ -12,13 +12,13 @@ rule evaluate:
         f"benchmarks/evaluate/{DATASET}/{{model}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: lambda wc: job_threads("evaluate", wc.model)
+    threads: lambda wildcards: job_threads("evaluate", wildcards.model)
     resources:
         **rule_resources("evaluate"),
     params:
-        launch=lambda wc: launcher("evaluate", wc.model),
-        out_dir=lambda wc: f"{RESULTS}/eval/{wc.model}",
-        workers=lambda wc: loader_workers("evaluate", wc.model),
+        launch=lambda wildcards: launcher("evaluate", wildcards.model),
+        out_dir=lambda wildcards: f"{RESULTS}/eval/{wildcards.model}",
+        workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
         views=(
             f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
             f" --view-batch {config['evaluate']['view_batch']}"

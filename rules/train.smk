@@ -14,16 +14,16 @@ rule train:
         f"benchmarks/train/{DATASET}/{{model}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: lambda wc: job_threads("train", wc.model)
+    threads: lambda wildcards: job_threads("train", wildcards.model)
     resources:
         **rule_resources("train"),
     params:
-        launch=lambda wc: launcher("train", wc.model),
-        out_dir=lambda wc: f"{RESULTS}/train/{wc.model}",
-        pretrained=lambda wc, input: f"--pretrained {input.weights[0]}" if input.weights else "",
-        overrides=lambda wc: train_override_args(wc.model),
-        workers=lambda wc: loader_workers("train", wc.model),
-        compile="--compile" if config["train"].get("compile") else "",
+        launch=lambda wildcards: launcher("train", wildcards.model),
+        out_dir=lambda wildcards: f"{RESULTS}/train/{wildcards.model}",
+        pretrained=lambda wildcards, input: f"--pretrained {input.weights[0]}" if input.weights else "",
+        overrides=lambda wildcards: train_override_args(wildcards.model),
+        workers=lambda wildcards: loader_workers("train", wildcards.model),
+        compile="--compile" if config["train"]["compile"] else "",
         settings=(
             f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"

@@ -14,10 +14,10 @@ rule download_weights:
         mem_mb=1000,
         runtime=120,
     params:
-        url=lambda wc: config["weights"][wc.backbone]["url"],
-        sha=lambda wc: (
-            f"--sha256 {config['weights'][wc.backbone]['sha256']}"
-            if config["weights"][wc.backbone].get("sha256")
+        url=lambda wildcards: config["weights"][wildcards.backbone]["url"],
+        sha=lambda wildcards: (
+            f"--sha256 {config['weights'][wildcards.backbone]['sha256']}"
+            if config["weights"][wildcards.backbone].get("sha256")
             else ""
         ),
     shell:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -61,6 +62,15 @@ def test_demo_results_table(demo_run: tuple[Path, float]) -> None:
 def test_second_run_is_a_no_op(demo_run: tuple[Path, float]) -> None:
     wf, _ = demo_run
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
+    assert planned_jobs(out) == {}, out[-3000:]
+
+
+def test_moved_copy_of_the_finished_project_plans_nothing(demo_run: tuple[Path, float], tmp_path: Path) -> None:
+    """`cp -a project elsewhere`: the results stay valid there (no job recorded the old path)."""
+    wf, _ = demo_run
+    moved = tmp_path / "moved" / "project"
+    shutil.copytree(wf, moved, symlinks=True)  # keeps modification times, as cp -a
+    out = snakemake(moved, "-n", "--cores", "2", check=True).stdout
     assert planned_jobs(out) == {}, out[-3000:]
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.workflow_helpers import copy_workflow, snakemake
+from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tokshift.workflow.schema import default
 
 
 @pytest.fixture()
@@ -21,13 +25,18 @@ def write_config(wf: Path, edit) -> None:
     (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def test_dry_run_plans_the_whole_demo(wf: Path) -> None:
-    out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
+def job_counts(out: str) -> dict[str, int]:
+    """Jobs per rule from the table a dry run prints."""
     counts = {}
     for line in out.splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_dry_run_plans_the_whole_demo(wf: Path) -> None:
+    counts = job_counts(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
     assert counts["demo_videos"] == 1 and counts["index_dataset"] == 2
     assert counts["pack_shard"] == 4  # 2 splits x 2 demo shards
     assert counts["train"] == 2 and counts["evaluate"] == 2 and counts["collect_results"] == 1
@@ -97,3 +106,96 @@ def test_bad_config_fails_before_any_job_naming_the_key(wf: Path, edit, expect: 
     assert proc.returncode != 0
     assert expect in proc.stdout + proc.stderr
     assert not (wf / "results").exists() and not (wf / "resources").exists()
+
+
+def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
+    """`--config 'frames={shards: 4}'`: nested values arrive as strings and are converted per the schema."""
+    out = snakemake(
+        wf,
+        "-n",
+        "-p",
+        "--cores",
+        "2",
+        "--config",
+        "datasets={demo: {frames: {shards: 3}}}",
+        "frames={timeout: 90.5}",
+        "resources={train: {cpus: 4, signal_seconds: 0}}",
+        "train={workers: 1, amp: off, compile: true}",
+        "evaluate={crops: 1, clips: 2}",
+        check=True,
+    ).stdout
+    assert job_counts(out)["pack_shard"] == 6  # 2 splits x 3 shards
+    assert "--timeout 90.5" in out
+    assert out.count("--cpus-per-task 4 -- tokshift train") == 2
+    assert "--amp off" in out and "--compile" in out and "--workers 1" in out
+    assert "--clips 2 --crops 1" in out
+
+
+@pytest.mark.parametrize(
+    "value, expect",
+    [
+        ("frames={shards: many}", "shards"),
+        ("resources={train: {gpus: lots}}", "gpus"),
+        ("evaluate={crops: 2}", "crops"),
+        ("train={amp: maybe}", "amp"),
+    ],
+)
+def test_wrong_command_line_value_is_rejected_naming_the_key(wf: Path, value: str, expect: str) -> None:
+    proc = snakemake(wf, "-n", "--cores", "2", "--config", value)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "ValidationError" in out
+    assert f"['{expect}']" in out, out[-2000:]
+
+
+def _touch_whole_plan(wf: Path) -> None:
+    """Every planned output as an empty file, recorded by Snakemake as made by its job (`--touch`)."""
+    summary = snakemake(wf, "--summary", "--cores", "1", check=True).stdout.splitlines()
+    for line in summary[1:]:
+        path = wf / line.split("\t")[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch()
+    snakemake(wf, "--touch", "--cores", "1", check=True)
+
+
+def _job_records(wf: Path, rules: set[str]) -> dict[str, dict]:
+    """Snakemake's metadata of each output of `rules`, keyed by the output path."""
+    out = {}
+    for f in (wf / ".snakemake" / "metadata").iterdir():
+        record = json.loads(f.read_text())
+        if record["rule"] in rules:
+            out[base64.b64decode(f.name.replace("@", "/")).decode()] = record
+    return out
+
+
+def test_moved_project_keeps_its_results(tmp_path: Path) -> None:
+    """`cp -a project elsewhere`: no job's params, input or output name the old location, nothing reruns."""
+    first = copy_workflow(tmp_path / "first" / "project")
+    _touch_whole_plan(first)
+    records = _job_records(first, {"train", "evaluate"})
+    assert len(records) == 10  # 3 training and 2 evaluation outputs for each demo model
+    for output, record in records.items():
+        recorded = json.dumps([output, record["params"], record["input"]])
+        assert str(tmp_path) not in recorded and "/slurm/" not in recorded, recorded
+
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(first, moved, symlinks=True)  # keeps modification times, as cp -a
+    proc = snakemake(moved, "-n", "--cores", "1", check=True)
+    assert "Nothing to be done" in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-3000:]
+    # The same params, rendered in the moved copy.
+    assert {o: r["params"] for o, r in records.items()} == {
+        o: r["params"] for o, r in _job_records(moved, {"train", "evaluate"}).items()
+    }
+
+
+def test_config_yaml_shows_the_schema_defaults() -> None:
+    """Every setting config.yaml shows outside the dataset entries is the schema's default."""
+    cfg = yaml.safe_load((REPO / "config.yaml").read_text())
+    shown = [(section, key) for section in ("frames", "train", "evaluate") for key in cfg[section]]
+    shown += [("resources", key) for key, value in cfg["resources"].items() if not isinstance(value, dict)]
+    shown += [("resources", rule, key) for rule in ("pack", "train", "evaluate") for key in cfg["resources"][rule]]
+    assert len(shown) > 30
+    for keys in shown:
+        value = cfg
+        for key in keys:
+            value = value[key]
+        assert value == default(*keys), f"config.yaml {'.'.join(keys)}: {value!r}, schema default {default(*keys)!r}"

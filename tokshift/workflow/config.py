@@ -1,9 +1,12 @@
 """Checks and lookups over the pipeline's config.yaml that the JSON schema cannot express.
 
-The schema (tokshift/workflow/config.schema.yaml) rejects unknown keys and wrong types;
-this module rejects what needs the zoo or the file system: unknown model names,
-training overrides that do not fit a zoo entry, and dataset paths that do not exist.
-Everything here runs before any job starts, and every message names the config key.
+The schema (config.schema.yaml beside this file) rejects unknown keys and wrong types and
+fills in every default; this module rejects what needs the zoo or the file system: unknown
+model names, training overrides that do not fit a zoo entry, and dataset paths that do not
+exist. Everything here runs before any job starts, and every message names the config key.
+
+The functions take the config as validated against the schema (defaults filled in), so
+none of them carries a default value of its own.
 """
 
 from __future__ import annotations
@@ -49,17 +52,16 @@ def selected_models(config: dict[str, Any]) -> list[str]:
 
 def frames_settings(config: dict[str, Any]) -> dict[str, Any]:
     """Global `frames` settings with the dataset entry's own `frames` on top."""
-    out = {"short_side": 331, "jpeg_quality": 90, "shards": 16, "timeout": 600}
-    out.update(config.get("frames") or {})
+    out = dict(config["frames"])
     out.update(dataset_spec(config).get("frames") or {})
     return out
 
 
 def model_config(config: dict[str, Any], model: str) -> ZooConfig:
     """The zoo entry with `train.overrides` and `train.per_model[model]` applied."""
-    train = config.get("train") or {}
-    overrides = dict(train.get("overrides") or {})
-    overrides.update((train.get("per_model") or {}).get(model) or {})
+    train = config["train"]
+    overrides = dict(train["overrides"])
+    overrides.update(train["per_model"].get(model) or {})
     try:
         return get_config(model).replace(**overrides)
     except ValueError as e:
@@ -68,37 +70,34 @@ def model_config(config: dict[str, Any], model: str) -> ZooConfig:
 
 def training_overrides(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The overridden zoo fields of `model`, with the types of the zoo (command-line values are strings)."""
-    train = config.get("train") or {}
-    keys = set(train.get("overrides") or {}) | set((train.get("per_model") or {}).get(model) or {})
+    train = config["train"]
+    keys = set(train["overrides"]) | set(train["per_model"].get(model) or {})
     cfg = model_config(config, model)
     return {k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in sorted(keys)}
 
 
 def job_settings(config: dict[str, Any], rule: str, model: str | None = None) -> dict[str, Any]:
     """`resources.<rule>` with `resources.per_model.<model>.<rule>` on top; gpus 'zoo' resolved."""
-    defaults = {
-        "pack": {"cpus": 2, "mem_mb": 4000, "runtime": 120},
-        "train": {
-            "gpus": 0,
-            "nodes": 1,
-            "cpus": 2,
-            "cpus_per_gpu": 8,
-            "mem_mb": 8000,
-            "runtime": 60,
-            "signal_seconds": 300,
-        },
-        "evaluate": {"gpus": 0, "nodes": 1, "cpus": 2, "cpus_per_gpu": 8, "mem_mb": 8000, "runtime": 60},
-    }
-    res = config.get("resources") or {}
-    out = dict(defaults.get(rule, {}))
-    out.update(res.get(rule) or {})
+    res = config["resources"]
+    out = dict(res[rule])
     if model is not None:
-        out.update(((res.get("per_model") or {}).get(model) or {}).get(rule) or {})
-        if out.get("gpus") == "zoo":
+        out.update((res["per_model"].get(model) or {}).get(rule) or {})
+        if out["gpus"] == "zoo":
             out["gpus"] = get_config(model).gpus
-    out.setdefault("nodes", 1)
-    out.setdefault("tasks_per_node", 1)
     return out
+
+
+def index_inputs(config: dict[str, Any], split: str) -> list[str]:
+    """The annotation files the index of `split` is built from (so editing them re-indexes)."""
+    spec = dataset_spec(config)
+    kind = spec["kind"]
+    if kind == "demo":
+        return [f"{spec['root']}/{split}.csv"]
+    if kind == "csv":
+        return [spec["splits"][split]]
+    if kind == "kinetics":
+        return [spec["annotations"][split]]
+    return [spec["lists"][split]]
 
 
 def _check_path(key: str, value: str, base: Path) -> str | None:
@@ -140,12 +139,12 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
             problems.append(msg)
     for m in models:
         cfg = get_config(m)
-        if cfg.pretrained and cfg.pretrained not in (config.get("weights") or {}):
+        if cfg.pretrained and cfg.pretrained not in config["weights"]:
             problems.append(f"config key 'weights': no entry for {cfg.pretrained!r}, which {m} starts from")
-    for m in (config.get("resources") or {}).get("per_model") or {}:
+    for m in config["resources"]["per_model"]:
         if m not in ZOO:
             problems.append(f"config key 'resources.per_model': unknown model {m!r}")
-    for m in (config.get("train") or {}).get("per_model") or {}:
+    for m in config["train"]["per_model"]:
         if m not in ZOO:
             problems.append(f"config key 'train.per_model': unknown model {m!r}")
     if problems:

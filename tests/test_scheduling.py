@@ -1,0 +1,236 @@
+"""Threads, scheduler resources and launcher command lines of the workflow's jobs.
+
+Configs are the repository's config.yaml with edits, validated (and completed with the
+schema's defaults) exactly as the Snakefile does, so these pin what a job asks for.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from tokshift.workflow import config as settings
+from tokshift.workflow import scheduling
+from tokshift.workflow.schema import SCHEMA_PATH, default
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = yaml.safe_load((REPO / "config.yaml").read_text())
+STEP = '"${TOKSHIFT_JOB_STEP:?is set by the workflow to its slurm/job-step.sh}"'
+
+
+def make_config(**resources: Any) -> dict[str, Any]:
+    """config.yaml with `resources.<key>` entries updated, validated with defaults applied."""
+    cfg = copy.deepcopy(BASE)
+    for key, value in resources.items():
+        if isinstance(value, dict):
+            cfg["resources"][key].update(value)
+        else:
+            cfg["resources"][key] = value
+    validate(cfg, str(SCHEMA_PATH))
+    return cfg
+
+
+def neutral(**kw: Any) -> dict[str, Any]:
+    out = {
+        "mem_mb": 8000,
+        "runtime": 60,
+        "gpu": 0,
+        "nodes": 1,
+        "tasks": 1,
+        "tasks_per_gpu": 0,
+        "mpi": "",
+        "cpus_per_task": 2,
+        "constraint": "",
+        "slurm_extra": "--signal=USR1@300",
+    }
+    out.update(kw)
+    return out
+
+
+# (gpus per node, nodes, tasks_per_node) -> (resources, launcher after the job-step options)
+MATRIX = [
+    ((0, 1, 1), neutral(), "--ntasks 1 --nodes 1 --cpus-per-task 2 -- tokshift"),
+    ((1, 1, 1), neutral(gpu=1, cpus_per_task=8), "--ntasks 1 --nodes 1 --cpus-per-task 8 -- tokshift"),
+    (
+        (4, 1, 1),
+        neutral(gpu=4, cpus_per_task=32),
+        "--ntasks 1 --nodes 1 --cpus-per-task 32 -- torchrun --standalone --nproc-per-node=4 -m tokshift.cli",
+    ),
+    (
+        (0, 2, 1),
+        neutral(nodes=2, tasks=2, mpi="srun"),
+        "--ntasks 2 --nodes 2 --cpus-per-task 2 -- tokshift",
+    ),
+    (
+        (1, 2, 1),
+        neutral(gpu=2, nodes=2, tasks=2, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        "--ntasks 2 --nodes 2 --cpus-per-task 8 -- tokshift",
+    ),
+    (
+        (4, 3, 1),
+        neutral(gpu=12, nodes=3, tasks=12, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        "--ntasks 12 --nodes 3 --cpus-per-task 8 -- tokshift",
+    ),
+    ((0, 1, 3), neutral(tasks=3, mpi="srun"), "--ntasks 3 --nodes 1 --cpus-per-task 2 -- tokshift"),
+    (
+        (4, 1, 4),
+        neutral(gpu=4, tasks=4, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        "--ntasks 4 --nodes 1 --cpus-per-task 8 -- tokshift",
+    ),
+    (
+        (2, 2, 4),
+        neutral(gpu=4, nodes=2, tasks=8, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        "--ntasks 8 --nodes 2 --cpus-per-task 8 -- tokshift",
+    ),
+]
+
+
+@pytest.mark.parametrize("shape, resources, launch", MATRIX, ids=[f"g{g}-n{n}-t{t}" for (g, n, t), _, _ in MATRIX])
+def test_resources_and_launcher_of_each_job_shape(shape, resources, launch) -> None:
+    gpus, nodes, tasks_per_node = shape
+    cfg = make_config(train={"gpus": gpus, "nodes": nodes, "tasks_per_node": tasks_per_node})
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={}) == resources
+    assert scheduling.launcher(cfg, "train", "demo_vit") == f"{STEP} {launch}"
+    assert scheduling.job_threads(cfg, "train", "demo_vit") == (gpus * 8 if gpus else 2)
+
+
+def test_signal_only_for_training() -> None:
+    cfg = make_config(evaluate={"gpus": 1}, train={"signal_seconds": 0})
+    assert scheduling.job_resources(cfg, "evaluate", "demo_vit", env={})["slurm_extra"] == ""
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["slurm_extra"] == ""
+    cfg = make_config(train={"signal_seconds": 120})
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["slurm_extra"] == "--signal=USR1@120"
+
+
+def test_pack_jobs_take_the_pack_settings() -> None:
+    cfg = make_config(pack={"cpus": 6, "mem_mb": 3000})
+    res = scheduling.job_resources(cfg, "pack", env={})
+    assert res == neutral(mem_mb=3000, runtime=120, cpus_per_task=6, slurm_extra="")
+    assert scheduling.job_threads(cfg, "pack") == 6
+
+
+@pytest.mark.parametrize(
+    "in_config, env, gpus, expect",
+    [
+        (None, {}, 1, ""),
+        ("a100", {}, 1, "a100"),
+        (None, {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 2, "h100"),
+        ("a100", {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 1, "a100"),
+        ("a100", {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 0, ""),  # CPU jobs ask for no GPU type
+    ],
+)
+def test_gpu_constraint_from_config_else_environment(in_config, env, gpus, expect) -> None:
+    cfg = make_config(gpu_constraint=in_config, train={"gpus": gpus})
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env=env)["constraint"] == expect
+
+
+@pytest.mark.parametrize(
+    "in_config, env, expect",
+    [
+        ({}, {}, {}),
+        ({}, {"TOKSHIFT_SLURM_QOS": ""}, {}),  # empty values never reach sbatch
+        (
+            {"slurm_partition": "gpu", "slurm_account": "lab", "slurm_qos": "high"},
+            {},
+            {"slurm_partition": "gpu", "slurm_account": "lab", "qos": "high"},
+        ),
+        (
+            {},
+            {"TOKSHIFT_SLURM_PARTITION": "p", "TOKSHIFT_SLURM_ACCOUNT": "a", "TOKSHIFT_SLURM_QOS": "q"},
+            {"slurm_partition": "p", "slurm_account": "a", "qos": "q"},
+        ),
+        (
+            {"slurm_account": "lab"},
+            {"TOKSHIFT_SLURM_ACCOUNT": "other", "TOKSHIFT_SLURM_QOS": "low"},
+            {"slurm_account": "lab", "qos": "low"},
+        ),
+    ],
+    ids=["none", "empty-env", "config", "env", "config-wins"],
+)
+def test_partition_account_qos_from_config_else_environment(in_config, env, expect) -> None:
+    cfg = make_config(**in_config)
+    assert scheduling.slurm_account_settings(cfg, env=env) == expect
+
+
+def test_zoo_gpus_and_per_model_settings() -> None:
+    cfg = make_config(
+        train={"gpus": "zoo"},
+        per_model={"k400_tokshift_div4_8x32_large_384": {"train": {"nodes": 2, "runtime": 4320}}},
+    )
+    # The reference GPU count, one node: torchrun inside one task.
+    assert scheduling.job_resources(cfg, "train", "k400_vit_8x32_224", env={})["gpu"] == 2
+    assert "--nproc-per-node=2" in scheduling.launcher(cfg, "train", "k400_vit_8x32_224")
+    # 8 GPUs on each of 2 nodes: one srun task per GPU.
+    res = scheduling.job_resources(cfg, "train", "k400_tokshift_div4_8x32_large_384", env={})
+    assert (res["gpu"], res["tasks"], res["runtime"], res["mpi"]) == (16, 16, 4320, "srun")
+    # The evaluation of the same model keeps the evaluate settings.
+    assert scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})["gpu"] == 0
+
+
+@pytest.mark.parametrize(
+    "workers, job, expect",
+    [("auto", {"cpus": 2}, 0), ("auto", {"cpus": 4}, 3), ("auto", {"gpus": 1, "cpus_per_gpu": 16}, 8), (5, {}, 5)],
+)
+def test_loader_workers(workers, job, expect) -> None:
+    cfg = make_config(train=job)
+    cfg["train"]["workers"] = workers
+    assert scheduling.loader_workers(cfg, "train", "demo_vit") == expect
+
+
+def test_train_override_args_quote_json_values() -> None:
+    cfg = make_config()
+    assert scheduling.train_override_args(cfg, "demo_vit") == ""
+    cfg["train"]["overrides"] = {"epochs": "2"}
+    cfg["train"]["per_model"] = {"demo_vit": {"lr_milestones": [3, 4]}}
+    assert scheduling.train_override_args(cfg, "demo_vit") == "--override epochs=2 'lr_milestones=[3, 4]'"
+
+
+def test_defaults_come_from_the_schema_alone() -> None:
+    """A config that sets none of `frames` / `resources` gets exactly the schema's defaults."""
+    cfg = {"dataset": "demo", "datasets": {"demo": {"kind": "demo", "zoo": "demo", "root": "d"}}, "models": "all"}
+    validate(cfg, str(SCHEMA_PATH))
+    assert settings.frames_settings(cfg) == {
+        k: default("frames", k) for k in ("short_side", "jpeg_quality", "shards", "timeout")
+    }
+    for rule in ("pack", "train", "evaluate"):
+        job = settings.job_settings(cfg, rule)
+        assert job == {k: default("resources", rule, k) for k in job}
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={}) == neutral()
+    # A dataset entry's own frames override the global ones, the rest stays.
+    cfg["datasets"]["demo"]["frames"] = {"shards": 3}
+    assert settings.frames_settings(cfg)["shards"] == 3 and settings.frames_settings(cfg)["short_side"] == 331
+
+
+def test_index_inputs_per_dataset_kind() -> None:
+    cfg = make_config()
+    assert settings.index_inputs(cfg, "val") == ["resources/demo/val.csv"]
+    cfg["datasets"]["k"] = {"kind": "kinetics", "zoo": "k400", "root": "/r", "annotations": {"train": "t", "val": "v"}}
+    cfg["datasets"]["c"] = {"kind": "csv", "zoo": "k400", "splits": {"train": "a.csv", "val": "b.csv"}}
+    cfg["datasets"]["f"] = {"kind": "frames", "zoo": "k400", "root": "/r", "lists": {"train": "l", "val": "m"}}
+    for name, expect in (("k", ["v"]), ("c", ["b.csv"]), ("f", ["m"])):
+        cfg["dataset"] = name
+        assert settings.index_inputs(cfg, "val") == expect
+
+
+def test_launcher_runs_through_the_job_step_script() -> None:
+    """The launcher is a shell command: with the variable set it runs the program via job-step.sh."""
+    cmd = scheduling.launcher(make_config(), "train", "demo_vit") + " --help"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != scheduling.JOB_STEP_ENV}
+    ok = subprocess.run(
+        ["bash", "-c", cmd],
+        env={**env, scheduling.JOB_STEP_ENV: str(scheduling.job_step_path(REPO))},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "usage: tokshift" in ok.stdout
+    missing = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "TOKSHIFT_JOB_STEP" in missing.stderr

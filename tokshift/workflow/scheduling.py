@@ -1,0 +1,139 @@
+"""What each job asks the scheduler for, and the command line that starts its processes.
+
+One place for the decisions behind a rule's `threads`, `resources` and launcher, so that
+they can be tested without a cluster: how many tasks and nodes, CPUs per task, whether
+torchrun or srun starts the processes, and which SLURM settings (partition, account, QoS,
+GPU constraint) come from config.yaml or from TOKSHIFT_SLURM_* variables.
+
+Every function takes the config as validated against the schema (defaults filled in).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tokshift.workflow.config import job_settings, training_overrides
+
+#: The variable that holds the path of slurm/job-step.sh while the workflow runs. The rules'
+#: command lines name the variable, not the path, so that a project moved elsewhere keeps
+#: its results: an absolute path in a rule's params would make Snakemake rerun every job.
+JOB_STEP_ENV = "TOKSHIFT_JOB_STEP"
+
+#: (resource name, config key under `resources`, environment variable) of the SLURM settings.
+ACCOUNT_SETTINGS = (
+    ("slurm_partition", "slurm_partition", "TOKSHIFT_SLURM_PARTITION"),
+    ("slurm_account", "slurm_account", "TOKSHIFT_SLURM_ACCOUNT"),
+    ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS"),
+)
+CONSTRAINT_ENV = "TOKSHIFT_SLURM_CONSTRAINT"
+
+
+def job_step_path(basedir: str | Path) -> Path:
+    """slurm/job-step.sh of the workflow whose Snakefile lies in `basedir`."""
+    return Path(basedir) / "slurm" / "job-step.sh"
+
+
+def slurm_account_settings(config: dict[str, Any], env: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """Partition, account and QoS from config.yaml, else TOKSHIFT_SLURM_* variables; only those set.
+
+    An empty value must not reach sbatch: `--qos=''` is rejected where QoS is enforced.
+    """
+    res = config["resources"]
+    out = {}
+    for key, conf_key, var in ACCOUNT_SETTINGS:
+        value = res[conf_key] or env.get(var)
+        if value:
+            out[key] = value
+    return out
+
+
+def _cores_per_process(job: dict[str, Any]) -> int:
+    """CPU cores of one process: `cpus_per_gpu` in GPU jobs, `cpus` otherwise."""
+    return job["cpus_per_gpu"] if job["gpus"] else job["cpus"]
+
+
+def _multi_task(job: dict[str, Any]) -> bool:
+    """Whether srun starts several processes (more than one node or task per node)."""
+    return job["nodes"] > 1 or job["tasks_per_node"] > 1
+
+
+def job_threads(config: dict[str, Any], rule: str, model: str | None = None) -> int:
+    """Cores of one job on one node: all its GPUs' cores, or `cpus` without GPUs."""
+    job = job_settings(config, rule, model)
+    return job["gpus"] * job["cpus_per_gpu"] if job["gpus"] else job["cpus"]
+
+
+def job_resources(
+    config: dict[str, Any], rule: str, model: str | None = None, env: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """What one job of `rule` asks the scheduler for; the same keys for every model.
+
+    Keys that do not apply hold neutral values (gpu=0, mpi="", ...), which the SLURM
+    executor ignores, so per-model differences can be expressed as callables.
+    """
+    job = job_settings(config, rule, model)
+    gpus, nodes = job["gpus"], job["nodes"]
+    multi_task = _multi_task(job)
+    constraint = config["resources"]["gpu_constraint"] or env.get(CONSTRAINT_ENV) or ""
+    out = {
+        "mem_mb": job["mem_mb"],
+        "runtime": job["runtime"],
+        "gpu": gpus * nodes,  # sbatch --gpus counts the whole job; config's `gpus` is per node
+        "nodes": nodes,
+        # One task (torchrun inside) on one node; one task per GPU started by srun otherwise.
+        "tasks": nodes * max(gpus, job["tasks_per_node"]) if multi_task else 1,
+        # GPU jobs: without tasks_per_gpu the plugin turns `tasks` into --ntasks-per-gpu
+        # (gpu=N with tasks=N asks for N*N tasks). 0 leaves it out; 1 = one task per GPU.
+        "tasks_per_gpu": 1 if multi_task and gpus else 0,
+        "mpi": "srun" if multi_task else "",
+        "cpus_per_task": _cores_per_process(job) if multi_task else job_threads(config, rule, model),
+        "constraint": constraint if gpus else "",
+        "slurm_extra": "",
+    }
+    if rule == "train" and job["signal_seconds"]:
+        # SLURM signals the job's steps this long before the time limit; training
+        # checkpoints, exits non-zero, and the retried job resumes.
+        out["slurm_extra"] = f"--signal=USR1@{job['signal_seconds']}"
+    return out
+
+
+def loader_workers(config: dict[str, Any], rule: str, model: str) -> int:
+    """DataLoader workers per process: `auto` keeps the main process a core of its own."""
+    setting = config["train" if rule == "train" else "evaluate"]["workers"]
+    if setting != "auto":
+        return int(setting)
+    cores = _cores_per_process(job_settings(config, rule, model))
+    return 0 if cores <= 2 else min(8, cores - 1)
+
+
+def launcher(config: dict[str, Any], rule: str, model: str) -> str:
+    """The command that starts `tokshift` with the job's processes.
+
+    Under SLURM slurm/job-step.sh makes it a job step of its own, so that the early warning
+    (--signal=USR1@N goes to job steps) reaches the training and not Snakemake, which runs
+    in the batch script; outside SLURM it runs the command directly. The script is named
+    through $TOKSHIFT_JOB_STEP, which the workflow sets, so the command holds no checkout path.
+    Several processes on one node without srun: torchrun starts one per GPU.
+    """
+    job = job_settings(config, rule, model)
+    res = job_resources(config, rule, model, env={})
+    step = (
+        f'"${{{JOB_STEP_ENV}:?is set by the workflow to its slurm/job-step.sh}}" --ntasks {res["tasks"]}'
+        f" --nodes {res['nodes']} --cpus-per-task {res['cpus_per_task']} --"
+    )
+    if job["gpus"] > 1 and not res["mpi"]:
+        return f"{step} torchrun --standalone --nproc-per-node={job['gpus']} -m tokshift.cli"
+    return f"{step} tokshift"
+
+
+def train_override_args(config: dict[str, Any], model: str) -> str:
+    """`--override key=json ...` for the zoo fields config.yaml changes for `model`, or ''."""
+    ov = training_overrides(config, model)
+    if not ov:
+        return ""
+    return "--override " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in ov.items())
