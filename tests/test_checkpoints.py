@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 
 import tokshift
-from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, open_checkpoint
+from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, CheckpointMismatchError, open_checkpoint
 from tokshift.data.labels import kinetics400_classes
 from tokshift.engine.loading import import_original, load_trained_model
 from tokshift.fileio import sha256_file
-from tokshift.models import CheckpointMismatchError, build_model
+from tokshift.models import build_model
 from tokshift.zoo import get_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -310,7 +310,7 @@ def test_model_pt_as_pretrained_and_position_table_resized(tmp_path) -> None:
     same = build_model("demo_tokshift", pretrained=path)
     assert torch.equal(same.head.weight, src.head.weight)  # 4 classes both: head kept
     big = build_model(dict(DEMO.model_dict(), img_size=96), pretrained=path)  # 4x4 -> 6x6 patch grid
-    from tokshift.models import resize_pos_embed
+    from tokshift.checkpoints import resize_pos_embed
 
     expect = resize_pos_embed(src.pos_embed.detach().numpy(), (6, 6))
     assert big.pos_embed.shape == (1, 37, 96)

@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tokshift.models import (
-    CheckpointMismatchError,
-    TokShiftBlock,
-    build_model,
-    resize_pos_embed,
-    token_shift_,
-)
+from tokshift.checkpoints import CheckpointMismatchError, resize_pos_embed
+from tokshift.models import TokShiftBlock, build_model, token_shift_
 
 
 def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:

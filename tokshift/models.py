@@ -19,14 +19,7 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from tokshift.checkpoints import (
-    CheckpointMismatchError,
-    google_npz_state_dict,
-    load_google_npz,
-    load_pretrained,
-    load_state_dict_checked,
-    resize_pos_embed,
-)
+from tokshift.checkpoints import load_pretrained
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
 __all__ = [
@@ -35,13 +28,6 @@ __all__ = [
     "VideoVisionTransformer",
     "build_model",
     "resolve_model_config",
-    # Checkpoint reading lives in tokshift.checkpoints; these names stay importable from here.
-    "load_google_npz",
-    "load_pretrained",
-    "google_npz_state_dict",
-    "resize_pos_embed",
-    "CheckpointMismatchError",
-    "load_state_dict_checked",
 ]
 
 

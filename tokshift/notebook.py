@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokshift.checkpoints import NPZ, open_checkpoint
+from tokshift.checkpoints import NPZ, load_state_dict_checked, open_checkpoint
 from tokshift.engine.loading import TrainedModel, trained_from_checkpoint
-from tokshift.models import build_model, load_state_dict_checked
+from tokshift.models import build_model
 from tokshift.zoo import get_config
 
 __all__ = ["TrainedModel", "load", "predict"]

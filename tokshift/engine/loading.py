@@ -15,9 +15,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokshift.checkpoints import NPZ, ORIGINAL, Checkpoint, CheckpointFormatError, open_checkpoint
+from tokshift.checkpoints import (
+    NPZ,
+    ORIGINAL,
+    Checkpoint,
+    CheckpointFormatError,
+    load_state_dict_checked,
+    open_checkpoint,
+)
 from tokshift.fileio import atomic_torch_save, sha256_file
-from tokshift.models import build_model, load_state_dict_checked
+from tokshift.models import build_model
 from tokshift.zoo import ZooConfig, get_config, zoo_names
 
 __all__ = ["Imported", "TrainedModel", "import_original", "load_trained_model", "trained_from_checkpoint"]
