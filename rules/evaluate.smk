@@ -22,6 +22,7 @@ rule evaluate:
         views=(
             f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
             f" --view-batch {config['evaluate']['view_batch']}"
+            f" --max-failed-share {config['evaluate']['max_failed_share']}"
         ),
     shell:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"

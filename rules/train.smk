@@ -2,7 +2,9 @@ rule train:
     """One zoo model: DDP over the job's GPUs (or CPU), resumable from results/.../resume/."""
     input:
         train=shard_paths("train"),
-        val=shard_paths("val"),
+        # The validation shards only feed the per-epoch 1-view check: they must exist, but a
+        # newer one (touched, repacked) must not plan a retrain, which deletes model.pt first.
+        val=ancient(shard_paths("val")),
         weights=pretrained_weights,
     output:
         model=f"{RESULTS}/train/{{model}}/model.pt",

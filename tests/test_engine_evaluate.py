@@ -15,6 +15,7 @@ import torch
 from tests.engine_fixtures import REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli, trained_demo  # noqa: F401
 from tokshift.data.transforms import normalize
 from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
+from tokshift.engine.runtime import EXIT_UNREADABLE
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -240,3 +241,87 @@ def test_predict_reads_videos_and_reports_unreadable_ones(
     assert text.returncode == 0, text.stderr[-2000:]
     lines = text.stdout.strip().splitlines()
     assert lines[0] == str(good[0]) and lines[1].lstrip().startswith("1. ")
+
+
+def _repack_with_broken_videos(sources: list[Path], out: Path, count: int, broken: set[int]) -> list[str]:
+    """The first `count` videos of `sources` packed into one shard; the frames of the videos at the
+    positions in `broken` replaced by bytes that are no JPEG, as a damaged packing leaves them."""
+    from tokshift.data.store import ShardReader, ShardWriter
+
+    readers = [ShardReader(s) for s in sources]
+    ids: list[str] = []
+    with ShardWriter(out, readers[0].classes, readers[0].attrs) as writer:
+        for reader in readers:
+            for meta in reader.videos():
+                if len(ids) == count:
+                    break
+                frames = reader.read_frames(meta["video_id"], range(meta["nframes"]))
+                if len(ids) in broken:
+                    frames = [b"not a JPEG frame"] * len(frames)
+                writer.add_video(meta["video_id"], frames, meta)
+                ids.append(meta["video_id"])
+        writer.finish()
+    assert len(ids) == count
+    return ids
+
+
+def _evaluate_1view(checkpoint: Path, shard: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--shards",
+        str(shard),
+        "--out-dir",
+        str(out),
+        "--clips",
+        "1",
+        "--crops",
+        "1",
+        "--workers",
+        "0",
+        *extra,
+    )
+
+
+def test_one_unreadable_video_in_twenty_is_counted_and_the_share_decides(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    shard = tmp_path / "twenty.lmdb"
+    ids = _repack_with_broken_videos([packed_demo.val, packed_demo.train], shard, 20, broken={7})
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "ok", "--max-failed-share", "0.05")
+    assert res.returncode == 0, res.stderr[-2000:]  # 1/20 is not more than 0.05
+    assert "1 of 20 videos failed to load" in res.stderr and ids[7] in res.stderr
+    m = json.loads((tmp_path / "ok" / "metrics.json").read_text())
+    assert (m["videos"], m["failed"], m["failed_videos"]) == (19, 1, [ids[7]])
+    assert (m["failed_share"], m["max_failed_share"]) == (0.05, 0.05)
+    rows = {r["video_id"]: r for r in _read_csv(tmp_path / "ok" / "predictions.csv")}
+    assert len(rows) == 20 and rows[ids[7]]["error"] and rows[ids[7]]["pred1"] == ""
+    assert not any(rows[v]["error"] for v in ids if v != ids[7])
+
+    # the config's default share (0.01) does not accept one video in twenty
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "strict")
+    assert res.returncode == EXIT_UNREADABLE, res.stderr[-2000:]
+    assert "1 of 20 videos could not be read (5.0%, more than --max-failed-share 0.01)" in res.stderr
+    assert f"First failures: {ids[7]}: " in res.stderr
+    assert json.loads((tmp_path / "strict" / "metrics.json").read_text())["failed"] == 1
+
+
+def test_evaluation_fails_when_every_video_is_unreadable(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    shard = tmp_path / "broken.lmdb"
+    ids = _repack_with_broken_videos([packed_demo.val], shard, 7, broken=set(range(7)))
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "a")
+    assert res.returncode == EXIT_UNREADABLE, res.stderr[-2000:]
+    assert "7 of 7 videos failed to load" in res.stderr
+    err = res.stderr[res.stderr.index("error: ") :]
+    assert "7 of 7 videos could not be read" in err and "Repack the shards" in err
+    assert all(f"{v}: " in err for v in ids[:5]) and ids[5] not in err and "and 2 more" in err
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert (m["videos"], m["failed"], m["top1"], m["top5"]) == (0, 7, None, None)  # not a 0% accuracy
+    # no share lets zero evaluated videos pass as a result
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "b", "--max-failed-share", "1")
+    assert res.returncode == EXIT_UNREADABLE and "7 of 7 videos could not be read" in res.stderr
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "c", "--max-failed-share", "1.5")
+    assert res.returncode == 2 and "--max-failed-share 1.5: expected a share between 0 and 1" in res.stderr

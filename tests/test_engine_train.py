@@ -321,3 +321,70 @@ def test_timed_checkpoints_are_written_during_the_epoch(packed_demo: PackedDemo,
     # one after each of the 4 optimizer steps (the timer is always due) plus the end of the epoch
     assert len(saved) == 5, saved
     assert "ckpt-e0000-s000000002.pt" in saved[1]
+
+
+def test_retrain_keeps_the_finished_model_until_its_replacement_is_written(
+    packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    """What `snakemake --forcerun train` does: delete the declared outputs, rerun, maybe crash.
+
+    The finished model stays in final/<sha12>/ (hard links, no extra disk) through a retrain
+    that dies of SIGBUS (whose log still shows where it was: faulthandler), and is replaced
+    only once the next retrain has written its own.
+    """
+    out = tmp_path / "model"
+    base = [
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(packed_demo.train),
+        "--out-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--log-every",
+        "1",
+        "--override",
+        "batch_size=8",
+        "epochs=1",
+    ]
+    first = run_cli(*base)
+    assert first.returncode == 0, first.stderr[-2000:]
+    old_sha = sha256_file(out / "model.pt")
+    kept = out / "final" / old_sha[:12]
+    for name in ("model.pt", "metrics.jsonl", "train_summary.json"):
+        assert (kept / name).samefile(out / name), name  # a hard link, not a copy
+    assert json.loads((out / "train_summary.json").read_text())["final_copy"] == str(kept)
+    assert not list_resume(out / "resume")
+
+    for name in ("model.pt", "metrics.jsonl", "train_summary.json"):  # Snakemake, before the job
+        (out / name).unlink()
+    retrain = [*base, "--seed", "1"]  # other weights, so that the replacement can be told apart
+    proc = subprocess.Popen(
+        tokshift_cmd(*retrain), env=cli_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if " step 2 loss " in line:
+            break
+    else:
+        raise AssertionError("retrain made no progress:\n" + "".join(seen[-30:]))
+    log_text = "".join(seen)
+    assert f"the finished model in {kept} stays until this run ends" in log_text
+    assert "resumed from" not in log_text  # from scratch
+    proc.send_signal(signal.SIGBUS)
+    err = log_text + proc.communicate(timeout=120)[1]
+    assert proc.returncode == -signal.SIGBUS
+    assert "Fatal Python error: Bus error" in err and 'File "' in err, err[-3000:]
+    assert sha256_file(kept / "model.pt") == old_sha and not (out / "model.pt").exists()
+
+    again = run_cli(*retrain)
+    assert again.returncode == 0, again.stderr[-2000:]
+    new_sha = sha256_file(out / "model.pt")
+    assert new_sha != old_sha
+    assert [p.name for p in (out / "final").iterdir()] == [new_sha[:12]]
+    assert (out / "final" / new_sha[:12] / "model.pt").samefile(out / "model.pt")
+    assert _load(out / "model.pt")["seed"] == 1

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, parse_overrides
+from tokshift.workflow.schema import default as schema_default
 
 log = logging.getLogger("tokshift.engine")
 
@@ -89,6 +90,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             device=args.device,
             amp=args.amp,
             fused_attn=not args.no_fused_attn,
+            max_failed_share=args.max_failed_share,
         )
     )
 
@@ -161,6 +163,13 @@ def register(subparsers: Any) -> None:
     e.add_argument("--crops", type=int, default=3)
     e.add_argument("--view-batch", type=int, default=30, help="views per forward pass")
     e.add_argument("--no-fused-attn", action="store_true")
+    e.add_argument(
+        "--max-failed-share",
+        type=float,
+        default=schema_default("evaluate", "max_failed_share"),
+        metavar="SHARE",
+        help="fail (exit 5, listing the first errors) when more than this share of the videos cannot be read",
+    )
     _common(e)
     e.set_defaults(func=_guard(_evaluate))
 

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tokshift.engine import distributed as D
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
 from tokshift.engine.runtime import autocast, ignore_stop_signals
+from tokshift.workflow.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +283,28 @@ def summarize(records: Sequence[VideoRecord], layout: ViewLayout) -> dict[str, A
     }
 
 
+def failure_report(records: Sequence[VideoRecord], max_failed_share: float, shown: int = 5) -> tuple[str, str | None]:
+    """The "N of M videos failed" line, and an error message when too many failed to give a metric.
+
+    Too many: more than `max_failed_share` of the videos, or all of them (no accuracy
+    can be computed from zero videos, whatever the share allowed).
+    """
+    failed = [r for r in records if r.error]
+    n, m = len(failed), len(records)
+    line = f"{n} of {m} videos failed to load"
+    if m == 0:
+        return line, "the shards hold no videos to evaluate; check the packing logs (tokshift pack)"
+    if n < m and n / m <= max_failed_share:
+        return line, None
+    listed = "; ".join(f"{r.video_id}: {r.error}" for r in failed[:shown])
+    more = f"; and {n - shown} more (predictions.csv, column error)" if n > shown else ""
+    return line, (
+        f"{n} of {m} videos could not be read ({100 * n / m:.1f}%, more than --max-failed-share "
+        f"{max_failed_share:g}), so the accuracy would not describe the dataset. First failures: {listed}{more}. "
+        "Repack the shards that hold them (tokshift pack), or raise --max-failed-share to accept the loss"
+    )
+
+
 def predictions_csv(records: Iterable[VideoRecord], classes: Sequence[str]) -> str:
     """One row per video: id, true label, top-5 class names and scores (softmax of fused logits)."""
     buf = io.StringIO()
@@ -313,100 +336,129 @@ class EvalOptions:
     amp: str = "auto"
     fused_attn: bool = True
     progress: bool | None = None
+    max_failed_share: float = field(default_factory=lambda: default("evaluate", "max_failed_share"))
 
 
 def run_evaluation(opts: EvalOptions) -> int:
-    """Evaluate a trained model on packed shards and write metrics.json and predictions.csv."""
+    """Evaluate a trained model on packed shards and write metrics.json and predictions.csv.
+
+    Returns 0, EXIT_UNREADABLE when more than `max_failed_share` of the videos could not be
+    read (the files are written all the same, for inspection), or EXIT_BUSY when another run
+    holds the output folder.
+    """
+    from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
+    from tokshift.engine.runtime import EXIT_BUSY, enable_crash_traces, setup_logging
+
+    if opts.clips < 1 or opts.crops < 1:
+        raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
+    if not 0 <= opts.max_failed_share <= 1:
+        raise ValueError(f"--max-failed-share {opts.max_failed_share:g}: expected a share between 0 and 1")
+    for s in opts.shards:
+        if not Path(s).exists():
+            raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
+    enable_crash_traces()
+    ctx = D.init_distributed(opts.device)
+    setup_logging(ctx.rank)
+    try:
+        with exclusive_folder(ctx, opts.out_dir, "evaluate"):
+            return _evaluate(opts, ctx)
+    except FolderBusy as exc:
+        if ctx.is_main:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BUSY
+    finally:
+        D.shutdown(ctx)
+
+
+def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
     import json
 
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.engine.loading import load_trained_model
-    from tokshift.engine.runtime import resolve_amp, set_fused_attention, setup_logging
+    from tokshift.engine.runtime import EXIT_UNREADABLE, resolve_amp, set_fused_attention
     from tokshift.fileio import atomic_write_text, sha256_file
 
-    if opts.clips < 1 or opts.crops < 1:
-        raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
-    for s in opts.shards:
-        if not Path(s).exists():
-            raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
-    ctx = D.init_distributed(opts.device)
-    setup_logging(ctx.rank)
-    try:
-        trained = load_trained_model(opts.checkpoint, ctx.device)
-        set_fused_attention(trained.model, opts.fused_attn)
-        cfg = trained.config
-        amp_dtype = resolve_amp(opts.amp, ctx.device)
-        ds = EvalViewDataset(
-            list(opts.shards),
-            cfg.num_frames,
-            cfg.frame_stride,
-            cfg.img_size,
-            num_clips=opts.clips,
-            num_crops=opts.crops,
+    trained = load_trained_model(opts.checkpoint, ctx.device)
+    set_fused_attention(trained.model, opts.fused_attn)
+    cfg = trained.config
+    amp_dtype = resolve_amp(opts.amp, ctx.device)
+    ds = EvalViewDataset(
+        list(opts.shards),
+        cfg.num_frames,
+        cfg.frame_stride,
+        cfg.img_size,
+        num_clips=opts.clips,
+        num_crops=opts.crops,
+    )
+    classes = [str(c) for c in ds.classes]
+    if classes != trained.classes:
+        raise ValueError(
+            f"the shards' classes ({len(classes)}) differ from those the checkpoint "
+            f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
+            "evaluate on the same dataset's validation split"
         )
-        classes = [str(c) for c in ds.classes]
-        if classes != trained.classes:
-            raise ValueError(
-                f"the shards' classes ({len(classes)}) differ from those the checkpoint "
-                f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
-                "evaluate on the same dataset's validation split"
-            )
-        layout = ViewLayout(opts.clips, opts.crops)
+    layout = ViewLayout(opts.clips, opts.crops)
+    log.info(
+        "evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
+        cfg.name,
+        len(ds),
+        layout.views,
+        opts.clips,
+        opts.crops,
+        ctx.world_size,
+    )
+    t0 = time.perf_counter()
+    show = opts.progress if opts.progress is not None else True
+    records = evaluate_dataset(
+        trained.model,
+        ds,
+        ctx,
+        layout,
+        view_batch=opts.view_batch,
+        amp_dtype=amp_dtype,
+        workers=opts.workers,
+        progress=show,
+        desc="evaluate",
+    )
+    seconds = time.perf_counter() - t0
+    failed_line, too_many = failure_report(records, opts.max_failed_share)
+    if ctx.is_main:
+        metrics = summarize(records, layout)
+        if not metrics["videos"]:  # no accuracy from zero videos: null, not 0
+            metrics.update({k: float("nan") for k in metrics if k.startswith(("top", "mean_class"))})
+        metrics.update(
+            model=cfg.name,
+            checkpoint=str(opts.checkpoint),
+            checkpoint_sha256=sha256_file(opts.checkpoint),
+            world_size=ctx.world_size,
+            device=ctx.device.type,
+            amp=str(amp_dtype or "off").replace("torch.", ""),
+            eval_seconds=seconds,
+            view_sets={
+                "1view": "centre clip, centre crop",
+                "3view": "centre clip, every crop",
+                "10view": "every clip, centre crop",
+            },
+            failed_videos=[r.video_id for r in records if r.error],
+            failed_share=metrics["failed"] / len(records) if records else None,
+            max_failed_share=opts.max_failed_share,
+        )
+        out = Path(opts.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))
+        clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
+        atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
         log.info(
-            "evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
-            cfg.name,
-            len(ds),
+            "top-1 %.2f%% top-5 %.2f%% (%d views, logit averaging) on %d videos, %d failed; wrote %s",
+            metrics["top1"],
+            metrics["top5"],
             layout.views,
-            opts.clips,
-            opts.crops,
-            ctx.world_size,
+            metrics["videos"],
+            metrics["failed"],
+            out,
         )
-        t0 = time.perf_counter()
-        show = opts.progress if opts.progress is not None else True
-        records = evaluate_dataset(
-            trained.model,
-            ds,
-            ctx,
-            layout,
-            view_batch=opts.view_batch,
-            amp_dtype=amp_dtype,
-            workers=opts.workers,
-            progress=show,
-            desc="evaluate",
-        )
-        seconds = time.perf_counter() - t0
-        if ctx.is_main:
-            metrics = summarize(records, layout)
-            metrics.update(
-                model=cfg.name,
-                checkpoint=str(opts.checkpoint),
-                checkpoint_sha256=sha256_file(opts.checkpoint),
-                world_size=ctx.world_size,
-                device=ctx.device.type,
-                amp=str(amp_dtype or "off").replace("torch.", ""),
-                eval_seconds=seconds,
-                view_sets={
-                    "1view": "centre clip, centre crop",
-                    "3view": "centre clip, every crop",
-                    "10view": "every clip, centre crop",
-                },
-                failed_videos=[r.video_id for r in records if r.error],
-            )
-            out = Path(opts.out_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))
-            clean = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in metrics.items()}
-            atomic_write_text(out / "metrics.json", json.dumps(clean, indent=2) + "\n")
-            log.info(
-                "top-1 %.2f%% top-5 %.2f%% (%d views, logit averaging) on %d videos, %d failed; wrote %s",
-                metrics["top1"],
-                metrics["top5"],
-                layout.views,
-                metrics["videos"],
-                metrics["failed"],
-                out,
-            )
-        D.barrier(ctx)
-        return 0
-    finally:
-        D.shutdown(ctx)
+        (log.warning if metrics["failed"] else log.info)("%s", failed_line)
+        if too_many:
+            print(f"error: {too_many}", file=sys.stderr, flush=True)
+    D.barrier(ctx)
+    return EXIT_UNREADABLE if too_many else 0

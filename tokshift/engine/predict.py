@@ -13,7 +13,7 @@ import torch
 
 from tokshift.engine.evaluate import ViewLayout, view_logits
 from tokshift.engine.metrics import fuse_logits, topk
-from tokshift.engine.runtime import resolve_amp, set_fused_attention
+from tokshift.engine.runtime import enable_crash_traces, resolve_amp, set_fused_attention
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
 
+    enable_crash_traces()
     if opts.format not in ("text", "json"):
         raise ValueError(f"--format {opts.format!r}: expected text or json")
     device = pick_device(opts.device)

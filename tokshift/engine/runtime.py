@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import logging
 import os
 import random
@@ -18,6 +19,8 @@ from torch import nn
 EXIT_OK = 0
 EXIT_USAGE = 2  # bad input: the message names it
 EXIT_DIVERGED = 3  # NaN/inf loss; the last good resume checkpoint is kept
+EXIT_BUSY = 4  # another live run holds the output folder's lock (tokshift.engine.folder_lock)
+EXIT_UNREADABLE = 5  # evaluation: more videos than --max-failed-share could not be read
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, rerun to resume
 
 log = logging.getLogger("tokshift.engine")
@@ -34,6 +37,16 @@ def setup_logging(rank: int = 0, level: int = logging.INFO) -> None:
         h.setFormatter(logging.Formatter(f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         root.addHandler(h)
     root.setLevel(level if rank == 0 else max(level, logging.WARNING))
+
+
+def enable_crash_traces() -> None:
+    """Print every thread's Python traceback to stderr (the job's log) on SIGSEGV/SIGBUS/SIGFPE/SIGABRT.
+
+    A fatal signal kills the process before logging can say anything; without this a crash
+    in native code (a damaged memory-mapped shard, a driver fault) leaves an empty log.
+    """
+    if not faulthandler.is_enabled():
+        faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def seed_everything(seed: int) -> None:

@@ -5,6 +5,17 @@ one GPU node, and under srun over several nodes. Progress lives in
 `OUT/resume/` (checkpoints and the live logs) so a killed job leaves it in place;
 the declared outputs (`model.pt`, `metrics.jsonl`, `events/`, `train_summary.json`)
 are written only when training has finished.
+
+One run at a time per folder: rank 0 holds an OS lock on `OUT/.tokshift.lock` for the
+whole run (tokshift.engine.folder_lock), so a second run, e.g. one started while an orphan
+of a killed Snakemake still trains, exits at once (code 4) naming the holder's PID and host.
+
+A finished model is never thrown away before its replacement exists: the end of a
+successful run hard-links `model.pt`, `metrics.jsonl` and `train_summary.json` into
+`OUT/final/<sha256[:12]>/` (tokshift.engine.final_copy), which Snakemake does not know and so
+never deletes when it reruns the job. A retrain (`--forcerun train`) starts from scratch,
+writes its `model.pt` atomically at its end, and removes the older `final/` copy only after
+its own is in place.
 """
 
 from __future__ import annotations
@@ -29,12 +40,16 @@ from torch.utils.data import DataLoader
 from tokshift.engine import distributed as D
 from tokshift.engine.checkpoint import find_resume, list_resume, load_verified, save_resume
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
+from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
+from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
 from tokshift.engine.runtime import (
+    EXIT_BUSY,
     EXIT_OK,
     EXIT_PREEMPTED,
     StopFlag,
     autocast,
+    enable_crash_traces,
     ignore_stop_signals,
     resolve_amp,
     rng_state,
@@ -141,12 +156,18 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     `datasets` = (train, val) replaces the packed shards (for library use); the
     items must look like TrainClipDataset's and EvalViewDataset's (1 clip, 1 crop).
     """
+    enable_crash_traces()
     ctx = D.init_distributed(opts.device)
     setup_logging(ctx.rank)
     try:
-        stop = StopFlag()
-        with stop.installed():
-            return _Trainer(opts, ctx, stop, datasets).run()
+        with exclusive_folder(ctx, opts.out_dir, "train"):
+            stop = StopFlag()
+            with stop.installed():
+                return _Trainer(opts, ctx, stop, datasets).run()
+    except FolderBusy as exc:
+        if ctx.is_main:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_BUSY
     finally:
         D.shutdown(ctx)
 
@@ -274,6 +295,9 @@ class _Trainer:
             path = str(found.path) if found else None
         path = D.broadcast_object(self.ctx, path)
         if path is None:
+            if self.ctx.is_main:
+                for kept in kept_copies(self.out_dir):
+                    log.info("training from scratch; the finished model in %s stays until this run ends", kept)
             return
         state = load_verified(path)
         self.raw.load_state_dict(state["model"])
@@ -512,6 +536,12 @@ class _Trainer:
                 val_videos=m["videos"],
                 val_failed=m["failed"],
             )
+            if m["failed"]:
+                log.warning(
+                    "validation: %d of %d videos failed to load; the 1-view accuracy counts the others",
+                    m["failed"],
+                    len(records),
+                )
         self.last_epoch_record = rec
         self.logbook.write(rec, self.step)
         log.info(
@@ -582,9 +612,13 @@ class _Trainer:
             "pretrained": self.opts.pretrained,
             "checkpoint": str(ckpt),
             "checkpoint_sha256": digest,
+            "final_copy": str(final_copy_path(out, digest)),
         }
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+        kept = keep_final_copy(out, digest)  # before the resume checkpoints go: one copy always exists
         for old in list_resume(self.resume_dir):  # the run is complete: free the disk
             old.unlink(missing_ok=True)
             old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-        log.info("wrote %s (sha256 %s), train_summary.json, metrics.jsonl, events/", ckpt, digest[:12])
+        log.info(
+            "wrote %s (sha256 %s, kept in %s), train_summary.json, metrics.jsonl, events/", ckpt, digest[:12], kept
+        )

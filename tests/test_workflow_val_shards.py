@@ -1,0 +1,50 @@
+"""A changed validation shard re-evaluates but never plans a retrain (which would delete model.pt).
+
+Dry runs only: every output of the demo workflow is created empty and marked up to date with
+`snakemake --touch`, then a shard's content is changed and `snakemake -n` shows the plan.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.test_demo_pipeline import planned_jobs
+from tests.workflow_helpers import copy_workflow, snakemake
+
+
+@pytest.fixture()
+def finished_workflow(tmp_path: Path) -> Path:
+    """A copy of the workflow whose every output exists and is up to date (as after a full run)."""
+    wf = copy_workflow(tmp_path / "wf")
+    summary = snakemake(wf, "--summary", "--cores", "1", check=True).stdout
+    outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
+    assert any(p.endswith("/model.pt") for p in outputs), summary[-2000:]
+    for name in outputs:
+        (wf / name).parent.mkdir(parents=True, exist_ok=True)
+        (wf / name).write_bytes(b"")
+    snakemake(wf, "--touch", "--cores", "1", check=True)  # in job order: every output newer than its inputs
+    assert planned_jobs(snakemake(wf, "-n", "--cores", "1", check=True).stdout) == {}
+    return wf
+
+
+def _damage(path: Path) -> None:
+    with open(path, "ab") as f:  # new content and a new mtime
+        f.write(b"damaged")
+
+
+def test_changed_val_shard_reevaluates_without_retraining(finished_workflow: Path) -> None:
+    wf = finished_workflow
+    _damage(wf / "results/demo/frames/val/shard-0.lmdb")
+    out = snakemake(wf, "-n", "--cores", "1", check=True).stdout
+    jobs = planned_jobs(out)
+    assert "train" not in jobs, out[-3000:]
+    assert jobs.get("evaluate") == 2, out[-3000:]  # evaluation reads every val shard as it is
+
+
+def test_changed_train_shard_still_retrains(finished_workflow: Path) -> None:
+    wf = finished_workflow
+    _damage(wf / "results/demo/frames/train/shard-0.lmdb")
+    out = snakemake(wf, "-n", "--cores", "1", check=True).stdout
+    assert planned_jobs(out).get("train") == 2, out[-3000:]
