@@ -5,6 +5,6 @@ Exit codes of `tokshift train`: 0 done; 2 bad input; 3 the loss diverged (NaN/in
 rerun the same command to continue.
 """
 
-from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE
+from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE
 
 __all__ = ["EXIT_DIVERGED", "EXIT_OK", "EXIT_PREEMPTED", "EXIT_USAGE"]

@@ -15,10 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-EXIT_OK = 0
-EXIT_USAGE = 2  # bad input: the message names it
-EXIT_DIVERGED = 3  # NaN/inf loss; the last good resume checkpoint is kept
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL: checkpoint saved after SIGTERM/SIGUSR1, rerun to resume
+from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE  # noqa: F401 - re-exported
+
 
 log = logging.getLogger("tokshift.engine")
 
