@@ -17,7 +17,6 @@ from torch import nn
 
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_OK, EXIT_PREEMPTED, EXIT_USAGE  # noqa: F401 - re-exported
 
-
 log = logging.getLogger("tokshift.engine")
 
 
