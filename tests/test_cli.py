@@ -151,6 +151,7 @@ def test_a_directory_where_a_file_belongs_is_named_as_one(tmp_path: Path, capsys
         (PREDICT.replace("m.pt", "{}"), "--checkpoint"),
         (TRAIN + "--pretrained {}", "--pretrained"),
         (PACK.replace("i.csv", "{}"), "--index"),
+        ("index --config {} --split val --out i.csv", "--config"),
         ("collect --dataset d --metrics {} --train-summaries t --csv c --md m --plot p", "--metrics"),
     ):
         argv = command.format(folder).split()

@@ -26,7 +26,7 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _load_config(path: str) -> dict[str, Any]:
+def _load_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
@@ -158,7 +158,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=run_demo)
 
     p = add_command(subparsers, "index", help="index one split of a dataset (video id, path, label, shard)")
-    p.add_argument("--config", help="config.yaml holding datasets.NAME and frames.shards (default: use --spec-json)")
+    p.add_argument(
+        "--config",
+        type=file_path,
+        help="config.yaml holding datasets.NAME and frames.shards (default: use --spec-json)",
+    )
     p.add_argument("--dataset", help="dataset name in the config (default: its `dataset` key)")
     p.add_argument("--spec-json", help="the dataset description as JSON instead of --config/--dataset (default: none)")
     p.add_argument("--split", required=True, choices=["train", "val"], help="which split to index")

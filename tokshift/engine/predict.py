@@ -21,6 +21,7 @@ import torch
 from tokshift.engine.evaluate import ViewLayout, view_logits
 from tokshift.engine.metrics import fuse_logits, topk
 from tokshift.engine.runtime import resolve_amp, set_fused_attention
+from tokshift.workflow.schema import default
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class PredictOptions:
     device: str = "auto"
     amp: str = "auto"
     top: int = 5
-    timeout: float = 600.0
+    timeout: float = float(default("frames", "timeout"))  # seconds without a frame before ffmpeg is killed
 
 
 def input_warnings(path: str, frames: int, ffmpeg_log: list[str], num_frames: int, stride: int) -> list[str]:
