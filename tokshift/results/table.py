@@ -110,8 +110,8 @@ COLUMN_SOURCES: dict[str, str] = {
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
     "checkpoint": "train_summary:checkpoint",
-    "checkpoint_sha256": "train_summary:checkpoint_sha256, equal to the sha256 of the checkpoint file "
-    "and to metrics:checkpoint_sha256 (both checked)",
+    "checkpoint_sha256": "train_summary:checkpoint_sha256, checked against metrics:checkpoint_sha256 and "
+    "against the sha256 of the model's checkpoint file (when given)",
 }
 
 ACCURACY_COLUMNS = (
