@@ -1,5 +1,8 @@
 rule collect_results:
-    """The model-zoo table: one row per model, every number traceable to an input file."""
+    """The model-zoo table: one row per model, every number traceable to an input file.
+
+    `tokshift collect` reads exactly these inputs; it matches them to models by the model
+    name inside each file and the checkpoints by sha256."""
     input:
         metrics=expand(f"{RESULTS}/eval/{{model}}/metrics.json", model=MODELS),
         summaries=expand(f"{RESULTS}/train/{{model}}/train_summary.json", model=MODELS),
@@ -22,8 +25,9 @@ rule collect_results:
         mem_mb=1000,
         runtime=10,
     params:
-        models=" ".join(MODELS),
         dataset=DATASET,
     shell:
-        "tokshift collect --dataset {params.dataset} --models {params.models} --results-dir results"
+        "tokshift collect --dataset {params.dataset}"
+        " --metrics {input.metrics:q} --train-summaries {input.summaries:q}"
+        " --checkpoints {input.checkpoints:q} --val-summary {input.val_summary:q}"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"

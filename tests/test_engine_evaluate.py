@@ -15,7 +15,7 @@ import torch
 from tests.engine_fixtures import REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli, trained_demo  # noqa: F401
 from tokshift.data.transforms import normalize
 from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
-from tokshift.engine.runtime import EXIT_UNREADABLE
+from tokshift.engine.exitcodes import EXIT_UNREADABLE
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

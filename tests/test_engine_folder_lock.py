@@ -23,9 +23,9 @@ from tests.engine_fixtures import (  # noqa: F401
     tokshift_cmd,
     trained_demo,
 )
+from tokshift.engine.exitcodes import EXIT_BUSY
 from tokshift.engine.folder_lock import LOCK_NAME, FolderBusy, FolderLock
 from tokshift.engine.logbook import read_jsonl
-from tokshift.engine.runtime import EXIT_BUSY
 
 HOLD = """
 import sys, time

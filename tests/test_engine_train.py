@@ -24,8 +24,8 @@ from tests.engine_fixtures import (  # noqa: F401
     trained_demo,
 )
 from tokshift.engine.checkpoint import list_resume
+from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED
 from tokshift.engine.logbook import read_jsonl
-from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED
 from tokshift.fileio import sha256_file
 
 

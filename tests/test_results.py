@@ -1,8 +1,9 @@
-"""The model-zoo table from realistic per-model output files."""
+"""The model-zoo table from realistic per-model output files, named one by one as the rule does."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -11,9 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tokshift import report_commands
 from tokshift.flops import zoo_row
 from tokshift.results import COLUMNS, MissingResultError, ResultsError, collect, write_outputs
+from tokshift.results import commands as results_commands
 
 K400 = "k400_tokshift_div4_8x32_base_224"
 
@@ -23,10 +24,11 @@ def _write(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data))
 
 
-def _metrics(model: str, top1: float, videos: int, failed: int) -> dict:
+def _metrics(model: str, top1: float, videos: int, failed: int, sha: str) -> dict:
     return {
         "model": model,
         "checkpoint": f"results/x/train/{model}/model.pt",
+        "checkpoint_sha256": sha,
         "top1": top1,
         "top5": 100.0,
         "top1_softmax": top1 - 0.004,
@@ -43,7 +45,7 @@ def _metrics(model: str, top1: float, videos: int, failed: int) -> dict:
     }
 
 
-def _summary(model: str, device: str, world_size: int, hours: float) -> dict:
+def _summary(model: str, device: str, world_size: int, hours: float, sha: str) -> dict:
     return {
         "model": model,
         "epochs": 8,
@@ -55,30 +57,49 @@ def _summary(model: str, device: str, world_size: int, hours: float) -> dict:
         "train_hours": hours,
         "final_train_loss": 0.0123,
         "checkpoint": f"results/x/train/{model}/model.pt",
-        "checkpoint_sha256": "ab" * 32,
+        "checkpoint_sha256": sha,
     }
 
 
-def _populate(root: Path, dataset: str, pack: bool = True) -> None:
-    _write(root / dataset / "eval" / "demo_vit" / "metrics.json", _metrics("demo_vit", 50.0, 62, 1))
-    _write(root / dataset / "eval" / "demo_tokshift" / "metrics.json", _metrics("demo_tokshift", 98.387, 62, 1))
-    _write(root / dataset / "train" / "demo_vit" / "train_summary.json", _summary("demo_vit", "cpu", 1, 0.0213))
-    _write(
-        root / dataset / "train" / "demo_tokshift" / "train_summary.json",
-        _summary("demo_tokshift", "cuda:0", 2, 0.01849),
-    )
+def _checkpoint(path: Path, content: bytes) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return hashlib.sha256(content).hexdigest()
+
+
+def _populate(root: Path, dataset: str, pack: bool = True) -> dict[str, list[Path]]:
+    """The files the collect rule passes, in its layout; returns them by option."""
+    runs = {"demo_vit": (50.0, "cpu", 1, 0.0213), "demo_tokshift": (98.387, "cuda:0", 2, 0.01849)}
+    files: dict[str, list[Path]] = {"metrics": [], "summaries": [], "checkpoints": [], "val_summary": []}
+    for model, (top1, device, world, hours) in runs.items():
+        ckpt = root / dataset / "train" / model / "model.pt"
+        sha = _checkpoint(ckpt, f"weights of {model}".encode())
+        m = root / dataset / "eval" / model / "metrics.json"
+        t = root / dataset / "train" / model / "train_summary.json"
+        _write(m, _metrics(model, top1, 62, 1, sha))
+        _write(t, _summary(model, device, world, hours, sha))
+        files["metrics"].append(m)
+        files["summaries"].append(t)
+        files["checkpoints"].append(ckpt)
     if pack:
-        _write(
-            root / dataset / "frames" / "val" / "summary.json",
-            {"annotated": 66, "packed": 63, "missing": 2, "failed": 1},
-        )
+        v = root / dataset / "frames" / "val" / "summary.json"
+        _write(v, {"annotated": 66, "packed": 63, "missing": 2, "failed": 1})
+        files["val_summary"].append(v)
+    return files
+
+
+def _collect(files: dict[str, list[Path]], dataset: str = "demo"):
+    val = files["val_summary"][0] if files["val_summary"] else None
+    return collect(dataset, files["metrics"], files["summaries"], files["checkpoints"], val)
 
 
 def test_collect_values_and_outputs(tmp_path: Path) -> None:
-    _populate(tmp_path, "demo")
-    df = collect("demo", ["demo_vit", "demo_tokshift"], results_dir=tmp_path)
+    files = _populate(tmp_path, "demo")
+    files["summaries"].reverse()  # matched by the model name inside, not by position
+    files["checkpoints"].reverse()
+    df = _collect(files)
     assert tuple(df.columns) == COLUMNS
-    assert list(df["model"]) == ["demo_vit", "demo_tokshift"]
+    assert list(df["model"]) == ["demo_vit", "demo_tokshift"]  # the order of the metrics files
     tok = df.set_index("model").loc["demo_tokshift"]
     assert tok["arch"] == "tokshift" and tok["backbone"] == "demo-tiny" and tok["pretrained"] == "none"
     assert tok["top1"] == 98.39  # rounded to 2 decimals
@@ -87,6 +108,7 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
     assert tok["val_failed"] == 2 + 1 + 1  # missing + failed to pack + failed at evaluation
     assert tok["gpus"] == 2 and df.set_index("model").loc["demo_vit", "gpus"] == 0  # cpu run
     assert tok["train_hours"] == 0.018
+    assert tok["checkpoint_sha256"] == hashlib.sha256(b"weights of demo_tokshift").hexdigest()
     assert math.isnan(tok["paper_top1"]) and math.isnan(tok["delta_top1"])
     row = zoo_row("demo_tokshift")
     assert tok["gflops_per_view"] == row["gflops_per_view"] and tok["params_m"] == row["params_m"]
@@ -118,15 +140,20 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
 
     sources = json.loads((out / "model_zoo.sources.json").read_text())
     assert sources["dataset"] == "demo"
-    assert sources["models"]["demo_vit"]["metrics"] == str(tmp_path / "demo/eval/demo_vit/metrics.json")
-    assert sources["models"]["demo_vit"]["pack_summary"].endswith("frames/val/summary.json")
+    vit = sources["models"]["demo_vit"]
+    assert vit["metrics"] == str(tmp_path / "demo/eval/demo_vit/metrics.json")
+    assert vit["train_summary"] == str(tmp_path / "demo/train/demo_vit/train_summary.json")
+    assert vit["checkpoint"] == str(tmp_path / "demo/train/demo_vit/model.pt")
+    assert vit["pack_summary"] == str(tmp_path / "demo/frames/val/summary.json")
     assert set(sources["columns"]) == set(COLUMNS)
 
 
 def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
-    _write(tmp_path / "k400" / "eval" / K400 / "metrics.json", _metrics(K400, 76.905, 19790, 6))
-    _write(tmp_path / "k400" / "train" / K400 / "train_summary.json", _summary(K400, "cuda", 8, 51.25))
-    df = collect("k400", [K400], results_dir=tmp_path)
+    sha = "ab" * 32
+    m, t = tmp_path / "m.json", tmp_path / "t.json"
+    _write(m, _metrics(K400, 76.905, 19790, 6, sha))
+    _write(t, _summary(K400, "cuda", 8, 51.25, sha))
+    df = collect("k400", [m], [t])  # no checkpoints, no val summary
     r = df.iloc[0]
     assert r["paper_top1"] == 77.28
     assert r["delta_top1"] == round(76.91 - 77.28, 2) == -0.37
@@ -137,53 +164,107 @@ def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
     write_outputs(df, out / "t.csv", out / "t.md", out / "t.png")
     assert "-0.37" in (out / "t.md").read_text()
     assert pd.read_csv(out / "t.csv")["delta_top1"].tolist() == [-0.37]
-    assert json.loads((out / "t.sources.json").read_text())["models"][K400]["pack_summary"] is None
+    src = json.loads((out / "t.sources.json").read_text())["models"][K400]
+    assert src["pack_summary"] is None and src["checkpoint"] is None and src["metrics"] == str(m)
 
 
 def test_missing_files_name_file_and_rule(tmp_path: Path) -> None:
-    _populate(tmp_path, "demo")
-    metrics = tmp_path / "demo" / "eval" / "demo_vit" / "metrics.json"
-    metrics.unlink()
+    files = _populate(tmp_path, "demo")
+    files["metrics"][0].unlink()
     with pytest.raises(MissingResultError) as info:
-        collect("demo", ["demo_vit", "demo_tokshift"], results_dir=tmp_path)
-    assert str(metrics) in str(info.value) and "`evaluate`" in str(info.value)
+        _collect(files)
+    assert str(files["metrics"][0]) in str(info.value) and "`evaluate`" in str(info.value)
 
-    _populate(tmp_path, "demo")
-    summary = tmp_path / "demo" / "train" / "demo_tokshift" / "train_summary.json"
-    summary.unlink()
+    files = _populate(tmp_path, "demo")
+    files["summaries"][1].unlink()
     with pytest.raises(MissingResultError, match=r"train_summary\.json.*`train`"):
-        collect("demo", ["demo_vit", "demo_tokshift"], results_dir=tmp_path)
+        _collect(files)
+
+    files = _populate(tmp_path, "demo")
+    files["val_summary"][0].unlink()
+    with pytest.raises(MissingResultError, match="summarize_frames"):
+        _collect(files)
+
+
+def test_every_model_needs_each_kind_of_file(tmp_path: Path) -> None:
+    files = _populate(tmp_path, "demo")
+    with pytest.raises(ResultsError, match=r"no train summary for \['demo_tokshift'\]"):
+        collect("demo", files["metrics"], files["summaries"][:1])
+    with pytest.raises(ResultsError, match=r"no metrics file for \['demo_vit'\]"):
+        collect("demo", files["metrics"][1:], files["summaries"])
+    with pytest.raises(ResultsError, match="both hold model 'demo_vit'"):
+        collect("demo", [files["metrics"][0], files["metrics"][0]], files["summaries"])
+    with pytest.raises(ResultsError, match="no metrics files"):
+        collect("demo", [], files["summaries"])
+
+
+def test_checkpoints_are_checked_against_the_recorded_sha256(tmp_path: Path) -> None:
+    files = _populate(tmp_path, "demo")
+    files["checkpoints"][1].write_bytes(b"retrained by hand")
+    with pytest.raises(ResultsError, match=r"'demo_tokshift'.*rerun the `train` rule"):
+        _collect(files)
+    with pytest.raises(ResultsError, match=r"is a directory"):
+        collect("demo", files["metrics"], files["summaries"], [tmp_path / "demo" / "train"])
+
+    files = _populate(tmp_path, "demo")
+    data = json.loads(files["metrics"][0].read_text())
+    data["checkpoint_sha256"] = "cd" * 32
+    files["metrics"][0].write_text(json.dumps(data))
+    with pytest.raises(ResultsError, match=r"metrics are stale; rerun the `evaluate` rule for 'demo_vit'"):
+        _collect(files)
 
 
 def test_bad_inputs_are_explained(tmp_path: Path) -> None:
-    _populate(tmp_path, "demo")
-    metrics = tmp_path / "demo" / "eval" / "demo_vit" / "metrics.json"
+    files = _populate(tmp_path, "demo")
+    metrics = files["metrics"][0]
+    one = {"metrics": [metrics], "summaries": files["summaries"][:1], "checkpoints": [], "val_summary": []}
     data = json.loads(metrics.read_text())
     del data["top5"]
     metrics.write_text(json.dumps(data))
     with pytest.raises(ResultsError, match=r"lacks key\(s\) \['top5'\]"):
-        collect("demo", ["demo_vit"], results_dir=tmp_path)
+        _collect(one)
     metrics.write_text("{not json")
     with pytest.raises(ResultsError, match="not valid JSON"):
-        collect("demo", ["demo_vit"], results_dir=tmp_path)
-    _write(metrics, _metrics("demo_tokshift", 50.0, 62, 1))
-    with pytest.raises(ResultsError, match="belongs to model 'demo_tokshift'"):
-        collect("demo", ["demo_vit"], results_dir=tmp_path)
+        _collect(one)
+    with pytest.raises(ResultsError, match="is a directory"):
+        collect("demo", [metrics.parent], files["summaries"][:1])
+    _write(metrics, _metrics("nope", 1.0, 1, 0, "ab" * 32))
+    _write(files["summaries"][0], _summary("nope", "cpu", 1, 0.1, "ab" * 32))
     with pytest.raises(ResultsError, match="unknown zoo model 'nope'"):
-        collect("demo", ["nope"], results_dir=tmp_path)
+        _collect(one)
+
+
+def _collect_args(files: dict[str, list[Path]], out: Path) -> list[str]:
+    return [
+        "collect",
+        "--dataset",
+        "demo",
+        "--metrics",
+        *map(str, files["metrics"]),
+        "--train-summaries",
+        *map(str, files["summaries"]),
+        "--checkpoints",
+        *map(str, files["checkpoints"]),
+        "--csv",
+        str(out / "model_zoo.csv"),
+        "--md",
+        str(out / "model_zoo.md"),
+        "--plot",
+        str(out / "accuracy_vs_gflops.png"),
+    ]
 
 
 def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _populate(tmp_path, "demo", pack=False)
+    files = _populate(tmp_path, "demo", pack=False)
     parser = argparse.ArgumentParser()
-    report_commands.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(
-        ["collect", "--dataset", "demo", "--models", "demo_vit", "demo_tokshift", "--results-dir", str(tmp_path)]
-    )
+    results_commands.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "table"
+    args = parser.parse_args(_collect_args(files, out))
     assert args.func(args) == 0
     for name in ("model_zoo.csv", "model_zoo.md", "accuracy_vs_gflops.png", "model_zoo.sources.json"):
-        assert (tmp_path / "demo" / name).is_file()
-    assert pd.read_csv(tmp_path / "demo" / "model_zoo.csv")["val_failed"].tolist() == [1, 1]
-    (tmp_path / "demo" / "eval" / "demo_vit" / "metrics.json").unlink()
+        assert (out / name).is_file()
+    assert pd.read_csv(out / "model_zoo.csv")["val_failed"].tolist() == [1, 1]
+    files["metrics"][0].unlink()
     assert args.func(args) == 1
-    assert "evaluate" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert str(files["metrics"][0]) in err and "evaluate" in err

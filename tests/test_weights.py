@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokshift import report_commands
 from tokshift.fileio import sha256_file
 from tokshift.weights import (
     ChecksumMismatch,
@@ -25,6 +24,7 @@ from tokshift.weights import (
     part_path,
     read_sha256_record,
 )
+from tokshift.weights import commands as weights_commands
 
 
 @dataclass
@@ -279,7 +279,7 @@ def test_malformed_sha256_rejected_before_download(tmp_path: Path) -> None:
 def test_cli_download(server, npz_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url, _ = server
     parser = argparse.ArgumentParser()
-    report_commands.register(parser.add_subparsers(dest="command"))
+    weights_commands.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "ViT-B_16.npz"
     args = parser.parse_args(["download", "--url", url, "--out", str(out), "--sha256", _sha(npz_bytes)])
     assert args.func(args) == 0

@@ -1,8 +1,10 @@
 """The `tokshift` command.
 
-Each sub-command lives in the module that owns its job; a module joins the CLI by
-exposing ``register(subparsers)`` that adds its parser(s) and sets ``func`` to a
-callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+Each stage owns its sub-commands in its package's ``commands`` module; a module joins the
+CLI by exposing ``register(subparsers)`` that adds its parser(s) and sets ``func`` to a
+callable taking the parsed ``argparse.Namespace`` and returning an exit code. Command
+modules import only light modules at the top (heavy ones such as torch load inside the
+handlers), so ``tokshift --help`` is fast.
 """
 
 from __future__ import annotations
@@ -11,20 +13,35 @@ import argparse
 import importlib
 import sys
 
-# Modules that contribute sub-commands, in the order they appear in --help.
+# Modules that contribute sub-commands, in pipeline order (the order of --help).
 COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.zoo.commands",
+    "tokshift.weights.commands",
     "tokshift.data.commands",
     "tokshift.engine.commands",
-    "tokshift.report_commands",
+    "tokshift.results.commands",
 )
+
+
+def version() -> str:
+    """The installed package's version; the source tree's when it is not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tokshift")
+    except PackageNotFoundError:
+        from tokshift import __version__
+
+        return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokshift",
-        description="TokShift video transformer: zoo, data, training, evaluation, results.",
+        description="TokShift video transformer: zoo, weights, data, training, evaluation, results.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:

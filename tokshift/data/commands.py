@@ -1,4 +1,8 @@
-"""CLI sub-commands of the data package: ``demo``, ``index``, ``pack``, ``summarize``."""
+"""CLI sub-commands of the data package: ``demo``, ``index``, ``pack``, ``summarize``.
+
+Options that mirror a config setting (``frames.*``) take their default from the config schema,
+so a direct call packs exactly like a workflow run.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,9 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any
+
+from tokshift.argtypes import add_command, file_path, int_in, nonnegative_int, positive_float, positive_int
+from tokshift.workflow.schema import default
 
 __all__ = ["register", "run_demo", "run_index", "run_pack", "run_summarize"]
 
@@ -19,7 +26,7 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _load_config(path: str) -> dict[str, Any]:
+def _load_config(path: str | Path) -> dict[str, Any]:
     import yaml
 
     p = Path(path)
@@ -68,12 +75,12 @@ def run_index(args: argparse.Namespace) -> int:
             return 2
         spec = datasets[name]
         if shards is None:
-            shards = int((cfg.get("frames") or {}).get("shards", 1))
+            shards = int((cfg.get("frames") or {}).get("shards", default("frames", "shards")))
     else:
         print("error: give --config (with --dataset) or --spec-json", file=sys.stderr)
         return 2
     try:
-        result = build_index(spec, args.split, int(shards or 1))
+        result = build_index(spec, args.split, int(shards or default("frames", "shards")))
     except DatasetSpecError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -138,42 +145,63 @@ def run_summarize(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add the data sub-commands to the ``tokshift`` CLI."""
-    p = subparsers.add_parser("demo", help="generate the demo video dataset (H.264 clips + train/val CSVs)")
+    p = add_command(subparsers, "demo", help="generate the demo video dataset (H.264 clips + train/val CSVs)")
     p.add_argument("--out", required=True, help="output folder, e.g. resources/demo")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-per-class", type=int, default=128)
-    p.add_argument("--val-per-class", type=int, default=32)
-    p.add_argument("--frames", type=int, default=24, help="frames per clip")
-    p.add_argument("--size", type=int, default=64, help="frame width and height in pixels")
-    p.add_argument("--fps", type=int, default=8)
-    p.add_argument("--workers", type=int, default=None, help="parallel ffmpeg encoders (default: all cores)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="random seed of the rendered clips")
+    p.add_argument("--train-per-class", type=positive_int, default=128, help="training clips per class")
+    p.add_argument("--val-per-class", type=positive_int, default=32, help="validation clips per class")
+    p.add_argument("--frames", type=positive_int, default=24, help="frames per clip")
+    p.add_argument("--size", type=positive_int, default=64, help="frame width and height in pixels")
+    p.add_argument("--fps", type=positive_int, default=8, help="frame rate written into the clips")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel ffmpeg encoders (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_demo)
 
-    p = subparsers.add_parser("index", help="index one split of a dataset (video id, path, label, shard)")
-    p.add_argument("--config", help="config.yaml holding datasets.NAME and frames.shards")
+    p = add_command(subparsers, "index", help="index one split of a dataset (video id, path, label, shard)")
+    p.add_argument(
+        "--config",
+        type=file_path,
+        help="config.yaml holding datasets.NAME and frames.shards (default: use --spec-json)",
+    )
     p.add_argument("--dataset", help="dataset name in the config (default: its `dataset` key)")
-    p.add_argument("--spec-json", help="the dataset description as JSON instead of --config/--dataset")
-    p.add_argument("--split", required=True, choices=["train", "val"])
-    p.add_argument("--shards", type=int, default=None, help="number of shards (default: frames.shards or 1)")
+    p.add_argument("--spec-json", help="the dataset description as JSON instead of --config/--dataset (default: none)")
+    p.add_argument("--split", required=True, choices=["train", "val"], help="which split to index")
+    p.add_argument(
+        "--shards",
+        type=positive_int,
+        default=None,
+        help=f"number of shards (default: the config's frames.shards, else {default('frames', 'shards')})",
+    )
     p.add_argument("--out", required=True, help="index CSV to write, e.g. results/NAME/index/train.csv")
     p.set_defaults(func=run_index)
 
-    p = subparsers.add_parser("pack", help="extract the frames of one shard with ffmpeg into an LMDB file")
-    p.add_argument("--index", required=True, help="index CSV from `tokshift index`")
-    p.add_argument("--shard", type=int, required=True)
+    p = add_command(subparsers, "pack", help="extract the frames of one shard with ffmpeg into an LMDB file")
+    p.add_argument("--index", required=True, type=file_path, help="index CSV from `tokshift index`")
+    p.add_argument("--shard", type=nonnegative_int, required=True, help="shard number to pack (0-based)")
     p.add_argument("--out", required=True, help="shard file to write, e.g. results/NAME/frames/train/shard-0.lmdb")
     p.add_argument("--failures", default=None, help="failures CSV (default: next to --out, .failures.csv)")
-    p.add_argument("--short-side", type=int, default=331, help="resize the short side to this (0: keep size)")
-    p.add_argument("--jpeg-quality", type=int, default=90)
-    p.add_argument("--workers", type=int, default=None, help="ffmpeg processes in flight (default: cores)")
-    p.add_argument("--timeout", type=float, default=300.0, help="kill ffmpeg after this many seconds without a frame")
+    p.add_argument(
+        "--short-side",
+        type=nonnegative_int,
+        default=default("frames", "short_side"),
+        help="resize the short side to this many pixels (0: keep the size)",
+    )
+    p.add_argument(
+        "--jpeg-quality", type=int_in(1, 100), default=default("frames", "jpeg_quality"), help="JPEG quality, 1-100"
+    )
+    p.add_argument("--workers", type=positive_int, default=None, help="ffmpeg processes in flight (default: cores)")
+    p.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=float(default("frames", "timeout")),
+        help="kill ffmpeg after this many seconds without a frame",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_pack)
 
-    p = subparsers.add_parser("summarize", help="summarise a packed split (packed, missing, failed, frames, bytes)")
-    p.add_argument("--index", required=True)
-    p.add_argument("--shards-dir", help="folder holding the split's shard-*.lmdb files")
-    p.add_argument("--shards", nargs="*", help="shard files (instead of --shards-dir)")
-    p.add_argument("--out", help="summary JSON to write")
+    p = add_command(subparsers, "summarize", help="summarise a packed split (packed, missing, failed, frames, bytes)")
+    p.add_argument("--index", required=True, type=file_path, help="index CSV of the split")
+    p.add_argument("--shards-dir", help="folder holding the split's shard-*.lmdb files (default: use --shards)")
+    p.add_argument("--shards", nargs="*", help="shard files, instead of --shards-dir (default: none)")
+    p.add_argument("--out", help="summary JSON to write (default: print only)")
     p.set_defaults(func=run_summarize)

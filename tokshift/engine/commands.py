@@ -1,4 +1,8 @@
-"""CLI sub-commands `train`, `evaluate` and `predict`."""
+"""CLI sub-commands `train`, `evaluate` and `predict`.
+
+torch loads inside the handlers only, so `tokshift --help` stays fast. Options that mirror a
+config setting take their default from the config schema.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokshift.engine.runtime import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE, parse_overrides
-from tokshift.workflow.schema import default as schema_default
+from tokshift.argtypes import add_command, file_path, fraction, nonnegative_int, positive_float, positive_int
+from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE
+from tokshift.workflow.schema import default
 
 log = logging.getLogger("tokshift.engine")
 
@@ -34,7 +39,7 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return run
 
 
-def _common(p: argparse.ArgumentParser, workers: bool = True) -> None:
+def _common(p: argparse.ArgumentParser, workers: bool = True, amp: str = "auto") -> None:
     p.add_argument(
         "--device",
         default="auto",
@@ -43,15 +48,32 @@ def _common(p: argparse.ArgumentParser, workers: bool = True) -> None:
     )
     p.add_argument(
         "--amp",
-        default="auto",
+        default=amp,
         choices=["auto", "bf16", "fp16", "off"],
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU",
     )
     if workers:
-        p.add_argument("--workers", type=int, default=2, help="data-loading processes per rank")
+        p.add_argument(
+            "--workers",
+            type=nonnegative_int,
+            default=2,
+            help="data-loading processes per rank (0: in the main process)",
+        )
+
+
+def _views(p: argparse.ArgumentParser) -> None:
+    """--clips, --crops and --view-batch, defaulting to the config's `evaluate` settings."""
+    p.add_argument("--clips", type=positive_int, default=default("evaluate", "clips"), help="clips per video")
+    p.add_argument(
+        "--crops", type=int, choices=[1, 3], default=default("evaluate", "crops"), help="spatial crops per clip"
+    )
+    p.add_argument(
+        "--view-batch", type=positive_int, default=default("evaluate", "view_batch"), help="views per forward pass"
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
+    from tokshift.engine.runtime import parse_overrides
     from tokshift.engine.train import TrainOptions, train
 
     opts = TrainOptions(
@@ -59,7 +81,7 @@ def _train(args: argparse.Namespace) -> int:
         train_shards=args.train_shards,
         val_shards=args.val_shards or [],
         out_dir=Path(args.out_dir),
-        pretrained=args.pretrained,
+        pretrained=str(args.pretrained) if args.pretrained else None,
         overrides=parse_overrides(args.override),
         workers=args.workers,
         seed=args.seed,
@@ -114,7 +136,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: Any) -> None:
-    t = subparsers.add_parser(
+    t = add_command(
+        subparsers,
         "train",
         help="train a zoo model (resumable; DDP under torchrun or srun)",
         description="Train a zoo model on packed shards. Resumes automatically from OUT_DIR/resume/. "
@@ -122,29 +145,39 @@ def register(subparsers: Any) -> None:
         f"{EXIT_PREEMPTED} stopped by SIGTERM/SIGUSR1 after checkpointing (rerun to continue).",
     )
     t.add_argument("--model", required=True, help="zoo name (tokshift zoo)")
-    t.add_argument("--train-shards", nargs="+", required=True, metavar="LMDB")
-    t.add_argument("--val-shards", nargs="*", default=[], metavar="LMDB")
-    t.add_argument("--out-dir", required=True)
-    t.add_argument("--pretrained", default=None, help="ImageNet-21k ViT .npz (tokshift download)")
+    t.add_argument("--train-shards", nargs="+", required=True, metavar="LMDB", help="packed training shards")
+    t.add_argument(
+        "--val-shards", nargs="*", default=[], metavar="LMDB", help="packed validation shards (default: none)"
+    )
+    t.add_argument("--out-dir", required=True, help="folder for model.pt, train_summary.json, logs and resume/")
+    t.add_argument(
+        "--pretrained",
+        type=file_path,
+        default=None,
+        help="ImageNet-21k ViT .npz from tokshift download (default: random init)",
+    )
     t.add_argument(
         "--override",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="zoo fields to change, values as YAML scalars (epochs=2 lr=0.01)",
+        help="zoo fields to change, values as YAML scalars, e.g. epochs=2 lr=0.01 (default: none)",
     )
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=nonnegative_int, default=default("train", "seed"), help="random seed")
     t.add_argument("--compile", action="store_true", help="torch.compile the model")
     t.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
     t.add_argument(
-        "--checkpoint-minutes", type=float, default=30.0, help="also save a resume checkpoint this often (minutes)"
+        "--checkpoint-minutes",
+        type=positive_float,
+        default=default("train", "checkpoint_minutes"),
+        help="also save a resume checkpoint this often (minutes)",
     )
-    t.add_argument("--log-every", type=int, default=10, help="optimizer steps per log record")
+    t.add_argument("--log-every", type=positive_int, default=10, help="optimizer steps per log record")
     t.add_argument(
         "--max-epochs",
-        type=int,
+        type=positive_int,
         default=None,
-        help="stop after this many epochs (the LR schedule still spans the zoo's epochs)",
+        help="stop after this many epochs; the LR schedule still spans the zoo's epochs (default: all)",
     )
     t.add_argument(
         "--progress",
@@ -152,34 +185,30 @@ def register(subparsers: Any) -> None:
         choices=["auto", "bar", "lines"],
         help="auto: a progress bar on terminals, log lines otherwise",
     )
-    _common(t)
+    _common(t, amp=default("train", "amp"))
     t.set_defaults(func=_guard(_train))
 
-    e = subparsers.add_parser("evaluate", help="exact multi-view evaluation (10 clips x 3 crops)")
-    e.add_argument("--checkpoint", required=True, help="model.pt written by tokshift train")
-    e.add_argument("--shards", nargs="+", required=True, metavar="LMDB")
-    e.add_argument("--out-dir", required=True)
-    e.add_argument("--clips", type=int, default=10)
-    e.add_argument("--crops", type=int, default=3)
-    e.add_argument("--view-batch", type=int, default=30, help="views per forward pass")
-    e.add_argument("--no-fused-attn", action="store_true")
+    e = add_command(subparsers, "evaluate", help="exact multi-view evaluation (10 clips x 3 crops)")
+    e.add_argument("--checkpoint", required=True, type=file_path, help="model.pt written by tokshift train")
+    e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
+    e.add_argument("--out-dir", required=True, help="folder for metrics.json and predictions.csv")
+    _views(e)
+    e.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
     e.add_argument(
         "--max-failed-share",
-        type=float,
-        default=schema_default("evaluate", "max_failed_share"),
+        type=fraction,
+        default=default("evaluate", "max_failed_share"),
         metavar="SHARE",
         help="fail (exit 5, listing the first errors) when more than this share of the videos cannot be read",
     )
     _common(e)
     e.set_defaults(func=_guard(_evaluate))
 
-    p = subparsers.add_parser("predict", help="classify video files with a trained model")
-    p.add_argument("videos", nargs="+", metavar="VIDEO")
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--format", default="text", choices=["text", "json"])
-    p.add_argument("--clips", type=int, default=10)
-    p.add_argument("--crops", type=int, default=3)
-    p.add_argument("--view-batch", type=int, default=30)
-    p.add_argument("--top", type=int, default=5)
+    p = add_command(subparsers, "predict", help="classify video files with a trained model")
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything ffmpeg decodes)")
+    p.add_argument("--checkpoint", required=True, type=file_path, help="model.pt written by tokshift train")
+    p.add_argument("--format", default="text", choices=["text", "json"], help="output format on stdout")
+    _views(p)
+    p.add_argument("--top", type=positive_int, default=5, help="classes listed per video")
     _common(p, workers=False)
     p.set_defaults(func=_guard(_predict))

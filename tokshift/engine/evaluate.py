@@ -346,8 +346,9 @@ def run_evaluation(opts: EvalOptions) -> int:
     read (the files are written all the same, for inspection), or EXIT_BUSY when another run
     holds the output folder.
     """
+    from tokshift.engine.exitcodes import EXIT_BUSY
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
-    from tokshift.engine.runtime import EXIT_BUSY, enable_crash_traces, setup_logging
+    from tokshift.engine.runtime import enable_crash_traces, setup_logging
 
     if opts.clips < 1 or opts.crops < 1:
         raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
@@ -374,8 +375,9 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
     import json
 
     from tokshift.data.datasets import EvalViewDataset
+    from tokshift.engine.exitcodes import EXIT_UNREADABLE
     from tokshift.engine.loading import load_trained_model
-    from tokshift.engine.runtime import EXIT_UNREADABLE, resolve_amp, set_fused_attention
+    from tokshift.engine.runtime import resolve_amp, set_fused_attention
     from tokshift.fileio import atomic_write_text, sha256_file
 
     trained = load_trained_model(opts.checkpoint, ctx.device)

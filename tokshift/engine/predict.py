@@ -1,21 +1,32 @@
-"""`tokshift predict`: classify video files directly (ffmpeg decode, no packing)."""
+"""`tokshift predict`: classify video files directly (ffmpeg decode, no packing).
+
+An input the model cannot judge well still gets a prediction, with a warning on stderr
+(and in the JSON output) that says why it is unreliable: a still image, or a video with
+fewer frames than one clip spans, so frames repeat within the clip.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 
 from tokshift.engine.evaluate import ViewLayout, view_logits
 from tokshift.engine.metrics import fuse_logits, topk
 from tokshift.engine.runtime import enable_crash_traces, resolve_amp, set_fused_attention
+from tokshift.workflow.schema import default
 
 log = logging.getLogger(__name__)
+
+# ffmpeg's demuxers for single images: "image2" (files by extension) and "<codec>_pipe".
+_IMAGE_DEMUXER = re.compile(r"^Input #0, (image2|\w+_pipe)\b")
 
 
 @dataclass
@@ -29,16 +40,42 @@ class PredictOptions:
     device: str = "auto"
     amp: str = "auto"
     top: int = 5
-    timeout: float = 600.0
+    timeout: float = float(default("frames", "timeout"))  # seconds without a frame before ffmpeg is killed
+
+
+def input_warnings(path: str, frames: int, ffmpeg_log: list[str], num_frames: int, stride: int) -> list[str]:
+    """Why a prediction from this decoded input is unreliable (empty when it is not)."""
+    demuxer = next((m.group(1) for line in ffmpeg_log if (m := _IMAGE_DEMUXER.match(line.strip()))), None)
+    if demuxer is not None and frames == 1:  # an image sequence (frame_%04d.jpg) is a video
+        return [
+            f"{path} is a still image (ffmpeg read it with the {demuxer} demuxer), not a video: the model "
+            "sees one frame repeated, with no motion, so the prediction is unreliable"
+        ]
+    span = (num_frames - 1) * stride + 1
+    if frames < span:
+        return [
+            f"{path} has {frames} frame(s), fewer than the {span} that one clip spans ({num_frames} frames "
+            f"{stride} apart): frames repeat within each clip, so the prediction is unreliable"
+        ]
+    return []
+
+
+def _decode(path: str, size: int, timeout: float) -> tuple[np.ndarray, list[str]]:
+    """Every frame of ``path`` (short side ``size``) and ffmpeg's log."""
+    from tokshift.data.decode import VideoFrames
+
+    with VideoFrames(path, short_side=size, timeout=timeout) as reader:
+        frames = list(reader)
+    return np.stack(frames), reader.log
 
 
 def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
-    """Print the top classes of each video; unreadable videos are reported and skipped.
+    """Print the top classes of each video; unreadable videos are reported and skipped,
+    unreliable ones (see `input_warnings`) predicted with a warning on ``err``.
 
     Returns 0 when every video was predicted, 1 when some could not be read.
     """
     from tokshift.data.datasets import eval_views_from_frames
-    from tokshift.data.decode import decode_video
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
 
@@ -55,9 +92,7 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
     failed = 0
     for path in opts.videos:
         try:
-            if not Path(path).is_file():
-                raise FileNotFoundError("no such file")
-            frames, _fps = decode_video(path, cfg.img_size, opts.timeout)
+            frames, ffmpeg_log = _decode(path, cfg.img_size, opts.timeout)
             views = eval_views_from_frames(
                 frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=opts.clips, num_crops=opts.crops
             )
@@ -68,10 +103,13 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
             print(f"error: {msg}", file=err)
             results.append({"video": path, "error": msg})
             continue
+        warnings = input_warnings(path, len(frames), ffmpeg_log, cfg.num_frames, cfg.frame_stride)
+        for warning in warnings:
+            print(f"warning: {warning}", file=err)
         probs = fuse_logits(logits).softmax(-1)
         idx, scores = topk(probs, opts.top)
         top = [{"label": classes[i], "index": i, "score": s} for i, s in zip(idx, scores)]
-        results.append({"video": path, "views": layout.views, "top": top})
+        results.append({"video": path, "views": layout.views, "top": top, "warnings": warnings})
         if opts.format == "text":
             print(path, file=out)
             for rank, t in enumerate(top, 1):

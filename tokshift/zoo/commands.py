@@ -6,13 +6,14 @@ import argparse
 import csv
 import sys
 
+from tokshift.argtypes import add_command
 from tokshift.zoo import zoo_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("zoo", help="list the model zoo (params and GFLOPs/view computed from the models)")
-    p.add_argument("--format", choices=("table", "csv"), default="table")
-    p.add_argument("--dataset", default=None, help="only entries of this zoo dataset (k400, demo)")
+    p = add_command(sub, "zoo", help="list the model zoo (params and GFLOPs/view computed from the models)")
+    p.add_argument("--format", choices=("table", "csv"), default="table", help="output format")
+    p.add_argument("--dataset", default=None, help="only entries of this zoo dataset: k400 or demo (default: all)")
     p.set_defaults(func=run)
 
 

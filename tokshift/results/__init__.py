@@ -1,0 +1,23 @@
+"""The model-zoo table: collected from the per-model output files (`table`), written as CSV,
+markdown, a plot and a sources file (`render`). pandas and matplotlib load on first use."""
+
+from tokshift.results.render import plot_accuracy_vs_gflops, sources_path, to_markdown, write_outputs
+from tokshift.results.table import (
+    COLUMN_SOURCES,
+    COLUMNS,
+    MissingResultError,
+    ResultsError,
+    collect,
+)
+
+__all__ = [
+    "COLUMNS",
+    "COLUMN_SOURCES",
+    "MissingResultError",
+    "ResultsError",
+    "collect",
+    "plot_accuracy_vs_gflops",
+    "sources_path",
+    "to_markdown",
+    "write_outputs",
+]

@@ -1,0 +1,166 @@
+"""Render the model-zoo table: CSV, markdown, the accuracy-vs-compute plot and the sources file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tokshift.results.table import COLUMN_SOURCES, COLUMNS, ResultsError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+def _fmt(value: Any, digits: int | None = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if digits is not None:
+        return f"{float(value):.{digits}f}"
+    return str(value).replace("|", "\\|")
+
+
+def _fmt_gflops(g: float) -> str:
+    return f"{g:.1f}" if g >= 10 else f"{g:.4g}"
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A readable markdown table (the CSV keeps every column)."""
+    dataset = df.attrs.get("dataset", "")
+    header = [
+        "Model",
+        "Arch",
+        "Backbone",
+        "Pretrained",
+        "Input",
+        "GFLOPs × views",
+        "Params (M)",
+        "Top-1",
+        "Top-5",
+        "Top-1 (softmax)",
+        "Top-1 (1 view)",
+        "Top-1 (3 views)",
+        "Mean class acc.",
+        "Paper top-1",
+        "Δ top-1",
+        "Val videos (failed)",
+        "Epochs",
+        "GPUs",
+        "Train h",
+        "Checkpoint sha256",
+    ]
+    lines = [
+        f"# Model zoo: {dataset}" if dataset else "# Model zoo",
+        "",
+        "Accuracies in percent. Top-1/top-5 fuse the views by averaging logits; the softmax column "
+        "averages probabilities instead; the 1- and 3-view columns score the same videos with 1 and 3 "
+        "views. Δ is our top-1 minus the paper's. Failed videos are missing, unpackable or unreadable "
+        "validation videos; they are not counted in the accuracy. Every number is traced to its input "
+        "file in `model_zoo.sources.json`.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|",
+    ]
+    for r in df.to_dict(orient="records"):
+        delta = r["delta_top1"]
+        delta_s = "—" if isinstance(delta, float) and math.isnan(delta) else f"{delta:+.2f}"
+        cells = [
+            f"`{_fmt(r['model'])}`",
+            _fmt(r["arch"]),
+            _fmt(r["backbone"]),
+            _fmt(r["pretrained"]),
+            f"{r['num_frames']}×{r['frame_stride']}, {r['img_size']}px",
+            f"{_fmt_gflops(r['gflops_per_view'])} × {r['views']}",
+            _fmt(r["params_m"], 2),
+            _fmt(r["top1"], 2),
+            _fmt(r["top5"], 2),
+            _fmt(r["top1_softmax"], 2),
+            _fmt(r["top1_1view"], 2),
+            _fmt(r["top1_3view"], 2),
+            _fmt(r["mean_class_acc"], 2),
+            _fmt(r["paper_top1"], 2),
+            delta_s,
+            f"{r['val_videos']} ({r['val_failed']})",
+            _fmt(r["epochs"]),
+            _fmt(r["gpus"]),
+            _fmt(r["train_hours"], 3),
+            f"`{str(r['checkpoint_sha256'])[:12]}`",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy_vs_gflops(df: pd.DataFrame, out_plot: Path) -> None:
+    """Top-1 against total GFLOPs (per view × views), one labelled point per model."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.5, 5), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    colours = {"tokshift": "tab:red", "vit": "tab:blue"}
+    x = df["gflops_per_view"].astype(float) * df["views"].astype(float)
+    for arch, colour in colours.items():
+        sel = df["arch"] == arch
+        if sel.any():
+            ax.scatter(x[sel], df.loc[sel, "top1"], color=colour, s=40, zorder=3, label=f"{arch} (ours)")
+    other = ~df["arch"].isin(list(colours))
+    if other.any():
+        ax.scatter(x[other], df.loc[other, "top1"], color="tab:gray", s=40, zorder=3, label="other (ours)")
+    for xi, yi, name in zip(x, df["top1"], df["model"]):
+        ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    paper = df[df["paper_top1"].notna()]
+    if len(paper):
+        ax.scatter(
+            paper["gflops_per_view"].astype(float) * 30.0,
+            paper["paper_top1"],
+            facecolors="none",
+            edgecolors="black",
+            s=40,
+            zorder=2,
+            label="paper (30 views)",
+        )
+    positive = x[x > 0]
+    if len(positive) and positive.max() / positive.min() > 20:
+        ax.set_xscale("log")
+    ax.set_xlabel("GFLOPs × views")
+    ax.set_ylabel("top-1 accuracy (%)")
+    dataset = df.attrs.get("dataset", "")
+    ax.set_title(f"Accuracy vs. compute{': ' + dataset if dataset else ''}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    out_plot.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_plot, bbox_inches="tight")
+
+
+def sources_path(out_csv: Path) -> Path:
+    """``model_zoo.csv`` -> ``model_zoo.sources.json`` beside it."""
+    return out_csv.with_name(out_csv.stem + ".sources.json")
+
+
+def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path) -> list[Path]:
+    """Write the CSV, markdown, plot and ``<csv stem>.sources.json``; return their paths."""
+    out_csv, out_md, out_plot = Path(out_csv), Path(out_md), Path(out_plot)
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise ResultsError(f"the table lacks column(s) {missing}; build it with tokshift.results.collect")
+    for p in (out_csv, out_md, out_plot):
+        p.parent.mkdir(parents=True, exist_ok=True)
+    df.loc[:, list(COLUMNS)].to_csv(out_csv, index=False, na_rep="")
+    out_md.write_text(to_markdown(df))
+    plot_accuracy_vs_gflops(df, out_plot)
+    src = sources_path(out_csv)
+    src.write_text(
+        json.dumps(
+            {"dataset": df.attrs.get("dataset"), "models": df.attrs.get("sources", {}), "columns": COLUMN_SOURCES},
+            indent=2,
+        )
+        + "\n"
+    )
+    log.info("wrote %s, %s, %s, %s", out_csv, out_md, out_plot, src)
+    return [out_csv, out_md, out_plot, src]

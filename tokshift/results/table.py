@@ -1,0 +1,321 @@
+"""Collect per-model training and evaluation outputs into the model-zoo table.
+
+The caller names every input file (the workflow passes its rule's inputs), so this module
+knows no folder layout. Every number in ``model_zoo.csv`` comes from a file: evaluation
+metrics from each ``metrics.json`` (rule ``evaluate``), training facts from each
+``train_summary.json`` (rule ``train``), the validation packing counts from the split's
+``summary.json`` (rule ``summarize_frames``) when given, and architecture/cost/paper numbers
+from the zoo. Files are matched to a model by the ``model`` name recorded inside them, and
+checkpoints by their sha256 against ``train_summary.json``; rows follow the order of the
+metrics files. The files used per model go to ``model_zoo.sources.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+# The results table interface: these columns, in this order.
+COLUMNS: tuple[str, ...] = (
+    "model",
+    "arch",
+    "backbone",
+    "pretrained",
+    "img_size",
+    "num_frames",
+    "frame_stride",
+    "shift_div",
+    "params_m",
+    "gflops_per_view",
+    "views",
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "paper_top1",
+    "delta_top1",
+    "val_videos",
+    "val_failed",
+    "epochs",
+    "gpus",
+    "train_hours",
+    "checkpoint",
+    "checkpoint_sha256",
+)
+
+METRICS_KEYS: tuple[str, ...] = (
+    "model",
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "videos",
+    "views",
+    "failed",
+)
+TRAIN_KEYS: tuple[str, ...] = (
+    "model",
+    "epochs",
+    "world_size",
+    "device",
+    "train_hours",
+    "checkpoint",
+    "checkpoint_sha256",
+)
+PACK_KEYS: tuple[str, ...] = ("missing", "failed")
+
+# Where each column comes from (written into model_zoo.sources.json).
+COLUMN_SOURCES: dict[str, str] = {
+    **{
+        c: "zoo"
+        for c in (
+            "arch",
+            "backbone",
+            "pretrained",
+            "img_size",
+            "num_frames",
+            "frame_stride",
+            "shift_div",
+            "params_m",
+            "gflops_per_view",
+            "paper_top1",
+        )
+    },
+    **{
+        c: f"metrics:{c}"
+        for c in ("views", "top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc")
+    },
+    "model": "zoo",
+    "delta_top1": "metrics:top1 - zoo:paper_top1",
+    "val_videos": "metrics:videos",
+    "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
+    "when there is no pack summary)",
+    "epochs": "train_summary:epochs",
+    "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
+    "train_hours": "train_summary:train_hours",
+    "checkpoint": "train_summary:checkpoint",
+    "checkpoint_sha256": "train_summary:checkpoint_sha256, checked against metrics:checkpoint_sha256 and "
+    "against the sha256 of the model's checkpoint file (when given)",
+}
+
+ACCURACY_COLUMNS = (
+    "top1",
+    "top5",
+    "top1_softmax",
+    "top1_1view",
+    "top1_3view",
+    "mean_class_acc",
+    "paper_top1",
+    "delta_top1",
+)
+
+
+class ResultsError(RuntimeError):
+    """An input of the results table is missing or malformed."""
+
+
+class MissingResultError(ResultsError, FileNotFoundError):
+    """A per-model output file does not exist yet."""
+
+
+def _load_json(path: Path, rule: str, required: tuple[str, ...]) -> dict[str, Any]:
+    """Read a JSON object, naming the file and the rule that makes it on any problem."""
+    if path.is_dir():
+        raise ResultsError(f"{path} is a directory; give the JSON file written by the `{rule}` rule")
+    if not path.is_file():
+        raise MissingResultError(
+            f"{path} is missing; it is written by the `{rule}` rule "
+            f"(run `snakemake {path}` or `tokshift {rule}` for this model first)"
+        )
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"{path} is not valid JSON ({err}); rerun the `{rule}` rule to rewrite it") from err
+    if not isinstance(data, dict):
+        raise ResultsError(f"{path} must hold a JSON object; rerun the `{rule}` rule to rewrite it")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise ResultsError(f"{path} lacks key(s) {missing}; rerun the `{rule}` rule to rewrite it")
+    return data
+
+
+def _num(value: Any, path: Path, key: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ResultsError(f"{path}: {key}={value!r} is not a number") from None
+    if math.isnan(out):
+        raise ResultsError(f"{path}: {key} is NaN")
+    return out
+
+
+def _by_model(paths: Sequence[PathLike], rule: str, required: tuple[str, ...]) -> dict[str, tuple[Path, dict]]:
+    """Load each file and key it by the model recorded inside; a model twice is an error."""
+    out: dict[str, tuple[Path, dict]] = {}
+    for p in map(Path, paths):
+        data = _load_json(p, rule, required)
+        model = str(data["model"])
+        if model in out:
+            raise ResultsError(f"{out[model][0]} and {p} both hold model {model!r}; give one file per model")
+        out[model] = (p, data)
+    return out
+
+
+def _match_checkpoints(checkpoints: Sequence[PathLike], trains: dict[str, tuple[Path, dict]]) -> dict[str, Path]:
+    """Each model's checkpoint file, found by the sha256 its train summary records."""
+    from tokshift.weights import sha256_file
+
+    by_sha: dict[str, Path] = {}
+    for p in map(Path, checkpoints):
+        if p.is_dir():
+            raise ResultsError(f"checkpoint {p} is a directory; give the model.pt file written by the `train` rule")
+        if not p.is_file():
+            raise MissingResultError(f"checkpoint {p} is missing; it is written by the `train` rule")
+        by_sha[sha256_file(p)] = p
+    found: dict[str, Path] = {}
+    for model, (t_file, train) in trains.items():
+        sha = str(train["checkpoint_sha256"] or "")
+        if sha not in by_sha:
+            raise ResultsError(
+                f"no checkpoint among {[str(p) for p in map(Path, checkpoints)]} has the sha256 {sha[:12]}... "
+                f"that {t_file} records for model {model!r}: the checkpoint changed after training; "
+                "rerun the `train` rule for this model"
+            )
+        found[model] = by_sha.pop(sha)
+    if by_sha:
+        raise ResultsError(f"checkpoint(s) {sorted(map(str, by_sha.values()))} belong to no given train summary")
+    return found
+
+
+def _model_row(
+    model: str,
+    m_file: Path,
+    metrics: dict[str, Any],
+    t_file: Path,
+    train: dict[str, Any],
+    pack: dict[str, Any] | None,
+    pack_file: Path | None,
+) -> dict[str, Any]:
+    """One table row from a model's metrics, train summary, the packing counts and the zoo."""
+    from tokshift.flops import zoo_row
+    from tokshift.zoo import get_config
+
+    try:
+        cfg = get_config(model)
+    except ValueError as err:
+        raise ResultsError(f"{m_file}: {err}") from None
+    zoo = zoo_row(model)
+    evaluated, trained = metrics.get("checkpoint_sha256"), train["checkpoint_sha256"]
+    if evaluated and trained and evaluated != trained:
+        raise ResultsError(
+            f"{m_file} evaluated a checkpoint with sha256 {str(evaluated)[:12]}... but {t_file} records "
+            f"{str(trained)[:12]}...: the metrics are stale; rerun the `evaluate` rule for {model!r}"
+        )
+
+    acc = {k: round(_num(metrics[k], m_file, k), 2) for k in ACCURACY_COLUMNS[:6]}
+    paper = cfg.paper_top1
+    eval_failed = int(_num(metrics["failed"], m_file, "failed"))
+    videos = int(_num(metrics["videos"], m_file, "videos"))
+    if pack is not None:
+        val_failed = int(pack["missing"]) + int(pack["failed"]) + eval_failed
+        packed = pack.get("packed")
+        if packed is not None and videos + eval_failed != int(packed):
+            log.warning(
+                "%s: %d evaluated + %d failed != %s packed in %s", m_file, videos, eval_failed, packed, pack_file
+            )
+    else:
+        val_failed = eval_failed
+    device = str(train["device"]).lower()
+    return {
+        "model": model,
+        "arch": zoo["arch"],
+        "backbone": zoo["backbone"],
+        "pretrained": cfg.pretrained or "none",
+        "img_size": int(zoo["img_size"]),
+        "num_frames": int(zoo["num_frames"]),
+        "frame_stride": int(zoo["frame_stride"]),
+        "shift_div": int(zoo["shift_div"]),
+        "params_m": round(float(zoo["params_m"]), 2),
+        "gflops_per_view": float(zoo["gflops_per_view"]),
+        "views": int(_num(metrics["views"], m_file, "views")),
+        **acc,
+        "paper_top1": paper if paper is not None else math.nan,
+        "delta_top1": round(acc["top1"] - paper, 2) if paper is not None else math.nan,
+        "val_videos": videos,
+        "val_failed": val_failed,
+        "epochs": int(_num(train["epochs"], t_file, "epochs")),
+        "gpus": int(train["world_size"]) if device.startswith("cuda") else 0,
+        "train_hours": round(_num(train["train_hours"], t_file, "train_hours"), 3),
+        "checkpoint": str(train["checkpoint"] or ""),
+        "checkpoint_sha256": str(trained or ""),
+    }
+
+
+def collect(
+    dataset: str,
+    metrics: Sequence[PathLike],
+    train_summaries: Sequence[PathLike],
+    checkpoints: Sequence[PathLike] = (),
+    val_summary: PathLike | None = None,
+) -> pd.DataFrame:
+    """The model-zoo table from exactly these files (columns: ``COLUMNS``, one row per metrics file).
+
+    Every model needs one metrics file and one train summary; ``checkpoints``, when given,
+    must hold each model's checkpoint (verified by sha256). ``df.attrs`` carries ``dataset``
+    and ``sources`` (model -> the files its row came from) for ``write_outputs``.
+    """
+    import pandas as pd
+
+    if not metrics:
+        raise ResultsError("no metrics files given to collect; name at least one (rule `evaluate` writes them)")
+    evals = _by_model(metrics, "evaluate", METRICS_KEYS)
+    trains = _by_model(train_summaries, "train", TRAIN_KEYS)
+    if set(evals) != set(trains):
+        no_train = sorted(set(evals) - set(trains))
+        no_eval = sorted(set(trains) - set(evals))
+        raise ResultsError(
+            "metrics files and train summaries must name the same models: "
+            + "; ".join(
+                part
+                for part in (
+                    f"no train summary for {no_train}" if no_train else "",
+                    f"no metrics file for {no_eval}" if no_eval else "",
+                )
+                if part
+            )
+        )
+    ckpts = _match_checkpoints(checkpoints, trains) if checkpoints else {}
+    pack_file = Path(val_summary) if val_summary is not None else None
+    pack = _load_json(pack_file, "summarize_frames", PACK_KEYS) if pack_file is not None else None
+    rows, sources = [], {}
+    for model, (m_file, m_data) in evals.items():
+        t_file, t_data = trains[model]
+        rows.append(_model_row(model, m_file, m_data, t_file, t_data, pack, pack_file))
+        sources[model] = {
+            "metrics": str(m_file),
+            "train_summary": str(t_file),
+            "checkpoint": str(ckpts[model]) if model in ckpts else None,
+            "pack_summary": str(pack_file) if pack_file is not None else None,
+            "zoo": f"tokshift.zoo.get_config({model!r}) / tokshift.flops.zoo_row({model!r})",
+            "device": str(t_data["device"]),
+        }
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df.attrs["dataset"] = dataset
+    df.attrs["sources"] = sources
+    return df
