@@ -40,13 +40,11 @@ from torch.utils.data import DataLoader
 from tokshift.engine import distributed as D
 from tokshift.engine.checkpoint import find_resume, list_resume, load_verified, save_resume
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
+from tokshift.engine.exitcodes import EXIT_BUSY, EXIT_OK, EXIT_PREEMPTED
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
 from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
 from tokshift.engine.runtime import (
-    EXIT_BUSY,
-    EXIT_OK,
-    EXIT_PREEMPTED,
     StopFlag,
     autocast,
     enable_crash_traces,
