@@ -126,7 +126,7 @@ TRAIN = "train --model m --train-shards s --out-dir o "
         (PACK + "--workers -1", "--workers", ">= 1"),
         (PACK + "--jpeg-quality 101", "--jpeg-quality", "between 1 and 100"),
         (PACK + "--timeout 0", "--timeout", "> 0"),
-        (TRAIN + "--checkpoint-minutes nan", "--checkpoint-minutes", "> 0"),
+        (TRAIN + "--checkpoint-minutes nan", "--checkpoint-minutes", ">= 0"),
         (TRAIN + "--seed -3", "--seed", ">= 0"),
         ("demo --out d --fps 0", "--fps", ">= 1"),
         ("download --url u --out w.npz --retries -1", "--retries", ">= 0"),

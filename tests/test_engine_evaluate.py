@@ -324,4 +324,4 @@ def test_evaluation_fails_when_every_video_is_unreadable(
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "b", "--max-failed-share", "1")
     assert res.returncode == EXIT_UNREADABLE and "7 of 7 videos could not be read" in res.stderr
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "c", "--max-failed-share", "1.5")
-    assert res.returncode == 2 and "--max-failed-share 1.5: expected a share between 0 and 1" in res.stderr
+    assert res.returncode == 2 and "argument --max-failed-share: must be between 0 and 1, got 1.5" in res.stderr

@@ -18,6 +18,7 @@ __all__ = [
     "add_command",
     "file_path",
     "fraction",
+    "nonnegative_float",
     "int_in",
     "nonnegative_int",
     "positive_float",
@@ -85,6 +86,14 @@ def positive_float(text: str) -> float:
     value = _number(text, float)
     if not value > 0:  # also rejects NaN
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def nonnegative_float(text: str) -> float:
+    """A number >= 0 (intervals where 0 means "every time")."""
+    value = _number(text, float)
+    if not value >= 0:  # also rejects NaN
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
 
 

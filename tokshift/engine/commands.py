@@ -13,7 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokshift.argtypes import add_command, file_path, fraction, nonnegative_int, positive_float, positive_int
+from tokshift.argtypes import (
+    add_command,
+    file_path,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_int,
+)
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE
 from tokshift.workflow.schema import default
 
@@ -168,9 +175,9 @@ def register(subparsers: Any) -> None:
     t.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
     t.add_argument(
         "--checkpoint-minutes",
-        type=positive_float,
+        type=nonnegative_float,
         default=default("train", "checkpoint_minutes"),
-        help="also save a resume checkpoint this often (minutes)",
+        help="also save a resume checkpoint this often (minutes; 0: after every optimizer step)",
     )
     t.add_argument("--log-every", type=positive_int, default=10, help="optimizer steps per log record")
     t.add_argument(
