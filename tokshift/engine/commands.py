@@ -68,6 +68,49 @@ def _common(p: argparse.ArgumentParser, workers: bool = True, amp: str = "auto")
         )
 
 
+def _checkpoint(p: argparse.ArgumentParser) -> None:
+    """--checkpoint and what a checkpoint of the original TokShift needs besides (--model, --classes)."""
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=file_path,
+        help="model.pt written by tokshift train or import-original, or a .pth released by the original "
+        "TokShift (told apart by content; a .pth needs --model)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help="zoo entry the checkpoint was trained as (`tokshift zoo`); required for an original .pth, "
+        "checked against a model.pt (default: the one recorded in model.pt)",
+    )
+    p.add_argument(
+        "--classes",
+        type=file_path,
+        default=None,
+        metavar="FILE",
+        help="class names, one per line in label order, for an original .pth whose head is not "
+        "Kinetics-400's (default: Kinetics-400's sorted labels for a 400-class head)",
+    )
+
+
+def _read_classes(path: Path | None) -> list[str] | None:
+    if path is None:
+        return None
+    return [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _import_original(args: argparse.Namespace) -> int:
+    from tokshift.engine.loading import import_original
+
+    done = import_original(args.source, args.model, args.out, classes=_read_classes(args.classes))
+    print(
+        f"wrote {done.out} (sha256 {done.sha256}): {done.model}, {done.num_classes} classes, "
+        f"from {done.source} (sha256 {done.source_sha256})"
+    )
+    return 0
+
+
 def _views(p: argparse.ArgumentParser) -> None:
     """--clips, --crops and --view-batch, defaulting to the config's `evaluate` settings."""
     p.add_argument("--clips", type=positive_int, default=default("evaluate", "clips"), help="clips per video")
@@ -120,6 +163,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             amp=args.amp,
             fused_attn=not args.no_fused_attn,
             max_failed_share=args.max_failed_share,
+            model=args.model,
+            classes=_read_classes(args.classes),
         )
     )
 
@@ -131,6 +176,8 @@ def _predict(args: argparse.Namespace) -> int:
         PredictOptions(
             videos=args.videos,
             checkpoint=Path(args.checkpoint),
+            model=args.model,
+            classes=_read_classes(args.classes),
             format=args.format,
             clips=args.clips,
             crops=args.crops,
@@ -196,7 +243,7 @@ def register(subparsers: Any) -> None:
     t.set_defaults(func=_guard(_train))
 
     e = add_command(subparsers, "evaluate", help="exact multi-view evaluation (10 clips x 3 crops)")
-    e.add_argument("--checkpoint", required=True, type=file_path, help="model.pt written by tokshift train")
+    _checkpoint(e)
     e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
     e.add_argument("--out-dir", required=True, help="folder for metrics.json and predictions.csv")
     _views(e)
@@ -213,9 +260,26 @@ def register(subparsers: Any) -> None:
 
     p = add_command(subparsers, "predict", help="classify video files with a trained model")
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything ffmpeg decodes)")
-    p.add_argument("--checkpoint", required=True, type=file_path, help="model.pt written by tokshift train")
+    _checkpoint(p)
     p.add_argument("--format", default="text", choices=["text", "json"], help="output format on stdout")
     _views(p)
     p.add_argument("--top", type=positive_int, default=5, help="classes listed per video")
     _common(p, workers=False)
     p.set_defaults(func=_guard(_predict))
+
+    i = add_command(
+        subparsers,
+        "import-original",
+        help="convert a .pth released by the original TokShift into a tokshift model.pt",
+    )
+    i.add_argument("source", type=file_path, metavar="SRC.pth", help="the original's checkpoint")
+    i.add_argument("--model", required=True, metavar="NAME", help="zoo entry it was trained as (`tokshift zoo`)")
+    i.add_argument("--out", required=True, help="model.pt to write (with the source's path and sha256)")
+    i.add_argument(
+        "--classes",
+        type=file_path,
+        default=None,
+        metavar="FILE",
+        help="class names, one per line in label order (default: Kinetics-400's sorted labels for 400 classes)",
+    )
+    i.set_defaults(func=_guard(_import_original))

@@ -337,6 +337,8 @@ class EvalOptions:
     fused_attn: bool = True
     progress: bool | None = None
     max_failed_share: float = field(default_factory=lambda: default("evaluate", "max_failed_share"))
+    model: str | None = None  # zoo entry; needed for an original .pth
+    classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
 
 
 def run_evaluation(opts: EvalOptions) -> int:
@@ -380,7 +382,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
     from tokshift.engine.runtime import resolve_amp, set_fused_attention
     from tokshift.fileio import atomic_write_text, sha256_file
 
-    trained = load_trained_model(opts.checkpoint, ctx.device)
+    trained = load_trained_model(opts.checkpoint, ctx.device, model_name=opts.model, classes=opts.classes)
     set_fused_attention(trained.model, opts.fused_attn)
     cfg = trained.config
     amp_dtype = resolve_amp(opts.amp, ctx.device)

@@ -33,6 +33,8 @@ _IMAGE_DEMUXER = re.compile(r"^Input #0, (image2|\w+_pipe)\b")
 class PredictOptions:
     videos: list[str]
     checkpoint: Path
+    model: str | None = None  # zoo entry; needed for an original .pth
+    classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
     format: str = "text"
     clips: int = 10
     crops: int = 3
@@ -83,7 +85,7 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
     if opts.format not in ("text", "json"):
         raise ValueError(f"--format {opts.format!r}: expected text or json")
     device = pick_device(opts.device)
-    trained = load_trained_model(opts.checkpoint, device)
+    trained = load_trained_model(opts.checkpoint, device, model_name=opts.model, classes=opts.classes)
     set_fused_attention(trained.model, True)
     cfg, classes = trained.config, trained.classes
     amp_dtype = resolve_amp(opts.amp, device)
