@@ -46,6 +46,7 @@ def test_each_stage_registers_its_own_commands() -> None:
         "train",
         "evaluate",
         "predict",
+        "import-original",
         "collect",
     }
 
