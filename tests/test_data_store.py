@@ -204,11 +204,14 @@ def test_truncated_shard_raises_instead_of_sigbus(tmp_path: Path, keep: float) -
     assert f"{path} is damaged: it is {int(size * keep)} bytes but was sealed at {size} bytes" in got["<open>"]
 
 
-def test_unsealed_v1_shard_is_refused_with_how_to_repack(tmp_path: Path) -> None:
-    path = tmp_path / "old.lmdb"
+def test_unsealed_v1_shard_is_refused_with_how_to_repack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "frames" / "old.lmdb"
     _write(path, {"a": 2})
     seal_path(path).unlink()
     with pytest.raises(ShardCorruptError, match=r"format v1 .*re-pack it: .*snakemake --cores 1 --force .*old\.lmdb"):
+        ShardReader(path).video_ids  # noqa: B018
+    monkeypatch.chdir(tmp_path)  # snakemake wants the target relative to the pipeline's directory
+    with pytest.raises(ShardCorruptError, match=r"`snakemake --cores 1 --force frames/old\.lmdb`"):
         ShardReader(path).video_ids  # noqa: B018
 
 

@@ -86,9 +86,16 @@ class ShardCorruptError(ValueError):
 
 
 def repack_hint(path: str | os.PathLike[str]) -> str:
-    """How to rebuild one shard (in the pipeline, or by hand)."""
+    """How to rebuild one shard (in the pipeline, or by hand).
+
+    ``snakemake --force`` takes the target relative to the pipeline's directory (an absolute path
+    is "no rule to produce"), and rebuilds only that shard; ``--forcerun pack_shard`` would redo all.
+    """
+    p = Path(path)
+    if p.is_absolute() and p.is_relative_to(Path.cwd()):
+        p = p.relative_to(Path.cwd())
     return (
-        f"re-pack it: in the pipeline's directory run `snakemake --cores 1 --force {path}` "
+        f"re-pack it: in the pipeline's directory run `snakemake --cores 1 --force {p}` "
         f"(or delete {path} and rerun the pipeline); without the pipeline, rerun "
         f"`tokshift pack --index <split index CSV> --shard <N> --out {path}`"
     )
