@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import struct
 import threading
 import zlib
@@ -74,11 +75,18 @@ class ShardCorruptError(ValueError):
     """
 
     def __init__(self, path: str | os.PathLike[str], problem: str | None = None) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        if problem is None:  # rebuilt from its message (DataLoader re-raises worker errors that way)
-            super().__init__(str(path))
+        if problem is None:  # rebuilt from a message: DataLoader re-raises a worker's error that way
+            text = str(path)
+            marker = f"{type(self).__name__}: "
+            if "Traceback" in text and marker in text:  # keep the error, not the worker's traceback
+                text = text.rsplit(marker, 1)[1].strip()
+            named = re.match(r"frame shard (.+?) is damaged: ", text)
+            self.path = Path(named.group(1)) if named else Path()
+            self.problem = text
+            super().__init__(text)
         else:
+            self.path = Path(path)
+            self.problem = problem
             super().__init__(f"frame shard {self.path} is damaged: {problem}; {repack_hint(self.path)}")
 
     def __reduce__(self) -> tuple[Any, ...]:  # survives the trip out of DataLoader workers
