@@ -453,10 +453,11 @@ class ShardReader:
         """JPEG bytes of the given frames (repeated indices are read once)."""
         number, idx = self._checked(video_id, indices)
         cache: dict[int, bytes] = {}
-        with self._guard(), self._environment().begin(buffers=False) as txn:
+        with self._guard(), self._environment().begin(buffers=True) as txn:
             for i in idx:
-                if i not in cache:
-                    cache[i] = self._verified(self._get(txn, video_id, number, i), f"frame {i} of video {video_id!r}")
+                if i not in cache:  # one copy out of the map, after the check
+                    blob = self._get(txn, video_id, number, i)
+                    cache[i] = bytes(self._verified(blob, f"frame {i} of video {video_id!r}"))
         return [cache[i] for i in idx]
 
     def _get(self, txn: lmdb.Transaction, video_id: str, number: int, i: int) -> Any:
@@ -478,9 +479,10 @@ class ShardReader:
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         """Every key and checked payload in key order (for verification and copying)."""
-        with self._guard(), self._environment().begin(buffers=False) as txn:
+        with self._guard(), self._environment().begin(buffers=True) as txn:
             for key, value in txn.cursor():
-                yield key, self._verified(value, f"the value of key {key!r}")
+                key = bytes(key)
+                yield key, bytes(self._verified(value, f"the value of key {key!r}"))
 
     def verify(self) -> int:
         """Check every value's checksum (a full read of the shard); returns the number of values."""
