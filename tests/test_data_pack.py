@@ -267,7 +267,6 @@ def test_full_disk_is_reported_with_path_free_space_and_a_rerun_rebuilds(small_t
     assert res.returncode == 2, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     msg = res.stderr.strip().splitlines()[-1]
-    print(msg)
     assert msg.startswith(f"error: disk full while packing {out}: ")
     assert "MB free of 1.0 MB" in msg and "of 6 videos, so it needs roughly" in msg and "MB more" in msg
     assert "rerun the same command" in msg

@@ -23,10 +23,11 @@ atomically just before the rename, since the file size is only known after the l
 ``{"format", "version", "size", "videos", "frames", "header_crc32"}``. Readers compare the
 file's size with the seal and LMDB's own last page with the size *before* touching the memory
 map, so a truncated shard is an error instead of a SIGBUS; the header's CRC must match the
-seal, and each value's CRC is checked as it is read (~10 us per 30 kB frame, ~1 % of a
-decode). Damage of any kind raises :class:`ShardCorruptError`, naming the file and how to
-re-pack it. Shards without a seal (format v1, before seals existed) are refused the same way:
-their size cannot be checked safely before mapping them.
+seal, and each value's CRC is checked as it is read (~14 us per 30 kB frame: 1-2.5 % of
+loading a clip, see bench/RESULTS_data.md). Broken B-tree pages surface as LMDB errors; those,
+checksum mismatches and missing frames all raise :class:`ShardCorruptError`, naming the file and
+how to re-pack it. Shards without a seal (format v1, before seals existed) are refused the same
+way: their size cannot be checked safely before mapping them. Copy a shard with its seal.
 """
 
 from __future__ import annotations
