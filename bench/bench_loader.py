@@ -6,6 +6,8 @@ then times, on one core (one worker's share), interleaved rounds of:
 * training clips, 8 frames x stride 32, 224 crop, short side in [224, 330], flip, jitters
   (``TrainClipDataset``: simplejpeg decode + crop-first OpenCV resize, uint8 out);
 * evaluation samples of 30 views (10 clips x 3 crops) of 8 x 224 (``EvalViewDataset``);
+* the raw LMDB reads of those training clips (8 JPEGs, no decode; with per-value CRC32 checks
+  since frame format v2), which isolates the cost of the store itself;
 * the same sampling, LMDB reads and crops done with Pillow (decode + bicubic short-side resize
   + crop, the original project's path), uint8 out; and Pillow plus the original's float
   normalisation on the CPU.
@@ -84,6 +86,18 @@ class PillowTrain:
         return torch.from_numpy(np.stack([np.asarray(im) for im in imgs]).transpose(0, 3, 1, 2).copy())
 
 
+class RawReads:
+    """Only the store: the JPEG bytes of each training clip's 8 frames, not decoded."""
+
+    def __init__(self, shards: list[Path]) -> None:
+        self.readers = [ShardReader(s) for s in shards]
+        self.items = [(r, v["video_id"], v["nframes"]) for r in self.readers for v in r.videos()]
+
+    def __getitem__(self, i: int) -> list[bytes]:
+        reader, vid, n = self.items[i % len(self.items)]
+        return reader.read_frames(vid, train_clip_indices(n, T, STRIDE, np.random.default_rng([0, 0, i])))
+
+
 class PillowEval:
     """The baseline for 30-view samples: each distinct frame decoded and resized once with Pillow."""
 
@@ -142,6 +156,7 @@ def main() -> None:
         fast_eval = EvalViewDataset([shard], T, STRIDE, CROP)
         methods = {
             "train 8x224: fast (uint8)": (fast_train.__getitem__, "train"),
+            "raw reads of the 8 training JPEGs (store only)": (RawReads([shard]).__getitem__, "raw"),
             "train 8x224: Pillow (uint8) [baseline]": (PillowTrain([shard]).__getitem__, "train"),
             "train 8x224: Pillow + CPU float normalise (original)": (PillowTrain([shard], True).__getitem__, "train"),
             "eval 30 views: fast (uint8)": (fast_eval.__getitem__, "eval"),
@@ -156,14 +171,17 @@ def main() -> None:
             order = list(methods) if r % 2 == 0 else list(reversed(methods))
             for name in order:
                 get, kind = methods[name]
-                count = args.clips if kind == "train" else args.eval_samples
-                idx = [(r * count + k) % n for k in range(count)]
+                count = {"train": args.clips, "raw": 25 * args.clips, "eval": args.eval_samples}[kind]
+                idx = [(r * count + k) % n if kind != "raw" else r * count + k for k in range(count)]
                 w, c = timed(get, idx)
                 wall[name].append(count / w)
                 cpu[name].append(count / c)
         print("| loader | samples/s (wall, median) | samples per CPU-second (median) | vs Pillow baseline (CPU) |")
         print("|---|---|---|---|")
         for name in methods:
+            if name.startswith("raw"):
+                print(f"| {name} | {statistics.median(wall[name]):.1f} | {statistics.median(cpu[name]):.1f} | - |")
+                continue
             base = (
                 "train 8x224: Pillow (uint8) [baseline]"
                 if name.startswith("train")

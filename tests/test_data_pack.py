@@ -145,6 +145,7 @@ def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
     assert sorted(p.name for p in shard.parent.iterdir()) == [
         "shard-0.failures.csv",
         "shard-0.lmdb",
+        "shard-0.lmdb.seal.json",
         "train.classes.txt",
         "train.csv",
         "train.missing.csv",
@@ -260,3 +261,50 @@ def test_killed_shard_job_rerun_gives_identical_content(tmp_path: Path) -> None:
     assert not partial.exists()
     assert list(ShardReader(out).items()) == list(ShardReader(reference).items())
     assert len(ShardReader(out)) == 10
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A real 1 MB filesystem (tmpfs) to fill up; skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()}); needs root")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", str(mnt)]).returncode != 0:
+            subprocess.run(["umount", "-l", str(mnt)], check=True)  # detach even if something still holds it
+
+
+def test_full_disk_is_reported_with_path_free_space_and_a_rerun_rebuilds(small_tmpfs: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    rows = []
+    for i in range(6):  # noise compresses badly: ~0.6 MB of JPEG per video
+        frames = rng.integers(0, 256, (30, 96, 128, 3), dtype=np.uint8)
+        rows.append((encode(frames, tmp_path / f"n{i}.mp4", extra=["-crf", "0"]).name, "noise"))
+    index = tmp_path / "train.csv"
+    write_index(
+        build_index({"kind": "csv", "splits": {"train": str(write_csv(tmp_path / "v.csv", rows))}}, "train", 1), index
+    )
+    out = small_tmpfs / "frames" / "shard-0.lmdb"
+    cmd = [sys.executable, "-m", "tokshift.cli", "pack", "--index", str(index), "--shard", "0", "--out", str(out)]
+    cmd += ["--short-side", "0", "--jpeg-quality", "95", "--workers", "1", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "Traceback" not in res.stderr
+    msg = res.stderr.strip().splitlines()[-1]
+    assert msg.startswith(f"error: disk full while packing {out}: ")
+    assert "MB free of 1.0 MB" in msg and "of 6 videos, so it needs roughly" in msg and "MB more" in msg
+    assert "rerun the same command" in msg
+    assert not out.exists() and not partial_path(out).exists()  # the partial shard is cleaned up
+
+    subprocess.run(["mount", "-o", "remount,size=16m", str(small_tmpfs)], check=True)
+    result = pack_shard(index, 0, out, short_side=None, jpeg_quality=95, workers=1, progress=False)
+    reader = ShardReader(out)
+    assert result.packed == 6 and reader.verify() == result.frames + 2
+    reader.close()  # lets the tmpfs unmount
+    needed = float(msg.split("needs roughly ")[1].split(" MB")[0]) * 1e6
+    assert 0.5 * out.stat().st_size < needed < 2 * out.stat().st_size  # the estimate is in the right ballpark

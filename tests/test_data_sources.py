@@ -214,3 +214,35 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
 
     no_names = build_index({k: v for k, v in spec.items() if k != "classes"}, "val", 1)
     assert no_names.classes == ["0", "1", "2"] and no_names.rows[0].label == "1"
+
+
+def test_a_split_without_videos_is_rejected_at_index_time_with_the_file_named(tmp_path: Path) -> None:
+    import argparse
+
+    header_only = write_csv(tmp_path / "empty.csv", [])
+    assert header_only.read_text().strip() == "path,label"
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    out = tmp_path / "index" / "train.csv"
+    spec = {"kind": "csv", "splits": {"train": str(header_only)}}
+    args = parser.parse_args(["index", "--spec-json", json.dumps(spec), "--split", "train", "--out", str(out)])
+    assert args.func(args) == 2 and not out.exists()  # nothing for packing and training to choke on
+    with pytest.raises(
+        DatasetSpecError, match=rf"{header_only} lists no videos for split 'train' .*only a header.*add"
+    ):
+        build_index(spec, "train", 1)
+
+    gone = write_csv(tmp_path / "gone.csv", [("a.mp4", "x"), ("b.mp4", "y")])
+    with pytest.raises(DatasetSpecError, match=rf"none of the 2 videos that {gone} lists .* 'a.mp4'.*fix the paths"):
+        build_index({"kind": "csv", "splits": {"train": str(gone)}}, "train", 1)
+
+    (tmp_path / "k").mkdir()
+    k_ann = tmp_path / "k.csv"
+    k_ann.write_text("label,youtube_id,time_start,time_end,split\n")
+    with pytest.raises(DatasetSpecError, match=rf"{k_ann} lists no videos for split 'val'"):
+        build_index({"kind": "kinetics", "root": str(tmp_path / "k"), "annotations": {"val": str(k_ann)}}, "val", 1)
+
+    frames_list = tmp_path / "train_list.txt"
+    frames_list.write_text("\n")
+    with pytest.raises(DatasetSpecError, match=rf"{frames_list} lists no videos for split 'train'"):
+        build_index({"kind": "frames", "root": str(tmp_path), "lists": {"train": str(frames_list)}}, "train", 1)

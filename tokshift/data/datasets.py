@@ -9,6 +9,7 @@ in each worker, read-only and without locks.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tokshift.data.sampling import crop_offsets, eval_clip_indices, train_clip_indices
-from tokshift.data.store import ShardReader
+from tokshift.data.store import ShardCorruptError, ShardReader
 from tokshift.data.transforms import ClipAugment, resize_short_side
 
 __all__ = ["EvalViewDataset", "TrainClipDataset", "eval_views_from_frames", "expand_shards"]
@@ -68,7 +69,22 @@ class _ShardSet:
 
     def frames(self, i: int, indices: Sequence[int]) -> list[np.ndarray]:
         r, vid, _, _ = self.items[i]
-        return self.readers[r].read_decoded(vid, indices)
+        try:
+            return self.readers[r].read_decoded(vid, indices)
+        except ShardCorruptError:
+            _let_worker_die()
+            raise
+
+
+def _let_worker_die() -> None:
+    """In a DataLoader worker, undo its SIGTERM shield: a damaged shard stops the job.
+
+    Workers ignore SIGTERM so the main process can checkpoint on preemption. When the main
+    process stops on the error this worker reports, the worker does not leave on the loader's
+    stop message and is ended with SIGTERM, so without this the job's exit would wait for it forever.
+    """
+    if torch.utils.data.get_worker_info() is not None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class _ShardDataset(Dataset):

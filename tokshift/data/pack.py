@@ -7,15 +7,21 @@ one transaction per video, so the shard's content does not depend on timing. Bad
 skipped and listed with their reason in the failures CSV; the shard is built under a
 temporary name and renamed when complete, so a rerun after a kill rebuilds exactly the same
 content. Frame folders (``frames`` datasets) are copied JPEG-for-JPEG without re-encoding.
+
+A full disk is reported as :class:`DiskFullError` (the path, the free space, roughly how much
+more the shard needs), not as LMDB's bare ``Input/output error`` (a short write on a full
+filesystem); the partial file is deleted first, so the free space reported is what a rerun has.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import multiprocessing
 import os
 import re
+import shutil
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -24,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import lmdb
 from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
@@ -31,7 +38,16 @@ from tokshift.data.jpeg import HAVE_YUV_ENCODER, encode_rgb, encode_yuv420, jpeg
 from tokshift.data.sources import IndexRow, read_classes, read_index
 from tokshift.data.store import ShardWriter
 
-__all__ = ["FAILURE_COLUMNS", "PackResult", "Packed", "pack_rows", "pack_shard", "pack_video", "read_failures"]
+__all__ = [
+    "FAILURE_COLUMNS",
+    "DiskFullError",
+    "PackResult",
+    "Packed",
+    "pack_rows",
+    "pack_shard",
+    "pack_video",
+    "read_failures",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +55,60 @@ FAILURE_COLUMNS = ("video_id", "path", "label", "reason")
 DEFAULT_SHORT_SIDE = 331
 DEFAULT_QUALITY = 90
 _FRAME_FILE = re.compile(r"^(?:img|frame|image)?_?(\d+)\.jpe?g$", re.IGNORECASE)
+
+
+class DiskFullError(OSError, ValueError):
+    """The shard did not fit on its filesystem (an ``OSError`` with ENOSPC; a ``ValueError`` so CLIs
+    report it as one line like other input problems)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.ENOSPC, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+_LOW_FREE = 64 << 20  # an I/O error with less free space than this is a full disk
+
+
+def _is_disk_full(err: BaseException, folder: Path) -> bool:
+    """Whether ``err`` (raised while writing a shard in ``folder``) means the filesystem is full.
+
+    LMDB reports a short write on a full disk as EIO ("Input/output error"), so EIO counts as
+    full only when the filesystem really is nearly full; call this before deleting the partial file.
+    """
+    code = getattr(err, "errno", None)
+    text = str(err)
+    if code in (errno.ENOSPC, errno.EDQUOT) or "No space left" in text or "quota exceeded" in text:
+        return True
+    if code == errno.EIO or "Input/output error" in text:
+        try:
+            return shutil.disk_usage(folder).free < _LOW_FREE
+        except OSError:
+            return False
+    return False
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _disk_full_message(out: Path, written: int, done: int, total: int) -> str:
+    usage = shutil.disk_usage(out.parent)
+    if done > 0:
+        need = int(written / done * total * 1.1)
+        estimate = (
+            f"the shard had reached {_mb(written)} after {done} of {total} videos, so it needs roughly {_mb(need)}"
+        )
+        more = f"Free about {_mb(max(need - usage.free, 0))} more"
+    else:
+        estimate = f"the disk filled up within the first of {total} videos ({_mb(written)} written)"
+        more = "Free more space"
+    return (
+        f"disk full while packing {out}: {usage.free / 1e6:.1f} MB free of {_mb(usage.total)} in {out.parent} "
+        f"(after deleting the partial shard); {estimate}. {more} (or move the results folder to a bigger disk), "
+        "then rerun the same command: the shard is rebuilt from scratch"
+    )
 
 
 @dataclass
@@ -134,11 +204,15 @@ def _ordered(rows: Sequence[IndexRow], workers: int, job: tuple[Any, ...]) -> It
 def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(FAILURE_COLUMNS))
-        writer.writeheader()
-        writer.writerows(failures)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(FAILURE_COLUMNS))
+            writer.writeheader()
+            writer.writerows(failures)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
+        raise
 
 
 def read_failures(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -188,9 +262,56 @@ def pack_rows(
     input_bytes = sum(os.path.getsize(r.path) for r in rows if os.path.isfile(r.path))
     meta_attrs = {"short_side": short_side, "jpeg_quality": int(jpeg_quality), **(attrs or {})}
 
-    with ShardWriter(out, classes, attrs=meta_attrs, map_size=(1 << 30) + 12 * input_bytes) as writer:
-        bar = tqdm(total=len(rows), desc=f"pack {out.name}", unit="video", disable=not progress, leave=False)
-        job = (short_side, int(jpeg_quality), float(timeout))
+    full: tuple[int, int] | None = None  # (bytes written, videos done) when the disk filled up
+    try:
+        with ShardWriter(out, classes, attrs=meta_attrs, map_size=(1 << 30) + 12 * input_bytes) as writer:
+            try:
+                _pack_into(writer, rows, workers, short_side, jpeg_quality, timeout, failures_path, result, progress)
+            except (lmdb.Error, OSError) as err:
+                if _is_disk_full(err, out.parent):  # judged before the partial file is deleted
+                    full = (_file_size(writer.tmp), len(result.failures) + result.packed)
+                raise
+    except (lmdb.Error, OSError) as err:
+        if full is None:
+            raise
+        raise DiskFullError(_disk_full_message(out, full[0], full[1], len(rows))) from err
+    result.seconds = time.perf_counter() - t0
+    log.info(
+        "packed %s: %d/%d videos, %d frames, %.1f MB, %d failed, %.1f s (%.0f frames/s)",
+        out,
+        result.packed,
+        result.videos,
+        result.frames,
+        result.bytes / 1e6,
+        len(result.failures),
+        result.seconds,
+        result.frames / max(result.seconds, 1e-9),
+    )
+    return result
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _pack_into(
+    writer: ShardWriter,
+    rows: Sequence[IndexRow],
+    workers: int,
+    short_side: int | None,
+    jpeg_quality: int,
+    timeout: float,
+    failures_path: Path,
+    result: PackResult,
+    progress: bool,
+) -> None:
+    """Decode ``rows`` and write them to ``writer``, list the failures, seal the shard."""
+    bar = tqdm(total=len(rows), desc=f"pack {writer.path.name}", unit="video", disable=not progress, leave=False)
+    job = (short_side, int(jpeg_quality), float(timeout))
+    try:
         for row, packed in _ordered(rows, min(workers, max(len(rows), 1)), job):
             bar.update(1)
             if isinstance(packed, VideoDecodeError):
@@ -214,22 +335,10 @@ def pack_rows(
             result.frames += len(packed.frames)
             result.bytes += sum(len(f) for f in packed.frames)
             bar.set_postfix(frames=result.frames, failed=len(result.failures), refresh=False)
+    finally:
         bar.close()
-        _write_failures(failures_path, result.failures)
-        writer.finish()
-    result.seconds = time.perf_counter() - t0
-    log.info(
-        "packed %s: %d/%d videos, %d frames, %.1f MB, %d failed, %.1f s (%.0f frames/s)",
-        out,
-        result.packed,
-        result.videos,
-        result.frames,
-        result.bytes / 1e6,
-        len(result.failures),
-        result.seconds,
-        result.frames / max(result.seconds, 1e-9),
-    )
-    return result
+    _write_failures(failures_path, result.failures)
+    writer.finish()
 
 
 def pack_shard(

@@ -155,6 +155,23 @@ def _open_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     return header, rows
 
 
+def _require_videos(result: IndexResult, annotations: Path, row_format: str) -> IndexResult:
+    """A split without a single video on disk fails here, not hours later as ``num_classes=0`` in training."""
+    if result.rows:
+        return result
+    if not result.missing:
+        raise DatasetSpecError(
+            f"{annotations} lists no videos for split {result.split!r} (it is empty or holds only a header): "
+            f"add {row_format}, or point the dataset config at the right file"
+        )
+    first = result.missing[0]
+    raise DatasetSpecError(
+        f"none of the {len(result.missing)} videos that {annotations} lists for split {result.split!r} exists "
+        f"(the first, {first.video_id!r}, is not at {first.path or 'any path under the root'!r}): "
+        "fix the paths or the dataset root in the config"
+    )
+
+
 # -- csv / demo ---------------------------------------------------------------------------------
 def _csv_entries(path: Path) -> list[tuple[str, Path, str]]:
     header, rows = _open_csv(path)
@@ -199,7 +216,7 @@ def _index_csv(spec: Mapping[str, Any], split: str, shards: int, kind: str) -> I
             result.rows.append(IndexRow(vid, str(full), label, position[label], split, shard_of(vid, shards)))
         else:
             result.missing.append(MissingRow(vid, str(full), label, split, "file not found"))
-    return result
+    return _require_videos(result, files[split], "one 'path,label' row per video")
 
 
 # -- kinetics -----------------------------------------------------------------------------------
@@ -271,7 +288,7 @@ def _index_kinetics(spec: Mapping[str, Any], split: str, shards: int) -> IndexRe
     if rows and not result.rows and not result.missing:
         values = sorted({r.get("split", "") for r in rows})
         raise DatasetSpecError(f"{files[split]}: no labelled rows for split {split!r} (split column has {values})")
-    return result
+    return _require_videos(result, files[split], "one 'label,youtube_id,time_start,time_end' row per video")
 
 
 # -- frame folders ------------------------------------------------------------------------------
@@ -330,7 +347,9 @@ def _index_frames(spec: Mapping[str, Any], split: str, shards: int) -> IndexResu
             result.missing.append(
                 MissingRow(vid, os.path.abspath(folder), classes[label], split, "frame folder not found")
             )
-    return result
+    return _require_videos(
+        result, _split_file(spec, "lists", split, "frames"), "one 'path nframes label' line per video"
+    )
 
 
 # -- entry points -------------------------------------------------------------------------------

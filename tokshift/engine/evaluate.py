@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
 from tokshift.engine.runtime import autocast, ignore_stop_signals
@@ -93,6 +94,8 @@ class _Safe(Dataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         try:
             item = dict(self.base[i])
+        except ShardCorruptError:
+            raise  # a damaged shard is not one bad video: the whole evaluation would be wrong
         except Exception as exc:  # noqa: BLE001 - reported per video, counted in `failed`
             vid = _video_id(self.base, i)
             return {"index": i, "video_id": vid, "label": _label(self.base, i), "error": f"{type(exc).__name__}: {exc}"}
