@@ -51,6 +51,8 @@ rule pack_shard:
         f"{RESULTS}/index/{{split}}.csv",
     output:
         lmdb=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.lmdb",
+        # Written with the shard: its size and checksums, checked by every reader.
+        seal=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.lmdb.seal.json",
         failures=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.failures.csv",
     log:
         f"logs/pack_shard/{DATASET}/{{split}}-{{shard}}.log",
