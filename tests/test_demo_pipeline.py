@@ -80,3 +80,26 @@ def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: tuple[Path, fl
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
     assert planned_jobs(out) == {"train": 1, "evaluate": 1, "collect_results": 1, "all": 1}, out[-3000:]
     assert "model=demo_vit" in out and "model=demo_tokshift" not in out
+
+
+def test_damaged_val_shard_fails_evaluation_by_name_and_keeps_the_models(
+    demo_run: tuple[Path, float], tmp_path: Path
+) -> None:
+    """A truncated val shard: no retraining, evaluation stops naming the shard, model.pt untouched."""
+    from tokshift.fileio import sha256_file
+
+    wf, _ = demo_run
+    project = tmp_path / "project"
+    shutil.copytree(wf, project, symlinks=True)
+    models = {m: project / f"results/demo/train/{m}/model.pt" for m in ("demo_vit", "demo_tokshift")}
+    before = {m: sha256_file(p) for m, p in models.items()}
+    shard = project / "results/demo/frames/val/shard-0.lmdb"
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size // 2)
+    plan = snakemake(project, "-n", "--cores", "2", check=True).stdout
+    assert "train" not in planned_jobs(plan) and planned_jobs(plan).get("evaluate") == 2, plan[-3000:]
+    run = snakemake(project, "--cores", "2")
+    assert run.returncode != 0
+    logs = "".join(p.read_text() for p in (project / "logs/evaluate").rglob("*.log"))
+    assert "shard-0.lmdb" in logs and "re-pack" in logs.lower() and "Bus error" not in logs, logs[-3000:]
+    assert {m: sha256_file(p) for m, p in models.items()} == before
