@@ -33,6 +33,10 @@ def zoo_table_outputs():
 
 
 def pretrained_weights(wildcards):
+    """What a model starts from: `train.init_from` (fine-tuning) or its zoo's ImageNet-21k .npz."""
+    start = workflow_settings.init_from(config, wildcards.model)
+    if start:
+        return [start]
     backbone = get_config(wildcards.model).pretrained
     return [f"resources/weights/{backbone}.npz"] if backbone else []
 

@@ -22,7 +22,8 @@ rule train:
     params:
         launch=lambda wildcards: launcher("train", wildcards.model),
         out_dir=lambda wildcards: f"{RESULTS}/train/{wildcards.model}",
-        pretrained=lambda wildcards, input: f"--pretrained {input.weights[0]}" if input.weights else "",
+        # ImageNet-21k .npz, or the train.init_from checkpoint when fine-tuning.
+        pretrained=lambda wildcards, input: f"--pretrained {shlex.quote(input.weights[0])}" if input.weights else "",
         overrides=lambda wildcards: train_override_args(wildcards.model),
         workers=lambda wildcards: loader_workers("train", wildcards.model),
         compile="--compile" if config["train"]["compile"] else "",

@@ -208,7 +208,9 @@ def register(subparsers: Any) -> None:
         "--pretrained",
         type=file_path,
         default=None,
-        help="ImageNet-21k ViT .npz from tokshift download (default: random init)",
+        help="weights to start from, detected from content: an ImageNet-21k ViT .npz (tokshift download), "
+        "a model.pt of tokshift train or an original TokShift .pth (fine-tuning; the head is kept when "
+        "its class count matches, else re-initialised) (default: random init)",
     )
     t.add_argument(
         "--override",

@@ -16,6 +16,9 @@ successful run hard-links `model.pt`, `metrics.jsonl` and `train_summary.json` i
 never deletes when it reruns the job. A retrain (`--forcerun train`) starts from scratch,
 writes its `model.pt` atomically at its end, and removes the older `final/` copy only after
 its own is in place.
+
+Fine-tuning is `--pretrained` given a tokshift `model.pt` or an original `.pth` instead of
+an ImageNet-21k `.npz`; `model.pt` and `train_summary.json` record the file and its sha256.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ from tokshift.engine.runtime import (
 )
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
-from tokshift.fileio import atomic_torch_save, atomic_write_text
+from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
 from tokshift.zoo import ZooConfig, get_config
 
 log = logging.getLogger(__name__)
@@ -112,6 +115,17 @@ def resolve_config(opts: TrainOptions, check_files: bool = True) -> ZooConfig:
             if not Path(s).exists():
                 raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
     return cfg
+
+
+def initial_model(cfg: ZooConfig, pretrained: str | None) -> nn.Module:
+    """The model before step 0: `cfg`'s architecture with the weights of `pretrained` (or random).
+
+    `pretrained` may be an ImageNet-21k .npz, a tokshift model.pt or an original .pth (found from
+    the content); a head whose class count differs from `cfg.num_classes` starts at zero.
+    """
+    from tokshift.models import build_model
+
+    return build_model(cfg.model_dict(), pretrained=pretrained)
 
 
 def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.Optimizer:
@@ -180,8 +194,6 @@ class _Trainer:
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
-        from tokshift.models import build_model
-
         opts, ctx = self.opts, self.ctx
         cfg = resolve_config(opts, check_files=self.datasets is None)
         seed_everything(opts.seed)
@@ -224,7 +236,8 @@ class _Trainer:
         self.amp_dtype = resolve_amp(opts.amp, self.device)
 
         torch.manual_seed(opts.seed)
-        model = build_model(cfg.model_dict(), pretrained=opts.pretrained)
+        model = initial_model(cfg, opts.pretrained)
+        self.pretrained_sha256 = sha256_file(opts.pretrained) if opts.pretrained else None
         set_fused_attention(model, opts.fused_attn)
         self.raw = model.to(self.device)
 
@@ -581,6 +594,7 @@ class _Trainer:
             "lr": self.base_lr,
             "seed": self.opts.seed,
             "pretrained": self.opts.pretrained,
+            "pretrained_sha256": self.pretrained_sha256,
         }
         ckpt = out / "model.pt"
         digest = atomic_torch_save(final, ckpt)
@@ -608,6 +622,7 @@ class _Trainer:
             "classes": len(self.classes),
             "seed": self.opts.seed,
             "pretrained": self.opts.pretrained,
+            "pretrained_sha256": self.pretrained_sha256,
             "checkpoint": str(ckpt),
             "checkpoint_sha256": digest,
             "final_copy": str(final_copy_path(out, digest)),

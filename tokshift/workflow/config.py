@@ -57,23 +57,40 @@ def frames_settings(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def model_config(config: dict[str, Any], model: str) -> ZooConfig:
-    """The zoo entry with `train.overrides` and `train.per_model[model]` applied."""
+def _override_layers(config: dict[str, Any], model: str) -> list[dict[str, Any]]:
+    """Zoo-field changes for `model`, weakest first: the dataset's recipe, `train.overrides`, `train.per_model`."""
     train = config["train"]
-    overrides = dict(train["overrides"])
-    overrides.update(train["per_model"].get(model) or {})
+    return [dataset_spec(config).get("train") or {}, train["overrides"], train["per_model"].get(model) or {}]
+
+
+def model_config(config: dict[str, Any], model: str) -> ZooConfig:
+    """The zoo entry with the dataset's `train` recipe, `train.overrides` and `train.per_model[model]` applied."""
+    overrides: dict[str, Any] = {}
+    for layer in _override_layers(config, model):
+        overrides.update(layer)
     try:
         return get_config(model).replace(**overrides)
     except ValueError as e:
-        raise ConfigError(f"config keys 'train.overrides' / 'train.per_model.{model}': {e}") from None
+        raise ConfigError(
+            f"config keys 'datasets.{config['dataset']}.train' / 'train.overrides' / 'train.per_model.{model}': {e}"
+        ) from None
 
 
 def training_overrides(config: dict[str, Any], model: str) -> dict[str, Any]:
     """The overridden zoo fields of `model`, with the types of the zoo (command-line values are strings)."""
-    train = config["train"]
-    keys = set(train["overrides"]) | set(train["per_model"].get(model) or {})
+    keys = set().union(*_override_layers(config, model))
     cfg = model_config(config, model)
     return {k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in sorted(keys)}
+
+
+def init_from(config: dict[str, Any], model: str) -> str | None:
+    """The checkpoint `model` starts from instead of its ImageNet-21k weights, or None.
+
+    `train.init_from_per_model[model]` wins over `train.init_from`; relative paths are
+    relative to the pipeline directory (where Snakemake runs).
+    """
+    train = config["train"]
+    return train["init_from_per_model"].get(model) or train["init_from"]
 
 
 def job_settings(config: dict[str, Any], rule: str, model: str | None = None) -> dict[str, Any]:
@@ -138,6 +155,16 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
         if msg:
             problems.append(msg)
     for m in models:
+        start = init_from(config, m)
+        if start:
+            per_model = config["train"]["init_from_per_model"].get(m)
+            key = f"train.init_from_per_model.{m}" if per_model else "train.init_from"
+            if not (Path(start) if Path(start).is_absolute() else base / start).is_file():
+                problems.append(
+                    f"config key '{key}': {start!r} is not a file; give a model.pt, an original .pth or a .npz "
+                    "(relative paths are relative to the pipeline directory)"
+                )
+            continue
         cfg = get_config(m)
         if cfg.pretrained and cfg.pretrained not in config["weights"]:
             problems.append(f"config key 'weights': no entry for {cfg.pretrained!r}, which {m} starts from")
@@ -147,5 +174,8 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
     for m in config["train"]["per_model"]:
         if m not in ZOO:
             problems.append(f"config key 'train.per_model': unknown model {m!r}")
+    for m in config["train"]["init_from_per_model"]:
+        if m not in ZOO:
+            problems.append(f"config key 'train.init_from_per_model': unknown model {m!r}")
     if problems:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems))
