@@ -1,0 +1,174 @@
+"""Fine-tuning: a trained demo model.pt starts a 3-class csv dataset, by the engine and by the workflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from tests.engine_fixtures import PackedDemo, TrainedDemo, _pack, packed_demo, run_cli, trained_demo  # noqa: F401
+from tests.workflow_helpers import copy_workflow, snakemake
+from tokshift.fileio import sha256_file
+
+HEAD = ("head.weight", "head.bias")
+
+
+def three_class_csvs(demo: PackedDemo, out: Path, per_class: dict[str, int]) -> dict[str, Path]:
+    """CSV splits of the demo videos with only 3 of its 4 classes (absolute paths, few per class)."""
+    keep = demo.classes[:3]
+    out.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for split, n in per_class.items():
+        with open(demo.videos.parent / f"{split}.csv", newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        chosen = [r for c in keep for r in [r for r in rows if r["label"] == c][:n]]
+        path = out / f"{split}.csv"
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh, lineterminator="\n")
+            w.writerow(["path", "label"])
+            w.writerows((str((demo.videos.parent / r["path"]).resolve()), r["label"]) for r in chosen)
+        splits[split] = path
+    return splits
+
+
+@pytest.fixture(scope="module")
+def three_classes(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+    return three_class_csvs(packed_demo, tmp_path_factory.mktemp("three"), {"train": 4, "val": 2})
+
+
+def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: TrainedDemo) -> None:  # noqa: F811
+    from tokshift.engine.train import initial_model
+    from tokshift.zoo import get_config
+
+    saved = torch.load(trained_demo.checkpoint, map_location="cpu", weights_only=False)["model"]
+    model = initial_model(get_config("demo_tokshift").replace(num_classes=3), str(trained_demo.checkpoint))
+    state = model.state_dict()
+    assert set(state) == set(saved)
+    assert state["head.weight"].shape[0] == 3 and saved["head.weight"].shape[0] == 4
+    for k in HEAD:
+        assert torch.count_nonzero(state[k]) == 0, k
+    body = [k for k in state if k not in HEAD]
+    assert len(body) > 10
+    for k in body:
+        assert torch.equal(state[k], saved[k]), k
+
+
+def test_train_cli_fine_tunes_and_records_the_start(
+    trained_demo: TrainedDemo,  # noqa: F811
+    three_classes: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    train = _pack({"kind": "csv", "splits": {"train": str(three_classes["train"])}}, "train", tmp_path / "train.lmdb")
+    out = tmp_path / "ft"
+    res = run_cli(
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(train),
+        "--out-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--pretrained",
+        str(trained_demo.checkpoint),
+        "--override",
+        "epochs=1",
+        "batch_size=4",
+        threads=2,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "head re-initialised" in res.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["classes"] == 3
+    assert summary["pretrained"] == str(trained_demo.checkpoint)
+    assert summary["pretrained_sha256"] == sha256_file(trained_demo.checkpoint)
+    ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
+    assert ckpt["pretrained_sha256"] == summary["pretrained_sha256"]
+    assert ckpt["model"]["head.weight"].shape[0] == 3 and len(ckpt["classes"]) == 3
+    assert torch.count_nonzero(ckpt["model"]["head.weight"]) > 0  # the new head was trained
+
+
+def finetune_config(wf: Path, splits: dict[str, Path], init_from: str, recipe: dict) -> None:
+    cfg = yaml.safe_load((wf / "config.yaml").read_text())
+    cfg["dataset"] = "mine"
+    cfg["models"] = ["demo_tokshift"]
+    cfg["datasets"]["mine"] = {
+        "kind": "csv",
+        "zoo": "demo",
+        "splits": {k: str(v) for k, v in splits.items()},
+        "frames": {"short_side": 64, "shards": 1},
+        "train": recipe,
+    }
+    cfg["train"]["init_from"] = init_from
+    (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_dry_run_takes_the_init_checkpoint_and_the_recipe_order(
+    trained_demo: TrainedDemo,  # noqa: F811
+    three_classes: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "start").mkdir()
+    (wf / "start/model.pt").write_bytes(trained_demo.checkpoint.read_bytes())
+    finetune_config(wf, three_classes, "start/model.pt", {"epochs": 5, "lr": 0.01, "batch_size": 8})
+    out = snakemake(
+        wf,
+        "-n",
+        "-p",
+        "--cores",
+        "2",
+        "--config",
+        "train={overrides: {lr: 0.02}, per_model: {demo_tokshift: {batch_size: 4}}}",
+        check=True,
+    ).stdout
+    assert "--pretrained start/model.pt" in out
+    # zoo < dataset recipe (epochs 5) < train.overrides (lr) < train.per_model (batch_size)
+    assert "--override batch_size=4 epochs=5 lr=0.02" in out
+    assert "download_weights" not in out
+
+
+@pytest.mark.parametrize("per_model", [False, True], ids=["init_from", "init_from_per_model"])
+def test_missing_init_checkpoint_fails_before_any_job_naming_the_key(
+    three_classes: dict[str, Path], tmp_path: Path, per_model: bool
+) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    finetune_config(wf, three_classes, None if per_model else "nope/model.pt", {})
+    extra = ["--config", "train={init_from_per_model: {demo_tokshift: nope/model.pt}}"] if per_model else []
+    proc = snakemake(wf, "--cores", "2", *extra)
+    assert proc.returncode != 0
+    key = "train.init_from_per_model.demo_tokshift" if per_model else "train.init_from"
+    assert f"config key '{key}'" in proc.stdout + proc.stderr and "nope/model.pt" in proc.stdout + proc.stderr
+    assert not (wf / "results").exists()
+
+
+def test_bad_dataset_recipe_is_rejected_naming_the_key(three_classes: dict[str, Path], tmp_path: Path) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    finetune_config(wf, three_classes, None, {"epoch": 2})
+    proc = snakemake(wf, "-n", "--cores", "2")
+    assert proc.returncode != 0
+    assert "datasets.mine.train" in proc.stdout + proc.stderr and "epoch" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_snakemake_fine_tunes_into_the_results_table(
+    trained_demo: TrainedDemo,  # noqa: F811
+    three_classes: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    import pandas as pd
+
+    wf = copy_workflow(tmp_path / "wf")
+    finetune_config(wf, three_classes, str(trained_demo.checkpoint), {"epochs": 1, "batch_size": 4})
+    snakemake(wf, "--cores", "2", "--config", "evaluate={clips: 2, crops: 1}", check=True, timeout=1200)
+    df = pd.read_csv(wf / "results/mine/model_zoo.csv").set_index("model")
+    assert list(df.index) == ["demo_tokshift"]
+    assert df.loc["demo_tokshift", "val_videos"] == 6 and 0 <= df.loc["demo_tokshift", "top1"] <= 100
+    summary = json.loads((wf / "results/mine/train/demo_tokshift/train_summary.json").read_text())
+    assert summary["epochs"] == 1 and summary["classes"] == 3
+    assert summary["pretrained_sha256"] == sha256_file(trained_demo.checkpoint)
