@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,7 @@ import torch
 import yaml
 
 from tests.engine_fixtures import PackedDemo, TrainedDemo, _pack, packed_demo, run_cli, trained_demo  # noqa: F401
-from tests.workflow_helpers import copy_workflow, snakemake
+from tests.workflow_helpers import REPO, copy_workflow, snakemake
 from tokshift.fileio import sha256_file
 
 HEAD = ("head.weight", "head.bias")
@@ -155,7 +158,43 @@ def test_bad_dataset_recipe_is_rejected_naming_the_key(three_classes: dict[str, 
     assert "datasets.mine.train" in proc.stdout + proc.stderr and "epoch" in proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
+def readme_section() -> tuple[dict, list[list[str]]]:
+    """The config fragment and the shell commands of the README's fine-tuning section."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Fine-tune on your own videos", 1)[1].split("\n## ", 1)[0]
+    fragment = yaml.safe_load(re.search(r"```yaml\n(.*?)```", section, re.S).group(1))
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", section, re.S):
+        commands += [shlex.split(line) for line in block.replace("\\\n", " ").splitlines() if line.strip()]
+    return fragment, commands
+
+
+def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict[str, Path], tmp_path: Path) -> None:
+    fragment, commands = readme_section()
+    wf = copy_workflow(tmp_path / "wf")
+    cfg = yaml.safe_load((wf / "config.yaml").read_text())
+    ((name, entry),) = fragment["datasets"].items()
+    entry["splits"] = {k: str(v) for k, v in three_classes.items()}  # the README's paths, made real
+    cfg["datasets"][name] = entry
+    cfg["train"].update(fragment["train"])
+    (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
+    start = wf / fragment["train"]["init_from"]
+    start.parent.mkdir(parents=True)
+    start.write_bytes(b"a dry run reads no weights")
+    dry, run, train = commands
+    assert dry[:2] == ["snakemake", "-n"] and run[0] == "snakemake" and dry[2:] == run[1:]
+    out = snakemake(wf, *dry[1:], "-p", check=True).stdout
+    assert f"--pretrained {fragment['train']['init_from']}" in out
+    assert "--override batch_size=8 epochs=5 lr=0.01" in out
+    assert "download_weights" not in out
+    # The plain CLI command parses with this version's options.
+    from tokshift.cli import build_parser
+
+    assert train[0] == "tokshift"
+    args = build_parser().parse_args(["x.lmdb" if glob.has_magic(a) else a for a in train[1:]])
+    assert args.pretrained and args.override == ["epochs=5", "lr=0.01", "batch_size=8"]
+
+
 def test_snakemake_fine_tunes_into_the_results_table(
     trained_demo: TrainedDemo,  # noqa: F811
     three_classes: dict[str, Path],
