@@ -7,14 +7,26 @@ import glob
 import json
 import re
 import shlex
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 
-from tests.engine_fixtures import PackedDemo, TrainedDemo, _pack, packed_demo, run_cli, trained_demo  # noqa: F401
+from tests.engine_fixtures import (  # noqa: F401
+    PackedDemo,
+    TrainedDemo,
+    _pack,
+    cli_env,
+    packed_demo,
+    run_cli,
+    tokshift_cmd,
+    trained_demo,
+)
 from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tokshift.engine.exitcodes import EXIT_PREEMPTED
 from tokshift.fileio import sha256_file
 
 HEAD = ("head.weight", "head.bias")
@@ -43,6 +55,32 @@ def three_classes(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFact
     return three_class_csvs(packed_demo, tmp_path_factory.mktemp("three"), {"train": 4, "val": 2})
 
 
+@pytest.fixture(scope="module")
+def three_class_shard(three_classes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("three_shard") / "train.lmdb"
+    return _pack({"kind": "csv", "splits": {"train": str(three_classes["train"])}}, "train", out)
+
+
+def finetune_args(shard: Path, out: Path, start: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--model",
+        "demo_tokshift",
+        "--train-shards",
+        str(shard),
+        "--out-dir",
+        str(out),
+        "--workers",
+        "0",
+        "--pretrained",
+        str(start),
+        *extra,
+        "--override",
+        "epochs=1",
+        "batch_size=4",
+    ]
+
+
 def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: TrainedDemo) -> None:  # noqa: F811
     from tokshift.engine.train import initial_model
     from tokshift.zoo import get_config
@@ -62,28 +100,11 @@ def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: T
 
 def test_train_cli_fine_tunes_and_records_the_start(
     trained_demo: TrainedDemo,  # noqa: F811
-    three_classes: dict[str, Path],
+    three_class_shard: Path,
     tmp_path: Path,
 ) -> None:
-    train = _pack({"kind": "csv", "splits": {"train": str(three_classes["train"])}}, "train", tmp_path / "train.lmdb")
     out = tmp_path / "ft"
-    res = run_cli(
-        "train",
-        "--model",
-        "demo_tokshift",
-        "--train-shards",
-        str(train),
-        "--out-dir",
-        str(out),
-        "--workers",
-        "0",
-        "--pretrained",
-        str(trained_demo.checkpoint),
-        "--override",
-        "epochs=1",
-        "batch_size=4",
-        threads=2,
-    )
+    res = run_cli(*finetune_args(three_class_shard, out, trained_demo.checkpoint), threads=2)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "head re-initialised" in res.stderr
     summary = json.loads((out / "train_summary.json").read_text())
@@ -94,6 +115,45 @@ def test_train_cli_fine_tunes_and_records_the_start(
     assert ckpt["pretrained_sha256"] == summary["pretrained_sha256"]
     assert ckpt["model"]["head.weight"].shape[0] == 3 and len(ckpt["classes"]) == 3
     assert torch.count_nonzero(ckpt["model"]["head.weight"]) > 0  # the new head was trained
+
+
+def test_resume_from_another_start_is_not_continued(
+    trained_demo: TrainedDemo,  # noqa: F811
+    three_class_shard: Path,
+    tmp_path: Path,
+) -> None:
+    """A run preempted while fine-tuning from A does not continue when restarted from B."""
+    out = tmp_path / "ft"
+    extra = ("--log-every", "1", "--checkpoint-minutes", "1000")
+    proc = subprocess.Popen(
+        tokshift_cmd(*finetune_args(three_class_shard, out, trained_demo.checkpoint, *extra)),
+        env=cli_env(1),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    seen = []
+    for line in proc.stderr:
+        seen.append(line)
+        if " step 1 loss " in line:
+            proc.send_signal(signal.SIGUSR1)
+            break
+    seen.append(proc.communicate(timeout=300)[1])
+    assert proc.returncode == EXIT_PREEMPTED, "".join(seen)[-3000:]  # preempted, resume checkpoint written
+    assert list((out / "resume").glob("*.pt")), "no resume checkpoint"
+
+    other = tmp_path / "other.pt"
+    state = torch.load(trained_demo.checkpoint, map_location="cpu", weights_only=False)
+    state["model"]["pos_embed"] = state["model"]["pos_embed"] + 0.01
+    torch.save(state, other)
+    again = run_cli(*finetune_args(three_class_shard, out, other, *extra))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "skipping resume checkpoint" in again.stderr and "pretrained_sha256" in again.stderr
+    assert "resumed from" not in again.stderr
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["pretrained_sha256"] == sha256_file(other)
 
 
 def finetune_config(wf: Path, splits: dict[str, Path], init_from: str, recipe: dict) -> None:

@@ -143,9 +143,17 @@ def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.O
     raise ValueError(f"optimizer={cfg.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
-def _fingerprint(cfg: ZooConfig, opts: TrainOptions, world_size: int, n_train: int) -> dict[str, Any]:
-    """What a resume checkpoint must match to be continued (same run, same batches)."""
-    return {"config": cfg.to_dict(), "seed": opts.seed, "world_size": world_size, "train_clips": n_train}
+def _fingerprint(
+    cfg: ZooConfig, opts: TrainOptions, world_size: int, n_train: int, pretrained_sha256: str | None
+) -> dict[str, Any]:
+    """What a resume checkpoint must match to be continued (same run, same batches, same starting weights)."""
+    return {
+        "config": cfg.to_dict(),
+        "seed": opts.seed,
+        "world_size": world_size,
+        "train_clips": n_train,
+        "pretrained_sha256": pretrained_sha256,
+    }
 
 
 def _mismatch(fp: dict[str, Any]) -> Any:
@@ -254,7 +262,7 @@ class _Trainer:
         self.optimizer = make_optimizer(self.raw, cfg, self.base_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.end_epoch = min(cfg.epochs, opts.max_epochs) if opts.max_epochs else cfg.epochs
-        self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds))
+        self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds), self.pretrained_sha256)
         self.loader = DataLoader(
             self.train_ds,
             batch_sampler=self.sampler,
