@@ -271,3 +271,4 @@ def test_snakemake_fine_tunes_into_the_results_table(
     summary = json.loads((wf / "results/mine/train/demo_tokshift/train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["classes"] == 3
     assert summary["pretrained_sha256"] == sha256_file(trained_demo.checkpoint)
+    assert df.loc["demo_tokshift", "pretrained"] == summary["pretrained"]  # the file it started from

@@ -45,9 +45,10 @@ def _metrics(model: str, top1: float, videos: int, failed: int, sha: str) -> dic
     }
 
 
-def _summary(model: str, device: str, world_size: int, hours: float, sha: str) -> dict:
+def _summary(model: str, device: str, world_size: int, hours: float, sha: str, pretrained: str | None = None) -> dict:
     return {
         "model": model,
+        "pretrained": pretrained,
         "epochs": 8,
         "optimizer_steps": 256,
         "world_size": world_size,
@@ -152,7 +153,7 @@ def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
     sha = "ab" * 32
     m, t = tmp_path / "m.json", tmp_path / "t.json"
     _write(m, _metrics(K400, 76.905, 19790, 6, sha))
-    _write(t, _summary(K400, "cuda", 8, 51.25, sha))
+    _write(t, _summary(K400, "cuda", 8, 51.25, sha, pretrained="resources/weights/ViT-B_16.npz"))
     df = collect("k400", [m], [t])  # no checkpoints, no val summary
     r = df.iloc[0]
     assert r["paper_top1"] == 77.28
@@ -163,6 +164,9 @@ def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
     out = tmp_path / "out"
     write_outputs(df, out / "t.csv", out / "t.md", out / "t.png")
     assert "-0.37" in (out / "t.md").read_text()
+    # Fine-tuned from another checkpoint: the table names that file, not the backbone.
+    _write(t, _summary(K400, "cuda", 8, 51.25, sha, pretrained="released/base_224.pth"))
+    assert collect("k400", [m], [t]).iloc[0]["pretrained"] == "released/base_224.pth"
     assert pd.read_csv(out / "t.csv")["delta_top1"].tolist() == [-0.37]
     src = json.loads((out / "t.sources.json").read_text())["models"][K400]
     assert src["pack_summary"] is None and src["checkpoint"] is None and src["metrics"] == str(m)

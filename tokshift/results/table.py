@@ -203,6 +203,16 @@ def _match_checkpoints(checkpoints: Sequence[PathLike], trains: dict[str, tuple[
     return found
 
 
+def _started_from(train: dict[str, Any], backbone: str | None) -> str:
+    """What the training started from: the ImageNet-21k backbone's name, or the file it fine-tuned."""
+    path = train.get("pretrained")
+    if not path:
+        return "none"
+    if backbone and Path(str(path)).stem == backbone:
+        return backbone
+    return str(path)
+
+
 def _model_row(
     model: str,
     m_file: Path,
@@ -246,7 +256,7 @@ def _model_row(
         "model": model,
         "arch": zoo["arch"],
         "backbone": zoo["backbone"],
-        "pretrained": cfg.pretrained or "none",
+        "pretrained": _started_from(train, cfg.pretrained),
         "img_size": int(zoo["img_size"]),
         "num_frames": int(zoo["num_frames"]),
         "frame_stride": int(zoo["frame_stride"]),
