@@ -56,7 +56,9 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.mark.parametrize("source", list(SOURCES))
 @pytest.mark.parametrize("short", [64, 224])
-def test_bicubic_matches_pillow_bicubic_on_decoded_frames(decoded: dict[str, np.ndarray], source: str, short: int) -> None:
+def test_bicubic_matches_pillow_bicubic_on_decoded_frames(
+    decoded: dict[str, np.ndarray], source: str, short: int
+) -> None:
     for frame in decoded[source]:
         ref = pillow_short_side(frame, short)
         ours = resize_short_side(frame, short, "bicubic")
