@@ -299,7 +299,7 @@ def test_evaluate_resize_bicubic_reaches_the_views_and_is_recorded(
     write_index(build_index({"kind": "demo", "root": str(packed_demo.videos.parent)}, "val", 1), index)
     shard = tmp_path / "val96.lmdb"
     pack_shard(index, 0, shard, tmp_path / "f.csv", short_side=96, workers=2, progress=False)
-    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "eval", "--resize", "bicubic")
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "eval", "--resize", "bicubic", "--workers", "1")
     assert res.returncode == 0, res.stderr[-2000:]
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert (m["resize"], m["videos"], m["views"], m["failed"]) == ("bicubic", 16, 1, 0)
