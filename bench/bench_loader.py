@@ -5,7 +5,8 @@ then times, on one core (one worker's share), interleaved rounds of:
 
 * training clips, 8 frames x stride 32, 224 crop, short side in [224, 330], flip, jitters
   (``TrainClipDataset``: simplejpeg decode + crop-first OpenCV resize, uint8 out);
-* evaluation samples of 30 views (10 clips x 3 crops) of 8 x 224 (``EvalViewDataset``);
+* evaluation samples of 30 views (10 clips x 3 crops) of 8 x 224 (``EvalViewDataset``), with
+  each ``evaluate.resize``: ``linear`` (OpenCV bilinear) and ``bicubic`` (antialiased, as Pillow);
 * the raw LMDB reads of those training clips (8 JPEGs, no decode; with per-value CRC32 checks
   since frame format v2), which isolates the cost of the store itself;
 * the same sampling, LMDB reads and crops done with Pillow (decode + bicubic short-side resize
@@ -15,7 +16,7 @@ then times, on one core (one worker's share), interleaved rounds of:
 Reports clips per second (wall and per CPU-second, which is robust to a busy machine) and the
 speed-up of the fast path over the Pillow baseline.
 
-    python bench/bench_loader.py [--videos 6] [--rounds 5] [--clips 40]
+    python bench/bench_loader.py [--videos 6] [--rounds 5] [--clips 40] [--eval-only]
 """
 
 from __future__ import annotations
@@ -135,6 +136,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--clips", type=int, default=40, help="training clips per round and method")
     ap.add_argument("--eval-samples", type=int, default=4, help="30-view samples per round and method")
+    ap.add_argument("--eval-only", action="store_true", help="time only the evaluation loaders")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
@@ -154,14 +156,18 @@ def main() -> None:
 
         fast_train = TrainClipDataset([shard], T, STRIDE, CROP, SHORT)
         fast_eval = EvalViewDataset([shard], T, STRIDE, CROP)
+        bicubic_eval = EvalViewDataset([shard], T, STRIDE, CROP, resize="bicubic")
         methods = {
             "train 8x224: fast (uint8)": (fast_train.__getitem__, "train"),
             "raw reads of the 8 training JPEGs (store only)": (RawReads([shard]).__getitem__, "raw"),
             "train 8x224: Pillow (uint8) [baseline]": (PillowTrain([shard]).__getitem__, "train"),
             "train 8x224: Pillow + CPU float normalise (original)": (PillowTrain([shard], True).__getitem__, "train"),
             "eval 30 views: fast (uint8)": (fast_eval.__getitem__, "eval"),
+            "eval 30 views: fast, --resize bicubic (uint8)": (bicubic_eval.__getitem__, "eval"),
             "eval 30 views: Pillow (uint8) [baseline]": (PillowEval([shard]).__getitem__, "eval"),
         }
+        if args.eval_only:
+            methods = {k: v for k, v in methods.items() if v[1] == "eval"}
         n = len(fast_train)
         for get, _ in methods.values():  # warm the page cache and imports
             get(0)
@@ -191,6 +197,9 @@ def main() -> None:
             print(
                 f"| {name} | {statistics.median(wall[name]):.1f} | {statistics.median(cpu[name]):.1f} | {ratio:.2f}x |"
             )
+        linear, bicubic = "eval 30 views: fast (uint8)", "eval 30 views: fast, --resize bicubic (uint8)"
+        ratio = statistics.median(cpu[bicubic]) / statistics.median(cpu[linear])
+        print(f"\neval --resize bicubic vs linear (per CPU-second): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

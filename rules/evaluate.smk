@@ -21,6 +21,7 @@ rule evaluate:
         workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
         views=(
             f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
+            f" --resize {config['evaluate']['resize']}"
             f" --view-batch {config['evaluate']['view_batch']}"
             f" --max-failed-share {config['evaluate']['max_failed_share']}"
         ),

@@ -393,6 +393,37 @@ def test_notebook_api_matches_predict_command(tmp_path) -> None:
         tokshift.predict(m, frames.astype(np.float32))
 
 
+def test_notebook_and_predict_command_agree_on_the_bicubic_resize(tmp_path) -> None:
+    from tests.data_helpers import encode
+    from tokshift.data.decode import decode_video
+    from tokshift.engine.predict import PredictOptions, predict_videos
+
+    torch.manual_seed(1)
+    model = build_model("demo_tokshift")
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    path = tmp_path / "model.pt"
+    torch.save({"model": model.state_dict(), "config": DEMO.to_dict(), "classes": list("abcd")}, path)
+    m = tokshift.load(path, device="cpu")
+    mp4 = encode(np.random.default_rng(1).integers(0, 256, (20, 96, 128, 3), dtype=np.uint8), tmp_path / "clip.mp4")
+    out = StringIO()
+    opts = PredictOptions([str(mp4)], path, format="json", device="cpu", amp="off", resize="bicubic")
+    assert predict_videos(opts, out=out) == 0
+    report = json.loads(out.getvalue())
+    assert report["resize"] == "bicubic"
+    expect = {t["label"]: t["score"] for t in report["predictions"][0]["top"]}
+    # The file is decoded at full size and resized like an array of its frames.
+    native, _fps = decode_video(mp4)
+    for video in (mp4, native):
+        got = dict(tokshift.predict(m, video, resize="bicubic"))
+        assert got.keys() == expect.keys()
+        np.testing.assert_allclose([got[k] for k in expect], list(expect.values()), rtol=1e-5)
+    linear = dict(tokshift.predict(m, native))
+    assert max(abs(linear[k] - expect[k]) for k in expect) > 1e-4  # the resize reaches the model
+    with pytest.raises(ValueError, match="'lanczos'.*linear, bicubic"):
+        tokshift.predict(m, native, resize="lanczos")
+
+
 def test_notebook_load_of_npz_needs_a_model_name(tmp_path) -> None:
     from tests.test_models import write_google_npz
 

@@ -81,11 +81,13 @@ def test_options_mirroring_config_settings_take_the_schema_default() -> None:
     assert pack["jpeg_quality"] == default("frames", "jpeg_quality")
     for name in ("evaluate", "predict"):
         views = defaults(name)
-        assert (views["clips"], views["crops"], views["view_batch"]) == (
+        assert (views["clips"], views["crops"], views["view_batch"], views["resize"]) == (
             default("evaluate", "clips"),
             default("evaluate", "crops"),
             default("evaluate", "view_batch"),
+            default("evaluate", "resize"),
         )
+        assert views["resize"] == "linear"
     train = defaults("train")
     assert train["seed"] == default("train", "seed")
     assert train["amp"] == default("train", "amp")

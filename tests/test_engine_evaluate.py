@@ -132,9 +132,11 @@ def test_evaluate_cli_writes_metrics_and_one_row_per_video(
         "failed",
         "model",
         "checkpoint",
+        "resize",
     ):
         assert key in m, key
     assert (m["videos"], m["views"], m["clips"], m["crops"], m["failed"]) == (16, 30, 10, 3, 0)
+    assert m["resize"] == "linear"  # the schema's default
     assert all(0 <= m[k] <= 100 for k in ("top1", "top5", "top1_1view", "mean_class_acc"))
     assert m["top5"] == 100.0  # 4 classes
     rows = _read_csv(tmp_path / "predictions.csv")
@@ -282,6 +284,47 @@ def _evaluate_1view(checkpoint: Path, shard: Path, out: Path, *extra: str) -> su
         "0",
         *extra,
     )
+
+
+def test_evaluate_resize_bicubic_reaches_the_views_and_is_recorded(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    from tokshift.data.datasets import EvalViewDataset
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.sources import build_index, write_index
+    from tokshift.engine.loading import load_trained_model
+
+    # Frames stored at short side 96, so evaluation at 64 px really resizes them.
+    index = tmp_path / "val96.index.csv"
+    write_index(build_index({"kind": "demo", "root": str(packed_demo.videos.parent)}, "val", 1), index)
+    shard = tmp_path / "val96.lmdb"
+    pack_shard(index, 0, shard, tmp_path / "f.csv", short_side=96, workers=2, progress=False)
+    res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "eval", "--resize", "bicubic", "--workers", "1")
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert (m["resize"], m["videos"], m["views"], m["failed"]) == ("bicubic", 16, 1, 0)
+    rows = {r["video_id"]: r for r in _read_csv(tmp_path / "eval" / "predictions.csv")}
+    trained = load_trained_model(trained_demo.checkpoint, torch.device("cpu"))
+    bicubic = EvalViewDataset([shard], 8, 2, 64, num_clips=1, num_crops=1, resize="bicubic")
+    linear = EvalViewDataset([shard], 8, 2, 64, num_clips=1, num_crops=1)
+    for i in (0, 9):
+        item = bicubic[i]
+        assert not torch.equal(item["views"], linear[i]["views"])
+        with torch.no_grad():
+            probs = trained.model(normalize(item["views"])).softmax(-1)[0]
+        assert float(rows[item["video_id"]]["score1"]) == pytest.approx(float(probs.max()), abs=1e-5)
+    bad = run_cli(
+        "evaluate",
+        "--checkpoint",
+        str(trained_demo.checkpoint),
+        "--shards",
+        str(shard),
+        "--out-dir",
+        str(tmp_path / "bad"),
+        "--resize",
+        "area",
+    )
+    assert bad.returncode == 2 and "--resize" in bad.stderr and "bicubic" in bad.stderr
 
 
 def test_one_unreadable_video_in_twenty_is_counted_and_the_share_decides(

@@ -56,14 +56,15 @@ def load(
     return TrainedModel(net, cfg, names, {"format": ckpt.kind})
 
 
-def _frames(video: str | Path | np.ndarray, short_side: int) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB frames of a video file or an array."""
+def _frames(video: str | Path | np.ndarray, short_side: int, resize: str) -> np.ndarray:
+    """(N, H, W, 3) uint8 RGB frames of a video file (short side ``short_side``) or an array."""
     if isinstance(video, (str, Path)):
-        from tokshift.data.decode import decode_video
+        from tokshift.data.decode import DEFAULT_TIMEOUT
+        from tokshift.engine.predict import decode_for_views
 
         if not Path(video).is_file():
             raise FileNotFoundError(f"video {video} not found")
-        frames, _fps = decode_video(video, short_side)
+        frames, _log = decode_for_views(str(video), short_side, DEFAULT_TIMEOUT, resize)
         return frames
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
@@ -80,22 +81,27 @@ def predict(
     clips: int = 10,
     crops: int = 3,
     view_batch: int = 30,
+    resize: str = "linear",
 ) -> list[tuple[str, float]]:
     """The `top` (label, probability) pairs for one video, from the fused logits of clips x crops views.
 
     `model` is what `load` returns (or a checkpoint path to load); `video` a file
-    (decoded with ffmpeg) or a (T, H, W, 3) uint8 RGB array.
+    (decoded with ffmpeg) or a (T, H, W, 3) uint8 RGB array. `resize` is how frames reach the
+    crop size, as `tokshift predict --resize`: "linear" (fast) or "bicubic" (antialiased, as the
+    original TokShift evaluated).
     """
     from tokshift.data.datasets import eval_views_from_frames
+    from tokshift.data.transforms import check_resize
     from tokshift.engine.evaluate import view_logits
     from tokshift.engine.metrics import fuse_logits, topk
 
+    check_resize(resize)
     trained: Any = model if isinstance(model, TrainedModel) else load(model)
     if top < 1:
         raise ValueError(f"top={top} must be >= 1")
     cfg = trained.config
-    frames = _frames(video, cfg.img_size)
-    views = eval_views_from_frames(frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, clips, crops)
+    frames = _frames(video, cfg.img_size, resize)
+    views = eval_views_from_frames(frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, clips, crops, resize)
     device = next(trained.model.parameters()).device
     logits = view_logits(trained.model, torch.as_tensor(views), device, view_batch, None)
     idx, scores = topk(fuse_logits(logits).softmax(-1), top)

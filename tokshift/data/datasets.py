@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from tokshift.data.sampling import crop_offsets, eval_clip_indices, train_clip_indices
 from tokshift.data.store import ShardCorruptError, ShardReader
-from tokshift.data.transforms import ClipAugment, resize_short_side
+from tokshift.data.transforms import ClipAugment, check_resize, resize_short_side
 
 __all__ = ["EvalViewDataset", "TrainClipDataset", "eval_views_from_frames", "expand_shards"]
 
@@ -155,18 +155,20 @@ def _views(
     crop_size: int,
     num_clips: int,
     num_crops: int,
+    resize: str,
 ) -> torch.Tensor:
     """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major.
 
-    Each distinct frame is decoded, resized and cut into its crops once; the views are then one
-    gather of whole crops (3x faster than copying crop by crop from HWC frames).
+    Each distinct frame is decoded, resized (``resize``: linear or bicubic) and cut into its crops
+    once; the views are then one gather of whole crops (3x faster than copying crop by crop from
+    HWC frames).
     """
     clips = eval_clip_indices(n, num_frames, frame_stride, num_clips)
     unique = sorted({int(i) for c in clips for i in c})
     position = {i: k for k, i in enumerate(unique)}
     crops = np.empty((len(unique), num_crops, 3, crop_size, crop_size), dtype=np.uint8)
     for u, frame in enumerate(get_frames(unique)):
-        resized = resize_short_side(frame, crop_size)
+        resized = resize_short_side(frame, crop_size, resize)
         chw = resized.transpose(2, 0, 1)
         for k, (y, x) in enumerate(crop_offsets(resized.shape[0], resized.shape[1], crop_size, num_crops)):
             crops[u, k] = chw[:, y : y + crop_size, x : x + crop_size]
@@ -182,18 +184,34 @@ def eval_views_from_frames(
     crop_size: int,
     num_clips: int = 10,
     num_crops: int = 3,
+    resize: str = "linear",
 ) -> torch.Tensor:
-    """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8."""
+    """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8.
+
+    ``resize`` picks the short-side resize to ``crop_size``: ``linear`` (OpenCV bilinear) or
+    ``bicubic`` (antialiased, as the original's Pillow ``BICUBIC``).
+    """
     n = len(frames)
     if n == 0:
         raise ValueError("cannot build evaluation views of a video with no frames")
     return _views(
-        lambda idx: [np.asarray(frames[i]) for i in idx], n, num_frames, frame_stride, crop_size, num_clips, num_crops
+        lambda idx: [np.asarray(frames[i]) for i in idx],
+        n,
+        num_frames,
+        frame_stride,
+        crop_size,
+        num_clips,
+        num_crops,
+        check_resize(resize),
     )
 
 
 class EvalViewDataset(_ShardDataset):
-    """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``."""
+    """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``.
+
+    ``resize`` is the short-side resize to ``crop_size``: ``linear`` or ``bicubic`` (see
+    :func:`~tokshift.data.transforms.resize_short_side`).
+    """
 
     def __init__(
         self,
@@ -203,7 +221,9 @@ class EvalViewDataset(_ShardDataset):
         crop_size: int,
         num_clips: int = 10,
         num_crops: int = 3,
+        resize: str = "linear",
     ) -> None:
+        self.resize = check_resize(resize)
         self._set = _ShardSet(shards)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
@@ -224,5 +244,6 @@ class EvalViewDataset(_ShardDataset):
             self.crop_size,
             self.num_clips,
             self.num_crops,
+            self.resize,
         )
         return {"video_id": vid, "label": label, "views": views}

@@ -2,9 +2,11 @@
 
 Clips stay uint8 on the CPU (a quarter of the bytes of float and no 360 us/frame normalisation
 in the workers); :func:`normalize` turns them into floats on whatever device they reach.
-Resizing is bilinear (OpenCV ``INTER_LINEAR``): for training only the source region under the
-random crop is resized (crop-first, 1.5x faster than resizing the whole frame); it equals
-resize-then-crop up to snapping the region to whole source pixels (at most half a pixel).
+Training resizes bilinearly (OpenCV ``INTER_LINEAR``), only the source region under the
+random crop (crop-first, 1.5x faster than resizing the whole frame); it equals resize-then-crop
+up to snapping the region to whole source pixels (at most half a pixel). Evaluation resizes whole
+frames with one of :data:`RESIZE_METHODS`: ``linear`` (OpenCV bilinear, the fast default) or
+``bicubic`` (antialiased, as Pillow's ``BICUBIC`` that the original TokShift evaluates with).
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ __all__ = [
     "AugmentParams",
     "ClipAugment",
     "JITTER_RANGES",
+    "RESIZE_METHODS",
     "adjust_brightness",
     "adjust_gamma",
     "adjust_hue",
     "adjust_saturation",
+    "check_resize",
     "normalize",
     "resize_short_side",
     "short_side_size",
@@ -33,6 +37,9 @@ cv2.setNumThreads(1)
 
 # The original's jitter ranges: brightness [0.5, 2], saturation [0.5, 3], gamma [0.8, 1.2], hue [-0.5, 0.5].
 JITTER_RANGES = {"brightness": (0.5, 2.0), "saturation": (0.5, 3.0), "gamma": (0.8, 1.2), "hue": (-0.5, 0.5)}
+
+# Evaluation resizes: OpenCV bilinear (fast) or antialiased bicubic (the original's Pillow BICUBIC).
+RESIZE_METHODS = ("linear", "bicubic")
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -47,13 +54,32 @@ def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
     return max(short, int(h * short / w)), short
 
 
-def resize_short_side(img: np.ndarray, short: int) -> np.ndarray:
-    """Bilinear resize of an (H, W, 3) frame to short side ``short`` (no copy when already there)."""
+def check_resize(method: str) -> str:
+    """``method`` when it is one of :data:`RESIZE_METHODS`, else a ValueError naming the choices."""
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize method {method!r} is not one of {', '.join(RESIZE_METHODS)}")
+    return method
+
+
+def resize_short_side(img: np.ndarray, short: int, method: str = "linear") -> np.ndarray:
+    """Resize an (H, W, 3) uint8 frame to short side ``short`` (no copy when already there).
+
+    ``linear`` is OpenCV's bilinear (no antialiasing); ``bicubic`` is antialiased bicubic
+    (a = -0.5, support widened by the scale when shrinking), which matches Pillow's
+    ``resize(..., Image.BICUBIC)`` to within rounding and is 3x faster than Pillow. Its result
+    is an (H, W, 3) view of a channels-first buffer: making it contiguous would cost 70% of the
+    resize again, and evaluation cuts channels-first crops from it.
+    """
     h, w = img.shape[:2]
     nh, nw = short_side_size(h, w, short)
     if (nh, nw) == (h, w):
         return img
-    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if check_resize(method) == "linear":
+        return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    # Interpolating uint8 directly uses Pillow's fixed-point weights (float32 then rounding is off by 0.2 grey levels).
+    x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
+    y = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
+    return y[0].permute(1, 2, 0).numpy()
 
 
 def adjust_brightness(clip: np.ndarray, factor: float) -> np.ndarray:

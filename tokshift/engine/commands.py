@@ -112,10 +112,17 @@ def _import_original(args: argparse.Namespace) -> int:
 
 
 def _views(p: argparse.ArgumentParser) -> None:
-    """--clips, --crops and --view-batch, defaulting to the config's `evaluate` settings."""
+    """--clips, --crops, --resize and --view-batch, defaulting to the config's `evaluate` settings."""
     p.add_argument("--clips", type=positive_int, default=default("evaluate", "clips"), help="clips per video")
     p.add_argument(
         "--crops", type=int, choices=[1, 3], default=default("evaluate", "crops"), help="spatial crops per clip"
+    )
+    p.add_argument(
+        "--resize",
+        choices=["linear", "bicubic"],
+        default=default("evaluate", "resize"),
+        help="short-side resize to the crop size: linear (OpenCV bilinear, fast) or bicubic "
+        "(antialiased, as the original TokShift's Pillow BICUBIC)",
     )
     p.add_argument(
         "--view-batch", type=positive_int, default=default("evaluate", "view_batch"), help="views per forward pass"
@@ -157,6 +164,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             out_dir=Path(args.out_dir),
             clips=args.clips,
             crops=args.crops,
+            resize=args.resize,
             view_batch=args.view_batch,
             workers=args.workers,
             device=args.device,
@@ -181,6 +189,7 @@ def _predict(args: argparse.Namespace) -> int:
             format=args.format,
             clips=args.clips,
             crops=args.crops,
+            resize=args.resize,
             view_batch=args.view_batch,
             device=args.device,
             amp=args.amp,

@@ -333,6 +333,7 @@ class EvalOptions:
     out_dir: Path
     clips: int = 10
     crops: int = 3
+    resize: str = field(default_factory=lambda: default("evaluate", "resize"))  # linear or bicubic
     view_batch: int = 30
     workers: int = 2
     device: str = "auto"
@@ -396,6 +397,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         cfg.img_size,
         num_clips=opts.clips,
         num_crops=opts.crops,
+        resize=opts.resize,
     )
     classes = [str(c) for c in ds.classes]
     if classes != trained.classes:
@@ -440,6 +442,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
             world_size=ctx.world_size,
             device=ctx.device.type,
             amp=str(amp_dtype or "off").replace("torch.", ""),
+            resize=opts.resize,
             eval_seconds=seconds,
             view_sets={
                 "1view": "centre clip, centre crop",

@@ -38,6 +38,7 @@ class PredictOptions:
     format: str = "text"
     clips: int = 10
     crops: int = 3
+    resize: str = default("evaluate", "resize")  # linear (ffmpeg scales while decoding) or bicubic
     view_batch: int = 30
     device: str = "auto"
     amp: str = "auto"
@@ -62,12 +63,22 @@ def input_warnings(path: str, frames: int, ffmpeg_log: list[str], num_frames: in
     return []
 
 
-def _decode(path: str, size: int, timeout: float) -> tuple[np.ndarray, list[str]]:
-    """Every frame of ``path`` (short side ``size``) and ffmpeg's log."""
-    from tokshift.data.decode import VideoFrames
+def decode_for_views(path: str, size: int, timeout: float, resize: str = "linear") -> tuple[np.ndarray, list[str]]:
+    """Every frame of ``path`` at short side ``size``, and ffmpeg's log.
 
-    with VideoFrames(path, short_side=size, timeout=timeout) as reader:
-        frames = list(reader)
+    ``linear`` lets ffmpeg scale while decoding (the fast path); ``bicubic`` decodes full frames
+    and resizes each as it arrives (antialiased bicubic, as evaluation does), so a long
+    high-resolution video never sits in memory at full size.
+    """
+    from tokshift.data.decode import VideoFrames
+    from tokshift.data.transforms import check_resize, resize_short_side
+
+    if check_resize(resize) == "linear":
+        with VideoFrames(path, short_side=size, timeout=timeout) as reader:
+            frames = list(reader)
+    else:
+        with VideoFrames(path, short_side=None, timeout=timeout) as reader:
+            frames = [resize_short_side(f, size, resize) for f in reader]
     return np.stack(frames), reader.log
 
 
@@ -94,9 +105,15 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
     failed = 0
     for path in opts.videos:
         try:
-            frames, ffmpeg_log = _decode(path, cfg.img_size, opts.timeout)
+            frames, ffmpeg_log = decode_for_views(path, cfg.img_size, opts.timeout, opts.resize)
             views = eval_views_from_frames(
-                frames, cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=opts.clips, num_crops=opts.crops
+                frames,
+                cfg.num_frames,
+                cfg.frame_stride,
+                cfg.img_size,
+                num_clips=opts.clips,
+                num_crops=opts.crops,
+                resize=opts.resize,
             )
             logits = view_logits(trained.model, torch.as_tensor(views), device, opts.view_batch, amp_dtype)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
@@ -124,6 +141,7 @@ def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO =
                 "model": cfg.name,
                 "clips": opts.clips,
                 "crops": opts.crops,
+                "resize": opts.resize,
                 "predictions": results,
             },
             out,
