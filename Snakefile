@@ -4,6 +4,7 @@
 from snakemake.utils import min_version, validate
 
 from tokshift.workflow.cli_values import coerce_command_line
+from tokshift.workflow.config import apply_mode_defaults
 from tokshift.workflow.schema import SCHEMA_PATH
 
 min_version("9.0")
@@ -15,6 +16,8 @@ configfile: "config.yaml"
 # Nested --config values arrive as strings: numbers become numbers before validation,
 # which fills in every default the schema declares.
 coerce_command_line(config, workflow.config_settings.overwrite_config)
+# `checkpoints: released` evaluates with the original's resize unless evaluate.resize is set.
+apply_mode_defaults(config)
 validate(config, str(SCHEMA_PATH))
 
 
@@ -33,11 +36,12 @@ include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/released.smk"
 
 
 rule all:
     default_target: True
     input:
-        zoo_table_outputs(),
-        # Checkpoints are targets too: a deleted one is retrained (and re-evaluated).
-        expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS),
+        # Trained: the table and the checkpoints (a deleted one is retrained and re-evaluated).
+        # Released: the table of the original's checkpoints, nothing trained.
+        default_targets(),

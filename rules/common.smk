@@ -32,6 +32,51 @@ def zoo_table_outputs():
     return [f"{RESULTS}/model_zoo.csv", f"{RESULTS}/model_zoo.md", f"{RESULTS}/accuracy_vs_gflops.png"]
 
 
+def default_targets():
+    """What `snakemake` builds: per `checkpoints`, the trained zoo or the released checkpoints' table."""
+    if workflow_settings.released_mode(config):
+        return released_table_outputs() + expand(f"{RELEASED}/{{model}}/model.pt", model=MODELS)
+    return zoo_table_outputs() + expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS)
+
+
+# Released checkpoints (checkpoints: released): converted, evaluated and tabled apart from trained ones.
+RELEASED = f"{RESULTS}/released"
+
+
+def released_table_outputs():
+    return [f"{RELEASED}/model_zoo.csv", f"{RELEASED}/model_zoo.md", f"{RELEASED}/accuracy_vs_gflops.png"]
+
+
+def released_source(model):
+    return workflow_settings.released_entry(config, model)["source"]
+
+
+def released_checkpoint(wildcards):
+    """The original's .pth of a model: a local path in place, a URL's download under resources/released/."""
+    source = released_source(wildcards.model)
+    if workflow_settings.is_url(source):
+        return f"resources/released/{wildcards.model}.pth"
+    return source
+
+
+def released_sha_arg(model):
+    sha = workflow_settings.released_entry(config, model).get("sha256")
+    return f"--sha256 {sha}" if sha else ""
+
+
+def released_source_args():
+    """`tokshift collect --released-source MODEL=SOURCE ...`: the table names each URL or path as configured."""
+    return " ".join(shlex.quote(f"{m}={released_source(m)}") for m in MODELS)
+
+
+def evaluate_view_args():
+    e = config["evaluate"]
+    return (
+        f"--clips {e['clips']} --crops {e['crops']} --resize {e['resize']} --view-batch {e['view_batch']}"
+        f" --max-failed-share {e['max_failed_share']}"
+    )
+
+
 def pretrained_weights(wildcards):
     """What a model starts from: `train.init_from` (fine-tuning) or its zoo's ImageNet-21k .npz."""
     start = workflow_settings.init_from(config, wildcards.model)

@@ -8,6 +8,7 @@ from tokshift.results.table import (
     MissingResultError,
     ResultsError,
     collect,
+    collect_released,
 )
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "MissingResultError",
     "ResultsError",
     "collect",
+    "collect_released",
     "plot_accuracy_vs_gflops",
     "sources_path",
     "to_markdown",

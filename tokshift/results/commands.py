@@ -18,19 +18,36 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="collect evaluation and training outputs into the model-zoo table and plot",
         description="Read the given metrics.json and train_summary.json files (matched by the model name "
         "inside them; rows in the order of --metrics), check the checkpoints against the sha256 the "
-        "summaries record, and write the CSV, markdown, plot and <csv stem>.sources.json.",
+        "summaries record, and write the CSV, markdown, plot and <csv stem>.sources.json. With --released "
+        "instead of --train-summaries, the rows are released checkpoints converted by import-original.",
     )
     c.add_argument("--dataset", required=True, help="dataset name, shown in the table title")
     c.add_argument(
         "--metrics", nargs="+", required=True, type=file_path, metavar="JSON", help="metrics.json of each model"
     )
-    c.add_argument(
+    origin = c.add_mutually_exclusive_group(required=True)
+    origin.add_argument(
         "--train-summaries",
         nargs="+",
-        required=True,
         type=file_path,
         metavar="JSON",
-        help="train_summary.json of each model",
+        help="train_summary.json of each trained model",
+    )
+    origin.add_argument(
+        "--released",
+        nargs="+",
+        type=file_path,
+        metavar="PT",
+        help="instead of trained models: the model.pt `tokshift import-original` wrote for each released checkpoint",
+    )
+    c.add_argument(
+        "--released-source",
+        nargs="*",
+        default=[],
+        type=_model_source,
+        metavar="MODEL=SOURCE",
+        help="with --released: the URL or path each checkpoint was fetched from, for the checkpoint_source "
+        "column (default: the source file its model.pt records)",
     )
     c.add_argument(
         "--checkpoints",
@@ -53,14 +70,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     c.set_defaults(func=run_collect)
 
 
+def _model_source(text: str) -> tuple[str, str]:
+    model, sep, source = text.partition("=")
+    if not sep or not model or not source:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODEL=SOURCE (e.g. k400_vit_8x32_224=https://...)")
+    return model, source
+
+
 def run_collect(args: argparse.Namespace) -> int:
     """``tokshift collect``: print the written paths; exit 1 naming the bad input file."""
-    from tokshift.results import ResultsError, collect, write_outputs
+    from tokshift.results import ResultsError, collect, collect_released, write_outputs
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        df = collect(args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary)
+        if args.released:
+            if args.checkpoints:
+                raise ResultsError("--checkpoints goes with --train-summaries; --released names the checkpoints")
+            sources = dict(args.released_source)
+            df = collect_released(args.dataset, args.metrics, args.released, args.val_summary, sources)
+        elif args.released_source:
+            raise ResultsError("--released-source goes with --released")
+        else:
+            df = collect(args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary)
         written = write_outputs(df, Path(args.csv), Path(args.md), Path(args.plot))
     except ResultsError as err:
         print(f"tokshift collect: error: {err}", file=sys.stderr)

@@ -52,6 +52,7 @@ def to_markdown(df: pd.DataFrame) -> str:
         "GPUs",
         "Train h",
         "Checkpoint sha256",
+        "Checkpoint source",
     ]
     lines = [
         f"# Model zoo: {dataset}" if dataset else "# Model zoo",
@@ -89,6 +90,7 @@ def to_markdown(df: pd.DataFrame) -> str:
             _fmt(r["gpus"]),
             _fmt(r["train_hours"], 3),
             f"`{str(r['checkpoint_sha256'])[:12]}`",
+            _fmt(r["checkpoint_source"]),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
@@ -157,7 +159,11 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
     src = sources_path(out_csv)
     src.write_text(
         json.dumps(
-            {"dataset": df.attrs.get("dataset"), "models": df.attrs.get("sources", {}), "columns": COLUMN_SOURCES},
+            {
+                "dataset": df.attrs.get("dataset"),
+                "models": df.attrs.get("sources", {}),
+                "columns": df.attrs.get("column_sources", COLUMN_SOURCES),
+            },
             indent=2,
         )
         + "\n"

@@ -55,6 +55,7 @@ COLUMNS: tuple[str, ...] = (
     "train_hours",
     "checkpoint",
     "checkpoint_sha256",
+    "checkpoint_source",
 )
 
 METRICS_KEYS: tuple[str, ...] = (
@@ -112,6 +113,18 @@ COLUMN_SOURCES: dict[str, str] = {
     "checkpoint": "train_summary:checkpoint",
     "checkpoint_sha256": "train_summary:checkpoint_sha256, checked against metrics:checkpoint_sha256 and "
     "against the sha256 of the model's checkpoint file (when given)",
+    "checkpoint_source": "'trained' for a trained model; for a released one the URL or path it was fetched "
+    "from (--released-source), else the source file its model.pt records",
+}
+
+# A released checkpoint's row: what differs from COLUMN_SOURCES.
+RELEASED_COLUMN_SOURCES: dict[str, str] = {
+    "pretrained": "unknown (not recorded in the original's checkpoint)",
+    "epochs": "model.pt:epoch (the epoch the original saved)",
+    "gpus": "unknown",
+    "train_hours": "unknown",
+    "checkpoint": "the model.pt file given",
+    "checkpoint_sha256": "sha256 of the model.pt file given, checked against metrics:checkpoint_sha256",
 }
 
 ACCURACY_COLUMNS = (
@@ -213,16 +226,43 @@ def _started_from(train: dict[str, Any], backbone: str | None) -> str:
     return str(path)
 
 
+def _trained_columns(
+    model: str, m_file: Path, metrics: dict[str, Any], t_file: Path, train: dict[str, Any]
+) -> dict[str, Any]:
+    """The columns a train summary gives (training facts and the checkpoint), checked against the metrics."""
+    from tokshift.zoo import get_config
+
+    try:
+        backbone = get_config(model).pretrained
+    except ValueError as err:
+        raise ResultsError(f"{m_file}: {err}") from None
+    evaluated, trained = metrics.get("checkpoint_sha256"), train["checkpoint_sha256"]
+    if evaluated and trained and evaluated != trained:
+        raise ResultsError(
+            f"{m_file} evaluated a checkpoint with sha256 {str(evaluated)[:12]}... but {t_file} records "
+            f"{str(trained)[:12]}...: the metrics are stale; rerun the `evaluate` rule for {model!r}"
+        )
+    device = str(train["device"]).lower()
+    return {
+        "pretrained": _started_from(train, backbone),
+        "epochs": int(_num(train["epochs"], t_file, "epochs")),
+        "gpus": int(train["world_size"]) if device.startswith("cuda") else 0,
+        "train_hours": round(_num(train["train_hours"], t_file, "train_hours"), 3),
+        "checkpoint": str(train["checkpoint"] or ""),
+        "checkpoint_sha256": str(trained or ""),
+        "checkpoint_source": "trained",
+    }
+
+
 def _model_row(
     model: str,
     m_file: Path,
     metrics: dict[str, Any],
-    t_file: Path,
-    train: dict[str, Any],
+    origin: dict[str, Any],
     pack: dict[str, Any] | None,
     pack_file: Path | None,
 ) -> dict[str, Any]:
-    """One table row from a model's metrics, train summary, the packing counts and the zoo."""
+    """One table row from a model's metrics, where its checkpoint came from, the packing counts and the zoo."""
     from tokshift.flops import zoo_row
     from tokshift.zoo import get_config
 
@@ -231,12 +271,6 @@ def _model_row(
     except ValueError as err:
         raise ResultsError(f"{m_file}: {err}") from None
     zoo = zoo_row(model)
-    evaluated, trained = metrics.get("checkpoint_sha256"), train["checkpoint_sha256"]
-    if evaluated and trained and evaluated != trained:
-        raise ResultsError(
-            f"{m_file} evaluated a checkpoint with sha256 {str(evaluated)[:12]}... but {t_file} records "
-            f"{str(trained)[:12]}...: the metrics are stale; rerun the `evaluate` rule for {model!r}"
-        )
 
     acc = {k: round(_num(metrics[k], m_file, k), 2) for k in ACCURACY_COLUMNS[:6]}
     paper = cfg.paper_top1
@@ -251,12 +285,11 @@ def _model_row(
             )
     else:
         val_failed = eval_failed
-    device = str(train["device"]).lower()
     return {
         "model": model,
         "arch": zoo["arch"],
         "backbone": zoo["backbone"],
-        "pretrained": _started_from(train, cfg.pretrained),
+        "pretrained": origin["pretrained"],
         "img_size": int(zoo["img_size"]),
         "num_frames": int(zoo["num_frames"]),
         "frame_stride": int(zoo["frame_stride"]),
@@ -269,11 +302,8 @@ def _model_row(
         "delta_top1": round(acc["top1"] - paper, 2) if paper is not None else math.nan,
         "val_videos": videos,
         "val_failed": val_failed,
-        "epochs": int(_num(train["epochs"], t_file, "epochs")),
-        "gpus": int(train["world_size"]) if device.startswith("cuda") else 0,
-        "train_hours": round(_num(train["train_hours"], t_file, "train_hours"), 3),
-        "checkpoint": str(train["checkpoint"] or ""),
-        "checkpoint_sha256": str(trained or ""),
+        **{k: origin[k] for k in ("epochs", "gpus", "train_hours", "checkpoint", "checkpoint_sha256")},
+        "checkpoint_source": origin["checkpoint_source"],
     }
 
 
@@ -316,7 +346,8 @@ def collect(
     rows, sources = [], {}
     for model, (m_file, m_data) in evals.items():
         t_file, t_data = trains[model]
-        rows.append(_model_row(model, m_file, m_data, t_file, t_data, pack, pack_file))
+        origin = _trained_columns(model, m_file, m_data, t_file, t_data)
+        rows.append(_model_row(model, m_file, m_data, origin, pack, pack_file))
         sources[model] = {
             "metrics": str(m_file),
             "train_summary": str(t_file),
@@ -328,4 +359,91 @@ def collect(
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df.attrs["dataset"] = dataset
     df.attrs["sources"] = sources
+    return df
+
+
+def _released_checkpoint(path: Path) -> tuple[str, dict[str, Any], str]:
+    """(model, model.pt contents, sha256) of a checkpoint converted by `tokshift import-original`."""
+    from tokshift.checkpoints import CheckpointFormatError, read_torch_file
+    from tokshift.weights import sha256_file
+
+    if not path.is_file():
+        raise MissingResultError(f"released checkpoint {path} is missing; it is written by `tokshift import-original`")
+    try:
+        data = read_torch_file(path)
+    except CheckpointFormatError as err:
+        raise ResultsError(str(err)) from None
+    if not isinstance(data, dict) or "source_sha256" not in data or "config" not in data:
+        raise ResultsError(
+            f"{path} records no source checkpoint; give a model.pt written by `tokshift import-original`"
+        )
+    return str(data["config"]["name"]), data, sha256_file(path)
+
+
+def collect_released(
+    dataset: str,
+    metrics: Sequence[PathLike],
+    released: Sequence[PathLike],
+    val_summary: PathLike | None = None,
+    sources: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """The table of released checkpoints: one row per metrics file, the model.pt of each from ``released``.
+
+    Each model.pt is one `tokshift import-original` wrote; its sha256 must be the one the
+    metrics evaluated. ``sources`` (model -> URL or path) names where each checkpoint was
+    fetched from in ``checkpoint_source``; without it the source file its model.pt records.
+    """
+    import pandas as pd
+
+    if not metrics:
+        raise ResultsError("no metrics files given to collect; name at least one (rule `evaluate` writes them)")
+    evals = _by_model(metrics, "evaluate", METRICS_KEYS)
+    ckpts: dict[str, tuple[Path, dict[str, Any], str]] = {}
+    for p in map(Path, released):
+        model, data, sha = _released_checkpoint(p)
+        if model in ckpts:
+            raise ResultsError(f"{ckpts[model][0]} and {p} both hold model {model!r}; give one file per model")
+        ckpts[model] = (p, data, sha)
+    if set(evals) != set(ckpts):
+        raise ResultsError(
+            f"metrics files name models {sorted(evals)} but the released checkpoints hold {sorted(ckpts)}; "
+            "give one of each per model"
+        )
+    unknown = sorted(set(sources or {}) - set(evals))
+    if unknown:
+        raise ResultsError(f"sources given for model(s) {unknown} that have no metrics file")
+    pack_file = Path(val_summary) if val_summary is not None else None
+    pack = _load_json(pack_file, "summarize_frames", PACK_KEYS) if pack_file is not None else None
+    rows, all_sources = [], {}
+    for model, (m_file, m_data) in evals.items():
+        c_file, c_data, sha = ckpts[model]
+        evaluated = m_data.get("checkpoint_sha256")
+        if evaluated and evaluated != sha:
+            raise ResultsError(
+                f"{m_file} evaluated a checkpoint with sha256 {str(evaluated)[:12]}... but {c_file} has "
+                f"{sha[:12]}...: the metrics are stale; rerun the evaluation of {model!r}"
+            )
+        epoch = c_data.get("epoch")
+        origin = {
+            "pretrained": None,
+            "epochs": int(epoch) if epoch is not None else None,
+            "gpus": None,
+            "train_hours": math.nan,
+            "checkpoint": str(c_file),
+            "checkpoint_sha256": sha,
+            "checkpoint_source": (sources or {}).get(model) or str(c_data["source"]),
+        }
+        rows.append(_model_row(model, m_file, m_data, origin, pack, pack_file))
+        all_sources[model] = {
+            "metrics": str(m_file),
+            "checkpoint": str(c_file),
+            "source": str(c_data["source"]),
+            "source_sha256": str(c_data["source_sha256"]),
+            "pack_summary": str(pack_file) if pack_file is not None else None,
+            "zoo": f"tokshift.zoo.get_config({model!r}) / tokshift.flops.zoo_row({model!r})",
+        }
+    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df.attrs["dataset"] = dataset
+    df.attrs["sources"] = all_sources
+    df.attrs["column_sources"] = {**COLUMN_SOURCES, **RELEASED_COLUMN_SOURCES}
     return df

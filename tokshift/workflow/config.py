@@ -117,6 +117,63 @@ def index_inputs(config: dict[str, Any], split: str) -> list[str]:
     return [spec["lists"][split]]
 
 
+RELEASED = "released"
+
+
+def released_mode(config: dict[str, Any]) -> bool:
+    """`checkpoints: released`: evaluate the original's checkpoints, train nothing."""
+    return config["checkpoints"] == RELEASED
+
+
+def apply_mode_defaults(config: dict[str, Any]) -> None:
+    """Before validation: in released mode `evaluate.resize` defaults to bicubic (the original's Pillow resize).
+
+    Runs on the config as the user gave it, so an explicit `evaluate.resize` is kept;
+    the schema's own default (linear) applies to trained models.
+    """
+    if config.get("checkpoints") != RELEASED:
+        return
+    evaluate = config.setdefault("evaluate", {})
+    if isinstance(evaluate, dict) and "resize" not in evaluate:
+        evaluate["resize"] = "bicubic"
+
+
+def is_url(source: str) -> bool:
+    """A released source that the downloader fetches (anything else is a local path used in place)."""
+    return source.split("://", 1)[0].lower() in ("http", "https", "file") and "://" in source
+
+
+def released_entry(config: dict[str, Any], model: str) -> dict[str, Any]:
+    """`released.<model>`: the source (URL or local path) and sha256 of its original checkpoint."""
+    entry = config["released"].get(model)
+    if entry is None:
+        raise ConfigError(
+            f"config key 'released.{model}': no entry; give the original checkpoint of {model} "
+            "({source: <URL or path>, sha256: <hex or null>}) or leave the model out of 'models'"
+        )
+    return entry
+
+
+def _check_released(config: dict[str, Any], models: list[str], base: Path) -> list[str]:
+    problems = []
+    for m in config["released"]:
+        if m not in ZOO:
+            problems.append(f"config key 'released': unknown model {m!r}")
+    if not released_mode(config):
+        return problems
+    for m in models:
+        try:
+            source = released_entry(config, m)["source"]
+        except ConfigError as e:
+            problems.append(str(e))
+            continue
+        if not is_url(source):
+            msg = _check_path(f"released.{m}.source", source, base)
+            if msg:
+                problems.append(msg + " (a local .pth is used in place; an http(s):// URL is downloaded)")
+    return problems
+
+
 def _check_path(key: str, value: str, base: Path) -> str | None:
     path = Path(value) if Path(value).is_absolute() else base / value
     if not path.exists():
@@ -154,7 +211,10 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
         msg = _check_path(key, value, base)
         if msg:
             problems.append(msg)
+    problems += _check_released(config, models, base)
     for m in models:
+        if released_mode(config):
+            break  # nothing is trained: no starting weights needed
         start = init_from(config, m)
         if start:
             per_model = config["train"]["init_from_per_model"].get(m)
