@@ -1,0 +1,146 @@
+"""`checkpoints: released`: the plan evaluates the original's checkpoints and trains nothing.
+
+The end-to-end run (exported demo models served over HTTP) is in test_demo_pipeline.py.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tokshift.zoo import zoo_names
+
+K400 = zoo_names("k400")
+
+
+def job_counts(out: str) -> dict[str, int]:
+    """Jobs per rule from the table a dry run prints."""
+    counts = {}
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def readme_released_config() -> dict:
+    """The `released:` config shown in the README's section "Evaluate the released checkpoints"."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Evaluate the released checkpoints", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```yaml\n(.*?)```", section, flags=re.S)
+    configs = [yaml.safe_load(b) for b in blocks]
+    return next(c for c in configs if isinstance(c, dict) and "released" in c)
+
+
+@pytest.fixture()
+def k400_wf(tmp_path: Path) -> Path:
+    """The workflow with a (videoless) kinetics400 entry, so a dry run can plan the K400 zoo."""
+    wf = copy_workflow(tmp_path / "wf")
+    ann = tmp_path / "ann.csv"
+    ann.write_text("label,youtube_id,time_start,time_end,split\n")
+    cfg = yaml.safe_load((wf / "config.yaml").read_text())
+    cfg["datasets"]["kinetics400"] = {
+        "kind": "kinetics",
+        "zoo": "k400",
+        "root": str(tmp_path),
+        "annotations": {"train": str(ann), "val": str(ann)},
+    }
+    (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
+    return wf
+
+
+def test_readme_config_plans_the_seven_released_checkpoints_without_training(k400_wf: Path) -> None:
+    released = readme_released_config()
+    assert sorted(released["released"]) == sorted(K400)
+    (k400_wf / "released.yaml").write_text(yaml.safe_dump(released))
+    for entry in released["released"].values():
+        path = k400_wf / entry["source"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"placeholder: a dry run reads no checkpoint")
+    out = snakemake(
+        k400_wf,
+        "-n",
+        "-p",
+        "--cores",
+        "2",
+        "--configfile",
+        "released.yaml",
+        "--config",
+        "dataset=kinetics400",
+        "checkpoints=released",
+        check=True,
+    ).stdout
+    jobs = job_counts(out)
+    assert jobs["import_released"] == 7 and jobs["evaluate_released"] == 7 and jobs["collect_released"] == 1
+    for rule in ("train", "download_weights", "fetch_released", "evaluate", "collect_results"):
+        assert rule not in jobs, (rule, jobs)
+    assert jobs["pack_shard"] == 16  # the validation split only
+    # Local files are used in place; evaluation resizes as the original did.
+    assert "checkpoints/k400_vit_8x32_224.pth" in out and "resources/released" not in out
+    assert out.count("--resize bicubic") == 7 and "--resize linear" not in out
+    assert "results/kinetics400/released/model_zoo.csv" in out
+    assert "--classes results/kinetics400/index/val.classes.txt" in out
+
+
+def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Path) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    sha = "ab" * 32
+    released = {
+        "demo_vit": {"source": "http://127.0.0.1:9/demo_vit.pth", "sha256": sha},
+        "demo_tokshift": {"source": "https://example.org/tokshift.pth", "sha256": None},
+    }
+    (wf / "released.yaml").write_text(
+        yaml.safe_dump({"checkpoints": "released", "evaluate": {"resize": "linear"}, "released": released})
+    )
+    out = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", "released.yaml", check=True).stdout
+    jobs = job_counts(out)
+    assert jobs["fetch_released"] == 2 and jobs["import_released"] == 2 and jobs["evaluate_released"] == 2
+    assert "train" not in jobs and "evaluate" not in jobs
+    assert f"--sha256 {sha}" in out and "resources/released/demo_tokshift.pth" in out
+    assert out.count("--resize linear") == 2 and "--resize bicubic" not in out
+
+
+def test_trained_mode_plan_is_unchanged(tmp_path: Path) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    jobs = job_counts(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
+    assert jobs["train"] == 2 and jobs["evaluate"] == 2 and jobs["collect_results"] == 1
+    assert not {"fetch_released", "import_released", "evaluate_released", "collect_released"} & set(jobs)
+
+
+def test_model_without_released_entry_is_rejected_naming_the_key(tmp_path: Path) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    (wf / "vit.pth").write_bytes(b"x")
+    proc = snakemake(
+        wf,
+        "-n",
+        "--cores",
+        "2",
+        "--config",
+        "checkpoints=released",
+        "released={demo_vit: {source: vit.pth}}",
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "config key 'released.demo_tokshift'" in text and "released.demo_vit" not in text
+    assert "Job stats" not in text
+
+
+def test_missing_local_released_file_is_rejected_naming_the_key(tmp_path: Path) -> None:
+    wf = copy_workflow(tmp_path / "wf")
+    proc = snakemake(
+        wf,
+        "-n",
+        "--cores",
+        "2",
+        "--config",
+        "checkpoints=released",
+        "released={demo_vit: {source: vit.pth}, demo_tokshift: {source: gone/tokshift.pth}}",
+    )
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "config key 'released.demo_tokshift.source'" in text and "gone/tokshift.pth" in text
+    assert "released.demo_vit.source" in text  # vit.pth does not exist either
