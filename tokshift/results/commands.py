@@ -31,14 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         nargs="+",
         type=file_path,
         metavar="JSON",
-        help="train_summary.json of each trained model",
+        help="train_summary.json of each trained model (default: none; give this or --released)",
     )
     origin.add_argument(
         "--released",
         nargs="+",
         type=file_path,
         metavar="PT",
-        help="instead of trained models: the model.pt `tokshift import-original` wrote for each released checkpoint",
+        help="instead of trained models: the model.pt `tokshift import-original` wrote for each released "
+        "checkpoint (default: none; give this or --train-summaries)",
     )
     c.add_argument(
         "--released-source",
