@@ -144,3 +144,38 @@ def test_missing_local_released_file_is_rejected_naming_the_key(tmp_path: Path) 
     text = proc.stdout + proc.stderr
     assert "config key 'released.demo_tokshift.source'" in text and "gone/tokshift.pth" in text
     assert "released.demo_vit.source" in text  # vit.pth does not exist either
+
+
+def test_collect_names_each_released_source_and_rejects_stale_metrics(tmp_path: Path) -> None:
+    """A model.pt from import-original gives the row its checkpoint, epoch and source; stale metrics are refused."""
+    import json
+
+    from tests.test_checkpoints import original_net, save_original
+    from tokshift.engine.loading import import_original
+    from tokshift.results import ResultsError, collect_released, write_outputs
+
+    pth = save_original(original_net("tokshift", classes=4), tmp_path / "best.pth")
+    done = import_original(pth, "demo_tokshift", tmp_path / "released/model.pt", classes=list("abcd"))
+    metrics = {
+        "model": "demo_tokshift",
+        "checkpoint_sha256": done.sha256,
+        **dict.fromkeys(("top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc"), 50.0),
+        "videos": 8,
+        "views": 30,
+        "failed": 0,
+    }
+    m_file = tmp_path / "metrics.json"
+    m_file.write_text(json.dumps(metrics))
+    url = "https://example.org/best.pth"
+    df = collect_released("demo", [m_file], [done.out], sources={"demo_tokshift": url})
+    row = df.set_index("model").loc["demo_tokshift"]
+    assert row["checkpoint_source"] == url and row["checkpoint_sha256"] == done.sha256 and row["epochs"] == 18
+    assert row["checkpoint"] == str(done.out) and df.attrs["sources"]["demo_tokshift"]["source"] == str(pth.resolve())
+    # Without a given source, the row names the file the model.pt was converted from.
+    plain = collect_released("demo", [m_file], [done.out]).set_index("model")
+    assert plain.loc["demo_tokshift", "checkpoint_source"] == str(pth.resolve())
+    written = write_outputs(df, tmp_path / "t.csv", tmp_path / "t.md", tmp_path / "t.png")
+    assert url in written[1].read_text()
+    m_file.write_text(json.dumps({**metrics, "checkpoint_sha256": "ab" * 32}))
+    with pytest.raises(ResultsError, match=r"metrics\.json.*stale"):
+        collect_released("demo", [m_file], [done.out])
