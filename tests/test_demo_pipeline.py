@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import json
+import re
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
+import yaml
 
 from tests.workflow_helpers import copy_workflow, snakemake
 
@@ -72,6 +81,128 @@ def test_moved_copy_of_the_finished_project_plans_nothing(demo_run: tuple[Path, 
     shutil.copytree(wf, moved, symlinks=True)  # keeps modification times, as cp -a
     out = snakemake(moved, "-n", "--cores", "2", check=True).stdout
     assert planned_jobs(out) == {}, out[-3000:]
+
+
+# timm's names -> the original's (ViT-pytorch under the video wrapper and DDP): the inverse of
+# tokshift.checkpoints.original_state_dict, written out here so the test does not use it.
+_TO_ORIGINAL = [
+    (r"^patch_embed\.proj\.", "transformer.embeddings.patch_embeddings."),
+    (r"^pos_embed$", "transformer.embeddings.position_embeddings"),
+    (r"^cls_token$", "transformer.embeddings.cls_token"),
+    (r"^norm\.", "transformer.encoder.encoder_norm."),
+    (r"^blocks\.(\d+)\.norm1\.", r"transformer.encoder.layer.\1.attention_norm."),
+    (r"^blocks\.(\d+)\.norm2\.", r"transformer.encoder.layer.\1.ffn_norm."),
+    (r"^blocks\.(\d+)\.mlp\.", r"transformer.encoder.layer.\1.ffn."),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"transformer.encoder.layer.\1.attn.out."),
+    (r"^head\.", "head."),
+]
+
+
+def export_original(model_pt: Path, out: Path) -> Path:
+    """A trained model.pt saved as the original's rank 0 saves a checkpoint (q/k/v apart, prefixed keys)."""
+    trained = torch.load(model_pt, map_location="cpu", weights_only=True)
+    state: dict[str, torch.Tensor] = {}
+    for key, value in trained["model"].items():
+        qkv = re.fullmatch(r"blocks\.(\d+)\.attn\.qkv\.(weight|bias)", key)
+        if qkv:
+            layer, param = qkv.groups()
+            for name, part in zip(("query", "key", "value"), value.chunk(3)):
+                state[f"transformer.encoder.layer.{layer}.attn.{name}.{param}"] = part.clone()
+            continue
+        for pattern, repl in _TO_ORIGINAL:
+            new, n = re.subn(pattern, repl, key)
+            if n:
+                state[new] = value
+                break
+        else:
+            raise AssertionError(f"no original name for {key}")
+    params = [torch.nn.Parameter(v.float()) for v in state.values()]
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[10, 15])
+    ckpt = {
+        "epoch": 7,
+        "state_dict": {f"module.base_model.{k}": v for k, v in state.items()},
+        "best_acc1": torch.tensor(50.0),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+    }
+    torch.save(ckpt, out)
+    return out
+
+
+@contextlib.contextmanager
+def serve_directory(root: Path) -> Iterator[str]:
+    """Files of `root` over HTTP on the loopback interface; yields the base URL."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_released_checkpoints_reproduce_the_trained_top1(demo_run: tuple[Path, float], tmp_path: Path) -> None:
+    """The trained demo models, exported in the original's layout and served as `released:` URLs,
+    evaluate to exactly the trained models' 30-view accuracy, and nothing is trained."""
+    from tokshift.fileio import sha256_file
+
+    wf, _ = demo_run
+    project = tmp_path / "project"
+    shutil.copytree(wf, project, symlinks=True)
+    models = ("demo_vit", "demo_tokshift")
+    trained_outputs = [project / "results/demo/model_zoo.csv"]
+    trained_outputs += [project / f"results/demo/train/{m}/model.pt" for m in models]
+    trained_outputs += [project / f"results/demo/eval/{m}/metrics.json" for m in models]
+    before = {p: sha256_file(p) for p in trained_outputs}
+    train_logs = {p: p.stat().st_mtime_ns for p in (project / "logs/train").rglob("*.log")}
+    assert train_logs
+    served = tmp_path / "served"
+    served.mkdir()
+    pth = {m: export_original(project / f"results/demo/train/{m}/model.pt", served / f"{m}.pth") for m in models}
+    env = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    with serve_directory(served) as url:
+        released = {m: {"source": f"{url}/{m}.pth", "sha256": sha256_file(pth[m])} for m in models}
+        # The trained models were evaluated with the default linear resize: evaluate the same way.
+        (project / "released.yaml").write_text(yaml.safe_dump({"evaluate": {"resize": "linear"}, "released": released}))
+        args = ("--cores", "2", "--configfile", "released.yaml", "--config", "checkpoints=released")
+        plan = planned_jobs(snakemake(project, "-n", *args, check=True, env=env).stdout)
+        assert plan == {
+            "fetch_released": 2,
+            "import_released": 2,
+            "evaluate_released": 2,
+            "collect_released": 1,
+            "all": 1,
+        }, plan
+        run = snakemake(project, *args, check=True, env=env)
+        ran = planned_jobs(run.stdout + "\n" + run.stderr)
+        assert "train" not in ran and "download_weights" not in ran and ran.get("evaluate_released") == 2, ran
+        assert planned_jobs(snakemake(project, "-n", *args, check=True, env=env).stdout) == {}
+    assert {p: sha256_file(p) for p in trained_outputs} == before
+    assert {p: p.stat().st_mtime_ns for p in (project / "logs/train").rglob("*.log")} == train_logs
+    trained = pd.read_csv(project / "results/demo/model_zoo.csv").set_index("model")
+    table = pd.read_csv(project / "results/demo/released/model_zoo.csv").set_index("model")
+    assert set(table.index) == set(models)
+    for m in models:
+        ours = json.loads((project / f"results/demo/eval/{m}/metrics.json").read_text())
+        theirs = json.loads((project / f"results/demo/released/eval/{m}/metrics.json").read_text())
+        for key in ("top1", "top5", "top1_softmax", "top1_1view", "top1_3view", "videos", "views"):
+            assert theirs[key] == ours[key], (m, key, theirs[key], ours[key])
+        assert table.loc[m, "top1"] == trained.loc[m, "top1"]
+        assert table.loc[m, "checkpoint_source"] == released[m]["source"]
+        assert table.loc[m, "checkpoint"] == f"results/demo/released/{m}/model.pt"
+        assert table.loc[m, "epochs"] == 7
+        assert trained.loc[m, "checkpoint_source"] == "trained"
+        converted = torch.load(project / table.loc[m, "checkpoint"], map_location="cpu", weights_only=True)
+        assert converted["source_sha256"] == released[m]["sha256"]
+    assert (project / "results/demo/released/model_zoo.md").read_text().count("http://127.0.0.1") == 2
+    assert (project / "results/demo/released/accuracy_vs_gflops.png").stat().st_size > 1000
+    for rule in ("fetch_released", "import_released", "evaluate_released", "collect_released"):
+        assert any((project / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+        assert any((project / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"
 
 
 def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: tuple[Path, float]) -> None:
