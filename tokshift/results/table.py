@@ -88,7 +88,6 @@ COLUMN_SOURCES: dict[str, str] = {
         for c in (
             "arch",
             "backbone",
-            "pretrained",
             "img_size",
             "num_frames",
             "frame_stride",
@@ -107,6 +106,7 @@ COLUMN_SOURCES: dict[str, str] = {
     "val_videos": "metrics:videos",
     "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
     "when there is no pack summary)",
+    "pretrained": "train_summary:pretrained (the backbone's name when it is the zoo's ImageNet-21k weights file)",
     "epochs": "train_summary:epochs",
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
