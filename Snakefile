@@ -39,6 +39,11 @@ include: "rules/report.smk"
 include: "rules/released.smk"
 
 
+# Downloads and bookkeeping run where Snakemake runs (config: resources.local_rules); the
+# `localrules:` directive takes the same names, but only literally.
+workflow.localrules(*local_rules())
+
+
 rule all:
     default_target: True
     input:

@@ -95,19 +95,34 @@ def job_threads(rule_name, model=None):
 
 
 def job_resources(rule_name, model=None):
-    return scheduling.job_resources(config, rule_name, model)
+    return scheduling.rule_job_resources(config, rule_name, model)
 
 
-def slurm_account_settings():
-    return scheduling.slurm_account_settings(config)
+def local_rules():
+    """`resources.local_rules`, checked against the rules defined so far (all of them but `all`)."""
+    names = config["resources"]["local_rules"]
+    known = {r.name for r in workflow.rules}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise WorkflowError(
+            f"config resources.local_rules names unknown rules: {', '.join(unknown)}."
+            f" Known rules: {', '.join(sorted(known))}."
+        )
+    return names
+
+
+def small_job(mem_mb, runtime):
+    """Resources of a one-core bookkeeping or download step (with the site's account settings)."""
+    return scheduling.small_job_resources(config, mem_mb, runtime)
 
 
 def rule_resources(rule_name):
     """Resources for a per-model rule: each value a callable of the model wildcard."""
-    keys = job_resources(rule_name, MODELS[0]).keys()
-    out = {k: (lambda wildcards, k=k: job_resources(rule_name, wildcards.model)[k]) for k in keys}
-    out.update(slurm_account_settings())
-    return out
+    keys = scheduling.rule_job_resources(config, rule_name, MODELS[0]).keys()
+    return {
+        k: (lambda wildcards, k=k: scheduling.rule_job_resources(config, rule_name, wildcards.model)[k])
+        for k in keys
+    }
 
 
 def launcher(rule_name, model):

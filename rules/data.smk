@@ -11,8 +11,7 @@ rule demo_videos:
         "../envs/tokshift.yaml"
     threads: 2
     resources:
-        mem_mb=2000,
-        runtime=30,
+        **small_job(mem_mb=2000, runtime=30),
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
     shell:
@@ -35,8 +34,7 @@ rule index_dataset:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        **small_job(mem_mb=2000, runtime=60),
     params:
         spec=lambda wildcards: shlex.quote(json.dumps(SPEC)),
         shards=FRAMES["shards"],
@@ -63,7 +61,6 @@ rule pack_shard:
     threads: job_threads("pack")
     resources:
         **job_resources("pack"),
-        **slurm_account_settings(),
     params:
         short_side=FRAMES["short_side"],
         quality=FRAMES["jpeg_quality"],
@@ -90,8 +87,7 @@ rule summarize_frames:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=30,
+        **small_job(mem_mb=1000, runtime=30),
     params:
         shards_dir=f"{RESULTS}/frames/{{split}}",
     shell:

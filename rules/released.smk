@@ -15,8 +15,7 @@ rule fetch_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=120,
+        **small_job(mem_mb=1000, runtime=120),
     params:
         url=lambda wildcards: released_source(wildcards.model),
         sha=lambda wildcards: released_sha_arg(wildcards.model),
@@ -41,8 +40,7 @@ rule import_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=30,
+        **small_job(mem_mb=8000, runtime=30),
     shell:
         "tokshift import-original {input.pth:q} --model {wildcards.model} --classes {input.classes:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -99,8 +97,7 @@ rule collect_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=10,
+        **small_job(mem_mb=4000, runtime=10),
     params:
         dataset=DATASET,
         sources=lambda wildcards: released_source_args(),

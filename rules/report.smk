@@ -22,8 +22,7 @@ rule collect_results:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **small_job(mem_mb=1000, runtime=10),
     params:
         dataset=DATASET,
     shell:

@@ -11,8 +11,7 @@ rule download_weights:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=120,
+        **small_job(mem_mb=1000, runtime=120),
     params:
         url=lambda wildcards: config["weights"][wildcards.backbone]["url"],
         sha=lambda wildcards: (

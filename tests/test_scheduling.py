@@ -41,13 +41,13 @@ def neutral(**kw: Any) -> dict[str, Any]:
     out = {
         "mem_mb": 8000,
         "runtime": 60,
-        "gpu": 0,
+        "gres": None,
         "nodes": 1,
         "tasks": 1,
         "tasks_per_gpu": 0,
-        "mpi": "",
+        "mpi": None,
         "cpus_per_task": 2,
-        "constraint": "",
+        "constraint": None,
         "slurm_extra": "--signal=USR1@300",
     }
     out.update(kw)
@@ -57,10 +57,10 @@ def neutral(**kw: Any) -> dict[str, Any]:
 # (gpus per node, nodes, tasks_per_node) -> (resources, launcher after the job-step options)
 MATRIX = [
     ((0, 1, 1), neutral(), "--ntasks 1 --nodes 1 --cpus-per-task 2 -- tokshift"),
-    ((1, 1, 1), neutral(gpu=1, cpus_per_task=8), "--ntasks 1 --nodes 1 --cpus-per-task 8 -- tokshift"),
+    ((1, 1, 1), neutral(gres="gpu:1", cpus_per_task=8), "--ntasks 1 --nodes 1 --cpus-per-task 8 -- tokshift"),
     (
         (4, 1, 1),
-        neutral(gpu=4, cpus_per_task=32),
+        neutral(gres="gpu:4", cpus_per_task=32),
         "--ntasks 1 --nodes 1 --cpus-per-task 32 -- torchrun --standalone --nproc-per-node=4 -m tokshift.cli",
     ),
     (
@@ -70,23 +70,23 @@ MATRIX = [
     ),
     (
         (1, 2, 1),
-        neutral(gpu=2, nodes=2, tasks=2, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        neutral(gres="gpu:1", nodes=2, tasks=2, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
         "--ntasks 2 --nodes 2 --cpus-per-task 8 -- tokshift",
     ),
     (
         (4, 3, 1),
-        neutral(gpu=12, nodes=3, tasks=12, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        neutral(gres="gpu:4", nodes=3, tasks=12, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
         "--ntasks 12 --nodes 3 --cpus-per-task 8 -- tokshift",
     ),
     ((0, 1, 3), neutral(tasks=3, mpi="srun"), "--ntasks 3 --nodes 1 --cpus-per-task 2 -- tokshift"),
     (
         (4, 1, 4),
-        neutral(gpu=4, tasks=4, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        neutral(gres="gpu:4", tasks=4, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
         "--ntasks 4 --nodes 1 --cpus-per-task 8 -- tokshift",
     ),
     (
         (2, 2, 4),
-        neutral(gpu=4, nodes=2, tasks=8, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
+        neutral(gres="gpu:2", nodes=2, tasks=8, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
         "--ntasks 8 --nodes 2 --cpus-per-task 8 -- tokshift",
     ),
 ]
@@ -103,8 +103,8 @@ def test_resources_and_launcher_of_each_job_shape(shape, resources, launch) -> N
 
 def test_signal_only_for_training() -> None:
     cfg = make_config(evaluate={"gpus": 1}, train={"signal_seconds": 0})
-    assert scheduling.job_resources(cfg, "evaluate", "demo_vit", env={})["slurm_extra"] == ""
-    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["slurm_extra"] == ""
+    assert scheduling.job_resources(cfg, "evaluate", "demo_vit", env={})["slurm_extra"] is None
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["slurm_extra"] is None
     cfg = make_config(train={"signal_seconds": 120})
     assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["slurm_extra"] == "--signal=USR1@120"
 
@@ -112,18 +112,19 @@ def test_signal_only_for_training() -> None:
 def test_pack_jobs_take_the_pack_settings() -> None:
     cfg = make_config(pack={"cpus": 6, "mem_mb": 3000})
     res = scheduling.job_resources(cfg, "pack", env={})
-    assert res == neutral(mem_mb=3000, runtime=120, cpus_per_task=6, slurm_extra="")
+    assert res == neutral(mem_mb=3000, runtime=120, cpus_per_task=6, slurm_extra=None)
     assert scheduling.job_threads(cfg, "pack") == 6
 
 
 @pytest.mark.parametrize(
     "in_config, env, gpus, expect",
     [
-        (None, {}, 1, ""),
+        (None, {}, 1, None),
+        (None, {"TOKSHIFT_SLURM_CONSTRAINT": ""}, 1, None),  # empty: left out, never -C ''
         ("a100", {}, 1, "a100"),
         (None, {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 2, "h100"),
         ("a100", {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 1, "a100"),
-        ("a100", {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 0, ""),  # CPU jobs ask for no GPU type
+        ("a100", {"TOKSHIFT_SLURM_CONSTRAINT": "h100"}, 0, None),  # CPU jobs ask for no GPU type
     ],
 )
 def test_gpu_constraint_from_config_else_environment(in_config, env, gpus, expect) -> None:
@@ -165,13 +166,13 @@ def test_zoo_gpus_and_per_model_settings() -> None:
         per_model={"k400_tokshift_div4_8x32_large_384": {"train": {"nodes": 2, "runtime": 4320}}},
     )
     # The reference GPU count, one node: torchrun inside one task.
-    assert scheduling.job_resources(cfg, "train", "k400_vit_8x32_224", env={})["gpu"] == 2
+    assert scheduling.job_resources(cfg, "train", "k400_vit_8x32_224", env={})["gres"] == "gpu:2"
     assert "--nproc-per-node=2" in scheduling.launcher(cfg, "train", "k400_vit_8x32_224")
     # 8 GPUs on each of 2 nodes: one srun task per GPU.
     res = scheduling.job_resources(cfg, "train", "k400_tokshift_div4_8x32_large_384", env={})
-    assert (res["gpu"], res["tasks"], res["runtime"], res["mpi"]) == (16, 16, 4320, "srun")
+    assert (res["gres"], res["nodes"], res["tasks"], res["runtime"], res["mpi"]) == ("gpu:8", 2, 16, 4320, "srun")
     # The evaluation of the same model keeps the evaluate settings.
-    assert scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})["gpu"] == 0
+    assert scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})["gres"] is None
 
 
 @pytest.mark.parametrize(

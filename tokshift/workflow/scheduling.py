@@ -31,6 +31,7 @@ ACCOUNT_SETTINGS = (
     ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS"),
 )
 CONSTRAINT_ENV = "TOKSHIFT_SLURM_CONSTRAINT"
+GPU_MODEL_ENV = "TOKSHIFT_SLURM_GPU_MODEL"
 
 
 def job_step_path(basedir: str | Path) -> Path:
@@ -38,15 +39,19 @@ def job_step_path(basedir: str | Path) -> Path:
     return Path(basedir) / "slurm" / "job-step.sh"
 
 
+def _setting(config: dict[str, Any], key: str, var: str, env: Mapping[str, str]) -> str | None:
+    """`resources.<key>` from config.yaml, else the environment variable; None when empty."""
+    return config["resources"][key] or env.get(var) or None
+
+
 def slurm_account_settings(config: dict[str, Any], env: Mapping[str, str] = os.environ) -> dict[str, str]:
     """Partition, account and QoS from config.yaml, else TOKSHIFT_SLURM_* variables; only those set.
 
     An empty value must not reach sbatch: `--qos=''` is rejected where QoS is enforced.
     """
-    res = config["resources"]
     out = {}
     for key, conf_key, var in ACCOUNT_SETTINGS:
-        value = res[conf_key] or env.get(var)
+        value = _setting(config, conf_key, var, env)
         if value:
             out[key] = value
     return out
@@ -68,38 +73,69 @@ def job_threads(config: dict[str, Any], rule: str, model: str | None = None) -> 
     return job["gpus"] * job["cpus_per_gpu"] if job["gpus"] else job["cpus"]
 
 
+def gpu_request(config: dict[str, Any], gpus_per_node: int, env: Mapping[str, str] = os.environ) -> str | None:
+    """The GRES of a GPU job, per node: `gpu:<n>` or, with a GPU model, `gpu:<model>:<n>`.
+
+    `--gres` counts per node (sbatch `--gpus` counts the whole job and does not say how the
+    GPUs spread over nodes), so a multi-node job gets its GPUs on every node. A typed GRES is
+    how most clusters name GPU models; others use node features (`gpu_constraint`).
+    """
+    if not gpus_per_node:
+        return None
+    model = _setting(config, "gpu_model", GPU_MODEL_ENV, env)
+    return f"gpu:{model}:{gpus_per_node}" if model else f"gpu:{gpus_per_node}"
+
+
 def job_resources(
     config: dict[str, Any], rule: str, model: str | None = None, env: Mapping[str, str] = os.environ
 ) -> dict[str, Any]:
     """What one job of `rule` asks the scheduler for; the same keys for every model.
 
-    Keys that do not apply hold neutral values (gpu=0, mpi="", ...), which the SLURM
-    executor ignores, so per-model differences can be expressed as callables.
+    A key that does not apply to this job holds None, which Snakemake treats as unset: the
+    SLURM executor then leaves the option out instead of passing an empty `-C ''`. Per-model
+    differences can therefore be expressed as callables of the model wildcard.
     """
     job = job_settings(config, rule, model)
     gpus, nodes = job["gpus"], job["nodes"]
     multi_task = _multi_task(job)
-    constraint = config["resources"]["gpu_constraint"] or env.get(CONSTRAINT_ENV) or ""
     out = {
         "mem_mb": job["mem_mb"],
         "runtime": job["runtime"],
-        "gpu": gpus * nodes,  # sbatch --gpus counts the whole job; config's `gpus` is per node
+        "gres": gpu_request(config, gpus, env),
         "nodes": nodes,
         # One task (torchrun inside) on one node; one task per GPU started by srun otherwise.
         "tasks": nodes * max(gpus, job["tasks_per_node"]) if multi_task else 1,
-        # GPU jobs: without tasks_per_gpu the plugin turns `tasks` into --ntasks-per-gpu
-        # (gpu=N with tasks=N asks for N*N tasks). 0 leaves it out; 1 = one task per GPU.
+        # GPU jobs: without tasks_per_gpu the plugin turns `tasks` into --ntasks-per-gpu, so
+        # it must be set: 0 leaves the option out (one task: torchrun), 1 = one task per GPU.
         "tasks_per_gpu": 1 if multi_task and gpus else 0,
-        "mpi": "srun" if multi_task else "",
+        "mpi": "srun" if multi_task else None,
         "cpus_per_task": _cores_per_process(job) if multi_task else job_threads(config, rule, model),
-        "constraint": constraint if gpus else "",
-        "slurm_extra": "",
+        "constraint": _setting(config, "gpu_constraint", CONSTRAINT_ENV, env) if gpus else None,
+        "slurm_extra": None,
     }
     if rule == "train" and job["signal_seconds"]:
         # SLURM signals the job's steps this long before the time limit; training
         # checkpoints, exits non-zero, and the retried job resumes.
         out["slurm_extra"] = f"--signal=USR1@{job['signal_seconds']}"
     return out
+
+
+def rule_job_resources(
+    config: dict[str, Any], rule: str, model: str | None = None, env: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """A heavy rule's resources as its job carries them: `job_resources` and the account settings."""
+    return {**job_resources(config, rule, model, env), **slurm_account_settings(config, env)}
+
+
+def small_job_resources(
+    config: dict[str, Any], mem_mb: int, runtime: int, env: Mapping[str, str] = os.environ
+) -> dict[str, Any]:
+    """A one-core bookkeeping job (index, summary, table, download) with the site's account settings.
+
+    These run where Snakemake runs by default (`resources.local_rules`); where a site moves
+    them to the cluster they still need the partition, account and QoS of every other job.
+    """
+    return {"mem_mb": mem_mb, "runtime": runtime, **slurm_account_settings(config, env)}
 
 
 def loader_workers(config: dict[str, Any], rule: str, model: str) -> int:
