@@ -23,9 +23,9 @@ from snakemake.utils import validate
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 
+from tests.test_scheduling import BASE
 from tokshift.workflow import scheduling
 from tokshift.workflow.schema import SCHEMA_PATH
-from tests.test_scheduling import BASE
 
 HEAD = "sbatch --parsable --job-name RUN --output logs/slurm/%j.log --export=ALL --comment COMMENT"
 
@@ -126,9 +126,7 @@ PINNED = [
 ]
 
 
-@pytest.mark.parametrize(
-    "rule, job, site, expect", PINNED, ids=[f"{r}-{i}" for i, (r, _, _, _) in enumerate(PINNED)]
-)
+@pytest.mark.parametrize("rule, job, site, expect", PINNED, ids=[f"{r}-{i}" for i, (r, _, _, _) in enumerate(PINNED)])
 def test_pinned_submit_lines(rule, job, site, expect) -> None:
     assert render_rule(make_config(rule, job, **site), rule) == expect
 
