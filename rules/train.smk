@@ -31,7 +31,9 @@ rule train:
             f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
         ),
+    # The log keeps every attempt (a preempted training is resubmitted): each starts with a header.
     shell:
-        "{params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
+        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) training starts (SLURM job ${{SLURM_JOB_ID:-none}})" >> {log:q};'
+        " {params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
         " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
-        " {params.overrides} {params.compile} {params.settings} --workers {params.workers} > {log:q} 2>&1"
+        " {params.overrides} {params.compile} {params.settings} --workers {params.workers} >> {log:q} 2>&1"

@@ -5,17 +5,21 @@ the partition given through TOKSHIFT_SLURM_PARTITION and the job sizes through a
 never by editing the profile. What each job asked for is read back from sacct, and the table
 must match a run of the same workflow on this machine without SLURM.
 
-Then one model is trained again with a time limit shorter than its training needs: SLURM
-signals it ahead of the limit, it saves a resume checkpoint and exits non-zero, Snakemake
-resubmits it, and it finishes with the optimizer steps of an uninterrupted training.
+Then one model is trained again on two nodes (one rank per node) with a time limit shorter
+than its training needs: SLURM signals both ranks ahead of the limit, they save a resume
+checkpoint and exit non-zero, Snakemake resubmits the job, and it finishes with the optimizer
+steps of an uninterrupted training.
+
+Last, one model is trained and evaluated through the workflow with two ranks on two nodes and
+with two ranks on one node: sacct shows where each ran, and both give the same model.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
-import textwrap
 import time
 from pathlib import Path
 
@@ -24,7 +28,6 @@ import pytest
 import yaml
 
 from tests.slurm.cluster import (  # noqa: F401
-    PROFILE,
     Cluster,
     SacctJob,
     sacct_steps,
@@ -44,11 +47,12 @@ JOB_SIZES = {
     "train": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 3000, "runtime": 20, "signal_seconds": 120},
     "evaluate": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 2500, "runtime": 10},
 }
-# The preempted training: a 2-minute limit with SIGUSR1 45 s ahead of it. SLURM checks time
-# limits every 30 s, so the signal comes 45-75 s into the job (after the training has started)
-# and the limit itself is never reached. The training is sized to need about PREEMPT_WORK_S.
+# The preempted training: two ranks on two nodes (CPU, one core each), a 2-minute limit with
+# SIGUSR1 45 s ahead of it. SLURM checks time limits every 30 s, so the signal comes 45-75 s
+# into the job (after the training has started) and the limit itself is never reached. The
+# training is sized to need about PREEMPT_WORK_S.
 PREEMPTED_MODEL = "demo_tokshift"
-SHORT_TRAIN = {"runtime": 2, "signal_seconds": 45}
+SHORT_TRAIN = {"runtime": 2, "signal_seconds": 45, "gpus": 0, "nodes": 2, "cpus": 1}
 PREEMPT_WORK_S = 150
 MIN_PREEMPT_EPOCHS = 40
 # Enough attempts for a slow machine; `--retries` on the command line is how users raise them.
@@ -88,7 +92,7 @@ def _fastest_epoch_seconds(wf: Path, model: str) -> float:
     return per_step * summary["optimizer_steps"] / summary["epochs"]
 
 
-def _run_slurm(wf: Path, cfg: Path, cluster: Cluster, *extra: str) -> tuple[str, float]:
+def _run_slurm(wf: Path, cfg: Path, cluster: Cluster, *extra: str, partition: str = "") -> tuple[str, float]:
     prefix = unique_prefix("e2e")
     t0 = time.monotonic()
     proc = snakemake_slurm(
@@ -99,10 +103,27 @@ def _run_slurm(wf: Path, cfg: Path, cluster: Cluster, *extra: str) -> tuple[str,
         prefix=prefix,
         profile="slurm",
         timeout=2400,
-        env={"TOKSHIFT_SLURM_PARTITION": cluster.partition},
+        env={"TOKSHIFT_SLURM_PARTITION": partition or cluster.partition},
     )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-8000:]
     return prefix, time.monotonic() - t0
+
+
+def _two_node_cluster(cluster: Cluster) -> Cluster:
+    if len(cluster.multi_nodes) < 2:
+        pytest.fail(f"the test cluster has no partition with two nodes (sinfo: {cluster})", pytrace=False)
+    return cluster
+
+
+def _rank_nodes(log_text: str) -> dict[int, str]:
+    """{rank: node} from the 'ranks on nodes: 0=vm 1=vm-2' line of one attempt's log."""
+    m = re.search(r"ranks on nodes: (.*)$", log_text, flags=re.M)
+    return {int(r): n for r, n in (item.split("=", 1) for item in m.group(1).split())} if m else {}
+
+
+def _attempts(log_path: Path) -> list[str]:
+    """A training log split at the header each attempt writes."""
+    return [part for part in re.split(r"^=== .* training starts .*$", log_path.read_text(), flags=re.M) if part.strip()]
 
 
 @pytest.fixture(scope="module")
@@ -140,13 +161,16 @@ def preempted_run(slurm_run: dict) -> dict:
 
     sizes = {**JOB_SIZES, "per_model": {PREEMPTED_MODEL: {"train": {**JOB_SIZES["train"], **SHORT_TRAIN}}}}
     cfg = _write_config(wf / "test-preempt.yaml", sizes, {"per_model": {PREEMPTED_MODEL: {"epochs": epochs}}})
-    prefix, seconds = _run_slurm(wf, cfg, cluster, "--retries", str(RETRIES))
+    prefix, seconds = _run_slurm(
+        wf, cfg, _two_node_cluster(cluster), "--retries", str(RETRIES), partition=cluster.multi_partition
+    )
     print(
-        f"{PREEMPTED_MODEL}: {epochs} epochs under a {SHORT_TRAIN['runtime']}-minute limit, "
+        f"{PREEMPTED_MODEL}: {epochs} epochs on 2 nodes under a {SHORT_TRAIN['runtime']}-minute limit, "
         f"resubmitted until done, then evaluated and tabled: {seconds:.0f} s"
     )
     return {
         "wf": wf,
+        "cluster": cluster,
         "epochs": epochs,
         "steps": epochs * steps_per_epoch,
         "jobs": _by_rule(wait_until_recorded(prefix, 1)),
@@ -221,8 +245,22 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
     assert len(attempts) >= 2, f"the training was never interrupted: {attempts}"
     *interrupted, last = attempts
     assert last.state == "COMPLETED", attempts
+    nodes = list(preempted_run["cluster"].multi_nodes)
     for j in attempts:
         assert j.timelimit_minutes == SHORT_TRAIN["runtime"], j
+        assert j.nnodes == 2 and sorted(j.nodes) == nodes, j
+    # The log holds every attempt: in each interrupted one, both ranks (one per node) got the
+    # early signal and stopped at the same step after the checkpoint; the last one resumed.
+    logs = _attempts(wf / "logs/train/demo" / f"{PREEMPTED_MODEL}.log")
+    assert len(logs) == len(attempts), [log[:200] for log in logs]
+    for text in logs:
+        assert sorted(_rank_nodes(text).values()) == nodes, text[-3000:]
+    for text in logs[:-1]:
+        for rank in (0, 1):
+            assert re.search(rf"\[rank {rank}\].*received SIGUSR1", text), text[-3000:]
+        assert "stopped on signal" in text, text[-3000:]
+    for text in logs[1:]:
+        assert re.search(r"resumed from .* optimizer step [1-9]", text), text[-3000:]
     for j in interrupted:
         steps = sacct_steps(j.job_id)
         # Stopped by SIGUSR1 ahead of the limit (the training step exits 75 after checkpointing),
@@ -240,37 +278,82 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
     assert pd.notna(zoo.loc[PREEMPTED_MODEL, "top1"]) and zoo.loc[PREEMPTED_MODEL, "epochs"] == preempted_run["epochs"]
 
 
-MULTI_TASK_SNAKEFILE = textwrap.dedent("""
-    rule train_two_ranks:
-        input: train={train}, val={val}
-        output: "out/train_summary.json"
-        log: "train.log"
-        # A one-node training job with 2 tasks: one SLURM task per rank, started by srun.
-        resources: nodes=1, tasks=2, mpi="srun", cpus_per_task=1, mem_mb=3000, runtime=10
-        shell:
-            "{job_step} --ntasks 2 --nodes 1 --cpus-per-task 1 --"
-            " tokshift train --model demo_vit --train-shards {{input.train}} --val-shards {{input.val}}"
-            " --out-dir out --override epochs=1 --workers 0 --device cpu > {{log}} 2>&1"
-""")
+# Two ranks of one model through the workflow (CPU, gloo, one core each): on two nodes, one
+# rank per node, and on one node; both train and evaluate the same model.
+SPREAD_MODEL = "demo_vit"
+RANK_LAYOUTS = {
+    "two_nodes": {"gpus": 0, "nodes": 2, "tasks_per_node": 1, "cpus": 1},
+    "one_node": {"gpus": 0, "nodes": 1, "tasks_per_node": 2, "cpus": 1},
+}
 
 
-def test_two_srun_tasks_train_one_model_together(slurm_run: dict, tmp_path: Path) -> None:
-    """2 ranks started by srun from SLURM's environment join one gloo group and train one model."""
-    frames = slurm_run["wf"] / "results/demo/frames"
-    train = sorted(str(p) for p in (frames / "train").glob("shard-*.lmdb"))
-    val = sorted(str(p) for p in (frames / "val").glob("shard-*.lmdb"))
-    (tmp_path / "Snakefile").write_text(
-        MULTI_TASK_SNAKEFILE.format(train=train, val=val, job_step=PROFILE / "job-step.sh")
-    )
-    prefix = unique_prefix("mtt")
-    proc = snakemake_slurm(tmp_path, prefix=prefix, timeout=900)
-    log = (tmp_path / "train.log").read_text() if (tmp_path / "train.log").exists() else ""
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:] + log[-4000:]
+def _retrain_in_copy(slurm_run: dict, dest: Path, layout: dict) -> dict:
+    """SPREAD_MODEL trained and evaluated again with `layout` in a copy of the finished demo tree."""
+    wf = dest / "wf"
+    shutil.copytree(slurm_run["wf"], wf, symlinks=True)
+    for stage in ("train", "eval"):
+        shutil.rmtree(wf / "results/demo" / stage / SPREAD_MODEL)
+    mem = {"mem_mb": 2000, "runtime": 20}
+    sizes = {**JOB_SIZES, "per_model": {SPREAD_MODEL: {"train": {**layout, **mem}, "evaluate": {**layout, **mem}}}}
+    cfg = _write_config(wf / "test-ranks.yaml", sizes)
+    cluster = _two_node_cluster(slurm_run["cluster"])
+    prefix, seconds = _run_slurm(wf, cfg, cluster, partition=cluster.multi_partition)
+    print(f"{SPREAD_MODEL} with {layout}: trained and evaluated through SLURM in {seconds:.0f} s")
+    return {"wf": wf, "jobs": _by_rule(wait_until_recorded(prefix, 1)), "cluster": cluster}
 
-    summary = json.loads((tmp_path / "out/train_summary.json").read_text())
-    assert summary["world_size"] == 2 and summary["epochs"] == 1 and summary["optimizer_steps"] > 0
-    assert "x 2 proc" in log and "[rank 0]" in log, log[-3000:]
-    (job,) = wait_until_recorded(prefix, 1)
-    assert job.state == "COMPLETED" and job.cpus == 2
-    srun_steps = [s for s in sacct_steps(job.job_id) if not s.step_id.endswith((".batch", ".extern"))]
-    assert [(s.ntasks, s.state) for s in srun_steps] == [(2, "COMPLETED")], srun_steps
+
+@pytest.fixture(scope="module")
+def spread_runs(slurm_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return {
+        name: _retrain_in_copy(slurm_run, tmp_path_factory.mktemp(name), layout)
+        for name, layout in RANK_LAYOUTS.items()
+    }
+
+
+def test_two_node_training_and_evaluation_run_one_rank_per_node(spread_runs: dict) -> None:
+    run = spread_runs["two_nodes"]
+    nodes = list(run["cluster"].multi_nodes)
+    for rule in ("train", "evaluate"):
+        (job,) = run["jobs"][rule]
+        assert job.wildcards == SPREAD_MODEL and job.state == "COMPLETED", job
+        assert job.nnodes == 2 and sorted(job.nodes) == nodes, job
+        # The rule's program ran as one srun step of 2 tasks across both nodes.
+        srun_steps = [s for s in sacct_steps(job.job_id) if not s.step_id.endswith((".batch", ".extern"))]
+        assert [(s.ntasks, s.state) for s in srun_steps] == [(2, "COMPLETED")], srun_steps
+    assert set(run["jobs"]) == {"train", "evaluate"}, "only the deleted model is rebuilt"
+    (text,) = _attempts(run["wf"] / "logs/train/demo" / f"{SPREAD_MODEL}.log")
+    ranks = _rank_nodes(text)
+    assert sorted(ranks) == [0, 1] and sorted(ranks.values()) == nodes, text[-3000:]
+    assert _summary(run["wf"], SPREAD_MODEL)["nodes"] == [ranks[0], ranks[1]]
+    eval_log = (run["wf"] / "logs/evaluate/demo" / f"{SPREAD_MODEL}.log").read_text()
+    assert sorted(_rank_nodes(eval_log).values()) == nodes, eval_log[-3000:]
+
+    one = spread_runs["one_node"]
+    (job,) = one["jobs"]["train"]
+    assert job.nnodes == 1 and len(job.nodes) == 1 and job.cpus == 2, job
+    (text,) = _attempts(one["wf"] / "logs/train/demo" / f"{SPREAD_MODEL}.log")
+    assert set(_rank_nodes(text).values()) == set(job.nodes), text[-3000:]
+
+
+def test_two_nodes_train_the_same_model_as_two_ranks_on_one_node(spread_runs: dict) -> None:
+    def steps(wf: Path) -> list[dict]:
+        path = wf / "results/demo/train" / SPREAD_MODEL / "metrics.jsonl"
+        return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("kind") == "step"]
+
+    two, one = (spread_runs[k]["wf"] for k in ("two_nodes", "one_node"))
+    a, b = steps(two), steps(one)
+    assert [r["step"] for r in a] == [r["step"] for r in b] and a
+    worst = max(abs(x["loss"] - y["loss"]) / abs(y["loss"]) for x, y in zip(a, b))
+    print(f"{SPREAD_MODEL}: {len(a)} logged steps, largest relative loss difference 2 nodes vs 1 node: {worst:.2e}")
+    assert worst <= 1e-6
+    for key in ("optimizer_steps", "world_size", "global_batch", "epochs"):
+        assert _summary(two, SPREAD_MODEL)[key] == _summary(one, SPREAD_MODEL)[key], key
+
+    def metrics(wf: Path) -> dict:
+        m = json.loads((wf / "results/demo/eval" / SPREAD_MODEL / "metrics.json").read_text())
+        return {k: v for k, v in m.items() if k not in ("eval_seconds", "checkpoint_sha256")}
+
+    assert metrics(two) == metrics(one)
+    assert metrics(two)["world_size"] == 2
+    pred = "results/demo/eval/" + SPREAD_MODEL + "/predictions.csv"
+    assert (two / pred).read_text() == (one / pred).read_text()

@@ -6,11 +6,15 @@ what each job asked for is read back from the accounting database (sacct).
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import stat
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +24,7 @@ from tests.slurm.cluster import (  # noqa: F401
     PROFILE,
     REPO,
     Cluster,
+    sacct_jobs,
     slurm_cluster,
     snakemake_slurm,
     unique_prefix,
@@ -168,3 +173,45 @@ def test_job_step_rejects_bad_counts_naming_them() -> None:
         [str(PROFILE / "job-step.sh"), "--gpus", "2", "--", "true"], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 2 and "--gpus" in proc.stderr
+
+
+@pytest.mark.slurm
+def test_download_runs_on_the_submit_host_not_as_a_job(slurm_cluster: Cluster, tmp_path: Path) -> None:
+    """`download_weights` is a local rule: with the slurm profile it runs where Snakemake runs.
+
+    The weights come from an HTTP server on this machine's loopback address; sacct must show
+    no job for the run, while the file is downloaded and its log written.
+    """
+    from tests.workflow_helpers import copy_workflow
+
+    served = tmp_path / "served"
+    served.mkdir()
+    payload = os.urandom(200_000)
+    (served / "w.npz").write_bytes(payload)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        wf = copy_workflow(tmp_path / "wf")
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/w.npz"
+        (wf / "weights.yaml").write_text(yaml.safe_dump({"weights": {"ViT-B_16": {"url": url, "sha256": None}}}))
+        prefix = unique_prefix("dl")
+        proc = snakemake_slurm(
+            wf,
+            "resources/weights/ViT-B_16.npz",
+            "--configfile",
+            "weights.yaml",
+            prefix=prefix,
+            profile="slurm",
+            timeout=300,
+            env={"NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"},
+        )
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    assert (wf / "resources/weights/ViT-B_16.npz").read_bytes() == payload
+    assert (wf / "logs/download_weights/ViT-B_16.log").exists()
+    time.sleep(2)  # a submitted job would be in the accounting database by now
+    assert sacct_jobs(name_prefix=prefix) == [], "the download was submitted as a SLURM job"

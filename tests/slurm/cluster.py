@@ -1,6 +1,6 @@
 """The local SLURM test cluster as a pytest fixture, and what tests read back from it.
 
-`slurm_cluster` makes sure the one-node cluster of start-local-slurm.sh answers (starting
+`slurm_cluster` makes sure the cluster of start-local-slurm.sh answers (starting
 it when run as root). In CI (CI=true) a cluster that cannot be started fails the tests;
 elsewhere it skips them with the reason. Job facts are read from `sacct` (the accounting
 database), never from Snakemake's own log.
@@ -39,6 +39,7 @@ SACCT_FIELDS = (
     "Partition",
     "WorkDir",
     "Elapsed",
+    "NodeList",
 )
 
 
@@ -50,6 +51,9 @@ class Cluster:
     node: str
     cpus: int
     gpus: int
+    #: The partition whose jobs may span several nodes, and its nodes (empty: one-node cluster).
+    multi_partition: str = "multi"
+    multi_nodes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,12 @@ class SacctJob:
     partition: str
     workdir: str
     elapsed_seconds: int
+    nodelist: str = ""
+
+    @property
+    def nodes(self) -> list[str]:
+        """The node names of the allocation, expanded from SLURM's compressed list."""
+        return expand_nodelist(self.nodelist)
 
     @property
     def rule(self) -> str:
@@ -126,6 +136,16 @@ def _tres(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in text.split(",") if "=" in item)
 
 
+def expand_nodelist(nodelist: str) -> list[str]:
+    """`vm,vm-[2-3]` -> ['vm', 'vm-2', 'vm-3'] (scontrol does the expansion)."""
+    if not nodelist or nodelist in ("None assigned", "(null)"):
+        return []
+    out = _run(["scontrol", "show", "hostnames", nodelist])
+    if out.returncode != 0:
+        raise RuntimeError(f"scontrol show hostnames {nodelist}: {out.stderr.strip()}")
+    return out.stdout.split()
+
+
 def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -135,20 +155,26 @@ def cluster_status() -> tuple[Cluster | None, str]:
     if not shutil.which("sinfo") or not shutil.which("sacct"):
         return None, "SLURM client commands (sinfo, sacct) are not installed"
     try:
-        info = _run(["sinfo", "-h", "-o", "%P|%n|%t|%c|%G"])
+        info = _run(["sinfo", "-h", "-N", "-o", "%P|%N|%t|%c|%G"])
     except subprocess.TimeoutExpired:
         return None, "sinfo timed out (slurmctld not answering)"
     if info.returncode != 0:
         return None, f"sinfo failed: {info.stderr.strip()}"
+    usable = []
     for line in info.stdout.splitlines():
         partition, node, state, cpus, gres = line.split("|")
         if state.rstrip("*") in ("idle", "mix", "alloc"):
-            m = re.search(r"gpu:(?:[^:,]+:)?(\d+)", gres)
-            acct = _run(["sacct", "-n", "-X", "-S", "now"])
-            if acct.returncode != 0:
-                return None, f"sacct failed (accounting database down?): {acct.stderr.strip()}"
-            return Cluster(partition.rstrip("*"), node, int(cpus), int(m.group(1)) if m else 0), ""
-    return None, f"no usable node in sinfo output: {info.stdout.strip()!r}"
+            usable.append((partition, node, cpus, gres))
+    default = [u for u in usable if u[0].endswith("*")] or usable
+    if not default:
+        return None, f"no usable node in sinfo output: {info.stdout.strip()!r}"
+    partition, node, cpus, gres = default[0]
+    m = re.search(r"gpu:(?:[^:,]+:)?(\d+)", gres)
+    acct = _run(["sacct", "-n", "-X", "-S", "now"])
+    if acct.returncode != 0:
+        return None, f"sacct failed (accounting database down?): {acct.stderr.strip()}"
+    multi = tuple(sorted(n for p, n, _, _ in usable if p.rstrip("*") == "multi"))
+    return Cluster(partition.rstrip("*"), node, int(cpus), int(m.group(1)) if m else 0, "multi", multi), ""
 
 
 def start_cluster(timeout: float = 900) -> str:
@@ -183,7 +209,7 @@ def ensure_cluster() -> Cluster:
 
 @pytest.fixture(scope="session")
 def slurm_cluster() -> Cluster:
-    """A running one-node SLURM cluster with accounting and fake GPUs."""
+    """A running SLURM cluster (partition `main`: one node; `multi`: two) with accounting and fake GPUs."""
     return ensure_cluster()
 
 
@@ -216,6 +242,7 @@ def sacct_jobs(
                 partition=row["Partition"],
                 workdir=row["WorkDir"],
                 elapsed_seconds=_timelimit_minutes_seconds(row["Elapsed"]),
+                nodelist=row["NodeList"],
             )
         )
     return jobs

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# start-local-slurm.sh -- bring up a REAL single-node Slurm cluster on localhost
+# start-local-slurm.sh -- bring up a REAL Slurm cluster of two nodes on localhost
 # (Debian 12 / Slurm 22.05) with fake GPUs and (optionally) slurmdbd accounting,
 # so that the project's `snakemake --profile slurm` is tested end-to-end without mocks
 # (tests/test_slurm_*.py; CI runs this script before the tests and
@@ -12,7 +12,11 @@
 #
 # Environment knobs (defaults in brackets):
 #   SLURM_LAB_DIR      state/log/pid dir                  [$TMPDIR/local-slurm]
-#   SLURM_NODE_NAME    NodeName (must be `hostname -s` unless you change slurmd -N) [$(hostname -s)]
+#   SLURM_NODE_NAME    NodeName of the first node         [$(hostname -s)]
+#   SLURM_NODES        nodes, each its own slurmd (slurmd -N <name>) on its own port; the
+#                      others are named <first>-2, <first>-3, ...   [2]
+#                      Partition `main` (the default) holds the first node only, so one-node
+#                      jobs always share it; partition `multi` holds every node.
 #   SLURM_CPUS         CPUs advertised (may exceed nproc) [max(nproc, 4)]
 #   SLURM_MEM_MB       RealMemory                         [85% of MemTotal]
 #   SLURM_FAKE_GPUS    number of fake GPUs (0 = none)     [2]
@@ -27,10 +31,13 @@ set -Eeuo pipefail
 
 LAB=${SLURM_LAB_DIR:-${TMPDIR:-/tmp}/local-slurm}
 NODE=${SLURM_NODE_NAME:-$(hostname -s)}
+NODES=${SLURM_NODES:-2}
+NODE_NAMES=("$NODE"); for ((n = 2; n <= NODES; n++)); do NODE_NAMES+=("$NODE-$n"); done
 # At least 4 CPUs are advertised so that small test jobs (a 2-task step, a pack shard next to
 # a training job) are scheduled side by side on a 2-core machine instead of pending.
 CPUS=${SLURM_CPUS:-$(( $(nproc) > 4 ? $(nproc) : 4 ))}
-MEM_MB=${SLURM_MEM_MB:-$(( $(awk '/^MemTotal:/{print $2}' /proc/meminfo) / 1024 * 85 / 100 ))}
+# Memory per node: the machine's share of each.
+MEM_MB=${SLURM_MEM_MB:-$(( $(awk '/^MemTotal:/{print $2}' /proc/meminfo) / 1024 * 85 / 100 / NODES ))}
 GPUS=${SLURM_FAKE_GPUS:-2}
 GPU_TYPE=${SLURM_GPU_TYPE:-fake}
 PARTITION=${SLURM_PARTITION:-main}
@@ -93,7 +100,11 @@ if [ "${SLURM_CLEAN_STATE:-0}" = 1 ]; then rm -rf "${LAB:?}"/state/ctld/* "${LAB
 
 # fake GPUs: Slurm requires gres.conf File= entries (a Count-only gpu line registers 0 GPUs
 # and the node goes INVALID) and each File must be a char/block device -> symlink to /dev/null.
-for ((i = 0; i < GPUS; i++)); do ln -sfn /dev/null "$LAB/dev/gpu$i"; done
+# Every node has its own device files.
+for name in "${NODE_NAMES[@]}"; do
+  mkdir -p "$LAB/dev/$name" "$LAB/state/d-$name"; chown slurm:slurm "$LAB/state/d-$name"
+  for ((i = 0; i < GPUS; i++)); do ln -sfn /dev/null "$LAB/dev/$name/gpu$i"; done
+done
 
 # ---------------------------------------------------------------- configs
 changed=0; changed_dbd=0
@@ -124,11 +135,12 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 StateSaveLocation=$LAB/state/ctld
-SlurmdSpoolDir=$LAB/state/d
+# one slurmd per node on this machine: %n is the node's name
+SlurmdSpoolDir=$LAB/state/d-%n
 SlurmctldPidFile=$LAB/state/slurmctld.pid
-SlurmdPidFile=$LAB/state/slurmd.pid
+SlurmdPidFile=$LAB/state/slurmd-%n.pid
 SlurmctldLogFile=$LAB/log/slurmctld.log
-SlurmdLogFile=$LAB/log/slurmd.log
+SlurmdLogFile=$LAB/log/slurmd-%n.log
 SlurmctldDebug=info
 SlurmdDebug=info
 # no cgroups: plain process tracking, no task binding
@@ -148,13 +160,16 @@ JobCompType=jobcomp/none
 # keep the job comment (the executor plugin writes rule_<name>_wildcards_<...> there) in sacct
 AccountingStoreFlags=job_comment
 $GRES_TYPES
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB$GRES_NODE State=UNKNOWN
-PartitionName=$PARTITION Nodes=ALL Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
+$(for ((n = 0; n < NODES; n++)); do
+  echo "NodeName=${NODE_NAMES[n]} NodeHostname=$NODE NodeAddr=127.0.0.1 Port=$((6818 + 10 * n)) CPUs=$CPUS RealMemory=$MEM_MB$GRES_NODE State=UNKNOWN"
+done)
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
+PartitionName=multi Nodes=ALL Default=NO MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
 EOF
 if (( GPUS > 0 )); then
   install_conf "$ETC/gres.conf" 644 root:root <<EOF
 AutoDetect=off
-NodeName=$NODE Name=gpu Type=$GPU_TYPE File=$LAB/dev/gpu[0-$((GPUS - 1))]
+$(for name in "${NODE_NAMES[@]}"; do echo "NodeName=$name Name=gpu Type=$GPU_TYPE File=$LAB/dev/$name/gpu[0-$((GPUS - 1))]"; done)
 EOF
 else
   install_conf "$ETC/gres.conf" 644 root:root </dev/null
@@ -189,11 +204,11 @@ wait_for "munge" bash -c 'munge -n | unmunge'
 
 # ---------------------------------------------------------------- restart Slurm daemons if configs changed
 restart=()
-[ "$changed" = 1 ] && restart+=(slurmd slurmctld)
+[ "$changed" = 1 ] && restart+=("${NODE_NAMES[@]/#/slurmd-}" slurmd slurmctld)
 [ "$changed_dbd" = 1 ] && restart+=(slurmdbd)
 if ((${#restart[@]})); then
   for d in "${restart[@]}"; do
-    if pid_alive "$LAB/state/$d.pid" "$d"; then
+    if pid_alive "$LAB/state/$d.pid" "${d%%-*}"; then
       log "config changed: stopping $d"; pid=$(cat "$LAB/state/$d.pid"); kill "$pid"
       for _ in $(seq 1 80); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
@@ -229,27 +244,31 @@ if ! pid_alive "$LAB/state/slurmctld.pid" slurmctld; then
   log "starting slurmctld"; /usr/sbin/slurmctld || die "slurmctld failed to start"
 fi
 WAIT_PID="$LAB/state/slurmctld.pid:slurmctld" wait_for "slurmctld" bash -c 'scontrol ping | grep -q UP'
-if ! pid_alive "$LAB/state/slurmd.pid" slurmd; then
-  log "starting slurmd"; /usr/sbin/slurmd || die "slurmd failed to start"
-fi
-
-node_state() { sinfo -h -n "$NODE" -o '%t' 2>/dev/null | head -n1; }
-t0=$SECONDS; resumed=0
-while :; do
-  st=$(node_state)
-  case "$st" in
-    idle|mix|alloc) break ;;
-    drain*|drng*|inval*|down*|fail*)
-      # a node drained by an earlier bad config stays drained: resume once
-      if [ "$resumed" = 0 ] && (( SECONDS - t0 > 2 )); then
-        log "node is '$st' ($(scontrol show node "$NODE" | sed -n 's/.*Reason=//p')); trying resume"
-        scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true; resumed=1
-      fi ;;
-  esac
-  (( SECONDS - t0 < TIMEOUT )) || die "node $NODE not idle after ${TIMEOUT}s (state='${st:-none}', reason: $(scontrol show node "$NODE" 2>/dev/null | sed -n 's/.*Reason=//p'))"
-  sleep 0.25
+for name in "${NODE_NAMES[@]}"; do
+  if ! pid_alive "$LAB/state/slurmd-$name.pid" slurmd; then
+    log "starting slurmd for node $name"; /usr/sbin/slurmd -N "$name" || die "slurmd -N $name failed to start"
+  fi
 done
-log "node $NODE is $st after $(( SECONDS - t0 ))s"
+
+node_state() { sinfo -h -n "$1" -o '%t' 2>/dev/null | head -n1; }
+for name in "${NODE_NAMES[@]}"; do
+  t0=$SECONDS; resumed=0
+  while :; do
+    st=$(node_state "$name")
+    case "$st" in
+      idle|mix|alloc) break ;;
+      drain*|drng*|inval*|down*|fail*)
+        # a node drained by an earlier bad config stays drained: resume once
+        if [ "$resumed" = 0 ] && (( SECONDS - t0 > 2 )); then
+          log "node $name is '$st' ($(scontrol show node "$name" | sed -n 's/.*Reason=//p')); trying resume"
+          scontrol update nodename="$name" state=resume >/dev/null 2>&1 || true; resumed=1
+        fi ;;
+    esac
+    (( SECONDS - t0 < TIMEOUT )) || die "node $name not idle after ${TIMEOUT}s (state='${st:-none}', reason: $(scontrol show node "$name" 2>/dev/null | sed -n 's/.*Reason=//p'))"
+    sleep 0.25
+  done
+  log "node $name is $st after $(( SECONDS - t0 ))s"
+done
 
 if [ "$ACCOUNTING" = 1 ]; then
   wait_for "cluster registered in slurmdbd" bash -c "sacctmgr -n -P show cluster format=cluster | grep -qx $CLUSTER"
@@ -257,5 +276,11 @@ if [ "$ACCOUNTING" = 1 ]; then
 fi
 # smoke test: a 1-task job step
 out=$(timeout 30 srun -N1 -n1 -t 1 hostname 2>&1) || die "srun smoke test failed: $out"
+if (( NODES > 1 )); then
+  # one task on every node of partition multi: each reports the node it ran on
+  out=$(timeout 30 srun -p multi -N"$NODES" --ntasks-per-node=1 -t 1 bash -c 'echo $SLURMD_NODENAME' 2>&1 | sort | tr '\n' ' ') \
+    || die "srun smoke test on $NODES nodes failed: $out"
+  [ "$out" = "$(printf '%s\n' "${NODE_NAMES[@]}" | sort | tr '\n' ' ')" ] || die "srun on $NODES nodes ran on: $out"
+fi
 log "srun smoke test ok ($out); cluster up in $(( $(date +%s) - T_START ))s"
 sinfo

@@ -8,9 +8,11 @@ SLURM's environment). CPU runs use gloo, GPU runs NCCL.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,6 +101,8 @@ class DistContext:
     launch: LaunchEnv
     device: torch.device
     backend: str | None  # None when running alone
+    #: The node of every rank, in rank order (where a multi-node job really ran).
+    nodes: tuple[str, ...] = ()
 
     @property
     def rank(self) -> int:
@@ -128,6 +132,11 @@ def pick_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def node_name() -> str:
+    """The SLURM node this process runs on (several nodes may share one host), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistContext:
     """Join the process group described by the environment (no-op when alone)."""
     launch = detect_launch()
@@ -135,7 +144,7 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if launch.world_size <= 1:
-        return DistContext(launch, dev, None)
+        return DistContext(launch, dev, None, (node_name(),))
     backend = "nccl" if dev.type == "cuda" else "gloo"
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", launch.master_addr)
@@ -147,8 +156,11 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
             world_size=launch.world_size,
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
+    ctx = DistContext(launch, dev, backend)
+    ctx = dataclasses.replace(ctx, nodes=tuple(all_gather_objects(ctx, node_name())))
     log.info("rank %d/%d (%s, %s) on %s", launch.rank, launch.world_size, launch.source, backend, dev)
-    return DistContext(launch, dev, backend)
+    log.info("ranks on nodes: %s", " ".join(f"{r}={n}" for r, n in enumerate(ctx.nodes)))
+    return ctx
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -613,6 +613,8 @@ class _Trainer:
             "epochs": self.epoch,
             "optimizer_steps": self.step,
             "world_size": self.ctx.world_size,
+            # Where the (last) attempt ran: the node of every rank, in rank order.
+            "nodes": list(self.ctx.nodes),
             "gpus": self.ctx.world_size if self.device.type == "cuda" else 0,
             "device": str(self.device.type),
             "amp": str(self.amp_dtype or "off").replace("torch.", ""),
