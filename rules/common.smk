@@ -69,6 +69,12 @@ def released_source_args():
     return " ".join(shlex.quote(f"{m}={released_source(m)}") for m in MODELS)
 
 
+def stage_args():
+    """`--stage-to DIR` from frames.stage_to, quoted so that $VARS expand on the node, in the job."""
+    stage_to = FRAMES["stage_to"]
+    return f"--stage-to {shlex.quote(stage_to)}" if stage_to else ""
+
+
 def evaluate_view_args():
     e = config["evaluate"]
     return (
@@ -120,8 +126,7 @@ def rule_resources(rule_name):
     """Resources for a per-model rule: each value a callable of the model wildcard."""
     keys = scheduling.rule_job_resources(config, rule_name, MODELS[0]).keys()
     return {
-        k: (lambda wildcards, k=k: scheduling.rule_job_resources(config, rule_name, wildcards.model)[k])
-        for k in keys
+        k: (lambda wildcards, k=k: scheduling.rule_job_resources(config, rule_name, wildcards.model)[k]) for k in keys
     }
 
 

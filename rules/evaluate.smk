@@ -19,12 +19,8 @@ rule evaluate:
         launch=lambda wildcards: launcher("evaluate", wildcards.model),
         out_dir=lambda wildcards: f"{RESULTS}/eval/{wildcards.model}",
         workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
-        views=(
-            f"--clips {config['evaluate']['clips']} --crops {config['evaluate']['crops']}"
-            f" --resize {config['evaluate']['resize']}"
-            f" --view-batch {config['evaluate']['view_batch']}"
-            f" --max-failed-share {config['evaluate']['max_failed_share']}"
-        ),
+        stage=stage_args(),
+        views=evaluate_view_args(),
     shell:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
-        " --out-dir {params.out_dir:q} {params.views} --workers {params.workers} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.views} {params.stage} --workers {params.workers} > {log:q} 2>&1"

@@ -68,9 +68,10 @@ rule evaluate_released:
         out_dir=lambda wildcards: f"{RELEASED}/eval/{wildcards.model}",
         workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
         views=evaluate_view_args(),
+        stage=stage_args(),
     shell:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
-        " --out-dir {params.out_dir:q} {params.views} --workers {params.workers} > {log:q} 2>&1"
+        " --out-dir {params.out_dir:q} {params.views} {params.stage} --workers {params.workers} > {log:q} 2>&1"
 
 
 rule collect_released:

@@ -27,6 +27,7 @@ rule train:
         overrides=lambda wildcards: train_override_args(wildcards.model),
         workers=lambda wildcards: loader_workers("train", wildcards.model),
         compile="--compile" if config["train"]["compile"] else "",
+        stage=stage_args(),
         settings=(
             f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
@@ -36,4 +37,4 @@ rule train:
         'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) training starts (SLURM job ${{SLURM_JOB_ID:-none}})" >> {log:q};'
         " {params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
         " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
-        " {params.overrides} {params.compile} {params.settings} --workers {params.workers} >> {log:q} 2>&1"
+        " {params.overrides} {params.compile} {params.settings} {params.stage} --workers {params.workers} >> {log:q} 2>&1"

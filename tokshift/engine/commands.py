@@ -150,6 +150,7 @@ def _train(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         max_epochs=args.max_epochs,
         progress={"auto": None, "bar": True, "lines": False}[args.progress],
+        stage_to=args.stage_to,
     )
     return train(opts)
 
@@ -173,6 +174,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             max_failed_share=args.max_failed_share,
             model=args.model,
             classes=_read_classes(args.classes),
+            stage_to=args.stage_to,
         )
     )
 
@@ -195,6 +197,16 @@ def _predict(args: argparse.Namespace) -> int:
             amp=args.amp,
             top=args.top,
         )
+    )
+
+
+def _stage_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--stage-to",
+        default=default("frames", "stage_to"),
+        metavar="DIR",
+        help="copy the shards to this node-local folder first ($VARS expanded here), reading them in place "
+        "when it lacks the space (default: read in place)",
     )
 
 
@@ -250,6 +262,7 @@ def register(subparsers: Any) -> None:
         choices=["auto", "bar", "lines"],
         help="auto: a progress bar on terminals, log lines otherwise",
     )
+    _stage_to(t)
     _common(t, amp=default("train", "amp"))
     t.set_defaults(func=_guard(_train))
 
@@ -266,6 +279,7 @@ def register(subparsers: Any) -> None:
         metavar="SHARE",
         help="fail (exit 5, listing the first errors) when more than this share of the videos cannot be read",
     )
+    _stage_to(e)
     _common(e)
     e.set_defaults(func=_guard(_evaluate))
 

@@ -9,6 +9,7 @@ sorted by video index, so N processes give the numbers one process gives.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -343,6 +344,7 @@ class EvalOptions:
     max_failed_share: float = field(default_factory=lambda: default("evaluate", "max_failed_share"))
     model: str | None = None  # zoo entry; needed for an original .pth
     classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
+    stage_to: str | None = None  # node-local folder to copy the shards to first (tokshift.engine.staging)
 
 
 def run_evaluation(opts: EvalOptions) -> int:
@@ -355,6 +357,7 @@ def run_evaluation(opts: EvalOptions) -> int:
     from tokshift.engine.exitcodes import EXIT_BUSY
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
     from tokshift.engine.runtime import enable_crash_traces, setup_logging
+    from tokshift.engine.staging import staged_shards
 
     if opts.clips < 1 or opts.crops < 1:
         raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
@@ -368,7 +371,8 @@ def run_evaluation(opts: EvalOptions) -> int:
     setup_logging(ctx.rank)
     try:
         with exclusive_folder(ctx, opts.out_dir, "evaluate"):
-            return _evaluate(opts, ctx)
+            with staged_shards({"val": opts.shards}, opts.stage_to, ctx) as shards:
+                return _evaluate(dataclasses.replace(opts, shards=shards["val"]), ctx)
     except FolderBusy as exc:
         if ctx.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -24,6 +24,7 @@ an ImageNet-21k `.npz`; `model.pt` and `train_summary.json` record the file and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -61,6 +62,7 @@ from tokshift.engine.runtime import (
 )
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
+from tokshift.engine.staging import staged_shards
 from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
 from tokshift.zoo import ZooConfig, get_config
 
@@ -93,6 +95,7 @@ class TrainOptions:
     val_view_batch: int = 64
     keep_resume: int = 2
     progress: bool | None = None  # None: a bar on interactive terminals, log lines otherwise
+    stage_to: str | None = None  # node-local folder to copy the shards to first (tokshift.engine.staging)
 
 
 def resolve_config(opts: TrainOptions, check_files: bool = True) -> ZooConfig:
@@ -183,7 +186,11 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
         with exclusive_folder(ctx, opts.out_dir, "train"):
             stop = StopFlag()
             with stop.installed():
-                return _Trainer(opts, ctx, stop, datasets).run()
+                groups = {"train": opts.train_shards, "val": opts.val_shards}
+                with staged_shards(groups if datasets is None else {}, opts.stage_to, ctx) as shards:
+                    if datasets is None:
+                        opts = dataclasses.replace(opts, train_shards=shards["train"], val_shards=shards["val"])
+                    return _Trainer(opts, ctx, stop, datasets).run()
     except FolderBusy as exc:
         if ctx.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
