@@ -45,7 +45,7 @@ def neutral(**kw: Any) -> dict[str, Any]:
         "nodes": 1,
         "tasks": 1,
         "tasks_per_gpu": 0,
-        "mpi": None,
+        "mpi": "",
         "cpus_per_task": 2,
         "constraint": None,
         "slurm_extra": "--signal=USR1@300",
@@ -198,7 +198,7 @@ def test_defaults_come_from_the_schema_alone() -> None:
     cfg = {"dataset": "demo", "datasets": {"demo": {"kind": "demo", "zoo": "demo", "root": "d"}}, "models": "all"}
     validate(cfg, str(SCHEMA_PATH))
     assert settings.frames_settings(cfg) == {
-        k: default("frames", k) for k in ("short_side", "jpeg_quality", "shards", "timeout")
+        k: default("frames", k) for k in ("short_side", "jpeg_quality", "shards", "timeout", "stage_to")
     }
     for rule in ("pack", "train", "evaluate"):
         job = settings.job_settings(cfg, rule)

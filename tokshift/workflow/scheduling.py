@@ -108,7 +108,10 @@ def job_resources(
         # GPU jobs: without tasks_per_gpu the plugin turns `tasks` into --ntasks-per-gpu, so
         # it must be set: 0 leaves the option out (one task: torchrun), 1 = one task per GPU.
         "tasks_per_gpu": 1 if multi_task and gpus else 0,
-        "mpi": "srun" if multi_task else None,
+        # Always present: the job-step plugin wraps a job without an `mpi` key in its own
+        # `srun -n1`; with the key (even "") it runs the rule in the batch script, where
+        # slurm/job-step.sh starts the step itself.
+        "mpi": "srun" if multi_task else "",
         "cpus_per_task": _cores_per_process(job) if multi_task else job_threads(config, rule, model),
         "constraint": _setting(config, "gpu_constraint", CONSTRAINT_ENV, env) if gpus else None,
         "slurm_extra": None,
