@@ -11,13 +11,13 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import snakemake.cli
 import snakemake_executor_plugin_slurm
-import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
