@@ -28,13 +28,16 @@ rule train:
         workers=lambda wildcards: loader_workers("train", wildcards.model),
         compile="--compile" if config["train"]["compile"] else "",
         stage=stage_args(),
+        attempts=lambda wildcards: f"logs/train/{DATASET}/{wildcards.model}.attempts.log",
         settings=(
             f"--seed {config['train']['seed']}"
             f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
         ),
-    # The log keeps every attempt (a preempted training is resubmitted): each starts with a header.
+    # {log} holds the last attempt; a preempted training is resubmitted, so every attempt is also
+    # appended to <model>.attempts.log next to it (Snakemake empties {log} before each attempt).
     shell:
-        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) training starts (SLURM job ${{SLURM_JOB_ID:-none}})" >> {log:q};'
+        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) training starts (SLURM job ${{SLURM_JOB_ID:-none}})" > {log:q};'
         " {params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
         " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
-        " {params.overrides} {params.compile} {params.settings} {params.stage} --workers {params.workers} >> {log:q} 2>&1"
+        " {params.overrides} {params.compile} {params.settings} {params.stage} --workers {params.workers}"
+        " >> {log:q} 2>&1 || status=$?; cat {log:q} >> {params.attempts:q}; exit ${{status:-0}}"

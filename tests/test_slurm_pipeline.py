@@ -121,8 +121,9 @@ def _rank_nodes(log_text: str) -> dict[int, str]:
     return {int(r): n for r, n in (item.split("=", 1) for item in m.group(1).split())} if m else {}
 
 
-def _attempts(log_path: Path) -> list[str]:
-    """A training log split at the header each attempt writes."""
+def _attempts(wf: Path, model: str) -> list[str]:
+    """The model's training attempts, from logs/train/demo/<model>.attempts.log (split at each header)."""
+    log_path = wf / "logs/train/demo" / f"{model}.attempts.log"
     return [part for part in re.split(r"^=== .* training starts .*$", log_path.read_text(), flags=re.M) if part.strip()]
 
 
@@ -158,6 +159,7 @@ def preempted_run(slurm_run: dict) -> dict:
     epochs = min(max(math.ceil(PREEMPT_WORK_S / seconds_per_epoch), MIN_PREEMPT_EPOCHS), 200)
     shutil.rmtree(wf / "results/demo/train" / PREEMPTED_MODEL)
     shutil.rmtree(wf / "results/demo/eval" / PREEMPTED_MODEL)
+    (wf / "logs/train/demo" / f"{PREEMPTED_MODEL}.attempts.log").unlink()
 
     sizes = {**JOB_SIZES, "per_model": {PREEMPTED_MODEL: {"train": {**JOB_SIZES["train"], **SHORT_TRAIN}}}}
     cfg = _write_config(wf / "test-preempt.yaml", sizes, {"per_model": {PREEMPTED_MODEL: {"epochs": epochs}}})
@@ -254,7 +256,7 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
         assert j.nnodes == 2 and sorted(j.nodes) == nodes, j
     # The log holds every attempt: in each interrupted one, both ranks (one per node) got the
     # early signal and stopped at the same step after the checkpoint; the last one resumed.
-    logs = _attempts(wf / "logs/train/demo" / f"{PREEMPTED_MODEL}.log")
+    logs = _attempts(wf, PREEMPTED_MODEL)
     assert len(logs) == len(attempts), [log[:200] for log in logs]
     for text in logs:
         assert sorted(_rank_nodes(text).values()) == nodes, text[-3000:]
@@ -296,6 +298,7 @@ def _retrain_in_copy(slurm_run: dict, dest: Path, layout: dict) -> dict:
     shutil.copytree(slurm_run["wf"], wf, symlinks=True)
     for stage in ("train", "eval"):
         shutil.rmtree(wf / "results/demo" / stage / SPREAD_MODEL)
+    (wf / "logs/train/demo" / f"{SPREAD_MODEL}.attempts.log").unlink()
     mem = {"mem_mb": 2000, "runtime": 20}
     sizes = {**JOB_SIZES, "per_model": {SPREAD_MODEL: {"train": {**layout, **mem}, "evaluate": {**layout, **mem}}}}
     cfg = _write_config(wf / "test-ranks.yaml", sizes)
@@ -324,7 +327,7 @@ def test_two_node_training_and_evaluation_run_one_rank_per_node(spread_runs: dic
         srun_steps = [s for s in sacct_steps(job.job_id) if not s.step_id.endswith((".batch", ".extern"))]
         assert [(s.ntasks, s.state) for s in srun_steps] == [(2, "COMPLETED")], srun_steps
     assert set(run["jobs"]) == {"train", "evaluate"}, "only the deleted model is rebuilt"
-    (text,) = _attempts(run["wf"] / "logs/train/demo" / f"{SPREAD_MODEL}.log")
+    (text,) = _attempts(run["wf"], SPREAD_MODEL)
     ranks = _rank_nodes(text)
     assert sorted(ranks) == [0, 1] and sorted(ranks.values()) == nodes, text[-3000:]
     assert _summary(run["wf"], SPREAD_MODEL)["nodes"] == [ranks[0], ranks[1]]
@@ -334,7 +337,7 @@ def test_two_node_training_and_evaluation_run_one_rank_per_node(spread_runs: dic
     one = spread_runs["one_node"]
     (job,) = one["jobs"]["train"]
     assert job.nnodes == 1 and len(job.nodes) == 1 and job.cpus == 2, job
-    (text,) = _attempts(one["wf"] / "logs/train/demo" / f"{SPREAD_MODEL}.log")
+    (text,) = _attempts(one["wf"], SPREAD_MODEL)
     assert set(_rank_nodes(text).values()) == set(job.nodes), text[-3000:]
 
 

@@ -157,10 +157,16 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
             timeout=datetime.timedelta(minutes=timeout_minutes),
         )
     ctx = DistContext(launch, dev, backend)
-    ctx = dataclasses.replace(ctx, nodes=tuple(all_gather_objects(ctx, node_name())))
-    log.info("rank %d/%d (%s, %s) on %s", launch.rank, launch.world_size, launch.source, backend, dev)
-    log.info("ranks on nodes: %s", " ".join(f"{r}={n}" for r, n in enumerate(ctx.nodes)))
-    return ctx
+    return dataclasses.replace(ctx, nodes=tuple(all_gather_objects(ctx, node_name())))
+
+
+def log_placement(ctx: DistContext) -> None:
+    """Where the processes run (rank 0 says it for all): launcher, backend, device, node of every rank.
+
+    Called once logging is set up (init_distributed runs before it, so it cannot log itself)."""
+    if ctx.distributed and ctx.is_main:
+        log.info("%d processes (%s, %s) on %s", ctx.world_size, ctx.launch.source, ctx.backend, ctx.device.type)
+        log.info("ranks on nodes: %s", " ".join(f"{r}={n}" for r, n in enumerate(ctx.nodes)))
 
 
 def shutdown(ctx: DistContext) -> None:

@@ -369,6 +369,7 @@ def run_evaluation(opts: EvalOptions) -> int:
     enable_crash_traces()
     ctx = D.init_distributed(opts.device)
     setup_logging(ctx.rank)
+    D.log_placement(ctx)
     try:
         with exclusive_folder(ctx, opts.out_dir, "evaluate"):
             with staged_shards({"val": opts.shards}, opts.stage_to, ctx) as shards:

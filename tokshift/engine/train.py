@@ -182,6 +182,7 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     enable_crash_traces()
     ctx = D.init_distributed(opts.device)
     setup_logging(ctx.rank)
+    D.log_placement(ctx)
     try:
         with exclusive_folder(ctx, opts.out_dir, "train"):
             stop = StopFlag()
