@@ -127,7 +127,7 @@ def _register_per_class(subparsers: argparse._SubParsersAction) -> None:  # type
     )
     p.add_argument("--csv", required=True, type=file_path, help="per-class table to write, e.g. per_class.csv")
     p.add_argument("--plot", required=True, type=file_path, help="confusion figure (PNG) to write")
-    p.add_argument("--title", default="per-class results", help="figure title (e.g. the model's name)")
+    p.add_argument("--title", default="per class", help="figure title (e.g. the model's name)")
     p.set_defaults(func=_guard(_per_class))
 
 
