@@ -141,9 +141,7 @@ def test_explain_command_writes_the_figure(tmp_path: Path, capsys: pytest.Captur
 
     trained = _trained("demo_tokshift")
     ckpt = tmp_path / "model.pt"
-    torch.save(
-        {"model": trained.model.state_dict(), "config": trained.config.to_dict(), "classes": CLASSES}, ckpt
-    )
+    torch.save({"model": trained.model.state_dict(), "config": trained.config.to_dict(), "classes": CLASSES}, ckpt)
     video = tmp_path / "clip.mp4"
     encode_h264(render_clip("darken", np.random.default_rng(2), frames=24, size=64), video)
     out = tmp_path / "figs" / "clip.png"
