@@ -27,7 +27,7 @@ def _row_name(p: Pass, arch: str) -> str:
 def _frame_panel(ax: Axes, frame: np.ndarray, attention: np.ndarray, logit: float) -> None:
     h, w = frame.shape[:2]
     ax.imshow(frame, extent=(0, w, h, 0))
-    ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.55, interpolation="bilinear")
+    ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.5, interpolation="bilinear")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{logit:+.2f}", fontsize=8)
@@ -54,9 +54,19 @@ def render_explanation(e: Explanation) -> Figure:
 
     t = len(e.frames)
     rows = len(e.passes)
-    fig = Figure(figsize=(1.25 * t + 3.2, 1.75 * rows + 1.1), dpi=110)
+    top, row, bottom = 0.85, 1.9, 0.1  # inches: titles, one row (frames, logits, note), margin
+    height = top + rows * row + bottom
+    fig = Figure(figsize=(1.25 * t + 3.2, height), dpi=110)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(rows, t + 1, width_ratios=[1.0] * t + [2.4], wspace=0.08, hspace=0.45)
+    grid = fig.add_gridspec(
+        rows,
+        t + 1,
+        width_ratios=[1.0] * t + [2.4],
+        wspace=0.08,
+        hspace=0.75,
+        top=1 - top / height,
+        bottom=(bottom + 0.45) / height,
+    )
     for r, p in enumerate(e.passes):
         cls = p.predicted
         for i in range(t):
@@ -66,9 +76,10 @@ def render_explanation(e: Explanation) -> Figure:
                 ax.set_ylabel(_row_name(p, e.arch), fontsize=8)
             if r == 0:
                 ax.set_title(f"frame {i + 1}", fontsize=7)
+        box = grid[r, 0].get_position(fig)
         fig.text(
-            grid[r, 0].get_position(fig).x0,
-            grid[r, 0].get_position(fig).y0 - 0.085 / (rows + 0.6),
+            box.x0,
+            box.y0 - 0.36 / height,
             f"below each frame: its logit for {e.classes[cls]!r} (mean {float(p.logits[cls]):+.2f} = video logit)",
             fontsize=7,
             va="top",
@@ -78,6 +89,8 @@ def render_explanation(e: Explanation) -> Figure:
     fig.suptitle(
         f"{e.model} on {Path(e.video).name}{truth}\noverlay: [CLS] attention to the patches, {e.attention_description}",
         fontsize=9,
+        y=1 - 0.08 / height,
+        va="top",
     )
     return fig
 
