@@ -35,17 +35,20 @@ rule collect_results:
 
 # Figures that let people look inside (README, "Pictures"): cheap, part of the default targets.
 FIGURES = f"{RESULTS}/figures"
-
-
-def figure_outputs():
-    """Per-class tables and confusion figures, training curves and explain figures of every model."""
-    return (
-        expand(f"{RESULTS}/eval/{{model}}/per_class.csv", model=MODELS)
-        + expand(f"{FIGURES}/confusions/{{model}}.png", model=MODELS)
-        + expand(f"{FIGURES}/curves/{{model}}.png", model=MODELS)
-        + [f"{FIGURES}/training_compared.png"]
-        + expand(f"{FIGURES}/explain/{{model}}", model=MODELS)
-    )
+# The explain figures of each model: `tokshift explain --pick-from` writes one per role.
+EXPLAIN_ROLES = {
+    "correct_most_confident": "most confident correct",
+    "correct_least_confident": "least confident correct",
+    "error_1": "most confident error",
+    "error_2": "second most confident error",
+}
+FIGURE_TARGETS = (
+    expand(f"{RESULTS}/eval/{{model}}/per_class.csv", model=MODELS)
+    + expand(f"{FIGURES}/confusions/{{model}}.png", model=MODELS)
+    + expand(f"{FIGURES}/curves/{{model}}.png", model=MODELS)
+    + [f"{FIGURES}/training_compared.png"]
+    + expand(f"{FIGURES}/explain/{{model}}/{{role}}.png", model=MODELS, role=EXPLAIN_ROLES)
+)
 
 
 rule per_class:
@@ -109,8 +112,9 @@ rule training_curves:
         mem_mb=1000,
         runtime=10,
     params:
-        named=" ".join(shlex.quote(f"{m}={RESULTS}/train/{m}/metrics.jsonl") for m in MODELS),
-        out_dir=f"{FIGURES}/curves",
+        # Each log named by its model: the figures are <model>.png.
+        named=lambda wildcards, input: " ".join(shlex.quote(f"{m}={p}") for m, p in zip(MODELS, input.metrics)),
+        out_dir=lambda wildcards, output: os.path.dirname(output.curves[0]),
         title=DATASET,
     shell:
         "tokshift curves --metrics {params.named} --out-dir {params.out_dir:q}"
@@ -118,20 +122,40 @@ rule training_curves:
 
 
 rule explain_examples:
-    """Explain figures of a few validation videos picked from predictions.csv: the most and least
-    confident correct ones and the most confident errors (TokShift also with its shift off)."""
+    """Explain figures of validation videos picked from predictions.csv: the most and least confident
+    correct ones and the two most confident errors (TokShift also with its shift off)."""
     input:
         model=f"{RESULTS}/train/{{model}}/model.pt",
         predictions=f"{RESULTS}/eval/{{model}}/predictions.csv",
         val=shard_paths("val"),
     output:
-        figures=report(
-            directory(f"{FIGURES}/explain/{{model}}"),
-            patterns=["{name}.png"],
+        correct_most_confident=report(
+            f"{FIGURES}/explain/{{model}}/correct_most_confident.png",
             category="Explain",
             subcategory="{model}",
             caption="../workflow/report/explain.rst",
-            labels={"model": "{model}", "video": "{name}"},
+            labels={"model": "{model}", "video": "most confident correct"},
+        ),
+        correct_least_confident=report(
+            f"{FIGURES}/explain/{{model}}/correct_least_confident.png",
+            category="Explain",
+            subcategory="{model}",
+            caption="../workflow/report/explain.rst",
+            labels={"model": "{model}", "video": "least confident correct"},
+        ),
+        error_1=report(
+            f"{FIGURES}/explain/{{model}}/error_1.png",
+            category="Explain",
+            subcategory="{model}",
+            caption="../workflow/report/explain.rst",
+            labels={"model": "{model}", "video": "most confident error"},
+        ),
+        error_2=report(
+            f"{FIGURES}/explain/{{model}}/error_2.png",
+            category="Explain",
+            subcategory="{model}",
+            caption="../workflow/report/explain.rst",
+            labels={"model": "{model}", "video": "second most confident error"},
         ),
     log:
         f"logs/explain_examples/{DATASET}/{{model}}.log",
@@ -143,6 +167,10 @@ rule explain_examples:
     resources:
         mem_mb=8000,
         runtime=20,
+    params:
+        # --pick-from writes one ROLE.png per output above (a placeholder where no video fits the role).
+        out_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        errors=sum(role.startswith("error_") for role in EXPLAIN_ROLES),
     shell:
         "tokshift explain --checkpoint {input.model:q} --shards {input.val:q} --pick-from {input.predictions:q}"
-        " --errors 2 --device cpu --out-dir {output.figures:q} > {log:q} 2>&1"
+        " --errors {params.errors} --device cpu --out-dir {params.out_dir:q} > {log:q} 2>&1"

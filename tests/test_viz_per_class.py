@@ -11,7 +11,7 @@ import pytest
 
 from tokshift.cli import main
 from tokshift.viz.per_class import confusion_pairs, per_class_table, read_predictions
-from tokshift.viz.pick import pick_videos
+from tokshift.viz.pick import pick_roles, pick_videos
 
 HEADER = ["video_id", "label", *[f"pred{i}" for i in range(1, 6)], *[f"score{i}" for i in range(1, 6)], "error"]
 # (video, true, top-5 predictions, top-1 score, error)
@@ -71,6 +71,7 @@ def test_pick_takes_the_extremes_of_the_right_and_the_most_confident_errors(tmp_
         ("error_1", "c1"),
         ("error_2", "a3"),
     ]
+    assert [role for role, _ in pick_videos(pred, errors=3)] == pick_roles(3)
     no_errors = pred[pred["pred1"] == pred["label"]]
     assert [role for role, _ in pick_videos(no_errors)] == ["correct_most_confident", "correct_least_confident"]
 

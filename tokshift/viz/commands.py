@@ -73,7 +73,8 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:  # type: 
         default=None,
         metavar="CSV",
         help="with --shards: explain the most and least confident correct videos and the most confident "
-        "errors of this predictions.csv, written as ROLE.png in --out-dir (default: explain VIDEO)",
+        "errors of this predictions.csv, as ROLE.png in --out-dir (correct_most_confident, correct_least_confident, "
+        "error_1, ...; a role without a video gets a placeholder) (default: explain VIDEO)",
     )
     e.add_argument(
         "--errors",
@@ -197,7 +198,7 @@ def _explain(args: argparse.Namespace) -> int:
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
     from tokshift.viz.explain import explain, explain_shard_videos
-    from tokshift.viz.explain_figure import save_explanation
+    from tokshift.viz.explain_figure import save_explanation, save_placeholder
 
     if args.pick_from is not None and args.shards is None:
         raise ValueError("--pick-from chooses videos of packed shards: give the shards too (--shards)")
@@ -211,13 +212,18 @@ def _explain(args: argparse.Namespace) -> int:
     taken: set[str] = set()
     if args.pick_from is not None:
         from tokshift.viz.per_class import read_predictions
-        from tokshift.viz.pick import pick_videos
+        from tokshift.viz.pick import pick_roles, pick_videos
 
         picks = pick_videos(read_predictions(args.pick_from), errors=args.errors)
-        if not picks:
-            raise ValueError(f"{args.pick_from} has no evaluated video to pick")
         names = [role for role, _ in picks]
         explanations = explain_shard_videos(trained, args.shards, [v for _, v in picks], args.attention)
+        for role in pick_roles(args.errors):  # every role gets its file, so a workflow can name them
+            if role not in names:
+                out = save_placeholder(
+                    f"{trained.config.name}: no video to show as {role.replace('_', ' ')}",
+                    Path(args.out_dir) / f"{role}.png",
+                )
+                print(f"no video for {role} -> {out}")
     elif args.shards is not None:
         explanations = explain_shard_videos(trained, args.shards, args.videos, args.attention)
         names = [Path(v).stem for v in args.videos]

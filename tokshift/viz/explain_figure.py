@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-__all__ = ["FRAME_GID", "render_explanation", "save_explanation"]
+__all__ = ["FRAME_GID", "render_explanation", "save_explanation", "save_placeholder"]
 
 FRAME_GID = "frame"  # the gid of each frame panel, so a test can count them
 
@@ -100,4 +100,18 @@ def save_explanation(e: Explanation, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     render_explanation(e).savefig(out, format="png", bbox_inches="tight")
+    return out
+
+
+def save_placeholder(text: str, out: str | Path) -> Path:
+    """A small PNG that says why a figure has nothing to show (a workflow expects the file all the same)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig = Figure(figsize=(6, 1.2), dpi=110)
+    FigureCanvasAgg(fig)
+    fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
+    fig.savefig(out, format="png")
     return out

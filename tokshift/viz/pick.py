@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["pick_videos"]
+__all__ = ["pick_roles", "pick_videos"]
+
+
+def pick_roles(errors: int = 2) -> list[str]:
+    """Every role `pick_videos` can fill, in its order (a workflow names one figure per role)."""
+    return ["correct_most_confident", "correct_least_confident"] + [f"error_{i}" for i in range(1, errors + 1)]
 
 
 def pick_videos(pred: pd.DataFrame, errors: int = 2) -> list[tuple[str, str]]:
