@@ -27,7 +27,7 @@ def _row_name(p: Pass, arch: str) -> str:
 def _frame_panel(ax: Axes, frame: np.ndarray, attention: np.ndarray, logit: float) -> None:
     h, w = frame.shape[:2]
     ax.imshow(frame, extent=(0, w, h, 0))
-    ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.5, interpolation="bilinear")
+    ax.imshow(attention, extent=(0, w, h, 0), cmap="inferno", alpha=0.45, interpolation="bilinear")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(f"{logit:+.2f}", fontsize=8)
@@ -87,7 +87,8 @@ def render_explanation(e: Explanation) -> Figure:
         _top5_panel(fig.add_subplot(grid[r, t]), p, e.classes, e.label)
     truth = f", true class {e.label!r}" if e.label is not None else ""
     fig.suptitle(
-        f"{e.model} on {Path(e.video).name}{truth}\noverlay: [CLS] attention to the patches, {e.attention_description}",
+        f"{e.model} on {Path(e.video).name}{truth}\noverlay: [CLS] attention to the patches, "
+        f"{e.attention_description} (colour scaled per frame)",
         fontsize=9,
         y=1 - 0.08 / height,
         va="top",
