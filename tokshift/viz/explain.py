@@ -155,6 +155,11 @@ def explain_shard_videos(
 
     cfg = trained.config
     ds = EvalViewDataset(list(shards), cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=1, num_crops=1)
+    if ds.classes != list(trained.classes):
+        raise ValueError(
+            f"the shards' {len(ds.classes)} classes differ from the {len(trained.classes)} the model {cfg.name} "
+            "was trained on; explain videos of the dataset it was trained on"
+        )
     position = {vid: i for i, vid in enumerate(ds.video_ids)}
     missing = [v for v in video_ids if v not in position]
     if missing:
