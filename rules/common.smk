@@ -33,10 +33,10 @@ def zoo_table_outputs():
 
 
 def default_targets():
-    """What `snakemake` builds: per `checkpoints`, the trained zoo or the released checkpoints' table."""
+    """What `snakemake` builds: per `checkpoints`, the trained zoo (with its figures) or the released table."""
     if workflow_settings.released_mode(config):
         return released_table_outputs() + expand(f"{RELEASED}/{{model}}/model.pt", model=MODELS)
-    return zoo_table_outputs() + expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS)
+    return zoo_table_outputs() + FIGURE_TARGETS + expand(f"{RESULTS}/train/{{model}}/model.pt", model=MODELS)
 
 
 # Released checkpoints (checkpoints: released): converted, evaluated and tabled apart from trained ones.

@@ -33,7 +33,7 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
 
 def test_each_stage_registers_its_own_commands() -> None:
     assert COMMAND_MODULES == tuple(
-        f"tokshift.{stage}.commands" for stage in ("zoo", "weights", "data", "engine", "results")
+        f"tokshift.{stage}.commands" for stage in ("zoo", "weights", "data", "engine", "results", "viz")
     )
     commands = _subparsers(build_parser())
     assert set(commands) == {
@@ -48,6 +48,9 @@ def test_each_stage_registers_its_own_commands() -> None:
         "predict",
         "import-original",
         "collect",
+        "explain",
+        "per-class",
+        "curves",
     }
 
 

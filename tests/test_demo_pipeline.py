@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import collections
 import contextlib
+import csv
 import functools
 import http.server
 import json
@@ -13,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -229,9 +233,115 @@ def test_damaged_val_shard_fails_evaluation_by_name_and_keeps_the_models(
     assert {m: sha256_file(p) for m, p in models.items()} == before
 
 
+def _png_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR chunk, after checking the signature."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR", f"{path} is not a PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def test_explain_shows_tokshift_needs_its_shift(demo_run: tuple[Path, float]) -> None:
+    """Switched off, TokShift's shift no longer tells the direction of change: its predictions change
+    and fall to a per-frame ViT's guessing within each pair; the figures have a panel per frame."""
+    from tokshift.notebook import load
+    from tokshift.viz.explain import explain_shard_videos
+    from tokshift.viz.explain_figure import FRAME_GID, render_explanation
+
+    wf, _ = demo_run
+    shards = sorted((wf / "results/demo/frames/val").glob("shard-*.lmdb"))
+    ids = [f"videos/val/{c}_{i:04d}.mp4" for c in ("brighten", "darken", "disc_grow", "disc_shrink") for i in range(3)]
+    tokshift = explain_shard_videos(load(wf / "results/demo/train/demo_tokshift/model.pt", device="cpu"), shards, ids)
+    vit = explain_shard_videos(load(wf / "results/demo/train/demo_vit/model.pt", device="cpu"), shards, ids[:1])
+    on = sum(e.shift_on.predicted == e.classes.index(e.label) for e in tokshift)
+    off = sum(e.shift_off.predicted == e.classes.index(e.label) for e in tokshift)
+    changed = sum(e.shift_on.predicted != e.shift_off.predicted for e in tokshift)
+    print(f"TokShift on 12 val videos: {on} right with the shift, {off} without; {changed} predictions changed")
+    assert on >= 10 and off <= on - 3 and changed >= 3
+    for e in tokshift:  # the video logit is the mean of the per-frame logits, in both passes
+        for p in e.passes:
+            np.testing.assert_allclose(p.frame_logits.mean(axis=0), p.logits, rtol=1e-6)
+    assert vit[0].shift_off is None
+    for e, panels in ((tokshift[0], 16), (vit[0], 8)):
+        assert sum(ax.get_gid() == FRAME_GID for ax in render_explanation(e).axes) == panels
+    # The workflow's explain figures: one per role; two rows for TokShift, one for the ViT, and a
+    # short placeholder where no video fits the role (TokShift may make no error).
+    explained = wf / "results/demo/figures/explain"
+    roles = ["correct_most_confident", "correct_least_confident", "error_1", "error_2"]
+    vit_height = _png_size(explained / "demo_vit/correct_most_confident.png")[1]
+    log = (wf / "logs/explain_examples/demo/demo_tokshift.log").read_text()
+    assert "shift off:" in log, log
+    assert "no video" not in (wf / "logs/explain_examples/demo/demo_vit.log").read_text()  # it errs often
+    for role in roles:
+        assert abs(_png_size(explained / f"demo_vit/{role}.png")[1] - vit_height) < 0.1 * vit_height
+        height = _png_size(explained / f"demo_tokshift/{role}.png")[1]
+        placeholder = f"no video for {role}" in log
+        assert (height < vit_height / 2) if placeholder else (height > 1.4 * vit_height), (role, height)
+    assert "no video for correct" not in log
+
+
+def test_per_class_csv_is_recomputed_from_predictions(demo_run: tuple[Path, float]) -> None:
+    wf, _ = demo_run
+    for model in ("demo_vit", "demo_tokshift"):
+        with open(wf / f"results/demo/eval/{model}/predictions.csv", newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if not r["error"]]
+        table = pd.read_csv(wf / f"results/demo/eval/{model}/per_class.csv", keep_default_na=False)
+        assert table["class"].tolist() == ["brighten", "darken", "disc_grow", "disc_shrink"]
+        for r in table.to_dict(orient="records"):
+            mine = [x for x in rows if x["label"] == r["class"]]
+            wrong = collections.Counter(x["pred1"] for x in mine if x["pred1"] != r["class"])
+            assert r["videos"] == len(mine) == 32
+            assert r["top1"] == pytest.approx(100 * sum(x["pred1"] == r["class"] for x in mine) / len(mine))
+            top5 = sum(r["class"] in [x[f"pred{k}"] for k in range(1, 6)] for x in mine)
+            assert r["top5"] == pytest.approx(100 * top5 / len(mine))
+            most = max(wrong.values(), default=0)
+            assert r["confused_count"] == most
+            assert (
+                (r["confused_with"] in {c for c, n in wrong.items() if n == most}) if most else r["confused_with"] == ""
+            )
+        metrics = json.loads((wf / f"results/demo/eval/{model}/metrics.json").read_text())
+        assert table["top1"].mean() == pytest.approx(metrics["mean_class_acc"], abs=1e-3)
+        _png_size(wf / f"results/demo/figures/confusions/{model}.png")
+    for name in ("curves/demo_vit", "curves/demo_tokshift", "training_compared"):
+        _png_size(wf / f"results/demo/figures/{name}.png")
+    for rule in ("per_class", "training_curves", "explain_examples"):
+        assert any((wf / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+        assert any((wf / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"
+
+
+def test_report_holds_every_figure(demo_run: tuple[Path, float]) -> None:
+    """`snakemake --report`: the table, the plot, the per-class results, the curves and the explain
+    figures are all embedded (each file's bytes, base64) in the self-contained HTML."""
+    wf, _ = demo_run
+    snakemake(wf, "--report", "report.html", check=True, timeout=600)
+    html = (wf / "report.html").read_text(encoding="utf-8")
+    results = wf / "results/demo"
+    expected = [
+        results / "model_zoo.csv",
+        results / "accuracy_vs_gflops.png",
+        results / "figures/training_compared.png",
+    ]
+    for model in ("demo_vit", "demo_tokshift"):
+        expected += [results / f"eval/{model}/per_class.csv", results / f"figures/confusions/{model}.png"]
+        expected += [results / f"figures/curves/{model}.png"]
+        expected += sorted((results / f"figures/explain/{model}").glob("*.png"))
+    assert len(expected) >= 14
+    for path in expected:
+        assert base64.b64encode(path.read_bytes()).decode() in html, f"{path} is not in report.html"
+    for caption in ("attention rollout", "Training curves of each model", "mistaken for", "mixes up"):
+        assert caption in html, caption
+
+
 def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: tuple[Path, float]) -> None:
     wf, _ = demo_run
     (wf / "results/demo/train/demo_vit/model.pt").unlink()
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
-    assert planned_jobs(out) == {"train": 1, "evaluate": 1, "collect_results": 1, "all": 1}, out[-3000:]
+    assert planned_jobs(out) == {
+        "train": 1,
+        "evaluate": 1,
+        "collect_results": 1,
+        "per_class": 1,
+        "training_curves": 1,
+        "explain_examples": 1,
+        "all": 1,
+    }, out[-3000:]
     assert "model=demo_vit" in out and "model=demo_tokshift" not in out

@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.data.commands",
     "tokshift.engine.commands",
     "tokshift.results.commands",
+    "tokshift.viz.commands",
 )
 
 
@@ -39,7 +40,7 @@ def version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tokshift",
-        description="TokShift video transformer: zoo, weights, data, training, evaluation, results.",
+        description="TokShift video transformer: zoo, weights, data, training, evaluation, results, figures.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -9,8 +9,9 @@ with the neighbouring frames (docs/reference.md, "TokShift").
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ __all__ = [
     "VideoVisionTransformer",
     "build_model",
     "resolve_model_config",
+    "shift_disabled",
 ]
 
 
@@ -57,20 +59,42 @@ def token_shift_(x: torch.Tensor, num_frames: int, shift_div: int) -> torch.Tens
 class TokShiftBlock(Block):
     """timm's pre-norm ViT block with the [CLS] token shifted before each sub-block.
 
-    The shifted tensor is also the residual, as in the original TokShift.
+    The shifted tensor is also the residual, as in the original TokShift. `shift_enabled`
+    False (see `shift_disabled`) makes the block a plain ViT block, frame by frame.
     """
 
     def __init__(self, *args: Any, num_frames: int, shift_div: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.num_frames = num_frames
         self.shift_div = shift_div
+        self.shift_enabled = True
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
-        x = token_shift_(x, self.num_frames, self.shift_div)
+        if self.shift_enabled:
+            x = token_shift_(x, self.num_frames, self.shift_div)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
-        x = token_shift_(x, self.num_frames, self.shift_div)
+        if self.shift_enabled:
+            x = token_shift_(x, self.num_frames, self.shift_div)
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
         return x
+
+
+@contextlib.contextmanager
+def shift_disabled(model: nn.Module) -> Iterator[int]:
+    """Run `model` without its token shift (each frame alone, as a per-frame ViT), then restore it.
+
+    Yields how many TokShiftBlocks were switched off (0 for a plain ViT). For inspection only:
+    training never enters it.
+    """
+    blocks = [m for m in model.modules() if isinstance(m, TokShiftBlock)]
+    before = [b.shift_enabled for b in blocks]
+    for b in blocks:
+        b.shift_enabled = False
+    try:
+        yield len(blocks)
+    finally:
+        for b, state in zip(blocks, before):
+            b.shift_enabled = state
 
 
 class VideoVisionTransformer(VisionTransformer):
