@@ -78,8 +78,7 @@ rule per_class:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **small_job(mem_mb=1000, runtime=10),
     shell:
         "tokshift per-class --predictions {input.predictions:q} --classes {input.classes:q}"
         " --csv {output.csv:q} --plot {output.plot:q} --title {wildcards.model} > {log:q} 2>&1"
@@ -108,8 +107,7 @@ rule training_curves:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
-        runtime=10,
+        **small_job(mem_mb=1000, runtime=10),
     params:
         # Each log named by its model: the figures are <model>.png.
         named=lambda wildcards, input: " ".join(shlex.quote(f"{m}={p}") for m, p in zip(MODELS, input.metrics)),
@@ -164,8 +162,7 @@ rule explain_examples:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        mem_mb=8000,
-        runtime=20,
+        **small_job(mem_mb=8000, runtime=20),
     params:
         # --pick-from writes one ROLE.png per output above (a placeholder where no video fits the role).
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),

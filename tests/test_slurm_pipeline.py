@@ -219,8 +219,8 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
     shards = yaml.safe_load((wf / "config.yaml").read_text())["datasets"]["demo"]["frames"]["shards"]
     models = sorted(pd.read_csv(wf / "results/demo/model_zoo.csv")["model"])
 
-    # Only the heavy steps were submitted; demo videos, index, summary and table ran on this host.
-    assert set(rules) == {"pack_shard", "train", "evaluate"}, sorted(rules)
+    # Only the heavy steps were submitted; demo videos, index, summary, table and curves ran on this host.
+    assert set(rules) == {"pack_shard", "train", "evaluate", "explain_examples"}, sorted(rules)
     assert (wf / "logs/collect_results/demo.log").exists() and (wf / "results/demo/frames/val/summary.json").exists()
     # The plugin's job comment is rule_<rule>_wildcards_<wildcard values joined by _>.
     assert sorted(j.wildcards for j in rules["pack_shard"]) == sorted(
