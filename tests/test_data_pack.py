@@ -146,6 +146,7 @@ def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
         "shard-0.failures.csv",
         "shard-0.lmdb",
         "shard-0.lmdb.seal.json",
+        "shard-0.videos.csv",
         "train.classes.txt",
         "train.csv",
         "train.missing.csv",
