@@ -316,3 +316,22 @@ def test_kinetics_from_a_mirror_to_the_results_table(tmp_path: Path) -> None:
             reader.close()
         assert listed == expected[split]
         assert summary["total_frames"] == frames
+
+
+def test_config_example_plans_the_fetch_before_anything_else(tmp_path: Path) -> None:
+    """The commented `fetch: cvdf` entry of config.yaml validates and plans the lists and annotations first."""
+    wf = copy_workflow(tmp_path / "wf")
+    text = (wf / "config.yaml").read_text()
+    block = text[text.index("# Or from nothing") : text.index("# Any dataset given")].splitlines()
+    start = block.index("  # kinetics400:")
+    entry = yaml.safe_load("\n".join(ln[4:] for ln in block[start:] if ln.startswith("  # ")))
+    entry["kinetics400"]["root"] = str(tmp_path / "k400")
+    cfg = yaml.safe_load(text)
+    cfg["datasets"].update(entry)
+    cfg["dataset"] = "kinetics400"
+    (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wf, "-n", "-p", "--cores", "2", check=True).stdout
+    assert re.search(r"^cvdf_part_list\s+2$", out, re.M) and re.search(r"^cvdf_annotations\s+2$", out, re.M), out
+    assert "https://s3.amazonaws.com/kinetics/400/train/k400_train_path.txt" in out
+    assert f"{tmp_path}/k400/cvdf/annotations/val.csv" in out
+    assert not re.search(r"^fetch_part\s+\d+$", out, re.M)  # the parts are known once the lists are in
