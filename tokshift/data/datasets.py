@@ -79,7 +79,7 @@ class _ShardSet:
         self.classes = classes or []
         self.reader_index = np.asarray(reader_index, dtype=np.int32)
         self.number = np.asarray(number, dtype=np.int64)
-        self.ids = np.asarray(ids, dtype=str)
+        self.ids = np.asarray([i.encode("utf-8") for i in ids], dtype=bytes)  # 1 byte per character
         self.nframes = np.asarray(nframes, dtype=np.int64)
         self.labels = np.asarray(labels, dtype=np.int64)
         for reader in self.readers:  # environments reopen in each worker, headers are not needed there
@@ -91,7 +91,7 @@ class _ShardSet:
 
     def item(self, i: int) -> tuple[str, int, int]:
         """Video id, frame count and label index of item ``i``."""
-        return str(self.ids[i]), int(self.nframes[i]), int(self.labels[i])
+        return self.ids[i].decode("utf-8"), int(self.nframes[i]), int(self.labels[i])
 
     def frames(self, i: int, indices: Sequence[int]) -> list[np.ndarray]:
         vid, n, _ = self.item(i)
@@ -128,7 +128,7 @@ class _ShardDataset(Dataset):
 
     @property
     def video_ids(self) -> list[str]:
-        return self._set.ids.tolist()
+        return [i.decode("utf-8") for i in self._set.ids.tolist()]
 
 
 class TrainClipDataset(_ShardDataset):

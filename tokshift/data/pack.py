@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
 from tokshift.data.jpeg import HAVE_YUV_ENCODER, encode_rgb, encode_yuv420, jpeg_size
-from tokshift.data.sources import IndexRow, read_classes, read_index
+from tokshift.data.sources import IndexRow, iter_index, read_classes
 from tokshift.data.store import ShardWriter
 
 __all__ = [
@@ -388,10 +388,14 @@ def pack_shard(
     progress: bool = True,
 ) -> PackResult:
     """Pack the videos of shard ``shard`` of the index CSV ``index`` into ``out`` (an LMDB file)."""
-    all_rows = read_index(index)
-    rows = [r for r in all_rows if r.shard == int(shard)]
-    classes = read_classes(index, all_rows)
-    splits = sorted({r.split for r in all_rows})
+    rows: list[IndexRow] = []
+    split_names: set[str] = set()
+    for row in iter_index(index):  # streamed: a job holds its own shard's rows, not the whole index
+        split_names.add(row.split)
+        if row.shard == int(shard):
+            rows.append(row)
+    classes = read_classes(index)
+    splits = sorted(split_names)
     if failures is None:
         failures = Path(out).with_suffix(".failures.csv")
     attrs = {"shard": int(shard), "split": splits[0] if len(splits) == 1 else ",".join(splits)}

@@ -20,7 +20,7 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "classes_path",
     "missing_path",
     "read_classes",
+    "iter_index",
     "read_index",
     "shard_of",
     "write_index",
@@ -418,17 +419,23 @@ def write_index(result: IndexResult, out: str | os.PathLike[str]) -> tuple[Path,
     return out, miss, cls
 
 
-def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:
-    """Read an index CSV written by :func:`write_index`."""
+def iter_index(path: str | os.PathLike[str]) -> Iterator[IndexRow]:
+    """Stream the rows of an index CSV written by :func:`write_index` (a packing job keeps only its shard's)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetSpecError(f"index {path} does not exist; build it with `tokshift index`")
-    header, rows = _open_csv(path)
-    if list(header) != list(INDEX_COLUMNS):
-        raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
-    return [
-        IndexRow(r["video_id"], r["path"], r["label"], int(r["label_index"]), r["split"], int(r["shard"])) for r in rows
-    ]
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if header != list(INDEX_COLUMNS):
+            raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
+        for vid, vpath, label, label_index, split, shard in reader:
+            yield IndexRow(vid, vpath, label, int(label_index), split, int(shard))
+
+
+def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:
+    """Read an index CSV written by :func:`write_index`."""
+    return list(iter_index(path))
 
 
 def read_missing(path: str | os.PathLike[str]) -> list[MissingRow]:
