@@ -49,7 +49,7 @@ def machine() -> str:
 
 
 def make_source(path: Path, lavfi: str, noise: bool, seconds: float) -> None:
-    src = ffmpeg.input(f"{lavfi}:duration={seconds}", format="lavfi")
+    src = ffmpeg.input(lavfi, format="lavfi", t=seconds)  # mandelbrot has no duration option
     if noise:
         src = src.filter("noise", alls=10, allf="t")
     out = src.output(str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p", threads=1)
