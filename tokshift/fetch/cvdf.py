@@ -146,10 +146,10 @@ def fetch_part(
         archive.unlink(missing_ok=True)
         raise FetchError(f"part {name} ({part.url}): {err}; the archive was deleted, rerun to fetch it again") from err
     record = {"part": name, "url": part.url, "archive": str(archive), "dest": str(dest), **counts}
+    record["archive_deleted"] = bool(delete_archive)
+    atomic_write_json(Path(marker), record)  # first: a kill after it leaves an archive, not a refetch
     if delete_archive:
         archive.unlink()
-        record["archive_deleted"] = True
-    atomic_write_json(Path(marker), record)
     mb = counts["bytes"] / 1e6
     log.info("part %s: %d videos (%d files, %.1f MB) into %s", name, counts["videos"], counts["files"], mb, dest)
     return record
