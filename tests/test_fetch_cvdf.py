@@ -135,6 +135,32 @@ def test_truncated_archive_is_deleted_with_its_url_named(tmp_path: Path) -> None
     assert not (tmp_path / "m.json").exists()
 
 
+def test_part_is_extracted_then_its_archive_deleted_when_asked(tmp_path: Path) -> None:
+    clip = np.random.default_rng(1).bytes(30_000)
+    mirror = Mirror(files={"/p/part_3.tar.gz": targz({"part_3/abc_000000_000010.mp4": clip})})
+    mirror.drop_first.add("/p/part_3.tar.gz")
+    with serve(mirror) as url:
+        listing = tmp_path / "list.txt"
+        listing.write_text(f"# train parts\n{url}/p/part_3.tar.gz\n")
+        record = fetch_part(
+            listing,
+            "part_3",
+            tmp_path / "archives",
+            tmp_path / "videos",
+            tmp_path / "m.json",
+            delete_archive=True,
+            retries=1,
+            backoff=0.01,
+        )
+    assert (tmp_path / "videos/part_3/abc_000000_000010.mp4").read_bytes() == clip
+    assert record["videos"] == 1 and record["archive_deleted"] is True
+    assert json.loads((tmp_path / "m.json").read_text()) == record
+    assert (
+        not list((tmp_path / "archives").glob("part_3.tar.gz*")) or not (tmp_path / "archives/part_3.tar.gz").exists()
+    )
+    assert [r for _, r in mirror.requests][0] is None and (mirror.requests[1][1] or "").startswith("bytes=")
+
+
 def test_part_list_rejects_duplicates_and_empty_lists(tmp_path: Path) -> None:
     p = tmp_path / "list.txt"
     p.write_text("https://h/a/part_0.tar.gz\n\nhttps://h/b/part_1.tar.gz\n")
