@@ -195,7 +195,8 @@ def test_fetch_settings_default_to_the_cvdf_mirror() -> None:
     assert s["annotations"]["val"] == "https://s3.amazonaws.com/kinetics/400/annotations/val.csv"
     assert s["replacement"].endswith("/replacement_for_corrupted_k400.tgz")
     assert s["download_dir"] == "/data/k400/cvdf" and s["delete_archives"] is False
-    assert index_inputs(config, "val") == ["/data/k400/cvdf/annotations/val.csv"]
+    csvs = ["/data/k400/cvdf/annotations/train.csv", "/data/k400/cvdf/annotations/val.csv"]
+    assert index_inputs(config, "val") == index_inputs(config, "train") == csvs
 
 
 # -- the workflow from nothing --------------------------------------------------------------------

@@ -144,8 +144,11 @@ def index_inputs(config: dict[str, Any], split: str) -> list[str]:
         return [f"{spec['root']}/{split}.csv"]
     if kind == "csv":
         return [spec["splits"][split]]
+    if kind == "kinetics" and cvdf_settings(config) is not None:
+        # Class order comes from the labels of every split, so each index waits for both downloads.
+        return [fetched_annotations(config, s) for s in ("train", "val")]
     if kind == "kinetics":
-        return [index_spec(config)["annotations"][split]]
+        return [spec["annotations"][split]]
     return [spec["lists"][split]]
 
 
