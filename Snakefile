@@ -32,6 +32,7 @@ wildcard_constraints:
 
 
 include: "rules/weights.smk"
+include: "rules/fetch.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"

@@ -105,16 +105,20 @@ def job_resources(rule_name, model=None):
 
 
 def local_rules():
-    """`resources.local_rules`, checked against the rules defined so far (all of them but `all`)."""
+    """`resources.local_rules` that this run defines; a name that is no rule of the workflow is an error.
+
+    The fetch rules exist only for a dataset that is fetched (`fetch: cvdf`), so they may be named always.
+    """
     names = config["resources"]["local_rules"]
-    known = {r.name for r in workflow.rules}
+    defined = {r.name for r in workflow.rules}
+    known = defined | set(FETCH_RULES)
     unknown = sorted(set(names) - known)
     if unknown:
         raise WorkflowError(
             f"config resources.local_rules names unknown rules: {', '.join(unknown)}."
             f" Known rules: {', '.join(sorted(known))}."
         )
-    return names
+    return [n for n in names if n in defined]
 
 
 def small_job(mem_mb, runtime):

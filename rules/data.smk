@@ -22,6 +22,8 @@ rule index_dataset:
     """One CSV per split: video id, path, label, label index, shard; missing videos listed aside."""
     input:
         index_inputs,
+        # A fetched dataset (fetch: cvdf): every part extracted and the replacement applied.
+        lambda wildcards: fetch_workflow.index_waits_for(checkpoints, CVDF, wildcards.split),
     output:
         index=f"{RESULTS}/index/{{split}}.csv",
         missing=f"{RESULTS}/index/{{split}}.missing.csv",
@@ -36,7 +38,7 @@ rule index_dataset:
     resources:
         **small_job(mem_mb=2000, runtime=60),
     params:
-        spec=lambda wildcards: shlex.quote(json.dumps(SPEC)),
+        spec=lambda wildcards: shlex.quote(json.dumps(workflow_settings.index_spec(config))),
         shards=FRAMES["shards"],
     shell:
         "tokshift index --spec-json {params.spec} --split {wildcards.split} --shards {params.shards}"
@@ -52,6 +54,8 @@ rule pack_shard:
         # Written with the shard: its size and checksums, checked by every reader.
         seal=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.lmdb.seal.json",
         failures=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.failures.csv",
+        # What the shard holds, one row per video (id, label, frames, size, fps, bytes).
+        videos=f"{RESULTS}/frames/{{split}}/shard-{{shard}}.videos.csv",
     log:
         f"logs/pack_shard/{DATASET}/{{split}}-{{shard}}.log",
     benchmark:
@@ -67,7 +71,7 @@ rule pack_shard:
         timeout=FRAMES["timeout"],
     shell:
         "tokshift pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
-        " --failures {output.failures:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
+        " --failures {output.failures:q} --videos {output.videos:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
         " --timeout {params.timeout} --workers {threads} > {log:q} 2>&1"
 
 

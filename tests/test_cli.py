@@ -33,12 +33,14 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
 
 def test_each_stage_registers_its_own_commands() -> None:
     assert COMMAND_MODULES == tuple(
-        f"tokshift.{stage}.commands" for stage in ("zoo", "weights", "data", "engine", "results", "viz")
+        f"tokshift.{stage}.commands" for stage in ("zoo", "weights", "fetch", "data", "engine", "results", "viz")
     )
     commands = _subparsers(build_parser())
     assert set(commands) == {
         "zoo",
         "download",
+        "fetch-part",
+        "fetch-replacement",
         "demo",
         "index",
         "pack",

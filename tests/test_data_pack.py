@@ -29,7 +29,7 @@ from tests.data_helpers import (
 from tokshift.data.decode import VideoDecodeError, decode_video, ffmpeg_decode_command
 from tokshift.data.ffmpeg import ffmpeg_executable
 from tokshift.data.jpeg import decode_rgb
-from tokshift.data.pack import pack_shard, read_failures
+from tokshift.data.pack import pack_shard, read_failures, read_listing
 from tokshift.data.sources import build_index, read_index, write_index
 from tokshift.data.store import ShardReader, partial_path
 
@@ -80,6 +80,32 @@ def packed(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
     failures = out / "shard-0.failures.csv"
     pack_shard(index, 0, shard, failures, short_side=32, jpeg_quality=90, workers=2, progress=False)
     return index, shard, failures
+
+
+def test_listing_names_every_packed_video_with_what_the_reader_returns(
+    packed: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    index, shard, _ = packed
+    reader = ShardReader(shard)
+    listing = list(read_listing(shard.with_suffix(".videos.csv")))
+    assert [r["video_id"] for r in listing] == reader.video_ids and len(listing) == len(GOOD)
+    for row in listing:
+        meta = reader.meta(row["video_id"])
+        n = int(row["frames"])
+        assert n == meta["nframes"] == len(reader.read_frames(row["video_id"], range(n))) > 0
+        assert (int(row["width"]), int(row["height"])) == (meta["width"], meta["height"])
+        assert int(row["bytes"]) == sum(len(f) for f in reader.read_frames(row["video_id"], range(n)))
+        assert row["label"] == meta["label"] and float(row["fps"]) == meta["fps"]
+    # The split's summary totals the listings (it never opens the shards' headers).
+    from tokshift.data.summary import summarize_split
+
+    frames = sum(int(r["frames"]) for r in listing)
+    assert summarize_split(index, [shard])["total_frames"] == frames
+    copy = tmp_path / shard.name
+    copy.write_bytes(b"")  # a shard file whose header cannot be read
+    copy.with_suffix(".videos.csv").write_text(shard.with_suffix(".videos.csv").read_text())
+    summary = summarize_split(index, [copy])
+    assert (summary["packed"], summary["total_frames"]) == (len(GOOD), frames)
 
 
 def test_missing_video_is_listed_not_fatal(packed: tuple[Path, Path, Path]) -> None:
@@ -146,6 +172,7 @@ def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
         "shard-0.failures.csv",
         "shard-0.lmdb",
         "shard-0.lmdb.seal.json",
+        "shard-0.videos.csv",
         "train.classes.txt",
         "train.csv",
         "train.missing.csv",

@@ -17,6 +17,7 @@ import sys
 COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.zoo.commands",
     "tokshift.weights.commands",
+    "tokshift.fetch.commands",
     "tokshift.data.commands",
     "tokshift.engine.commands",
     "tokshift.results.commands",

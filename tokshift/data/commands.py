@@ -111,6 +111,7 @@ def run_pack(args: argparse.Namespace) -> int:
             args.shard,
             args.out,
             args.failures,
+            listing=args.videos,
             short_side=args.short_side or None,
             jpeg_quality=args.jpeg_quality,
             workers=args.workers,
@@ -180,6 +181,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--shard", type=nonnegative_int, required=True, help="shard number to pack (0-based)")
     p.add_argument("--out", required=True, help="shard file to write, e.g. results/NAME/frames/train/shard-0.lmdb")
     p.add_argument("--failures", default=None, help="failures CSV (default: next to --out, .failures.csv)")
+    p.add_argument(
+        "--videos",
+        default=None,
+        help="per-video listing CSV of the packed videos (default: next to --out, .videos.csv)",
+    )
     p.add_argument(
         "--short-side",
         type=nonnegative_int,

@@ -46,11 +46,20 @@ def expand_shards(shards: PathLike | Sequence[PathLike]) -> list[Path]:
 
 
 class _ShardSet:
-    """All videos of several shards: (reader, video_id, nframes, label_index) per item."""
+    """All videos of several shards, as flat arrays: shard, position in it, id, frames, label per item.
+
+    The headers are read once here and dropped: what each DataLoader worker receives is these
+    arrays (a few bytes per video, no per-video Python objects whose reference counts would copy
+    the pages of a forked worker), not the shards' per-video JSON records.
+    """
 
     def __init__(self, shards: PathLike | Sequence[PathLike]) -> None:
         self.readers = [ShardReader(p) for p in expand_shards(shards)]
-        self.items: list[tuple[int, str, int, int]] = []
+        reader_index: list[int] = []
+        number: list[int] = []
+        ids: list[str] = []
+        nframes: list[int] = []
+        labels: list[int] = []
         classes: list[str] | None = None
         for r, reader in enumerate(self.readers):
             if classes is None:
@@ -60,17 +69,34 @@ class _ShardSet:
                     f"{reader.path} lists different classes than {self.readers[0].path}; "
                     "shards of one dataset must come from the same index"
                 )
-            for v in reader.videos():
+            for k, v in enumerate(reader.videos()):
                 if int(v["nframes"]) > 0:
-                    self.items.append((r, v["video_id"], int(v["nframes"]), int(v["label_index"])))
+                    reader_index.append(r)
+                    number.append(k)
+                    ids.append(v["video_id"])
+                    nframes.append(int(v["nframes"]))
+                    labels.append(int(v["label_index"]))
         self.classes = classes or []
-        for reader in self.readers:  # the header stays cached; environments reopen in each worker
+        self.reader_index = np.asarray(reader_index, dtype=np.int32)
+        self.number = np.asarray(number, dtype=np.int64)
+        self.ids = np.asarray([i.encode("utf-8") for i in ids], dtype=bytes)  # 1 byte per character
+        self.nframes = np.asarray(nframes, dtype=np.int64)
+        self.labels = np.asarray(labels, dtype=np.int64)
+        for reader in self.readers:  # environments reopen in each worker, headers are not needed there
             reader.close()
+            reader.drop_header()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def item(self, i: int) -> tuple[str, int, int]:
+        """Video id, frame count and label index of item ``i``."""
+        return self.ids[i].decode("utf-8"), int(self.nframes[i]), int(self.labels[i])
 
     def frames(self, i: int, indices: Sequence[int]) -> list[np.ndarray]:
-        r, vid, _, _ = self.items[i]
+        vid, n, _ = self.item(i)
         try:
-            return self.readers[r].read_decoded(vid, indices)
+            return self.readers[int(self.reader_index[i])].read_decoded_at(int(self.number[i]), n, indices, vid)
         except ShardCorruptError:
             _let_worker_die()
             raise
@@ -98,11 +124,11 @@ class _ShardDataset(Dataset):
 
     @property
     def labels(self) -> list[int]:
-        return [item[3] for item in self._set.items]
+        return self._set.labels.tolist()
 
     @property
     def video_ids(self) -> list[str]:
-        return [item[1] for item in self._set.items]
+        return [i.decode("utf-8") for i in self._set.ids.tolist()]
 
 
 class TrainClipDataset(_ShardDataset):
@@ -133,14 +159,14 @@ class TrainClipDataset(_ShardDataset):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return len(self._set.items)
+        return len(self._set)
 
     def rng(self, i: int) -> np.random.Generator:
         """The generator of item ``i`` in the current epoch."""
         return np.random.default_rng([self.seed, self.epoch, int(i)])
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        _, _, n, label = self._set.items[i]
+        _, n, label = self._set.item(i)
         rng = self.rng(i)
         indices = train_clip_indices(n, self.num_frames, self.frame_stride, rng)
         clip = self.augment(self._set.frames(i, indices.tolist()), rng)
@@ -232,10 +258,10 @@ class EvalViewDataset(_ShardDataset):
         self.num_crops = int(num_crops)
 
     def __len__(self) -> int:
-        return len(self._set.items)
+        return len(self._set)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        _, vid, n, label = self._set.items[i]
+        vid, n, label = self._set.item(i)
         views = _views(
             lambda idx: self._set.frames(i, idx),
             n,

@@ -4,7 +4,9 @@ Each worker process runs one single-threaded ffmpeg at a time (two single-thread
 beat one two-threaded one) and JPEG-encodes the full-range 4:2:0 planes ffmpeg streams out
 (no colour conversion anywhere); the calling process writes finished videos in index order,
 one transaction per video, so the shard's content does not depend on timing. Bad videos are
-skipped and listed with their reason in the failures CSV; the shard is built under a
+skipped and listed with their reason in the failures CSV, and the packed ones in the listing CSV
+(video id, label, frames, width, height, fps, bytes: what the shard holds, readable without
+opening it, so a split's summary never reads whole shards); the shard is built under a
 temporary name and renamed when complete, so a rerun after a kill rebuilds exactly the same
 content. Frame folders (``frames`` datasets) are copied JPEG-for-JPEG without re-encoding.
 
@@ -35,11 +37,12 @@ from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
 from tokshift.data.jpeg import HAVE_YUV_ENCODER, encode_rgb, encode_yuv420, jpeg_size
-from tokshift.data.sources import IndexRow, read_classes, read_index
+from tokshift.data.sources import IndexRow, iter_index, read_classes
 from tokshift.data.store import ShardWriter
 
 __all__ = [
     "FAILURE_COLUMNS",
+    "LISTING_COLUMNS",
     "DiskFullError",
     "PackResult",
     "Packed",
@@ -47,11 +50,13 @@ __all__ = [
     "pack_shard",
     "pack_video",
     "read_failures",
+    "read_listing",
 ]
 
 log = logging.getLogger(__name__)
 
 FAILURE_COLUMNS = ("video_id", "path", "label", "reason")
+LISTING_COLUMNS = ("video_id", "label", "frames", "width", "height", "fps", "bytes")
 DEFAULT_SHORT_SIDE = 331
 DEFAULT_QUALITY = 90
 _FRAME_FILE = re.compile(r"^(?:img|frame|image)?_?(\d+)\.jpe?g$", re.IGNORECASE)
@@ -127,6 +132,7 @@ class PackResult:
 
     path: Path
     failures_path: Path
+    listing_path: Path
     videos: int = 0
     packed: int = 0
     frames: int = 0
@@ -202,13 +208,17 @@ def _ordered(rows: Sequence[IndexRow], workers: int, job: tuple[Any, ...]) -> It
 
 
 def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
+    _write_csv(path, FAILURE_COLUMNS, failures)
+
+
+def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(FAILURE_COLUMNS))
+            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(failures)
+            writer.writerows(rows)
         os.replace(tmp, path)
     except OSError:
         tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
@@ -222,6 +232,25 @@ def read_failures(path: str | os.PathLike[str]) -> list[dict[str, str]]:
         return []
     with open(p, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
+
+
+def listing_path_for(shard: str | os.PathLike[str]) -> Path:
+    """``.../shard-3.lmdb`` -> ``.../shard-3.videos.csv`` (the pack command's default)."""
+    return Path(shard).with_suffix(".videos.csv")
+
+
+def _listing_rows(records: Sequence[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for v in records:
+        yield {**v, "frames": v["nframes"]}
+
+
+def read_listing(path: str | os.PathLike[str]) -> Iterator[dict[str, str]]:
+    """Rows of a shard's per-video listing, streamed (the file may list tens of thousands of videos)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if tuple(reader.fieldnames or ()) != LISTING_COLUMNS:
+            raise ValueError(f"{path}: not a shard listing (columns {reader.fieldnames}, expected {LISTING_COLUMNS})")
+        yield from reader
 
 
 def default_workers() -> int:
@@ -241,6 +270,7 @@ def pack_rows(
     out: str | os.PathLike[str],
     failures: str | os.PathLike[str],
     *,
+    listing: str | os.PathLike[str] | None = None,
     short_side: int | None = DEFAULT_SHORT_SIDE,
     jpeg_quality: int = DEFAULT_QUALITY,
     workers: int | None = None,
@@ -248,7 +278,8 @@ def pack_rows(
     attrs: dict[str, Any] | None = None,
     progress: bool = True,
 ) -> PackResult:
-    """Pack ``rows`` into the shard file ``out`` and list unreadable videos in ``failures``.
+    """Pack ``rows`` into the shard file ``out``, list unreadable videos in ``failures`` and the
+    packed ones in ``listing`` (default: next to ``out``, ``.videos.csv``).
 
     With ``workers > 1`` videos are decoded in spawned worker processes, so a script calling
     this must guard its entry point with ``if __name__ == "__main__":``.
@@ -256,9 +287,10 @@ def pack_rows(
     if not 1 <= int(jpeg_quality) <= 100:
         raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     out, failures_path = Path(out), Path(failures)
+    listing_path = Path(listing) if listing is not None else listing_path_for(out)
     workers = default_workers() if not workers else int(workers)
     t0 = time.perf_counter()
-    result = PackResult(out, failures_path, videos=len(rows))
+    result = PackResult(out, failures_path, listing_path, videos=len(rows))
     input_bytes = sum(os.path.getsize(r.path) for r in rows if os.path.isfile(r.path))
     meta_attrs = {"short_side": short_side, "jpeg_quality": int(jpeg_quality), **(attrs or {})}
 
@@ -338,6 +370,7 @@ def _pack_into(
     finally:
         bar.close()
     _write_failures(failures_path, result.failures)
+    _write_csv(result.listing_path, LISTING_COLUMNS, list(_listing_rows(writer.videos)))
     writer.finish()
 
 
@@ -347,6 +380,7 @@ def pack_shard(
     out: str | os.PathLike[str],
     failures: str | os.PathLike[str] | None = None,
     *,
+    listing: str | os.PathLike[str] | None = None,
     short_side: int | None = DEFAULT_SHORT_SIDE,
     jpeg_quality: int = DEFAULT_QUALITY,
     workers: int | None = None,
@@ -354,10 +388,14 @@ def pack_shard(
     progress: bool = True,
 ) -> PackResult:
     """Pack the videos of shard ``shard`` of the index CSV ``index`` into ``out`` (an LMDB file)."""
-    all_rows = read_index(index)
-    rows = [r for r in all_rows if r.shard == int(shard)]
-    classes = read_classes(index, all_rows)
-    splits = sorted({r.split for r in all_rows})
+    rows: list[IndexRow] = []
+    split_names: set[str] = set()
+    for row in iter_index(index):  # streamed: a job holds its own shard's rows, not the whole index
+        split_names.add(row.split)
+        if row.shard == int(shard):
+            rows.append(row)
+    classes = read_classes(index)
+    splits = sorted(split_names)
     if failures is None:
         failures = Path(out).with_suffix(".failures.csv")
     attrs = {"shard": int(shard), "split": splits[0] if len(splits) == 1 else ",".join(splits)}
@@ -366,6 +404,7 @@ def pack_shard(
         classes,
         out,
         failures,
+        listing=listing,
         short_side=short_side,
         jpeg_quality=jpeg_quality,
         workers=workers,

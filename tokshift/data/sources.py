@@ -20,7 +20,7 @@ import csv
 import hashlib
 import io
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ __all__ = [
     "classes_path",
     "missing_path",
     "read_classes",
+    "iter_index",
     "read_index",
     "shard_of",
     "write_index",
@@ -225,26 +226,41 @@ def kinetics_video_id(youtube_id: str, time_start: str | float, time_end: str | 
     return f"{youtube_id}_{int(float(time_start)):06d}_{int(float(time_end)):06d}"
 
 
-def scan_videos(root: Path) -> dict[str, Path]:
-    """Map file stem -> path for every video file under ``root`` (first in sorted order wins)."""
-    found: dict[str, Path] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+def scan_videos(root: Path) -> dict[str, str]:
+    """Map file stem -> absolute path for every video file under ``root`` (first in sorted order wins).
+
+    Plain strings, not ``Path`` objects: a Kinetics tree holds 260k files.
+    """
+    found: dict[str, str] = {}
+    for dirpath, dirnames, filenames in os.walk(os.path.abspath(root), followlinks=True):
         dirnames.sort()
         for name in sorted(filenames):
-            p = Path(dirpath) / name
-            if p.suffix.lower() in VIDEO_EXTENSIONS:
-                found.setdefault(p.stem, p)
+            stem, ext = os.path.splitext(name)
+            if ext.lower() in VIDEO_EXTENSIONS and stem not in found:
+                found[stem] = os.path.join(dirpath, name)
     return found
 
 
-def _kinetics_rows(path: Path) -> list[dict[str, str]]:
-    header, rows = _open_csv(path)
-    need = {"label", "youtube_id", "time_start", "time_end"}
-    if not need <= set(header):
-        raise DatasetSpecError(
-            f"{path}: a Kinetics annotation CSV needs the columns "
-            f"label,youtube_id,time_start,time_end[,split] (found {header})"
-        )
+_KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end", "split")
+
+
+def _kinetics_rows(path: Path) -> list[tuple[str, ...]]:
+    """``(label, youtube_id, time_start, time_end, split)`` per row (split empty when the CSV has none)."""
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if not {"label", "youtube_id", "time_start", "time_end"} <= set(header):
+            raise DatasetSpecError(
+                f"{path}: a Kinetics annotation CSV needs the columns "
+                f"label,youtube_id,time_start,time_end[,split] (found {header})"
+            )
+        cols = [header.index(c) if c in header else None for c in _KINETICS_COLUMNS]
+        width = len(header)
+        rows = []
+        for row in reader:
+            if len(row) < width:
+                row = row + [""] * (width - len(row))
+            rows.append(tuple("" if c is None else row[c].strip() for c in cols))
     return rows
 
 
@@ -256,37 +272,37 @@ def _index_kinetics(spec: Mapping[str, Any], split: str, shards: int) -> IndexRe
     if split not in files:
         raise DatasetSpecError(f"kinetics dataset: 'annotations' has no {split!r} entry")
     annotations = {s: _kinetics_rows(f) for s, f in files.items()}
-    classes = sorted({r["label"] for rows in annotations.values() for r in rows if r["label"]})
+    classes = sorted({r[0] for rows in annotations.values() for r in rows if r[0]})
     position = {c: i for i, c in enumerate(classes)}
     on_disk = scan_videos(root)
     result = IndexResult(split=split, classes=classes)
     seen: set[str] = set()
     rows = annotations[split]
-    has_split = any(r.get("split") for r in rows)
-    for line, r in enumerate(rows, start=2):
-        if has_split and r.get("split") and normalise_split(r["split"], f" ({files[split]} line {line})") != split:
-            continue
-        if not r["label"]:
+    split_of: dict[str, str] = {}  # split column value -> normalised split (checked once per value)
+    for line, (label, youtube_id, time_start, time_end, row_split) in enumerate(rows, start=2):
+        if row_split:
+            if row_split not in split_of:
+                split_of[row_split] = normalise_split(row_split, f" ({files[split]} line {line})")
+            if split_of[row_split] != split:
+                continue
+        if not label:
             continue  # unlabelled (test) rows carry nothing to train or score
         try:
-            vid = kinetics_video_id(r["youtube_id"], r["time_start"], r["time_end"])
+            vid = kinetics_video_id(youtube_id, time_start, time_end)
         except ValueError:
             raise DatasetSpecError(
-                f"{files[split]} line {line}: time_start/time_end must be numbers, "
-                f"got {r['time_start']!r}, {r['time_end']!r}"
+                f"{files[split]} line {line}: time_start/time_end must be numbers, got {time_start!r}, {time_end!r}"
             ) from None
         if vid in seen:
             continue
         seen.add(vid)
-        path = on_disk.get(vid) or on_disk.get(r["youtube_id"])  # some copies name files by YouTube id only
+        path = on_disk.get(vid) or on_disk.get(youtube_id)  # some copies name files by YouTube id only
         if path is None:
-            result.missing.append(MissingRow(vid, "", r["label"], split, "not found under root"))
+            result.missing.append(MissingRow(vid, "", label, split, "not found under root"))
         else:
-            result.rows.append(
-                IndexRow(vid, os.path.abspath(path), r["label"], position[r["label"]], split, shard_of(vid, shards))
-            )
+            result.rows.append(IndexRow(vid, path, label, position[label], split, shard_of(vid, shards)))
     if rows and not result.rows and not result.missing:
-        values = sorted({r.get("split", "") for r in rows})
+        values = sorted({r[4] for r in rows})
         raise DatasetSpecError(f"{files[split]}: no labelled rows for split {split!r} (split column has {values})")
     return _require_videos(result, files[split], "one 'label,youtube_id,time_start,time_end' row per video")
 
@@ -403,17 +419,23 @@ def write_index(result: IndexResult, out: str | os.PathLike[str]) -> tuple[Path,
     return out, miss, cls
 
 
-def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:
-    """Read an index CSV written by :func:`write_index`."""
+def iter_index(path: str | os.PathLike[str]) -> Iterator[IndexRow]:
+    """Stream the rows of an index CSV written by :func:`write_index` (a packing job keeps only its shard's)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetSpecError(f"index {path} does not exist; build it with `tokshift index`")
-    header, rows = _open_csv(path)
-    if list(header) != list(INDEX_COLUMNS):
-        raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
-    return [
-        IndexRow(r["video_id"], r["path"], r["label"], int(r["label_index"]), r["split"], int(r["shard"])) for r in rows
-    ]
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if header != list(INDEX_COLUMNS):
+            raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
+        for vid, vpath, label, label_index, split, shard in reader:
+            yield IndexRow(vid, vpath, label, int(label_index), split, int(shard))
+
+
+def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:
+    """Read an index CSV written by :func:`write_index`."""
+    return list(iter_index(path))
 
 
 def read_missing(path: str | os.PathLike[str]) -> list[MissingRow]:

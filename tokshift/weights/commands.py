@@ -1,4 +1,4 @@
-"""CLI sub-command ``tokshift download``: fetch a weights file, resumable and sha256-verified."""
+"""CLI sub-command ``tokshift download``: fetch a file (weights, part lists), resumable and sha256-verified."""
 
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", required=True, type=file_path, help="destination file")
     p.add_argument("--sha256", default=None, help="expected hex sha256 (default: record it on first download)")
     p.add_argument("--retries", type=nonnegative_int, default=5, help="retries on dropped connections and 5xx")
+    p.add_argument("--backoff", type=positive_float, default=1.0, help="first retry delay in seconds (doubles)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="socket timeout in seconds")
+    p.add_argument("--url-key", default="weights.<backbone>.url", help="config key named when the URL is unreachable")
     p.add_argument("--config-key", default=None, help="config key named in checksum errors (default: none)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run_download)
@@ -43,6 +45,8 @@ def run_download(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             progress=not args.no_progress,
             config_key=args.config_key,
+            backoff=args.backoff,
+            url_key=args.url_key,
         )
     except DownloadError as err:
         print(f"tokshift download: error: {err}", file=sys.stderr)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tokshift.workflow.schema import load_schema
 from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
 
 
@@ -104,6 +105,37 @@ def job_settings(config: dict[str, Any], rule: str, model: str | None = None) ->
     return out
 
 
+def cvdf_settings(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The dataset's `cvdf` settings over the schema's defaults when it says `fetch: cvdf`, else None.
+
+    `download_dir` left at null becomes `<root>/cvdf`.
+    """
+    spec = dataset_spec(config)
+    if spec["kind"] != "kinetics" or spec.get("fetch") != "cvdf":
+        return None
+    props = load_schema()["$defs"]["cvdf"]["properties"]
+    out = {k: v["default"] for k, v in props.items()}
+    out.update(spec.get("cvdf") or {})
+    if not out["download_dir"]:
+        out["download_dir"] = f"{str(spec['root']).rstrip('/')}/cvdf"
+    return out
+
+
+def fetched_annotations(config: dict[str, Any], split: str) -> str:
+    """Where the workflow puts the downloaded annotation CSV of `split`."""
+    settings = cvdf_settings(config)
+    assert settings is not None
+    return f"{settings['download_dir']}/annotations/{split}.csv"
+
+
+def index_spec(config: dict[str, Any]) -> dict[str, Any]:
+    """The dataset description `tokshift index` gets: a fetched dataset's annotations are the downloaded CSVs."""
+    spec = dict(dataset_spec(config))
+    if cvdf_settings(config) is not None:
+        spec["annotations"] = {s: fetched_annotations(config, s) for s in ("train", "val")}
+    return spec
+
+
 def index_inputs(config: dict[str, Any], split: str) -> list[str]:
     """The annotation files the index of `split` is built from (so editing them re-indexes)."""
     spec = dataset_spec(config)
@@ -112,6 +144,9 @@ def index_inputs(config: dict[str, Any], split: str) -> list[str]:
         return [f"{spec['root']}/{split}.csv"]
     if kind == "csv":
         return [spec["splits"][split]]
+    if kind == "kinetics" and cvdf_settings(config) is not None:
+        # Class order comes from the labels of every split, so each index waits for both downloads.
+        return [fetched_annotations(config, s) for s in ("train", "val")]
     if kind == "kinetics":
         return [spec["annotations"][split]]
     return [spec["lists"][split]]
@@ -197,7 +232,9 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
     name = config["dataset"]
     kind = spec["kind"]
     path_keys: list[tuple[str, str]] = []
-    if kind == "kinetics":
+    if kind == "kinetics" and spec.get("fetch"):
+        pass  # root and annotations are made by the fetch rules
+    elif kind == "kinetics":
         path_keys += [(f"datasets.{name}.root", spec["root"])]
         path_keys += [(f"datasets.{name}.annotations.{s}", p) for s, p in spec["annotations"].items()]
     elif kind == "csv":

@@ -1,0 +1,109 @@
+# Kinetics-400 from the CVDF mirror, for a kinetics dataset that says `fetch: cvdf`: the part
+# lists and annotation CSVs, then one job per part archive (download, resume, retry, extract at
+# once), then the replacement archive over all parts; the index of a split waits for all of it.
+# The steps live in tokshift/fetch/cvdf.py; the settings (URLs, download folder, deleting
+# archives) are `datasets.<name>.cvdf` in config.yaml.
+
+from tokshift.fetch import workflow as fetch_workflow
+
+CVDF = workflow_settings.cvdf_settings(config)
+# Network steps (light on CPU and memory), e.g. for `localrules` where compute nodes have no network.
+FETCH_RULES = list(fetch_workflow.FETCH_RULES)
+
+
+if CVDF is not None:
+
+    checkpoint cvdf_part_list:
+        """The URLs of a split's part archives, one a line."""
+        output:
+            f"{CVDF['download_dir']}/lists/{{split}}.txt",
+        log:
+            f"logs/cvdf_part_list/{DATASET}/{{split}}.log",
+        retries: 1
+        conda:
+            "../envs/tokshift.yaml"
+        threads: 1
+        resources:
+            **small_job(mem_mb=500, runtime=30),
+        params:
+            url=lambda wildcards: CVDF["lists"][wildcards.split],
+            key=lambda wildcards: f"datasets.{DATASET}.cvdf.lists.{wildcards.split}",
+            args=fetch_workflow.download_args(CVDF),
+        shell:
+            "tokshift download --url {params.url:q} --out {output:q} {params.args} --url-key {params.key:q}"
+            " --no-progress > {log:q} 2>&1"
+
+    rule cvdf_annotations:
+        """A split's annotation CSV (label,youtube_id,time_start,time_end,split[,is_cc])."""
+        output:
+            f"{CVDF['download_dir']}/annotations/{{split}}.csv",
+        log:
+            f"logs/cvdf_annotations/{DATASET}/{{split}}.log",
+        retries: 1
+        conda:
+            "../envs/tokshift.yaml"
+        threads: 1
+        resources:
+            **small_job(mem_mb=500, runtime=30),
+        params:
+            url=lambda wildcards: CVDF["annotations"][wildcards.split],
+            key=lambda wildcards: f"datasets.{DATASET}.cvdf.annotations.{wildcards.split}",
+            args=fetch_workflow.download_args(CVDF),
+        shell:
+            "tokshift download --url {params.url:q} --out {output:q} {params.args} --url-key {params.key:q}"
+            " --no-progress > {log:q} 2>&1"
+
+    rule fetch_part:
+        """One part archive: download (resumed, retried), extract safely into root/<split>, record it."""
+        input:
+            f"{CVDF['download_dir']}/lists/{{split}}.txt",
+        output:
+            f"{CVDF['download_dir']}/extracted/{{split}}/{{part}}.json",
+        log:
+            f"logs/fetch_part/{DATASET}/{{split}}-{{part}}.log",
+        benchmark:
+            f"benchmarks/fetch_part/{DATASET}/{{split}}-{{part}}.tsv"
+        wildcard_constraints:
+            part=r"[A-Za-z0-9_.-]+",
+        retries: 1
+        conda:
+            "../envs/tokshift.yaml"
+        threads: 1
+        resources:
+            **small_job(mem_mb=1000, runtime=240),
+        params:
+            archives=f"{CVDF['download_dir']}/archives/{{split}}",
+            dest=f"{SPEC['root']}/{{split}}",
+            key=lambda wildcards: f"datasets.{DATASET}.cvdf.lists.{wildcards.split}",
+            delete="--delete-archive" if CVDF["delete_archives"] else "",
+            args=fetch_workflow.download_args(CVDF),
+        shell:
+            "tokshift fetch-part --list {input:q} --part {wildcards.part} --archives {params.archives:q}"
+            " --dest {params.dest:q} --marker {output:q} {params.delete} {params.args} --url-key {params.key:q}"
+            " > {log:q} 2>&1"
+
+    rule cvdf_replacement:
+        """The replacement archive's clips over the extracted ones of the same name, after every part."""
+        input:
+            lambda wildcards: fetch_workflow.part_markers(checkpoints, CVDF, "train")
+            + fetch_workflow.part_markers(checkpoints, CVDF, "val"),
+        output:
+            f"{CVDF['download_dir']}/replacement.json",
+        log:
+            f"logs/cvdf_replacement/{DATASET}.log",
+        retries: 1
+        conda:
+            "../envs/tokshift.yaml"
+        threads: 1
+        resources:
+            **small_job(mem_mb=1000, runtime=120),
+        params:
+            url=CVDF["replacement"] or "",
+            archive=f"{CVDF['download_dir']}/archives/replacement.tgz",
+            root=SPEC["root"],
+            key=f"datasets.{DATASET}.cvdf.replacement",
+            delete="--delete-archive" if CVDF["delete_archives"] else "",
+            args=fetch_workflow.download_args(CVDF),
+        shell:
+            "tokshift fetch-replacement --url {params.url:q} --archive {params.archive:q} --root {params.root:q}"
+            " --marker {output:q} {params.delete} {params.args} --url-key {params.key:q} > {log:q} 2>&1"
