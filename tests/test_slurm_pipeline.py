@@ -152,7 +152,9 @@ def preempted_run(slurm_run: dict) -> dict:
     """PREEMPTED_MODEL trained again in the same tree, under a limit shorter than its training."""
     wf, cluster = slurm_run["wf"], slurm_run["cluster"]
     done = _summary(wf, PREEMPTED_MODEL)
-    steps_per_epoch = done["optimizer_steps"] // done["epochs"]
+    # Two ranks of the per-rank batch: half the optimizer steps of the one-process run per epoch.
+    ranks = SHORT_TRAIN["nodes"]
+    steps_per_epoch = done["train_clips"] // (done["batch_size"] * ranks) // done["accum_steps"]
     seconds_per_epoch = max(_fastest_epoch_seconds(wf, PREEMPTED_MODEL), 0.2)
     # Step timestamps of a short, shared run are a rough guide only: never fewer than
     # MIN_PREEMPT_EPOCHS, which alone need well over the signal's lead time on this machine.
@@ -263,7 +265,8 @@ def test_training_cut_by_its_time_limit_resumes_to_the_same_steps(preempted_run:
     for text in logs[:-1]:
         for rank in (0, 1):
             assert re.search(rf"\[rank {rank}\].*received SIGUSR1", text), text[-3000:]
-        assert "stopped on signal" in text, text[-3000:]
+        # Mid-epoch ("stopped on signal at epoch E, step S") or at an epoch's end ("stopping after epoch E").
+        assert re.search(r"stopped on signal at epoch|stopping after epoch \d+ on signal", text), text[-3000:]
     for text in logs[1:]:
         assert re.search(r"resumed from .* optimizer step [1-9]", text), text[-3000:]
     for j in interrupted:
