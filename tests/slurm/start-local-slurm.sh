@@ -278,8 +278,10 @@ fi
 out=$(timeout 30 srun -N1 -n1 -t 1 hostname 2>&1) || die "srun smoke test failed: $out"
 if (( NODES > 1 )); then
   # one task on every node of partition multi: each reports the node it ran on
-  out=$(timeout 30 srun -p multi -N"$NODES" --ntasks-per-node=1 -t 1 bash -c 'echo $SLURMD_NODENAME' 2>&1 | sort | tr '\n' ' ') \
-    || die "srun smoke test on $NODES nodes failed: $out"
+  # -Q: only the tasks' output on stdout (no "queued and waiting" notes while nodes are busy)
+  out=$(timeout 60 srun -Q -p multi -N"$NODES" --ntasks-per-node=1 -t 1 bash -c 'echo $SLURMD_NODENAME' \
+    2>"$LAB/log/srun-smoke.err" | sort | tr '\n' ' ') \
+    || die "srun smoke test on $NODES nodes failed: $out $(cat "$LAB/log/srun-smoke.err")"
   [ "$out" = "$(printf '%s\n' "${NODE_NAMES[@]}" | sort | tr '\n' ' ')" ] || die "srun on $NODES nodes ran on: $out"
 fi
 log "srun smoke test ok ($out); cluster up in $(( $(date +%s) - T_START ))s"
