@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_fixtures import REPO, cli_env
+from tests.engine_helpers import REPO, cli_env
 from tokshift.argtypes import HelpFormatter
 from tokshift.cli import COMMAND_MODULES, build_parser, main
 from tokshift.workflow.schema import default

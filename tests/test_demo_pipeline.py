@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,37 +21,13 @@ import pytest
 import torch
 import yaml
 
-from tests.workflow_helpers import copy_workflow, snakemake
+from tests.workflow_helpers import DemoRun, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
 
-def planned_jobs(dry_run_output: str) -> dict[str, int]:
-    """Job counts from the 'Job stats' table of `snakemake -n`."""
-    counts: dict[str, int] = {}
-    in_table = False
-    for line in dry_run_output.splitlines():
-        if line.startswith("Job stats"):
-            in_table = True
-            continue
-        parts = line.split()
-        if in_table and parts[:1] == ["total"]:
-            in_table = False
-        elif in_table and len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
-    wf = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
-    t0 = time.monotonic()
-    snakemake(wf, "--cores", "2", check=True, timeout=1800)
-    return wf, time.monotonic() - t0
-
-
-def test_demo_results_table(demo_run: tuple[Path, float]) -> None:
-    wf, seconds = demo_run
+def test_demo_results_table(demo_run: DemoRun) -> None:
+    wf, seconds = demo_run.wf, demo_run.seconds
     print(f"demo pipeline wall time: {seconds:.0f} s")
     df = pd.read_csv(wf / "results/demo/model_zoo.csv").set_index("model")
     assert set(df.index) == {"demo_vit", "demo_tokshift"}
@@ -72,15 +47,15 @@ def test_demo_results_table(demo_run: tuple[Path, float]) -> None:
         assert any((wf / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 
 
-def test_second_run_is_a_no_op(demo_run: tuple[Path, float]) -> None:
-    wf, _ = demo_run
+def test_second_run_is_a_no_op(demo_run: DemoRun) -> None:
+    wf = demo_run.wf
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
     assert planned_jobs(out) == {}, out[-3000:]
 
 
-def test_moved_copy_of_the_finished_project_plans_nothing(demo_run: tuple[Path, float], tmp_path: Path) -> None:
+def test_moved_copy_of_the_finished_project_plans_nothing(demo_run: DemoRun, tmp_path: Path) -> None:
     """`cp -a project elsewhere`: the results stay valid there (no job recorded the old path)."""
-    wf, _ = demo_run
+    wf = demo_run.wf
     moved = tmp_path / "moved" / "project"
     shutil.copytree(wf, moved, symlinks=True)  # keeps modification times, as cp -a
     out = snakemake(moved, "-n", "--cores", "2", check=True).stdout
@@ -149,12 +124,12 @@ def serve_directory(root: Path) -> Iterator[str]:
         thread.join()
 
 
-def test_released_checkpoints_reproduce_the_trained_top1(demo_run: tuple[Path, float], tmp_path: Path) -> None:
+def test_released_checkpoints_reproduce_the_trained_top1(demo_run: DemoRun, tmp_path: Path) -> None:
     """The trained demo models, exported in the original's layout and served as `released:` URLs,
     evaluate to exactly the trained models' 30-view accuracy, and nothing is trained."""
     from tokshift.fileio import sha256_file
 
-    wf, _ = demo_run
+    wf = demo_run.wf
     project = tmp_path / "project"
     shutil.copytree(wf, project, symlinks=True)
     models = ("demo_vit", "demo_tokshift")
@@ -209,13 +184,11 @@ def test_released_checkpoints_reproduce_the_trained_top1(demo_run: tuple[Path, f
         assert any((project / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"
 
 
-def test_damaged_val_shard_fails_evaluation_by_name_and_keeps_the_models(
-    demo_run: tuple[Path, float], tmp_path: Path
-) -> None:
+def test_damaged_val_shard_fails_evaluation_by_name_and_keeps_the_models(demo_run: DemoRun, tmp_path: Path) -> None:
     """A truncated val shard: no retraining, evaluation stops naming the shard, model.pt untouched."""
     from tokshift.fileio import sha256_file
 
-    wf, _ = demo_run
+    wf = demo_run.wf
     project = tmp_path / "project"
     shutil.copytree(wf, project, symlinks=True)
     models = {m: project / f"results/demo/train/{m}/model.pt" for m in ("demo_vit", "demo_tokshift")}
@@ -240,14 +213,14 @@ def _png_size(path: Path) -> tuple[int, int]:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def test_explain_shows_tokshift_needs_its_shift(demo_run: tuple[Path, float]) -> None:
+def test_explain_shows_tokshift_needs_its_shift(demo_run: DemoRun) -> None:
     """Switched off, TokShift's shift no longer tells the direction of change: its predictions change
     and fall to a per-frame ViT's guessing within each pair; the figures have a panel per frame."""
     from tokshift.notebook import load
     from tokshift.viz.explain import explain_shard_videos
     from tokshift.viz.explain_figure import FRAME_GID, render_explanation
 
-    wf, _ = demo_run
+    wf = demo_run.wf
     shards = sorted((wf / "results/demo/frames/val").glob("shard-*.lmdb"))
     ids = [f"videos/val/{c}_{i:04d}.mp4" for c in ("brighten", "darken", "disc_grow", "disc_shrink") for i in range(3)]
     tokshift = explain_shard_videos(load(wf / "results/demo/train/demo_tokshift/model.pt", device="cpu"), shards, ids)
@@ -279,8 +252,8 @@ def test_explain_shows_tokshift_needs_its_shift(demo_run: tuple[Path, float]) ->
     assert "no video for correct" not in log
 
 
-def test_per_class_csv_is_recomputed_from_predictions(demo_run: tuple[Path, float]) -> None:
-    wf, _ = demo_run
+def test_per_class_csv_is_recomputed_from_predictions(demo_run: DemoRun) -> None:
+    wf = demo_run.wf
     for model in ("demo_vit", "demo_tokshift"):
         with open(wf / f"results/demo/eval/{model}/predictions.csv", newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if not r["error"]]
@@ -308,12 +281,12 @@ def test_per_class_csv_is_recomputed_from_predictions(demo_run: tuple[Path, floa
         assert any((wf / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"
 
 
-def test_report_holds_every_figure(demo_run: tuple[Path, float]) -> None:
+def test_report_holds_every_figure(demo_run: DemoRun, tmp_path: Path) -> None:
     """`snakemake --report`: the table, the plot, the per-class results, the curves and the explain
     figures are all embedded (each file's bytes, base64) in the self-contained HTML."""
-    wf, _ = demo_run
-    snakemake(wf, "--report", "report.html", check=True, timeout=600)
-    html = (wf / "report.html").read_text(encoding="utf-8")
+    wf = demo_run.wf
+    snakemake(wf, "--report", str(tmp_path / "report.html"), check=True, timeout=600)
+    html = (tmp_path / "report.html").read_text(encoding="utf-8")
     results = wf / "results/demo"
     expected = [
         results / "model_zoo.csv",
@@ -331,8 +304,9 @@ def test_report_holds_every_figure(demo_run: tuple[Path, float]) -> None:
         assert caption in html, caption
 
 
-def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: tuple[Path, float]) -> None:
-    wf, _ = demo_run
+def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: DemoRun, tmp_path: Path) -> None:
+    wf = tmp_path / "project"
+    shutil.copytree(demo_run.wf, wf, symlinks=True)
     (wf / "results/demo/train/demo_vit/model.pt").unlink()
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
     assert planned_jobs(out) == {

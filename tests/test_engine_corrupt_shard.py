@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.engine_fixtures import PackedDemo, TrainedDemo, packed_demo, run_cli, train_args, trained_demo  # noqa: F401
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, train_args
 from tokshift.data.store import ShardReader, seal_path
 
 

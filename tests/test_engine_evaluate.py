@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.engine_fixtures import REPO, PackedDemo, TrainedDemo, _pack, cli_env, packed_demo, run_cli, trained_demo  # noqa: F401
+from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli
 from tokshift.data.transforms import normalize
 from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
 from tokshift.engine.exitcodes import EXIT_UNREADABLE
@@ -40,7 +40,7 @@ def odd_shaped_shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
         w = csv.DictWriter(fh, fieldnames=["path", "label"], lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    shard = _pack({"kind": "csv", "splits": {"val": str(root / "val.csv")}}, "val", root / "val.lmdb")
+    shard = pack_split({"kind": "csv", "splits": {"val": str(root / "val.csv")}}, "val", root / "val.lmdb")
     return shard, shapes
 
 

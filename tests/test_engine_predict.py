@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.engine_fixtures import PackedDemo, TrainedDemo, packed_demo, run_cli, trained_demo  # noqa: F401
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli
 from tokshift.data.demo import encode_h264
 from tokshift.engine.predict import input_warnings
 

@@ -15,14 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_fixtures import (  # noqa: F401
-    PackedDemo,
-    TrainedDemo,
-    packed_demo,
-    run_cli,
-    train_args,
-    trained_demo,
-)
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, train_args
 from tokshift.data.store import seal_path
 from tokshift.engine import distributed as D
 from tokshift.engine.staging import COMPLETE, copy_shards, staged_shards, staging_plan

@@ -13,16 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_fixtures import (  # noqa: F401
-    REPO,
-    PackedDemo,
-    TrainedDemo,
-    cli_env,
-    packed_demo,
-    run_cli,
-    tokshift_cmd,
-    trained_demo,
-)
+from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli, tokshift_cmd
 from tokshift.engine.checkpoint import list_resume
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED
 from tokshift.engine.logbook import read_jsonl

@@ -15,16 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tests.engine_fixtures import (  # noqa: F401
-    PackedDemo,
-    TrainedDemo,
-    _pack,
-    cli_env,
-    packed_demo,
-    run_cli,
-    tokshift_cmd,
-    trained_demo,
-)
+from tests.engine_helpers import PackedDemo, TrainedDemo, cli_env, pack_split, run_cli, tokshift_cmd
 from tests.workflow_helpers import REPO, copy_workflow, snakemake
 from tokshift.engine.exitcodes import EXIT_PREEMPTED
 from tokshift.fileio import sha256_file
@@ -51,14 +42,14 @@ def three_class_csvs(demo: PackedDemo, out: Path, per_class: dict[str, int]) -> 
 
 
 @pytest.fixture(scope="module")
-def three_classes(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:  # noqa: F811
+def three_classes(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return three_class_csvs(packed_demo, tmp_path_factory.mktemp("three"), {"train": 4, "val": 2})
 
 
 @pytest.fixture(scope="module")
 def three_class_shard(three_classes: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("three_shard") / "train.lmdb"
-    return _pack({"kind": "csv", "splits": {"train": str(three_classes["train"])}}, "train", out)
+    return pack_split({"kind": "csv", "splits": {"train": str(three_classes["train"])}}, "train", out)
 
 
 def finetune_args(shard: Path, out: Path, start: Path, *extra: str) -> list[str]:
@@ -81,7 +72,7 @@ def finetune_args(shard: Path, out: Path, start: Path, *extra: str) -> list[str]
     ]
 
 
-def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: TrainedDemo) -> None:  # noqa: F811
+def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: TrainedDemo) -> None:
     from tokshift.engine.train import initial_model
     from tokshift.zoo import get_config
 
@@ -99,7 +90,7 @@ def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: T
 
 
 def test_train_cli_fine_tunes_and_records_the_start(
-    trained_demo: TrainedDemo,  # noqa: F811
+    trained_demo: TrainedDemo,
     three_class_shard: Path,
     tmp_path: Path,
 ) -> None:
@@ -118,7 +109,7 @@ def test_train_cli_fine_tunes_and_records_the_start(
 
 
 def test_resume_from_another_start_is_not_continued(
-    trained_demo: TrainedDemo,  # noqa: F811
+    trained_demo: TrainedDemo,
     three_class_shard: Path,
     tmp_path: Path,
 ) -> None:
@@ -172,7 +163,7 @@ def finetune_config(wf: Path, splits: dict[str, Path], init_from: str, recipe: d
 
 
 def test_dry_run_takes_the_init_checkpoint_and_the_recipe_order(
-    trained_demo: TrainedDemo,  # noqa: F811
+    trained_demo: TrainedDemo,
     three_classes: dict[str, Path],
     tmp_path: Path,
 ) -> None:
@@ -256,7 +247,7 @@ def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict
 
 
 def test_snakemake_fine_tunes_into_the_results_table(
-    trained_demo: TrainedDemo,  # noqa: F811
+    trained_demo: TrainedDemo,
     three_classes: dict[str, Path],
     tmp_path: Path,
 ) -> None:

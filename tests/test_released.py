@@ -11,20 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake
 from tokshift.zoo import zoo_names
 
 K400 = zoo_names("k400")
-
-
-def job_counts(out: str) -> dict[str, int]:
-    """Jobs per rule from the table a dry run prints."""
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def readme_released_config() -> dict:
@@ -74,7 +64,7 @@ def test_readme_config_plans_the_seven_released_checkpoints_without_training(k40
         "checkpoints=released",
         check=True,
     ).stdout
-    jobs = job_counts(out)
+    jobs = planned_jobs(out)
     assert jobs["import_released"] == 7 and jobs["evaluate_released"] == 7 and jobs["collect_released"] == 1
     for rule in ("train", "download_weights", "fetch_released", "evaluate", "collect_results"):
         assert rule not in jobs, (rule, jobs)
@@ -97,7 +87,7 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
         yaml.safe_dump({"checkpoints": "released", "evaluate": {"resize": "linear"}, "released": released})
     )
     out = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", "released.yaml", check=True).stdout
-    jobs = job_counts(out)
+    jobs = planned_jobs(out)
     assert jobs["fetch_released"] == 2 and jobs["import_released"] == 2 and jobs["evaluate_released"] == 2
     assert "train" not in jobs and "evaluate" not in jobs
     assert f"--sha256 {sha}" in out and "resources/released/demo_tokshift.pth" in out
@@ -106,7 +96,7 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
 
 def test_trained_mode_plan_is_unchanged(tmp_path: Path) -> None:
     wf = copy_workflow(tmp_path / "wf")
-    jobs = job_counts(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
+    jobs = planned_jobs(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
     assert jobs["train"] == 2 and jobs["evaluate"] == 2 and jobs["collect_results"] == 1
     assert not {"fetch_released", "import_released", "evaluate_released", "collect_released"} & set(jobs)
 
@@ -150,7 +140,7 @@ def test_collect_names_each_released_source_and_rejects_stale_metrics(tmp_path: 
     """A model.pt from import-original gives the row its checkpoint, epoch and source; stale metrics are refused."""
     import json
 
-    from tests.test_checkpoints import original_net, save_original
+    from tests.original_model import original_net, save_original
     from tokshift.engine.loading import import_original
     from tokshift.results import ResultsError, collect_released, write_outputs
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import Cluster, slurm_cluster, snakemake_slurm, unique_prefix, wait_until_recorded  # noqa: F401
+from tests.slurm.cluster import Cluster, snakemake_slurm, unique_prefix, wait_until_recorded
 
 RANK_SCRIPT = textwrap.dedent("""
     import json, os, socket, sys

@@ -27,15 +27,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.slurm.cluster import (  # noqa: F401
-    Cluster,
-    SacctJob,
-    sacct_steps,
-    slurm_cluster,
-    snakemake_slurm,
-    unique_prefix,
-    wait_until_recorded,
-)
+from tests.slurm.cluster import Cluster, SacctJob, sacct_steps, snakemake_slurm, unique_prefix, wait_until_recorded
 from tests.workflow_helpers import copy_workflow, snakemake
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -139,7 +131,7 @@ def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: F811
+def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> dict:
     wf = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
     cfg = _write_config(wf / "test-resources.yaml", JOB_SIZES)
     prefix, seconds = _run_slurm(wf, cfg, slurm_cluster)

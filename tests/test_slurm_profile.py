@@ -20,16 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.slurm.cluster import (  # noqa: F401
-    PROFILE,
-    REPO,
-    Cluster,
-    sacct_jobs,
-    slurm_cluster,
-    snakemake_slurm,
-    unique_prefix,
-    wait_until_recorded,
-)
+from tests.slurm.cluster import PROFILE, REPO, Cluster, sacct_jobs, snakemake_slurm, unique_prefix, wait_until_recorded
 
 SMOKE_SNAKEFILE = textwrap.dedent("""
     rule all:

@@ -15,15 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.cluster import (  # noqa: F401
-    PROFILE,
-    Cluster,
-    sacct_steps,
-    slurm_cluster,
-    snakemake_slurm,
-    unique_prefix,
-    wait_until_recorded,
-)
+from tests.slurm.cluster import PROFILE, Cluster, sacct_steps, snakemake_slurm, unique_prefix, wait_until_recorded
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

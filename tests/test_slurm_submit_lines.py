@@ -10,7 +10,6 @@ No cluster is needed.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import shlex
 from types import SimpleNamespace
@@ -23,7 +22,7 @@ from snakemake.utils import validate
 from snakemake_executor_plugin_slurm.submit_string import get_submit_command
 from snakemake_executor_plugin_slurm.utils import set_gres_string
 
-from tests.test_scheduling import BASE
+from tests.workflow_helpers import repo_config
 from tokshift.workflow import scheduling
 from tokshift.workflow.schema import SCHEMA_PATH
 
@@ -31,7 +30,7 @@ HEAD = "sbatch --parsable --job-name RUN --output logs/slurm/%j.log --export=ALL
 
 
 def make_config(rule: str, job: dict[str, Any], **site: Any) -> dict[str, Any]:
-    cfg = copy.deepcopy(BASE)
+    cfg = repo_config()
     cfg["resources"][rule].update(job)
     cfg["resources"].update(site)
     validate(cfg, str(SCHEMA_PATH))
@@ -197,14 +196,14 @@ def test_bookkeeping_steps_carry_the_site_settings_when_submitted() -> None:
 
 
 def test_gpu_model_with_a_bad_name_is_rejected_by_the_schema() -> None:
-    cfg = copy.deepcopy(BASE)
+    cfg = repo_config()
     cfg["resources"]["gpu_model"] = "a100:2"
     with pytest.raises(Exception, match="gpu_model|does not match"):
         validate(cfg, str(SCHEMA_PATH))
 
 
 def test_local_rules_default_names_download_and_bookkeeping_steps() -> None:
-    cfg = yaml.safe_load(yaml.safe_dump(BASE))
+    cfg = yaml.safe_load(yaml.safe_dump(repo_config()))
     validate(cfg, str(SCHEMA_PATH))
     local = set(cfg["resources"]["local_rules"])
     assert {"download_weights", "index_dataset", "summarize_frames", "collect_results"} <= local

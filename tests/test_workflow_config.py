@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake, touch_whole_plan
 from tokshift.workflow.schema import default
 
 
@@ -25,18 +25,8 @@ def write_config(wf: Path, edit) -> None:
     (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
 
 
-def job_counts(out: str) -> dict[str, int]:
-    """Jobs per rule from the table a dry run prints."""
-    counts = {}
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
-
-
 def test_dry_run_plans_the_whole_demo(wf: Path) -> None:
-    counts = job_counts(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
+    counts = planned_jobs(snakemake(wf, "-n", "--cores", "2", check=True).stdout)
     assert counts["demo_videos"] == 1 and counts["index_dataset"] == 2
     assert counts["pack_shard"] == 4  # 2 splits x 2 demo shards
     assert counts["train"] == 2 and counts["evaluate"] == 2 and counts["collect_results"] == 1
@@ -124,7 +114,7 @@ def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
         "evaluate={crops: 1, clips: 2}",
         check=True,
     ).stdout
-    assert job_counts(out)["pack_shard"] == 6  # 2 splits x 3 shards
+    assert planned_jobs(out)["pack_shard"] == 6  # 2 splits x 3 shards
     assert "--timeout 90.5" in out
     assert out.count("--cpus-per-task 4 -- tokshift train") == 2
     assert "--amp off" in out and "--compile" in out and "--workers 1" in out
@@ -147,16 +137,6 @@ def test_wrong_command_line_value_is_rejected_naming_the_key(wf: Path, value: st
     assert f"['{expect}']" in out, out[-2000:]
 
 
-def _touch_whole_plan(wf: Path) -> None:
-    """Every planned output as an empty file, recorded by Snakemake as made by its job (`--touch`)."""
-    summary = snakemake(wf, "--summary", "--cores", "1", check=True).stdout.splitlines()
-    for line in summary[1:]:
-        path = wf / line.split("\t")[0]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-    snakemake(wf, "--touch", "--cores", "1", check=True)
-
-
 def _job_records(wf: Path, rules: set[str]) -> dict[str, dict]:
     """Snakemake's metadata of each output of `rules`, keyed by the output path."""
     out = {}
@@ -170,7 +150,7 @@ def _job_records(wf: Path, rules: set[str]) -> dict[str, dict]:
 def test_moved_project_keeps_its_results(tmp_path: Path) -> None:
     """`cp -a project elsewhere`: no job's params, input or output name the old location, nothing reruns."""
     first = copy_workflow(tmp_path / "first" / "project")
-    _touch_whole_plan(first)
+    touch_whole_plan(first)
     records = _job_records(first, {"train", "evaluate"})
     assert len(records) == 10  # 3 training and 2 evaluation outputs for each demo model
     for output, record in records.items():

@@ -10,21 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_demo_pipeline import planned_jobs
-from tests.workflow_helpers import copy_workflow, snakemake
+from tests.workflow_helpers import copy_workflow, planned_jobs, snakemake, touch_whole_plan
 
 
 @pytest.fixture()
 def finished_workflow(tmp_path: Path) -> Path:
     """A copy of the workflow whose every output exists and is up to date (as after a full run)."""
     wf = copy_workflow(tmp_path / "wf")
-    summary = snakemake(wf, "--summary", "--cores", "1", check=True).stdout
-    outputs = [line.split("\t")[0] for line in summary.splitlines()[1:] if "\t" in line]
-    assert any(p.endswith("/model.pt") for p in outputs), summary[-2000:]
-    for name in outputs:
-        (wf / name).parent.mkdir(parents=True, exist_ok=True)
-        (wf / name).write_bytes(b"")
-    snakemake(wf, "--touch", "--cores", "1", check=True)  # in job order: every output newer than its inputs
+    outputs = touch_whole_plan(wf)
+    assert any(p.endswith("/model.pt") for p in outputs), outputs
     assert planned_jobs(snakemake(wf, "-n", "--cores", "1", check=True).stdout) == {}
     return wf
 

@@ -1,9 +1,9 @@
-"""The local SLURM test cluster as a pytest fixture, and what tests read back from it.
+"""The local SLURM test cluster, and what tests read back from it.
 
-`slurm_cluster` makes sure the cluster of start-local-slurm.sh answers (starting
-it when run as root). In CI (CI=true) a cluster that cannot be started fails the tests;
-elsewhere it skips them with the reason. Job facts are read from `sacct` (the accounting
-database), never from Snakemake's own log.
+`ensure_cluster` (behind conftest.py's `slurm_cluster` fixture) makes sure the cluster of
+start-local-slurm.sh answers (starting it when run as root). In CI (CI=true) a cluster that
+cannot be started fails the tests; elsewhere it skips them with the reason. Job facts are
+read from `sacct` (the accounting database), never from Snakemake's own log.
 """
 
 from __future__ import annotations
@@ -205,12 +205,6 @@ def ensure_cluster() -> Cluster:
     if in_ci:
         pytest.fail(f"local SLURM cluster unavailable in CI: {why}", pytrace=False)
     pytest.skip(f"local SLURM cluster unavailable: {why}")
-
-
-@pytest.fixture(scope="session")
-def slurm_cluster() -> Cluster:
-    """A running SLURM cluster (partition `main`: one node; `multi`: two) with accounting and fake GPUs."""
-    return ensure_cluster()
 
 
 def sacct_jobs(

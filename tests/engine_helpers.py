@@ -1,7 +1,8 @@
-"""A tiny packed demo dataset for the engine tests, built once per test session.
+"""The tiny packed demo dataset of the engine tests, and how tests run the `tokshift` CLI.
 
 Real pipeline parts only: the demo generator renders and encodes H.264 clips
 with ffmpeg, the index is built from its CSVs and the shards are real LMDB files.
+The session fixtures built from these live in conftest.py.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +29,7 @@ class PackedDemo:
     train_static: Path  # 17-frame clips: an 8x2 clip has one possible start, so no temporal jitter
 
 
-def _pack(spec: dict, split: str, out: Path) -> Path:
+def pack_split(spec: dict, split: str, out: Path) -> Path:
     from tokshift.data.pack import pack_shard
     from tokshift.data.sources import build_index, write_index
 
@@ -48,8 +47,8 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
         demo, DemoConfig(train_per_class=train_per_class, val_per_class=val_per_class), workers=2, progress=False
     )
     spec = {"kind": "demo", "root": str(demo)}
-    train = _pack(spec, "train", root / "train.lmdb")
-    val = _pack(spec, "val", root / "val.lmdb")
+    train = pack_split(spec, "train", root / "train.lmdb")
+    val = pack_split(spec, "val", root / "val.lmdb")
     # An odd subset of the validation clips that still holds every class.
     with open(demo / "val.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
@@ -59,7 +58,7 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
         w = csv.DictWriter(fh, fieldnames=["path", "label"], lineterminator="\n")
         w.writeheader()
         w.writerows({"path": r["path"], "label": r["label"]} for r in rows[:odd])
-    val_odd = _pack({"kind": "csv", "splits": {"val": str(odd_csv)}}, "val", root / "val_odd.lmdb")
+    val_odd = pack_split({"kind": "csv", "splits": {"val": str(odd_csv)}}, "val", root / "val_odd.lmdb")
     classes = sorted({r["label"] for r in rows})
     static = root / "static"
     generate_demo(
@@ -68,21 +67,8 @@ def build_packed_demo(root: Path, train_per_class: int = 8, val_per_class: int =
         workers=2,
         progress=False,
     )
-    train_static = _pack({"kind": "demo", "root": str(static)}, "train", root / "train_static.lmdb")
+    train_static = pack_split({"kind": "demo", "root": str(static)}, "train", root / "train_static.lmdb")
     return PackedDemo(root, train, val, val_odd, odd, classes, demo / "videos", train_static)
-
-
-# Test modules import these fixtures, and pytest registers an imported fixture once per
-# module; the cache makes "session" mean one build per test session all the same.
-_CACHE: dict[tuple[str, str], object] = {}
-
-
-@pytest.fixture(scope="session")
-def packed_demo(tmp_path_factory: pytest.TempPathFactory) -> PackedDemo:
-    key = ("packed", str(tmp_path_factory.getbasetemp()))
-    if key not in _CACHE:
-        _CACHE[key] = build_packed_demo(tmp_path_factory.mktemp("engine_demo"))
-    return _CACHE[key]  # type: ignore[return-value]
 
 
 def tokshift_cmd(*args: str) -> list[str]:
@@ -145,15 +131,3 @@ def train_args(data: PackedDemo, out_dir: Path, *extra: str, overrides: tuple[st
         *overrides,
         *extra,
     ]
-
-
-@pytest.fixture(scope="session")
-def trained_demo(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> TrainedDemo:
-    """The demo TokShift model trained for a few epochs through the CLI (shared by evaluation tests)."""
-    key = ("trained", str(tmp_path_factory.getbasetemp()))
-    if key not in _CACHE:
-        out = tmp_path_factory.mktemp("engine_trained") / "demo_tokshift"
-        res = run_cli(*train_args(packed_demo, out), threads=2)
-        assert res.returncode == 0, res.stderr[-3000:]
-        _CACHE[key] = TrainedDemo(out, out / "model.pt", res)
-    return _CACHE[key]  # type: ignore[return-value]
