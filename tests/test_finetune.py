@@ -16,34 +16,35 @@ import torch
 import yaml
 
 from tests.engine_helpers import PackedDemo, TrainedDemo, cli_env, pack_split, run_cli, tokshift_cmd
-from tests.workflow_helpers import REPO, copy_workflow, snakemake
+from tests.workflow_helpers import REPO, DemoRun, copy_workflow, snakemake
 from tokshift.engine.exitcodes import EXIT_PREEMPTED
 from tokshift.fileio import sha256_file
 
 HEAD = ("head.weight", "head.bias")
 
 
-def three_class_csvs(demo: PackedDemo, out: Path, per_class: dict[str, int]) -> dict[str, Path]:
-    """CSV splits of the demo videos with only 3 of its 4 classes (absolute paths, few per class)."""
-    keep = demo.classes[:3]
+def three_class_csvs(demo_root: Path, out: Path, per_class: dict[str, int]) -> dict[str, Path]:
+    """CSV splits of the generated demo videos under `demo_root` with only 3 of its 4 classes
+    (absolute paths, the first few of each class)."""
     out.mkdir(parents=True, exist_ok=True)
     splits = {}
     for split, n in per_class.items():
-        with open(demo.videos.parent / f"{split}.csv", newline="", encoding="utf-8") as fh:
+        with open(demo_root / f"{split}.csv", newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
+        keep = sorted({r["label"] for r in rows})[:3]
         chosen = [r for c in keep for r in [r for r in rows if r["label"] == c][:n]]
         path = out / f"{split}.csv"
         with open(path, "w", newline="", encoding="utf-8") as fh:
             w = csv.writer(fh, lineterminator="\n")
             w.writerow(["path", "label"])
-            w.writerows((str((demo.videos.parent / r["path"]).resolve()), r["label"]) for r in chosen)
+            w.writerows((str((demo_root / r["path"]).resolve()), r["label"]) for r in chosen)
         splits[split] = path
     return splits
 
 
 @pytest.fixture(scope="module")
 def three_classes(packed_demo: PackedDemo, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return three_class_csvs(packed_demo, tmp_path_factory.mktemp("three"), {"train": 4, "val": 2})
+    return three_class_csvs(packed_demo.videos.parent, tmp_path_factory.mktemp("three"), {"train": 4, "val": 2})
 
 
 @pytest.fixture(scope="module")
@@ -246,20 +247,20 @@ def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict
     assert args.pretrained and args.override == ["epochs=5", "lr=0.01", "batch_size=8"]
 
 
-def test_snakemake_fine_tunes_into_the_results_table(
-    trained_demo: TrainedDemo,
-    three_classes: dict[str, Path],
-    tmp_path: Path,
-) -> None:
+@pytest.mark.slow
+def test_snakemake_fine_tunes_into_the_results_table(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The demo pipeline's trained TokShift starts a 3-class dataset; the workflow fine-tunes it into a table."""
     import pandas as pd
 
+    start = demo_run.wf / "results/demo/train/demo_tokshift/model.pt"
+    three = three_class_csvs(demo_run.wf / "resources/demo", tmp_path / "three", {"train": 4, "val": 2})
     wf = copy_workflow(tmp_path / "wf")
-    finetune_config(wf, three_classes, str(trained_demo.checkpoint), {"epochs": 1, "batch_size": 4})
+    finetune_config(wf, three, str(start), {"epochs": 1, "batch_size": 4})
     snakemake(wf, "--cores", "2", "--config", "evaluate={clips: 2, crops: 1}", check=True, timeout=1200)
     df = pd.read_csv(wf / "results/mine/model_zoo.csv").set_index("model")
     assert list(df.index) == ["demo_tokshift"]
     assert df.loc["demo_tokshift", "val_videos"] == 6 and 0 <= df.loc["demo_tokshift", "top1"] <= 100
     summary = json.loads((wf / "results/mine/train/demo_tokshift/train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["classes"] == 3
-    assert summary["pretrained_sha256"] == sha256_file(trained_demo.checkpoint)
+    assert summary["pretrained_sha256"] == sha256_file(start)
     assert df.loc["demo_tokshift", "pretrained"] == summary["pretrained"]  # the file it started from
