@@ -76,22 +76,25 @@ def tokshift_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "tokshift.cli", *args]
 
 
+_DIST_VARS = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "SLURM_STEP_NUM_TASKS",
+    "SLURM_NTASKS",
+)
+
+
 def cli_env(threads: int = 1) -> dict[str, str]:
     """Environment for CLI subprocesses: this checkout importable, fixed thread count."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = str(threads)
     env["MKL_NUM_THREADS"] = str(threads)
-    for k in (
-        "RANK",
-        "WORLD_SIZE",
-        "LOCAL_RANK",
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "SLURM_PROCID",
-        "SLURM_STEP_NUM_TASKS",
-        "SLURM_NTASKS",
-    ):
+    for k in _DIST_VARS:
         env.pop(k, None)
     return env
 
@@ -100,6 +103,98 @@ def run_cli(*args: str, threads: int = 1, timeout: float = 600) -> subprocess.Co
     return subprocess.run(
         tokshift_cmd(*args), env=cli_env(threads), capture_output=True, text=True, timeout=timeout, cwd=REPO
     )
+
+
+def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
+    """`tokshift ARGS` in this process, answered like `run_cli`: exit code, stdout, stderr.
+
+    For tests whose subject is not a process boundary: no interpreter start, no torch import.
+    Log lines land in the returned stderr as they would in a fresh process (the "tokshift"
+    logger gets its handler from the command itself, bound to the redirected stderr; records
+    that reach the root logger go to what `logging.basicConfig` or the last-resort handler
+    write to, also stderr). Afterwards the loggers, torch's thread count and random states,
+    signal handlers, environment, working directory and faulthandler are as they were.
+    """
+    import contextlib
+    import faulthandler
+    import functools
+    import io
+    import logging
+    import random
+    import signal
+    import traceback
+
+    import numpy as np
+    import torch
+
+    import tokshift.engine.predict as predict_module
+    from tokshift.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    loggers = [logging.getLogger(), logging.getLogger("tokshift")]
+    saved_loggers = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    saved_env = dict(os.environ)
+    saved_cwd = os.getcwd()
+    saved_threads = torch.get_num_threads()
+    saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    saved_signals = {s: signal.getsignal(s) for s in signal.valid_signals()}
+    saved_signals = {s: h for s, h in saved_signals.items() if h is not None}
+    had_faulthandler = faulthandler.is_enabled()
+    # predict_videos binds its default streams when its module is imported: hand it these.
+    real_predict = predict_module.predict_videos
+    code: int
+    try:
+        for lg in loggers:
+            lg.handlers.clear()
+        for k in _DIST_VARS:
+            os.environ.pop(k, None)
+        os.chdir(REPO)
+        torch.set_num_threads(threads)
+        if not had_faulthandler:  # the command enables it on sys.stderr, which has no descriptor here
+            faulthandler.enable(file=sys.__stderr__, all_threads=True)
+        predict_module.predict_videos = functools.partial(real_predict, out=out, err=err)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors, --help, --version
+                if exc.code is None or isinstance(exc.code, int):
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
+                    code = 1
+            except Exception:  # what the interpreter does with an uncaught exception
+                traceback.print_exc()
+                code = 1
+            finally:
+                for lg in loggers:
+                    for h in lg.handlers:
+                        h.flush()
+    finally:
+        predict_module.predict_videos = real_predict
+        if not had_faulthandler:
+            faulthandler.disable()
+        for lg, handlers, level, propagate in saved_loggers:
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+        for s, h in saved_signals.items():
+            if signal.getsignal(s) != h:
+                signal.signal(s, h)
+                if s == getattr(signal, "SIGCHLD", None):  # DataLoader installs its handler once per process
+                    from torch.utils.data._utils import signal_handling
+
+                    signal_handling._SIGCHLD_handler_set = False
+        torch.set_num_threads(saved_threads)
+        random.setstate(saved_rng[0])
+        np.random.set_state(saved_rng[1])
+        torch.set_rng_state(saved_rng[2])
+        os.chdir(saved_cwd)
+        for k in set(os.environ) - set(saved_env):
+            del os.environ[k]
+        for k, v in saved_env.items():
+            if os.environ.get(k) != v:
+                os.environ[k] = v
+    return subprocess.CompletedProcess(["tokshift", *args], code, out.getvalue(), err.getvalue())
 
 
 @dataclass(frozen=True)

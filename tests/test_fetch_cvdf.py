@@ -265,7 +265,9 @@ def _with_base(mirror: Mirror, base: str) -> None:
 
 
 @pytest.mark.slow
-def test_kinetics_from_a_mirror_to_the_results_table(tmp_path: Path) -> None:
+def test_kinetics_from_a_mirror_to_packed_shards(tmp_path: Path) -> None:
+    """Fetch (a 404 part, a dropped transfer, a corrupt clip and its replacement), index and pack;
+    training on packed shards is the demo pipeline's subject, so the run stops at the shards."""
     t0 = time.monotonic()
     (tmp_path / "clips").mkdir()
     mirror, expected = build_mirror(tmp_path / "clips")
@@ -290,11 +292,10 @@ def test_kinetics_from_a_mirror_to_the_results_table(tmp_path: Path) -> None:
             },
             "frames": {"short_side": 64, "shards": 2},
         }
-        cfg["train"]["overrides"] = {"epochs": 1, "batch_size": 4}
-        cfg["evaluate"].update({"clips": 2, "crops": 1})
         (wf / "config.yaml").write_text(yaml.safe_dump(cfg))
+        targets = [f"results/k400mini/frames/{split}/summary.json" for split in ("train", "val")]
 
-        first = snakemake(wf, "--cores", "2", "--keep-going", "--show-failed-logs", timeout=600)
+        first = snakemake(wf, *targets, "--cores", "2", "--keep-going", "--show-failed-logs", timeout=600)
         t_first = time.monotonic() - t0
         assert first.returncode != 0, first.stdout[-3000:]
         out = first.stdout + first.stderr
@@ -310,7 +311,6 @@ def test_kinetics_from_a_mirror_to_the_results_table(tmp_path: Path) -> None:
 
         mirror.missing.clear()  # the server is fixed
         seen = len(mirror.requests)
-        targets = ("all", "results/k400mini/frames/train/summary.json")
         second = snakemake(wf, *targets, "--cores", "2", "--keep-going", "--show-failed-logs", timeout=900)
         assert second.returncode == 0, (second.stdout + second.stderr)[-5000:]
         again = [p for p, _ in mirror.requests[seen:]]
@@ -318,8 +318,7 @@ def test_kinetics_from_a_mirror_to_the_results_table(tmp_path: Path) -> None:
     print(f"mirror workflow: first run {t_first:.0f} s, both runs {time.monotonic() - t0:.0f} s")
 
     results = wf / "results/k400mini"
-    table = pd.read_csv(results / "model_zoo.csv")
-    assert list(table["model"]) == ["demo_tokshift"] and table["top1"].between(0, 100).all()
+    assert not (results / "train").exists()  # nothing past the shards was asked for
     replaced = json.loads((dl / "replacement.json").read_text())
     assert replaced["replaced"] == 1
     for split in ("train", "val"):
