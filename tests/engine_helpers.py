@@ -105,6 +105,20 @@ def run_cli(*args: str, threads: int = 1, timeout: float = 600) -> subprocess.Co
     )
 
 
+def _print_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: object = None,
+    line: str | None = None,
+) -> None:
+    """`warnings.showwarning` that writes to the sys.stderr of the moment."""
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
     """`tokshift ARGS` in this process, answered like `run_cli`: exit code, stdout, stderr.
 
@@ -112,7 +126,7 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     Log lines land in the returned stderr as they would in a fresh process (the "tokshift"
     logger gets its handler from the command itself, bound to the redirected stderr; records
     that reach the root logger go to what `logging.basicConfig` or the last-resort handler
-    write to, also stderr). Afterwards the loggers, torch's thread count and random states,
+    write to, also stderr; so do Python warnings). Afterwards the loggers, torch's thread count and random states,
     signal handlers, environment, working directory and faulthandler are as they were.
     """
     import contextlib
@@ -123,6 +137,7 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     import random
     import signal
     import traceback
+    import warnings
 
     import numpy as np
     import torch
@@ -153,7 +168,12 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
         if not had_faulthandler:  # the command enables it on sys.stderr, which has no descriptor here
             faulthandler.enable(file=sys.__stderr__, all_threads=True)
         predict_module.predict_videos = functools.partial(real_predict, out=out, err=err)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+            # Python's own warning filters, and warnings printed on stderr, as in a fresh interpreter.
+            warnings.resetwarnings()
+            for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning):
+                warnings.simplefilter("ignore", category)
+            warnings.showwarning = _print_warning
             try:
                 code = main(list(args))
             except SystemExit as exc:  # argparse's usage errors, --help, --version

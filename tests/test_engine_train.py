@@ -11,17 +11,31 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli, tokshift_cmd
-from tokshift.engine.checkpoint import list_resume
+from tests.engine_helpers import (
+    REPO,
+    PackedDemo,
+    TrainedDemo,
+    cli_env,
+    run_cli,
+    run_cli_inprocess,
+    tokshift_cmd,
+)
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED
 from tokshift.engine.logbook import read_jsonl
 from tokshift.fileio import sha256_file
 
 
 def _load(path: Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def list_resume(folder: Path) -> list[Path]:
+    from tokshift.engine.checkpoint import list_resume
+
+    return list_resume(folder)
 
 
 def _epochs(out: Path) -> list[dict]:
@@ -74,6 +88,8 @@ def test_train_cli_writes_declared_outputs(trained_demo: TrainedDemo, packed_dem
 @pytest.mark.slow
 def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Path) -> None:
     """Training accuracy reaches 100% and the epoch-mean loss falls (augmentation off, see below)."""
+    import torch
+
     from tokshift.data.datasets import TrainClipDataset
     from tokshift.engine.train import TrainOptions, train
 
@@ -137,11 +153,14 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
 
     Exact equality holds on CPU because the data order and augmentation depend only on
     (seed, epoch, index), the resume restores optimizer state at an optimizer-step
-    boundary, and both runs use the same thread count (1).
+    boundary, and all runs use the same thread count (1). The uninterrupted run and the rerun
+    run in this process; the preempted one is a real process that receives the signal.
     """
+    import torch
+
     common = ("--override", "batch_size=4", "epochs=2", "--log-every", "1", "--checkpoint-minutes", "1000")
     base = ["train", "--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--workers", "1", *common]
-    ref = run_cli(*base, "--out-dir", str(tmp_path / "ref"))
+    ref = run_cli_inprocess(*base, "--out-dir", str(tmp_path / "ref"))
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     out = tmp_path / "run"
@@ -165,7 +184,7 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
         expect = saved[1]
         assert _load(expect)["batch_in_epoch"] == 0  # the end-of-epoch-1 checkpoint
 
-    again = run_cli(*base, "--out-dir", str(out))
+    again = run_cli_inprocess(*base, "--out-dir", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     if corrupt_newest:
         assert f"skipping resume checkpoint: {saved[0]}" in again.stderr
@@ -181,8 +200,10 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
 
 
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: PackedDemo, tmp_path: Path) -> None:
+    import torch
+
     # epoch 1 trains normally, then the step schedule multiplies the LR by 1e35
-    res = run_cli(
+    res = run_cli_inprocess(
         "train",
         "--model",
         "demo_tokshift",
@@ -221,13 +242,13 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: Pa
 def test_bad_input_fails_fast_with_a_clear_message(
     packed_demo: PackedDemo, tmp_path: Path, args: list[str], message: str
 ) -> None:
-    res = run_cli("train", *args, "--train-shards", str(packed_demo.train), "--out-dir", str(tmp_path))
+    res = run_cli_inprocess("train", *args, "--train-shards", str(packed_demo.train), "--out-dir", str(tmp_path))
     assert res.returncode == 2
     assert message in res.stderr
 
 
 def test_missing_shard_is_named(tmp_path: Path) -> None:
-    res = run_cli(
+    res = run_cli_inprocess(
         "train", "--model", "demo_tokshift", "--train-shards", str(tmp_path / "nope.lmdb"), "--out-dir", str(tmp_path)
     )
     assert res.returncode == 2 and "nope.lmdb" in res.stderr
@@ -244,6 +265,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     all-reduce vs one mean over 8 clips), which changes the last bits; AdamW carries those
     differences forward through 8 steps.
     """
+    import torch
+
     common = [
         "--model",
         "demo_tokshift",
@@ -291,7 +314,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
 
 
 def test_timed_checkpoints_are_written_during_the_epoch(packed_demo: PackedDemo, tmp_path: Path) -> None:
-    res = run_cli(
+    res = run_cli_inprocess(
         "train",
         "--model",
         "demo_tokshift",
@@ -321,7 +344,8 @@ def test_retrain_keeps_the_finished_model_until_its_replacement_is_written(
 
     The finished model stays in final/<sha12>/ (hard links, no extra disk) through a retrain
     that dies of SIGBUS (whose log still shows where it was: faulthandler), and is replaced
-    only once the next retrain has written its own.
+    only once the next retrain has written its own. The retrain that dies is a real process;
+    the others run in this one.
     """
     out = tmp_path / "model"
     base = [
@@ -340,7 +364,7 @@ def test_retrain_keeps_the_finished_model_until_its_replacement_is_written(
         "batch_size=8",
         "epochs=1",
     ]
-    first = run_cli(*base)
+    first = run_cli_inprocess(*base)
     assert first.returncode == 0, first.stderr[-2000:]
     old_sha = sha256_file(out / "model.pt")
     kept = out / "final" / old_sha[:12]
@@ -372,7 +396,7 @@ def test_retrain_keeps_the_finished_model_until_its_replacement_is_written(
     assert "Fatal Python error: Bus error" in err and 'File "' in err, err[-3000:]
     assert sha256_file(kept / "model.pt") == old_sha and not (out / "model.pt").exists()
 
-    again = run_cli(*retrain)
+    again = run_cli_inprocess(*retrain)
     assert again.returncode == 0, again.stderr[-2000:]
     new_sha = sha256_file(out / "model.pt")
     assert new_sha != old_sha
