@@ -8,13 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli
-from tokshift.data.transforms import normalize
-from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
+from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess
 from tokshift.engine.exitcodes import EXIT_UNREADABLE
 
 
@@ -26,6 +22,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 @pytest.fixture(scope="module")
 def odd_shaped_shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, tuple[int, int, int]]]:
     """One landscape and one portrait video, packed: crops must run along the long side."""
+    import numpy as np
+
     from tokshift.data.demo import encode_h264
 
     root = tmp_path_factory.mktemp("views")
@@ -45,6 +43,9 @@ def odd_shaped_shard(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, di
 
 
 def test_thirty_views_follow_reference_clip_starts_and_crops(odd_shaped_shard) -> None:
+    import numpy as np
+    import torch
+
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.data.sampling import crop_offsets, eval_clip_starts
     from tokshift.data.store import ShardReader
@@ -75,7 +76,11 @@ def test_thirty_views_follow_reference_clip_starts_and_crops(odd_shaped_shard) -
 
 
 def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
+    import torch
+
     from tokshift.data.datasets import EvalViewDataset
+    from tokshift.data.transforms import normalize
+    from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
     from tokshift.models import build_model
 
     torch.manual_seed(0)
@@ -99,10 +104,14 @@ def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
 def test_evaluate_cli_writes_metrics_and_one_row_per_video(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
+    import numpy as np
+    import torch
+
     from tokshift.data.datasets import EvalViewDataset
+    from tokshift.data.transforms import normalize
     from tokshift.engine.loading import load_trained_model
 
-    res = run_cli(
+    res = run_cli_inprocess(
         "evaluate",
         "--checkpoint",
         str(trained_demo.checkpoint),
@@ -167,7 +176,7 @@ def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
         "--workers",
         "0",
     ]
-    one = run_cli(*args, "--out-dir", str(tmp_path / "one"))
+    one = run_cli_inprocess(*args, "--out-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
     cmd = [
         sys.executable,
@@ -197,7 +206,7 @@ def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
 
 
 def test_evaluate_rejects_a_missing_checkpoint_by_name(packed_demo: PackedDemo, tmp_path: Path) -> None:
-    res = run_cli(
+    res = run_cli_inprocess(
         "evaluate",
         "--checkpoint",
         str(tmp_path / "absent.pt"),
@@ -215,7 +224,7 @@ def test_predict_reads_videos_and_reports_unreadable_ones(
     good = sorted(packed_demo.videos.glob("val/*.mp4"))[:2]
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 100)
-    res = run_cli(
+    res = run_cli_inprocess(
         "predict",
         str(good[0]),
         str(broken),
@@ -237,7 +246,7 @@ def test_predict_reads_videos_and_reports_unreadable_ones(
         assert scores == sorted(scores, reverse=True) and sum(scores) == pytest.approx(1.0, abs=1e-4)
         assert {t["label"] for t in p["top"]} == set(packed_demo.classes)
 
-    text = run_cli(
+    text = run_cli_inprocess(
         "predict", str(good[0]), "--checkpoint", str(trained_demo.checkpoint), "--clips", "2", "--crops", "1"
     )
     assert text.returncode == 0, text.stderr[-2000:]
@@ -268,7 +277,7 @@ def _repack_with_broken_videos(sources: list[Path], out: Path, count: int, broke
 
 
 def _evaluate_1view(checkpoint: Path, shard: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli(
+    return run_cli_inprocess(
         "evaluate",
         "--checkpoint",
         str(checkpoint),
@@ -289,9 +298,12 @@ def _evaluate_1view(checkpoint: Path, shard: Path, out: Path, *extra: str) -> su
 def test_evaluate_resize_bicubic_reaches_the_views_and_is_recorded(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
+    import torch
+
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.data.pack import pack_shard
     from tokshift.data.sources import build_index, write_index
+    from tokshift.data.transforms import normalize
     from tokshift.engine.loading import load_trained_model
 
     # Frames stored at short side 96, so evaluation at 64 px really resizes them.
@@ -313,7 +325,7 @@ def test_evaluate_resize_bicubic_reaches_the_views_and_is_recorded(
         with torch.no_grad():
             probs = trained.model(normalize(item["views"])).softmax(-1)[0]
         assert float(rows[item["video_id"]]["score1"]) == pytest.approx(float(probs.max()), abs=1e-5)
-    bad = run_cli(
+    bad = run_cli_inprocess(
         "evaluate",
         "--checkpoint",
         str(trained_demo.checkpoint),

@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli
-from tokshift.data.demo import encode_h264
-from tokshift.engine.predict import input_warnings
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess
 
 
 def test_still_images_short_videos_and_directories(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tokshift.data.demo import encode_h264
+
     rng = np.random.default_rng(0)
     image = tmp_path / "photo.jpg"
     Image.fromarray(rng.integers(0, 255, (72, 96, 3), dtype=np.uint8)).save(image)
@@ -26,7 +26,7 @@ def test_still_images_short_videos_and_directories(
     folder.mkdir()
     good = sorted(packed_demo.videos.glob("val/*.mp4"))[0]
 
-    res = run_cli(
+    res = run_cli_inprocess(
         "predict",
         *map(str, (image, one_frame, folder, good)),
         "--checkpoint",
@@ -56,6 +56,8 @@ def test_still_images_short_videos_and_directories(
 
 
 def test_input_warnings_from_ffmpeg_log() -> None:
+    from tokshift.engine.predict import input_warnings
+
     video_log = ["Input #0, mov,mp4,m4a,3gp,3g2,mj2, from 'a.mp4':"]
     assert input_warnings("a.mp4", 24, video_log, 8, 2) == []
     assert "has 14 frame(s)" in input_warnings("a.mp4", 14, video_log, 8, 2)[0]
