@@ -15,10 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
-import torch
 import yaml
 
 from tests.workflow_helpers import DemoRun, planned_jobs, snakemake
@@ -27,6 +24,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_demo_results_table(demo_run: DemoRun) -> None:
+    import pandas as pd
+
     wf, seconds = demo_run.wf, demo_run.seconds
     print(f"demo pipeline wall time: {seconds:.0f} s")
     df = pd.read_csv(wf / "results/demo/model_zoo.csv").set_index("model")
@@ -79,6 +78,8 @@ _TO_ORIGINAL = [
 
 def export_original(model_pt: Path, out: Path) -> Path:
     """A trained model.pt saved as the original's rank 0 saves a checkpoint (q/k/v apart, prefixed keys)."""
+    import torch
+
     trained = torch.load(model_pt, map_location="cpu", weights_only=True)
     state: dict[str, torch.Tensor] = {}
     for key, value in trained["model"].items():
@@ -127,6 +128,9 @@ def serve_directory(root: Path) -> Iterator[str]:
 def test_released_checkpoints_reproduce_the_trained_top1(demo_run: DemoRun, tmp_path: Path) -> None:
     """The trained demo models, exported in the original's layout and served as `released:` URLs,
     evaluate to exactly the trained models' 30-view accuracy, and nothing is trained."""
+    import pandas as pd
+    import torch
+
     from tokshift.fileio import sha256_file
 
     wf = demo_run.wf
@@ -216,6 +220,8 @@ def _png_size(path: Path) -> tuple[int, int]:
 def test_explain_shows_tokshift_needs_its_shift(demo_run: DemoRun) -> None:
     """Switched off, TokShift's shift no longer tells the direction of change: its predictions change
     and fall to a per-frame ViT's guessing within each pair; the figures have a panel per frame."""
+    import numpy as np
+
     from tokshift.notebook import load
     from tokshift.viz.explain import explain_shard_videos
     from tokshift.viz.explain_figure import FRAME_GID, render_explanation
@@ -253,6 +259,8 @@ def test_explain_shows_tokshift_needs_its_shift(demo_run: DemoRun) -> None:
 
 
 def test_per_class_csv_is_recomputed_from_predictions(demo_run: DemoRun) -> None:
+    import pandas as pd
+
     wf = demo_run.wf
     for model in ("demo_vit", "demo_tokshift"):
         with open(wf / f"results/demo/eval/{model}/predictions.csv", newline="") as fh:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import yaml
 
@@ -268,6 +267,8 @@ def _with_base(mirror: Mirror, base: str) -> None:
 def test_kinetics_from_a_mirror_to_packed_shards(tmp_path: Path) -> None:
     """Fetch (a 404 part, a dropped transfer, a corrupt clip and its replacement), index and pack;
     training on packed shards is the demo pipeline's subject, so the run stops at the shards."""
+    import pandas as pd
+
     t0 = time.monotonic()
     (tmp_path / "clips").mkdir()
     mirror, expected = build_mirror(tmp_path / "clips")

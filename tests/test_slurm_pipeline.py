@@ -28,7 +28,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -226,6 +225,8 @@ def retrain_runs(slurm_run: dict, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def test_zoo_table_matches_the_local_run(slurm_run: dict, demo_run: DemoRun) -> None:
+    import pandas as pd
+
     local_run = demo_run.wf
     slurm_csv = pd.read_csv(slurm_run["wf"] / "results/demo/model_zoo.csv")
     local_csv = pd.read_csv(local_run / "results/demo/model_zoo.csv")
@@ -262,6 +263,8 @@ def test_zoo_table_matches_the_local_run(slurm_run: dict, demo_run: DemoRun) -> 
 
 
 def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run: dict) -> None:
+    import pandas as pd
+
     wf, cluster, rules = slurm_run["wf"], slurm_run["cluster"], slurm_run["jobs"]
     shards = yaml.safe_load((wf / "config.yaml").read_text())["datasets"]["demo"]["frames"]["shards"]
     models = sorted(pd.read_csv(wf / "results/demo/model_zoo.csv")["model"])
@@ -291,6 +294,8 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
 
 
 def test_training_signalled_ahead_of_its_limit_resumes_to_the_same_steps(retrain_runs: dict) -> None:
+    import pandas as pd
+
     run = retrain_runs["preempted"]
     wf, rules = run["wf"], run["jobs"]
     assert run["signalled"], "the training never logged its first epoch while running"
