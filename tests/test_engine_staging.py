@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, train_args
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess, train_args
 from tokshift.data.store import seal_path
-from tokshift.engine import distributed as D
-from tokshift.engine.staging import COMPLETE, copy_shards, staged_shards, staging_plan
 
 COPIED = r"staging: copied (\d+) shards \(([\d.]+) MB\) from .* to .* in ([\d.]+) s"
 
@@ -33,11 +31,13 @@ def test_evaluation_with_staging_gives_the_same_metrics(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     common = ["evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val_odd)]
-    plain = run_cli(*common, "--out-dir", str(tmp_path / "plain"), "--workers", "0")
+    plain = run_cli_inprocess(*common, "--out-dir", str(tmp_path / "plain"), "--workers", "0")
     assert plain.returncode == 0, plain.stderr[-2000:]
     # $VARS are expanded by the job itself (on the node), as the rules pass them quoted.
     monkeypatch.setenv("STAGE_ROOT", str(tmp_path / "node-local"))
-    staged = run_cli(*common, "--out-dir", str(tmp_path / "staged"), "--workers", "0", "--stage-to", "$STAGE_ROOT/x")
+    staged = run_cli_inprocess(
+        *common, "--out-dir", str(tmp_path / "staged"), "--workers", "0", "--stage-to", "$STAGE_ROOT/x"
+    )
     assert staged.returncode == 0, staged.stderr[-2000:]
     assert _metrics(tmp_path / "staged") == _metrics(tmp_path / "plain")
     assert (tmp_path / "staged/predictions.csv").read_text() == (tmp_path / "plain/predictions.csv").read_text()
@@ -53,7 +53,9 @@ def test_training_with_staging_takes_the_same_steps(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
     out = tmp_path / "staged"
-    res = run_cli(*train_args(packed_demo, out, "--max-epochs", "1", "--stage-to", str(tmp_path / "stage")), threads=2)
+    res = run_cli_inprocess(
+        *train_args(packed_demo, out, "--max-epochs", "1", "--stage-to", str(tmp_path / "stage")), threads=2
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "staging: copied 2 shards" in res.stderr, res.stderr[-3000:]
 
@@ -71,6 +73,8 @@ def test_training_with_staging_takes_the_same_steps(
 def test_without_space_the_shards_are_read_in_place(
     packed_demo: PackedDemo, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    from tokshift.engine.staging import COMPLETE, copy_shards, staging_plan
+
     plan = staging_plan({"val": [str(packed_demo.val)]}, tmp_path / "dest")
     pairs = plan["val"]
     with caplog.at_level(logging.WARNING, logger="tokshift.engine"):
@@ -87,6 +91,9 @@ def test_without_space_the_shards_are_read_in_place(
 def test_a_damaged_copy_is_not_used(packed_demo: PackedDemo, tmp_path: Path, monkeypatch, caplog) -> None:
     """A copy whose size disagrees with its seal (a short write) falls back to the originals."""
     import shutil
+
+    from tokshift.engine import distributed as D
+    from tokshift.engine.staging import staged_shards
 
     real_copy = shutil.copyfile
 
@@ -107,6 +114,9 @@ def test_a_damaged_copy_is_not_used(packed_demo: PackedDemo, tmp_path: Path, mon
 
 
 def test_an_unset_variable_reads_in_place(packed_demo: PackedDemo, monkeypatch, caplog) -> None:
+    from tokshift.engine import distributed as D
+    from tokshift.engine.staging import staged_shards
+
     monkeypatch.delenv("TOKSHIFT_NO_SUCH_DIR", raising=False)
     ctx = D.init_distributed("cpu")
     with caplog.at_level(logging.WARNING, logger="tokshift.engine"):

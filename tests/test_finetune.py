@@ -12,10 +12,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from tests.engine_helpers import PackedDemo, TrainedDemo, cli_env, pack_split, run_cli, tokshift_cmd
+from tests.engine_helpers import PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess, tokshift_cmd
 from tests.workflow_helpers import REPO, DemoRun, copy_workflow, snakemake
 from tokshift.engine.exitcodes import EXIT_PREEMPTED
 from tokshift.fileio import sha256_file
@@ -74,6 +73,8 @@ def finetune_args(shard: Path, out: Path, start: Path, *extra: str) -> list[str]
 
 
 def test_backbone_starts_from_the_checkpoint_and_the_head_is_new(trained_demo: TrainedDemo) -> None:
+    import torch
+
     from tokshift.engine.train import initial_model
     from tokshift.zoo import get_config
 
@@ -95,8 +96,10 @@ def test_train_cli_fine_tunes_and_records_the_start(
     three_class_shard: Path,
     tmp_path: Path,
 ) -> None:
+    import torch
+
     out = tmp_path / "ft"
-    res = run_cli(*finetune_args(three_class_shard, out, trained_demo.checkpoint), threads=2)
+    res = run_cli_inprocess(*finetune_args(three_class_shard, out, trained_demo.checkpoint), threads=2)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "head re-initialised" in res.stderr
     summary = json.loads((out / "train_summary.json").read_text())
@@ -114,7 +117,12 @@ def test_resume_from_another_start_is_not_continued(
     three_class_shard: Path,
     tmp_path: Path,
 ) -> None:
-    """A run preempted while fine-tuning from A does not continue when restarted from B."""
+    """A run preempted while fine-tuning from A does not continue when restarted from B.
+
+    The preempted run is a real process that receives the signal; the restart runs in this one.
+    """
+    import torch
+
     out = tmp_path / "ft"
     extra = ("--log-every", "1", "--checkpoint-minutes", "1000")
     proc = subprocess.Popen(
@@ -140,7 +148,7 @@ def test_resume_from_another_start_is_not_continued(
     state = torch.load(trained_demo.checkpoint, map_location="cpu", weights_only=False)
     state["model"]["pos_embed"] = state["model"]["pos_embed"] + 0.01
     torch.save(state, other)
-    again = run_cli(*finetune_args(three_class_shard, out, other, *extra))
+    again = run_cli_inprocess(*finetune_args(three_class_shard, out, other, *extra))
     assert again.returncode == 0, again.stderr[-3000:]
     assert "skipping resume checkpoint" in again.stderr and "pretrained_sha256" in again.stderr
     assert "resumed from" not in again.stderr
