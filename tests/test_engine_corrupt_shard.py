@@ -2,6 +2,10 @@
 
 A damaged shard is never scored as a few "failed videos" and never a SIGBUS: the job exits
 non-zero and says which file to re-pack.
+
+A shard damaged only inside a frame's bytes (same size, intact LMDB pages) is read in this
+process; a shard whose LMDB structure may be damaged is read by a real process, so that a
+crash would fail the test and not the test session.
 """
 
 from __future__ import annotations
@@ -10,20 +14,19 @@ import shutil
 import signal
 from pathlib import Path
 
-import numpy as np
-
-from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, train_args
-from tokshift.data.store import ShardReader, seal_path
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, run_cli_inprocess, train_args
 
 
 def _copy_shard(src: Path, dest: Path) -> Path:
+    from tokshift.data.store import seal_path
+
     shutil.copy2(src, dest)
     shutil.copy2(seal_path(src), seal_path(dest))
     return dest
 
 
-def _evaluate(trained: TrainedDemo, shard: Path, out: Path):  # type: ignore[no-untyped-def]
-    return run_cli(
+def _evaluate(trained: TrainedDemo, shard: Path, out: Path, in_process: bool = False):  # type: ignore[no-untyped-def]
+    return (run_cli_inprocess if in_process else run_cli)(
         "evaluate",
         "--checkpoint",
         str(trained.checkpoint),
@@ -47,6 +50,8 @@ def _assert_stopped_on(res, shard: Path, out: Path) -> None:  # type: ignore[no-
 def test_evaluate_stops_on_a_frame_that_fails_its_checksum(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
+    from tokshift.data.store import ShardReader
+
     shard = _copy_shard(packed_demo.val, tmp_path / "val.lmdb")
     reader = ShardReader(packed_demo.val)
     vid = reader.video_ids[5]
@@ -60,12 +65,14 @@ def test_evaluate_stops_on_a_frame_that_fails_its_checksum(
         blob[at] ^= 0x40
         at = blob.find(needle, at + 1)
     shard.write_bytes(bytes(blob))  # same size: the seal's size check passes, the CRC must catch it
-    res = _evaluate(trained_demo, shard, tmp_path / "out")
+    res = _evaluate(trained_demo, shard, tmp_path / "out", in_process=True)
     _assert_stopped_on(res, shard, tmp_path / "out")
     assert f"video {vid!r}" in res.stderr
 
 
 def test_train_stops_on_frames_that_fail_their_checksum(packed_demo: PackedDemo, tmp_path: Path) -> None:
+    from tokshift.data.store import ShardReader
+
     train = _copy_shard(packed_demo.train, tmp_path / "train.lmdb")
     reader = ShardReader(packed_demo.train)
     blob = bytearray(train.read_bytes())
@@ -79,7 +86,7 @@ def test_train_stops_on_frames_that_fail_their_checksum(packed_demo: PackedDemo,
     reader.close()
     train.write_bytes(bytes(blob))
     data = PackedDemo(**{**packed_demo.__dict__, "train": train})
-    res = run_cli(*train_args(data, tmp_path / "run", overrides=("epochs=1",)), threads=2, timeout=300)
+    res = run_cli_inprocess(*train_args(data, tmp_path / "run", overrides=("epochs=1",)), threads=2)
     assert res.returncode == 2, res.stderr[-3000:]
     assert f"frame shard {train} is damaged: the checksum of frame" in res.stderr
     assert not (tmp_path / "run" / "model.pt").exists()
@@ -88,6 +95,8 @@ def test_train_stops_on_frames_that_fail_their_checksum(packed_demo: PackedDemo,
 def test_evaluate_stops_on_an_overwritten_middle_of_the_shard(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
+    import numpy as np
+
     shard = _copy_shard(packed_demo.val, tmp_path / "val.lmdb")
     size = shard.stat().st_size
     span = min(256 << 10, size // 4)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli, tokshift_cmd
+from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli, run_cli_inprocess, tokshift_cmd
 from tokshift.engine.exitcodes import EXIT_BUSY
 from tokshift.engine.folder_lock import LOCK_NAME, FolderBusy, FolderLock
 from tokshift.engine.logbook import read_jsonl
@@ -88,7 +88,7 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # the kernel dropped the lock with its holder: no stale lock to remove by hand
-    res = run_cli(*_train_args(packed_demo, out))
+    res = run_cli_inprocess(*_train_args(packed_demo, out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "model.pt").is_file()
 
@@ -150,7 +150,7 @@ def test_a_killed_trainer_with_loader_workers_frees_the_folder_at_once(packed_de
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     FolderLock(out, "check").acquire().release()  # free at once, though the worker may still run
-    res = run_cli(*args)
+    res = run_cli_inprocess(*args)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resumed from" in res.stderr
     steps = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if r["kind"] == "step"]
