@@ -96,14 +96,49 @@ def set_fused_attention(model: nn.Module, enabled: bool) -> int:
     return n
 
 
+#: `STEP[:SIGNAL]`: the process signals itself right after that optimizer step (SIGUSR1 unless named).
+SIGNAL_AT_STEP_VAR = "TOKSHIFT_SIGNAL_AT_STEP"
+
+
+def scheduled_signal(env: dict[str, str] | os._Environ[str] = os.environ) -> tuple[int, int] | None:
+    """(step, signal) from TOKSHIFT_SIGNAL_AT_STEP, or None when it is unset.
+
+    A preemption at a chosen optimizer step, through the very handler a scheduler's signal
+    reaches: how tests (or anyone checking a resume) interrupt a run deterministically, not by
+    racing it from outside.
+    """
+    value = env.get(SIGNAL_AT_STEP_VAR, "").strip()
+    if not value:
+        return None
+    step_text, _, name = value.partition(":")
+    name = (name or "SIGUSR1").upper()
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    signum = getattr(signal, name, None)
+    if not step_text.isdigit() or int(step_text) < 1 or signum not in StopFlag.SIGNALS:
+        allowed = ", ".join(s.name for s in StopFlag.SIGNALS)
+        raise ValueError(
+            f"{SIGNAL_AT_STEP_VAR}={value!r}: expected STEP[:SIGNAL] with STEP >= 1 and SIGNAL one of {allowed}; "
+            f"unset it for a normal run"
+        )
+    return int(step_text), int(signum)
+
+
 class StopFlag:
     """Records SIGTERM/SIGUSR1 (sent by SLURM before a time limit) instead of dying at once."""
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 
-    def __init__(self) -> None:
+    def __init__(self, scheduled: tuple[int, int] | None = None) -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
+        self.scheduled = scheduled  # (optimizer step, signal) to raise on this process
+
+    def after_step(self, step: int) -> None:
+        """Raise the scheduled signal when this run has just finished that optimizer step."""
+        if self.scheduled and step == self.scheduled[0]:
+            name = signal.Signals(self.scheduled[1]).name
+            log.info("%s: signalling this process with %s after optimizer step %d", SIGNAL_AT_STEP_VAR, name, step)
+            os.kill(os.getpid(), self.scheduled[1])
 
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is None:

@@ -55,6 +55,7 @@ from tokshift.engine.runtime import (
     ignore_stop_signals,
     resolve_amp,
     rng_state,
+    scheduled_signal,
     seed_everything,
     set_fused_attention,
     set_rng_state,
@@ -185,7 +186,7 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     D.log_placement(ctx)
     try:
         with exclusive_folder(ctx, opts.out_dir, "train"):
-            stop = StopFlag()
+            stop = StopFlag(scheduled_signal())
             with stop.installed():
                 groups = {"train": opts.train_shards, "val": opts.val_shards}
                 with staged_shards(groups if datasets is None else {}, opts.stage_to, ctx) as shards:
@@ -483,6 +484,7 @@ class _Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.batch_in_epoch = i + 1
+                self.stop.after_step(self.step)
                 self.epoch_stats += stats
                 log_window += stats
                 if self.step % max(1, opts.log_every) == 0 or self.batch_in_epoch == nb:
