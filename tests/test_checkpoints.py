@@ -13,19 +13,18 @@ import subprocess
 import sys
 from io import StringIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import pytest
-import torch
 
 import tokshift
-from tests.original_model import original_net, save_original
-from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, CheckpointMismatchError, open_checkpoint
+from tests.engine_helpers import run_cli_inprocess
 from tokshift.data.labels import kinetics400_classes
-from tokshift.engine.loading import import_original, load_trained_model
 from tokshift.fileio import sha256_file
-from tokshift.models import build_model
 from tokshift.zoo import get_config
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = get_config("demo_tokshift")  # embed 96, depth 4, heads 4, patch 16, 64 px, 8 frames
@@ -36,6 +35,9 @@ def demo_cfg(arch: str, **changes) -> dict:
 
 
 def video(seed: int = 1, b: int = 2) -> torch.Tensor:
+    import numpy as np
+    import torch
+
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((b, 8, 3, 64, 64)))
 
 
@@ -48,6 +50,11 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("arch", ["tokshift", "vit"])
 def test_original_pth_matches_independent_implementation(tmp_path, arch: str) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.models import build_model
+
     net = original_net(arch)
     path = save_original(net, tmp_path / "best_ckpt_e18.pth")
     model = build_model(demo_cfg(arch), pretrained=path).double().eval()
@@ -65,6 +72,12 @@ def test_original_pth_matches_independent_implementation(tmp_path, arch: str) ->
 
 @pytest.mark.parametrize("prefix", ["module.base_model.", "module.", "base_model.", ""])
 def test_wrapper_prefixes_are_stripped(tmp_path, prefix: str) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import ORIGINAL, open_checkpoint
+    from tokshift.models import build_model
+
     net = original_net("vit", seed=3)
     path = save_original(net, tmp_path / "c.pth", prefix=prefix)
     ckpt = open_checkpoint(path)
@@ -77,6 +90,10 @@ def test_wrapper_prefixes_are_stripped(tmp_path, prefix: str) -> None:
 
 
 def test_depth_mismatch_names_the_key(tmp_path) -> None:
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import CheckpointMismatchError
+    from tokshift.models import build_model
+
     path = save_original(original_net("vit", depth=4), tmp_path / "c.pth")
     with pytest.raises(CheckpointMismatchError) as e:
         build_model(demo_cfg("vit", depth=3), pretrained=path)
@@ -88,6 +105,10 @@ def test_depth_mismatch_names_the_key(tmp_path) -> None:
 
 
 def test_width_mismatch_names_key_and_both_shapes(tmp_path) -> None:
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import CheckpointMismatchError
+    from tokshift.models import build_model
+
     path = save_original(original_net("vit", dim=64), tmp_path / "c.pth")
     with pytest.raises(CheckpointMismatchError) as e:
         build_model(demo_cfg("vit"), pretrained=path)
@@ -107,6 +128,10 @@ class _Payload:
 
 
 def test_file_needing_arbitrary_objects_is_refused(tmp_path) -> None:
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import CheckpointFormatError
+    from tokshift.models import build_model
+
     marker = tmp_path / "unpickled"
     path = save_original(original_net("vit"), tmp_path / "c.pth", scheduler=_Payload(str(marker)))
     with pytest.raises(CheckpointFormatError) as e:
@@ -118,6 +143,11 @@ def test_file_needing_arbitrary_objects_is_refused(tmp_path) -> None:
 
 
 def test_head_reinitialised_when_classes_differ(tmp_path, caplog) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.models import build_model
+
     net = original_net("tokshift", classes=7)
     path = save_original(net, tmp_path / "c.pth")
     with caplog.at_level(logging.INFO, logger="tokshift.checkpoints"):
@@ -129,7 +159,12 @@ def test_head_reinitialised_when_classes_differ(tmp_path, caplog) -> None:
 
 
 def test_format_comes_from_content_not_name(tmp_path) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
     from tests.weights_helpers import DEPTH, HEADS, MLP, PATCH, D, write_google_npz
+    from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, open_checkpoint
+    from tokshift.models import build_model
 
     net = original_net("vit")
     as_npz = save_original(net, tmp_path / "really_a.npz")
@@ -155,6 +190,11 @@ def test_format_comes_from_content_not_name(tmp_path) -> None:
 
 
 def test_model_pt_as_pretrained_and_position_table_resized(tmp_path) -> None:
+    import numpy as np
+    import torch
+
+    from tokshift.models import build_model
+
     src = build_model("demo_vit")
     torch.nn.init.normal_(src.head.weight)
     path = tmp_path / "model.pt"
@@ -173,6 +213,12 @@ def test_model_pt_as_pretrained_and_position_table_resized(tmp_path) -> None:
 
 
 def test_load_trained_model_reads_original_pth(tmp_path) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import ORIGINAL, CheckpointMismatchError
+    from tokshift.engine.loading import load_trained_model
+
     net = original_net("tokshift", classes=400)
     path = save_original(net, tmp_path / "k400.pth")
     with pytest.raises(ValueError, match="pass the zoo name it was trained as"):
@@ -196,6 +242,12 @@ def test_load_trained_model_reads_original_pth(tmp_path) -> None:
 
 
 def test_import_original_writes_a_model_pt(tmp_path) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.checkpoints import CheckpointFormatError
+    from tokshift.engine.loading import import_original, load_trained_model
+
     net = original_net("tokshift", classes=3)
     src = save_original(net, tmp_path / "ckpt_e18.pth")
     out = tmp_path / "imported" / "model.pt"
@@ -214,8 +266,12 @@ def test_import_original_writes_a_model_pt(tmp_path) -> None:
 
 
 def test_notebook_api_matches_predict_command(tmp_path) -> None:
+    import numpy as np
+    import torch
+
     from tests.data_helpers import encode
     from tokshift.engine.predict import PredictOptions, predict_videos
+    from tokshift.models import build_model
 
     torch.manual_seed(0)
     model = build_model("demo_tokshift")
@@ -246,9 +302,13 @@ def test_notebook_api_matches_predict_command(tmp_path) -> None:
 
 
 def test_notebook_and_predict_command_agree_on_the_bicubic_resize(tmp_path) -> None:
+    import numpy as np
+    import torch
+
     from tests.data_helpers import encode
     from tokshift.data.decode import decode_video
     from tokshift.engine.predict import PredictOptions, predict_videos
+    from tokshift.models import build_model
 
     torch.manual_seed(1)
     model = build_model("demo_tokshift")
@@ -277,7 +337,10 @@ def test_notebook_and_predict_command_agree_on_the_bicubic_resize(tmp_path) -> N
 
 
 def test_notebook_load_of_npz_needs_a_model_name(tmp_path) -> None:
+    import torch
+
     from tests.weights_helpers import write_google_npz
+    from tokshift.engine.loading import load_trained_model
 
     npz = tmp_path / "ViT.npz"
     write_google_npz(npz)
@@ -305,7 +368,10 @@ def test_import_tokshift_stays_torch_free() -> None:
 
 def test_cli_import_original_and_predict_on_the_pth_directly(tmp_path) -> None:
     """`tokshift import-original` writes a model.pt; `predict` on the .pth itself gives the same answer."""
+    import numpy as np
+
     from tests.data_helpers import encode
+    from tests.original_model import original_net, save_original
 
     net = original_net("tokshift", classes=3)
     src = save_original(net, tmp_path / "best_ckpt_e18.pth")
@@ -314,16 +380,14 @@ def test_cli_import_original_and_predict_on_the_pth_directly(tmp_path) -> None:
     mp4 = encode(np.random.default_rng(0).integers(0, 256, (20, 48, 64, 3), dtype=np.uint8), tmp_path / "c.mp4")
     out = tmp_path / "model.pt"
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        cmd = [sys.executable, "-m", "tokshift.cli", *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-
-    done = cli("import-original", str(src), "--model", "demo_tokshift", "--out", str(out), "--classes", str(classes))
+    done = run_cli_inprocess(
+        "import-original", str(src), "--model", "demo_tokshift", "--out", str(out), "--classes", str(classes)
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(out) in done.stdout and sha256_file(src) in done.stdout
     common = ["--format", "json", "--device", "cpu", "--amp", "off", "--clips", "2", "--crops", "1"]
-    via_pt = cli("predict", str(mp4), "--checkpoint", str(out), *common)
-    via_pth = cli(
+    via_pt = run_cli_inprocess("predict", str(mp4), "--checkpoint", str(out), *common)
+    via_pth = run_cli_inprocess(
         "predict", str(mp4), "--checkpoint", str(src), "--model", "demo_tokshift", "--classes", str(classes), *common
     )
     assert via_pt.returncode == 0 and via_pth.returncode == 0, via_pt.stderr[-1500:] + via_pth.stderr[-1500:]
@@ -332,5 +396,5 @@ def test_cli_import_original_and_predict_on_the_pth_directly(tmp_path) -> None:
     assert [t["label"] for t in top_pt] == [t["label"] for t in top_pth]
     np.testing.assert_allclose([t["score"] for t in top_pt], [t["score"] for t in top_pth], rtol=1e-5)
     # Without the zoo name the .pth cannot be rebuilt: the error says what to pass.
-    no_name = cli("predict", str(mp4), "--checkpoint", str(src), "--classes", str(classes), *common)
+    no_name = run_cli_inprocess("predict", str(mp4), "--checkpoint", str(src), "--classes", str(classes), *common)
     assert no_name.returncode != 0 and "zoo" in no_name.stderr.lower()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
-import subprocess
-import sys
 
 import pytest
 
-from tokshift.flops import zoo_row
+from tests.engine_helpers import run_cli_inprocess
 from tokshift.zoo import ZOO, get_config, zoo_names
 
 K400 = [
@@ -29,9 +27,9 @@ def test_zoo_names_are_the_interface() -> None:
 
 
 def test_zoo_cli_csv_gflops_and_params_match_paper() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "tokshift.cli", "zoo", "--format", "csv"], check=True, capture_output=True, text=True
-    ).stdout
+    res = run_cli_inprocess("zoo", "--format", "csv")
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(out))}
     assert set(rows) == set(ZOO)
     for name in K400:
@@ -66,5 +64,7 @@ def test_config_round_trips_through_dict() -> None:
 
 
 def test_zoo_row_computes_from_model() -> None:
+    from tokshift.flops import zoo_row
+
     r = zoo_row("demo_tokshift")
     assert 0.3 < r["params_m"] < 1.0 and 0 < r["gflops_per_view"] < 1
