@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 
 from tests.weights_helpers import DEPTH, HEADS, MLP, PATCH, D, write_google_npz
-from tokshift.checkpoints import CheckpointMismatchError, resize_pos_embed
-from tokshift.models import TokShiftBlock, build_model, token_shift_
+
+if TYPE_CHECKING:
+    import torch
 
 
 def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:
@@ -30,6 +31,10 @@ def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:
 
 @pytest.mark.parametrize("T,D,div", [(1, 8, 4), (2, 8, 4), (3, 10, 4), (4, 7, 2), (8, 12, 3), (5, 16, 8), (4, 3, 4)])
 def test_token_shift_matches_naive_reference(T: int, D: int, div: int) -> None:
+    import torch
+
+    from tokshift.models import token_shift_
+
     rng = np.random.default_rng(T * 100 + D)
     x = rng.standard_normal((2 * T, 5, D)).astype(np.float32)
     got = token_shift_(torch.from_numpy(x.copy()), T, div).numpy()
@@ -37,6 +42,10 @@ def test_token_shift_matches_naive_reference(T: int, D: int, div: int) -> None:
 
 
 def test_token_shift_is_in_place_on_cls_only() -> None:
+    import torch
+
+    from tokshift.models import token_shift_
+
     x = torch.randn(8, 17, 64)
     before = x.clone()
     out = token_shift_(x, 4, 4)
@@ -45,8 +54,16 @@ def test_token_shift_is_in_place_on_cls_only() -> None:
     torch.testing.assert_close(out[:, 0, 32:], before[:, 0, 32:], rtol=0, atol=0)
 
 
-def _block_jacobian_blocks(arch: str, T: int = 6, N: int = 5, D: int = 16) -> torch.Tensor:
-    """|d out[t', n'] / d in[t, n]| summed over channels: a (T, N, T, N) dependency map."""
+def _block_jacobian_blocks(arch: str, T: int, N: int = 2, D: int = 8) -> torch.Tensor:
+    """|d out[t', n'] / d in[t, n]| summed over channels: a (T, N, T, N) dependency map.
+
+    One [CLS] and one patch token per frame, 8 channels (2 heads, shift fold 2) are enough
+    for the structural claims below; the Jacobian has (T * N * D)^2 entries.
+    """
+    import torch
+
+    from tokshift.models import TokShiftBlock
+
     torch.manual_seed(0)
     if arch == "tokshift":
         blk = TokShiftBlock(dim=D, num_heads=2, qkv_bias=True, num_frames=T, shift_div=4)
@@ -61,7 +78,7 @@ def _block_jacobian_blocks(arch: str, T: int = 6, N: int = 5, D: int = 16) -> to
 
 
 def test_vit_block_never_mixes_frames() -> None:
-    dep = _block_jacobian_blocks("vit")
+    dep = _block_jacobian_blocks("vit", T=2)  # frames are independent samples: two show it
     T = dep.shape[0]
     for t in range(T):
         for s in range(T):
@@ -70,7 +87,7 @@ def test_vit_block_never_mixes_frames() -> None:
 
 
 def test_tokshift_block_information_flow() -> None:
-    dep = _block_jacobian_blocks("tokshift")
+    dep = _block_jacobian_blocks("tokshift", T=4)  # frames 0 and 3 are three apart
     T = dep.shape[0]
     for t in range(T):
         for s in range(T):
@@ -86,6 +103,10 @@ def test_tokshift_block_information_flow() -> None:
 
 
 def test_vit_and_tokshift_differ_only_by_shift() -> None:
+    import torch
+
+    from tokshift.models import build_model
+
     cfg = dict(
         arch="vit",
         embed_dim=32,
@@ -113,6 +134,10 @@ def test_vit_and_tokshift_differ_only_by_shift() -> None:
 
 
 def test_model_rejects_wrong_frame_count() -> None:
+    import torch
+
+    from tokshift.models import build_model
+
     m = build_model(
         dict(
             arch="tokshift",
@@ -132,6 +157,8 @@ def test_model_rejects_wrong_frame_count() -> None:
 
 
 def test_build_model_names_missing_keys() -> None:
+    from tokshift.models import build_model
+
     with pytest.raises(ValueError, match="shift_div"):
         build_model(
             dict(
@@ -149,6 +176,10 @@ def test_build_model_names_missing_keys() -> None:
 
 
 def test_backward_through_in_place_shift() -> None:
+    import torch
+
+    from tokshift.models import build_model
+
     m = build_model("demo_tokshift")
     x = torch.randn(2, 8, 3, 64, 64)
     m(x).sum().backward()
@@ -231,6 +262,10 @@ def reference_features(w: dict[str, np.ndarray], video: np.ndarray, arch: str, g
 @pytest.mark.parametrize("arch", ["tokshift", "vit"])
 @pytest.mark.parametrize("img_size", [32, 48])
 def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) -> None:
+    import torch
+
+    from tokshift.models import build_model
+
     path = tmp_path / "ViT-tiny.npz"
     w = write_google_npz(path, grid=4)
     T, classes = 3, 6
@@ -263,6 +298,8 @@ def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) 
 
 
 def test_pos_embed_resize_is_corner_aligned_order1() -> None:
+    from tokshift.checkpoints import resize_pos_embed
+
     grid = np.arange(2 * 2 * 1, dtype=np.float64).reshape(1, 4, 1)  # [[0,1],[2,3]]
     pos = np.concatenate([np.full((1, 1, 1), 7.0), grid], axis=1)
     out = resize_pos_embed(pos, (3, 3))
@@ -278,6 +315,8 @@ def test_pos_embed_resize_is_corner_aligned_order1() -> None:
 @pytest.mark.parametrize("hw", [(16, 16), (24, 24), (16, 24), (10, 10)])
 def test_pos_embed_resize_matches_hand_written_bilinear(hw: tuple[int, int]) -> None:
     """256 px (16x16), 384 px (24x24), a non-square grid and a shrink, each against the loops above."""
+    from tokshift.checkpoints import resize_pos_embed
+
     pos = np.random.default_rng(hw[0] * 100 + hw[1]).standard_normal((1, 1 + 14 * 14, 5)).astype(np.float32)
     out = resize_pos_embed(pos, hw)
     assert out.dtype == np.float32 and out.shape == (1, 1 + hw[0] * hw[1], 5)
@@ -288,6 +327,9 @@ def test_pos_embed_resize_matches_hand_written_bilinear(hw: tuple[int, int]) -> 
 
 
 def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
+    from tokshift.checkpoints import CheckpointMismatchError
+    from tokshift.models import build_model
+
     path = tmp_path / "w.npz"
     write_google_npz(path)
     cfg = dict(
@@ -310,6 +352,9 @@ def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
 
 
 def test_npz_missing_key_is_named(tmp_path) -> None:
+    from tokshift.checkpoints import CheckpointMismatchError
+    from tokshift.models import build_model
+
     path = tmp_path / "w.npz"
     w = write_google_npz(path)
     del w["Transformer/encoderblock_1/LayerNorm_2/bias"]
@@ -332,7 +377,11 @@ def test_npz_missing_key_is_named(tmp_path) -> None:
 
 def test_trained_checkpoint_mismatch_names_key_and_shapes(tmp_path) -> None:
     """`tokshift evaluate`/`predict` load model.pt through the same checked loader as the .npz weights."""
+    import torch
+
+    from tokshift.checkpoints import CheckpointMismatchError
     from tokshift.engine.loading import load_trained_model
+    from tokshift.models import build_model
     from tokshift.zoo import get_config
 
     cfg = get_config("demo_tokshift")
