@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import DataLoader
 
 from tests.data_helpers import frame_code, numbered_frames, psnr
-from tokshift.data.datasets import EvalViewDataset, TrainClipDataset, eval_views_from_frames
-from tokshift.data.jpeg import decode_rgb, encode_rgb
 from tokshift.data.sampling import crop_offsets, eval_clip_indices, train_clip_indices
-from tokshift.data.store import ShardReader, ShardWriter
-from tokshift.data.transforms import ClipAugment, adjust_hue, short_side_size
 
 VIDEOS = {  # video id -> (frames, height, width, label index)
     "land": (40, 48, 64, 0),
@@ -27,6 +20,9 @@ VIDEOS = {  # video id -> (frames, height, width, label index)
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    from tokshift.data.jpeg import encode_rgb
+    from tokshift.data.store import ShardWriter
+
     d = tmp_path_factory.mktemp("shards")
     paths = []
     for k, ids in enumerate((["land", "port"], ["short", "one"])):
@@ -46,6 +42,8 @@ def shards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def decoded(shards: list[Path], vid: str) -> np.ndarray:
+    from tokshift.data.store import ShardReader
+
     for s in shards:
         r = ShardReader(s)
         if vid in r:
@@ -54,6 +52,10 @@ def decoded(shards: list[Path], vid: str) -> np.ndarray:
 
 
 def test_train_dataset_basics(shards: list[Path]) -> None:
+    import torch
+
+    from tokshift.data.datasets import TrainClipDataset
+
     ds = TrainClipDataset(shards, num_frames=4, frame_stride=3, crop_size=32, short_side_range=(32, 48))
     assert len(ds) == 4 and ds.video_ids == ["land", "port", "short", "one"]
     assert ds.labels == [0, 1, 1, 0] and ds.classes == ["cls_a", "cls_b"]
@@ -63,6 +65,8 @@ def test_train_dataset_basics(shards: list[Path]) -> None:
 
 
 def test_train_clip_takes_the_reference_frames(shards: list[Path]) -> None:
+    from tokshift.data.datasets import TrainClipDataset
+
     # No resize, no crop movement, no flip or jitter: the clip is exactly the sampled frames.
     ds = TrainClipDataset(shards, 4, 3, 48, (48, 48), flip_p=0.0, jitter_p=0.0, seed=7)
     ds.set_epoch(2)
@@ -77,6 +81,11 @@ def test_train_clip_takes_the_reference_frames(shards: list[Path]) -> None:
 
 
 def test_randomness_depends_only_on_seed_epoch_and_index(shards: list[Path]) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tokshift.data.datasets import TrainClipDataset
+
     ds = TrainClipDataset(shards, 4, 3, 32, (32, 48), seed=1)
     first = [ds[i][0] for i in range(len(ds))]
     assert all(torch.equal(a, ds[i][0]) for i, a in enumerate(first))
@@ -93,6 +102,11 @@ def test_randomness_depends_only_on_seed_epoch_and_index(shards: list[Path]) -> 
 
 
 def test_eval_dataset_in_spawned_worker(shards: list[Path]) -> None:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from tokshift.data.datasets import EvalViewDataset
+
     ds = EvalViewDataset(shards, 4, 3, 32, num_clips=2, num_crops=1)
     direct = [ds[i]["views"] for i in range(len(ds))]
     loader = DataLoader(ds, batch_size=None, num_workers=1, multiprocessing_context="spawn")
@@ -102,6 +116,10 @@ def test_eval_dataset_in_spawned_worker(shards: list[Path]) -> None:
 
 
 def test_crop_first_resize_equals_resize_then_crop() -> None:
+    import cv2
+
+    from tokshift.data.transforms import ClipAugment, short_side_size
+
     rng = np.random.default_rng(0)
     frames = [cv2.GaussianBlur(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8), (0, 0), 2.0) for _ in range(3)]
     aug = ClipAugment(64, (64, 96), flip_p=0.0, jitter_p=0.0)
@@ -128,6 +146,8 @@ def test_crop_first_resize_equals_resize_then_crop() -> None:
 
 
 def test_flip_and_jitter(shards: list[Path]) -> None:
+    from tokshift.data.transforms import ClipAugment, adjust_hue
+
     frames = list(decoded(shards, "land")[:2])
     plain = ClipAugment(32, (40, 40), flip_p=0.0, jitter_p=0.0)
     flipped = ClipAugment(32, (40, 40), flip_p=1.0, jitter_p=0.0)
@@ -147,11 +167,17 @@ def test_flip_and_jitter(shards: list[Path]) -> None:
 
 
 def test_short_side_range_must_fit_the_crop() -> None:
+    from tokshift.data.transforms import ClipAugment
+
     with pytest.raises(ValueError, match="short_side_range"):
         ClipAugment(224, (200, 330))
 
 
 def reference_views(frames: np.ndarray, T: int, stride: int, crop: int, clips: int, crops: int) -> np.ndarray:
+    import cv2
+
+    from tokshift.data.transforms import short_side_size
+
     views = []
     for idx in eval_clip_indices(len(frames), T, stride, clips):
         resized = []
@@ -166,6 +192,10 @@ def reference_views(frames: np.ndarray, T: int, stride: int, crop: int, clips: i
 
 @pytest.mark.parametrize("clips,crops", [(10, 3), (1, 1), (2, 3), (3, 1)])
 def test_eval_views_match_reference(shards: list[Path], clips: int, crops: int) -> None:
+    import torch
+
+    from tokshift.data.datasets import EvalViewDataset, eval_views_from_frames
+
     ds = EvalViewDataset(shards, num_frames=4, frame_stride=3, crop_size=32, num_clips=clips, num_crops=crops)
     assert len(ds) == 4 and ds.classes == ["cls_a", "cls_b"]
     for i, vid in enumerate(ds.video_ids):
@@ -180,6 +210,10 @@ def test_eval_views_match_reference(shards: list[Path], clips: int, crops: int) 
 
 
 def test_eval_views_order_clip_major_and_crops_along_long_side(shards: list[Path]) -> None:
+    import cv2
+
+    from tokshift.data.datasets import EvalViewDataset
+
     ds = EvalViewDataset(shards, 4, 3, 32)
     land = ds[0]["views"]  # landscape 48x64 -> 32x42: crops at x = 0, 5, 10
     resized = cv2.resize(decoded(shards, "land")[0], (42, 32), interpolation=cv2.INTER_LINEAR)
@@ -194,6 +228,10 @@ def test_eval_views_order_clip_major_and_crops_along_long_side(shards: list[Path
 
 
 def test_eval_single_frame_and_short_videos_wrap(shards: list[Path]) -> None:
+    import torch
+
+    from tokshift.data.datasets import EvalViewDataset, eval_views_from_frames
+
     ds = EvalViewDataset(shards, 4, 3, 32)
     one = ds[ds.video_ids.index("one")]["views"]
     assert torch.equal(one[0, 0], one[27, 3]) and torch.equal(one[1, 0], one[28, 2])  # only one frame
@@ -206,6 +244,8 @@ def test_eval_single_frame_and_short_videos_wrap(shards: list[Path]) -> None:
 
 
 def test_jpeg_decode_is_rgb(tmp_path: Path) -> None:
+    from tokshift.data.jpeg import decode_rgb, encode_rgb
+
     img = np.zeros((16, 16, 3), np.uint8)
     img[..., 0] = 200
     out = decode_rgb(encode_rgb(img, 95))

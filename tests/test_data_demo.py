@@ -15,7 +15,6 @@ import pytest
 from tokshift.data.commands import register
 from tokshift.data.decode import decode_video
 from tokshift.data.demo import CLASSES, DemoConfig, generate_demo, render_clip
-from tokshift.data.store import ShardReader
 
 SMALL = DemoConfig(seed=3, train_per_class=6, val_per_class=2, frames=24, size=64)
 
@@ -85,6 +84,8 @@ def test_demo_classes_differ_only_in_the_direction_of_time(demo: Path) -> None:
 
 
 def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
+    from tokshift.data.store import ShardReader
+
     res = tmp_path / "results"
     spec = json.dumps({"kind": "demo", "root": str(demo)})
     assert (

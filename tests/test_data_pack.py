@@ -28,10 +28,7 @@ from tests.data_helpers import (
 )
 from tokshift.data.decode import VideoDecodeError, decode_video, ffmpeg_decode_command
 from tokshift.data.ffmpeg import ffmpeg_executable
-from tokshift.data.jpeg import decode_rgb
-from tokshift.data.pack import pack_shard, read_failures, read_listing
 from tokshift.data.sources import build_index, read_index, write_index
-from tokshift.data.store import ShardReader, partial_path
 
 GOOD = {
     "land scape ü.mp4": "landscape",
@@ -72,6 +69,8 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def packed(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from tokshift.data.pack import pack_shard
+
     out = tmp_path_factory.mktemp("packed")
     index = out / "train.csv"
     result = build_index({"kind": "csv", "splits": {"train": str(videos / "all.csv")}}, "train", 1)
@@ -85,6 +84,9 @@ def packed(videos: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path
 def test_listing_names_every_packed_video_with_what_the_reader_returns(
     packed: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:
+    from tokshift.data.pack import read_listing
+    from tokshift.data.store import ShardReader
+
     index, shard, _ = packed
     reader = ShardReader(shard)
     listing = list(read_listing(shard.with_suffix(".videos.csv")))
@@ -116,6 +118,9 @@ def test_missing_video_is_listed_not_fatal(packed: tuple[Path, Path, Path]) -> N
 
 
 def test_every_bad_file_is_listed_with_its_reason(packed: tuple[Path, Path, Path]) -> None:
+    from tokshift.data.pack import read_failures
+    from tokshift.data.store import ShardReader
+
     _, shard, failures = packed
     rows = {Path(r["path"]).name: r["reason"] for r in read_failures(failures)}
     assert set(rows) == set(BAD)
@@ -125,6 +130,9 @@ def test_every_bad_file_is_listed_with_its_reason(packed: tuple[Path, Path, Path
 
 
 def test_frame_counts_and_pixels_match_direct_ffmpeg_decode(videos: Path, packed: tuple[Path, Path, Path]) -> None:
+    from tokshift.data.jpeg import decode_rgb
+    from tokshift.data.store import ShardReader
+
     _, shard, _ = packed
     reader = ShardReader(shard)
     assert sorted(reader.video_ids) == sorted(GOOD)
@@ -144,6 +152,9 @@ def test_frame_counts_and_pixels_match_direct_ffmpeg_decode(videos: Path, packed
 
 
 def test_rotated_phone_video_comes_out_upright(packed: tuple[Path, Path, Path]) -> None:
+    from tokshift.data.jpeg import decode_rgb
+    from tokshift.data.store import ShardReader
+
     reader = ShardReader(packed[1])
     rot, land = reader.meta("rotated.mp4"), reader.meta("land scape ü.mp4")
     assert (land["width"], land["height"]) == (43, 32)  # 64x48 landscape at short side 32 (rounded)
@@ -155,6 +166,9 @@ def test_rotated_phone_video_comes_out_upright(packed: tuple[Path, Path, Path]) 
 
 
 def test_vfr_video_keeps_every_frame_in_decode_order(packed: tuple[Path, Path, Path]) -> None:
+    from tokshift.data.jpeg import decode_rgb
+    from tokshift.data.store import ShardReader
+
     reader = ShardReader(packed[1])
     n = reader.meta("vfr.mp4")["nframes"]
     assert n == 12
@@ -164,6 +178,8 @@ def test_vfr_video_keeps_every_frame_in_decode_order(packed: tuple[Path, Path, P
 
 
 def test_no_lock_or_partial_file_left(packed: tuple[Path, Path, Path]) -> None:
+    from tokshift.data.store import partial_path
+
     _, shard, _ = packed
     assert shard.is_file()
     assert not partial_path(shard).exists()
@@ -218,6 +234,9 @@ def test_graph_built_decode_command_emits_the_same_bytes_as_a_plain_filter_chain
 
 
 def test_hanging_ffmpeg_is_killed_and_the_shard_completes(videos: Path, tmp_path: Path) -> None:
+    from tokshift.data.pack import pack_shard, read_failures
+    from tokshift.data.store import ShardReader
+
     fifo = tmp_path / "hang.mp4"
     os.mkfifo(fifo)  # opening it blocks ffmpeg forever: a stand-in for a decoder that hangs
     csv_path = write_csv(tmp_path / "hang.csv", [(str(fifo), "a"), (str(videos / "short.mp4"), "b")])
@@ -242,6 +261,9 @@ def test_hanging_ffmpeg_is_killed_and_the_shard_completes(videos: Path, tmp_path
 
 
 def test_empty_shard_is_a_valid_empty_file(packed: tuple[Path, Path, Path], tmp_path: Path) -> None:
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.store import ShardReader
+
     index, _, _ = packed
     out = tmp_path / "shard-5.lmdb"
     result = pack_shard(index, 5, out, progress=False)
@@ -260,6 +282,9 @@ KILLABLE = textwrap.dedent("""
 
 
 def test_killed_shard_job_rerun_gives_identical_content(tmp_path: Path) -> None:
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.store import ShardReader, partial_path
+
     rows = []
     for i in range(10):
         p = encode(numbered_frames(60, 72, 96, seed=10 + i), tmp_path / f"v{i}.mp4")
@@ -306,6 +331,9 @@ def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def test_full_disk_is_reported_with_path_free_space_and_a_rerun_rebuilds(small_tmpfs: Path, tmp_path: Path) -> None:
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.store import ShardReader, partial_path
+
     rng = np.random.default_rng(3)
     rows = []
     for i in range(6):  # noise compresses badly: ~0.6 MB of JPEG per video

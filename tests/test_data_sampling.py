@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from tokshift.data.sampling import crop_offsets, eval_clip_indices, eval_clip_starts, train_clip_indices
-from tokshift.data.transforms import normalize
 
 
 def ref_train(n: int, T: int, stride: int, rng: np.random.Generator) -> list[int]:
@@ -94,6 +92,10 @@ def test_crop_offsets_landscape_portrait_square() -> None:
 
 
 def test_normalize_formula_dtype_and_range() -> None:
+    import torch
+
+    from tokshift.data.transforms import normalize
+
     x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     y = normalize(x)
     assert y.dtype == torch.float32 and y.shape == x.shape

@@ -12,8 +12,6 @@ import pytest
 
 from tests.data_helpers import encode, numbered_frames, write_csv
 from tokshift.data.commands import register
-from tokshift.data.jpeg import decode_rgb, encode_rgb
-from tokshift.data.pack import pack_shard
 from tokshift.data.sources import (
     DatasetSpecError,
     build_index,
@@ -24,7 +22,6 @@ from tokshift.data.sources import (
     shard_of,
     write_index,
 )
-from tokshift.data.store import ShardReader
 
 KINETICS_TRAIN = [
     # label, youtube_id, time_start, time_end, split, is_cc
@@ -173,6 +170,10 @@ def test_csv_dataset_relative_absolute_and_errors(tmp_path: Path) -> None:
 
 
 def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path) -> None:
+    from tokshift.data.jpeg import decode_rgb, encode_rgb
+    from tokshift.data.pack import pack_shard
+    from tokshift.data.store import ShardReader
+
     root = tmp_path / "frames"
     originals = {}
     for name, n, size in (("vid_a", 5, (40, 56)), ("class x/vid_b", 3, (56, 40))):

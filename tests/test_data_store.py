@@ -10,19 +10,23 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 import numpy as np
 import pytest
 
-from tokshift.data import store
-from tokshift.data.jpeg import decode_rgb, encode_rgb
-from tokshift.data.store import ShardCorruptError, ShardReader, ShardWriter, partial_path, seal_path
+if TYPE_CHECKING:
+    from tokshift.data.store import ShardReader
+
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(path: Path, videos: dict[str, int], size: tuple[int, int] = (24, 32), **kw) -> dict[str, list[bytes]]:
+    from tokshift.data.jpeg import encode_rgb
+    from tokshift.data.store import ShardWriter
+
     rng = np.random.default_rng(0)
     data = {}
     with ShardWriter(path, ["a", "b"], attrs={"split": "train", "shard": 0}, **kw) as w:
@@ -39,6 +43,9 @@ def _write(path: Path, videos: dict[str, int], size: tuple[int, int] = (24, 32),
 
 
 def test_round_trip_header_meta_and_frames(tmp_path: Path) -> None:
+    from tokshift.data.jpeg import decode_rgb
+    from tokshift.data.store import ShardReader, partial_path
+
     path = tmp_path / "s.lmdb"
     data = _write(path, {"v one": 5, "ü/2": 3})
     r = ShardReader(path)
@@ -58,6 +65,9 @@ def test_round_trip_header_meta_and_frames(tmp_path: Path) -> None:
 
 
 def test_map_grows_on_map_full_and_shrinks_when_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokshift.data import store
+    from tokshift.data.store import ShardReader
+
     monkeypatch.setattr(store, "MIN_MAP_SIZE", 256 << 10)
     path = tmp_path / "grow.lmdb"
     data = _write(path, {f"v{i}": 20 for i in range(6)}, size=(96, 128), map_size=256 << 10)
@@ -72,6 +82,8 @@ def test_map_grows_on_map_full_and_shrinks_when_done(tmp_path: Path, monkeypatch
 
 
 def test_duplicate_video_and_aborted_writer(tmp_path: Path) -> None:
+    from tokshift.data.store import ShardWriter, partial_path
+
     path = tmp_path / "d.lmdb"
     with pytest.raises(ValueError, match="added twice"):
         with ShardWriter(path, ["a"]) as w:
@@ -81,6 +93,9 @@ def test_duplicate_video_and_aborted_writer(tmp_path: Path) -> None:
 
 
 def test_clear_errors_for_missing_partial_and_foreign_files(tmp_path: Path) -> None:
+    from tokshift.data import store
+    from tokshift.data.store import ShardCorruptError, ShardReader, seal_path
+
     with pytest.raises(FileNotFoundError, match="tokshift pack"):
         ShardReader(tmp_path / "none.lmdb").video_ids  # noqa: B018
     foreign = tmp_path / "foreign.lmdb"
@@ -98,6 +113,8 @@ def test_clear_errors_for_missing_partial_and_foreign_files(tmp_path: Path) -> N
 
 
 def test_two_readers_of_one_shard_share_the_environment(tmp_path: Path) -> None:
+    from tokshift.data.store import ShardReader
+
     path = tmp_path / "s.lmdb"
     data = _write(path, {"a": 2})
     r1, r2 = ShardReader(path), ShardReader(path)
@@ -112,6 +129,8 @@ def _child_read(reader: ShardReader, queue: mp.Queue) -> None:
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_reader_pickles_and_reopens_in_child_processes(tmp_path: Path, method: str) -> None:
+    from tokshift.data.store import ShardReader
+
     path = tmp_path / "s.lmdb"
     data = _write(path, {"v": 3})
     reader = ShardReader(path)
@@ -165,6 +184,8 @@ def _sha1s(frames: list[bytes]) -> list[str]:
 
 
 def test_a_sealed_shard_records_its_size_and_contents(tmp_path: Path) -> None:
+    from tokshift.data.store import ShardReader, seal_path
+
     path = tmp_path / "s.lmdb"
     _write(path, {"a": 3, "b": 2})
     seal = json.loads(seal_path(path).read_text())
@@ -205,6 +226,8 @@ def test_truncated_shard_raises_instead_of_sigbus(tmp_path: Path, keep: float) -
 
 
 def test_unsealed_v1_shard_is_refused_with_how_to_repack(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tokshift.data.store import ShardCorruptError, ShardReader, seal_path
+
     path = tmp_path / "frames" / "old.lmdb"
     _write(path, {"a": 2})
     seal_path(path).unlink()
@@ -216,6 +239,8 @@ def test_unsealed_v1_shard_is_refused_with_how_to_repack(tmp_path: Path, monkeyp
 
 
 def test_a_flipped_byte_in_a_frame_fails_its_checksum(tmp_path: Path) -> None:
+    from tokshift.data.store import ShardCorruptError, ShardReader
+
     path = tmp_path / "s.lmdb"
     data = _write(path, {"a": 3})
     blob = bytearray(path.read_bytes())

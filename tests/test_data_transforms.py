@@ -4,22 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
 from tests.data_helpers import encode
-from tokshift.data.datasets import EvalViewDataset, eval_views_from_frames
 from tokshift.data.decode import decode_video
 from tokshift.data.sampling import crop_offsets
-from tokshift.data.transforms import RESIZE_METHODS, resize_short_side
 
 SOURCES = {"landscape": (256, 340), "portrait": (340, 256), "vga": (360, 480), "small": (48, 64)}  # (h, w)
 
 
 def textured_frames(n: int, h: int, w: int, seed: int) -> np.ndarray:
     """Smooth random colour fields upscaled from a coarse grid, plus fine grain that aliases when shrunk."""
+    import cv2
+
     rng = np.random.default_rng(seed)
     out = np.empty((n, h, w, 3), np.uint8)
     for t in range(n):
@@ -59,6 +58,8 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 def test_bicubic_matches_pillow_bicubic_on_decoded_frames(
     decoded: dict[str, np.ndarray], source: str, short: int
 ) -> None:
+    from tokshift.data.transforms import resize_short_side
+
     for frame in decoded[source]:
         ref = pillow_short_side(frame, short)
         ours = resize_short_side(frame, short, "bicubic")
@@ -67,6 +68,10 @@ def test_bicubic_matches_pillow_bicubic_on_decoded_frames(
 
 
 def test_linear_is_unchanged_and_differs_from_pillow_where_antialiasing_matters(decoded: dict[str, np.ndarray]) -> None:
+    import cv2
+
+    from tokshift.data.transforms import resize_short_side
+
     frame = decoded["vga"][0]
     linear = resize_short_side(frame, 64)
     assert np.array_equal(linear, cv2.resize(frame, (85, 64), interpolation=cv2.INTER_LINEAR))
@@ -77,12 +82,17 @@ def test_linear_is_unchanged_and_differs_from_pillow_where_antialiasing_matters(
 
 
 def test_a_frame_already_at_the_crop_size_is_returned_as_it_is(decoded: dict[str, np.ndarray]) -> None:
+    from tokshift.data.transforms import RESIZE_METHODS, resize_short_side
+
     frame = decoded["landscape"][0]
     for method in RESIZE_METHODS:
         assert resize_short_side(frame, 256, method) is frame
 
 
 def test_an_unknown_resize_is_rejected_by_name(decoded: dict[str, np.ndarray], tmp_path: Path) -> None:
+    from tokshift.data.datasets import EvalViewDataset, eval_views_from_frames
+    from tokshift.data.transforms import resize_short_side
+
     frame = decoded["small"][0]
     with pytest.raises(ValueError, match="'area'.*linear, bicubic"):
         resize_short_side(frame, 32, "area")
@@ -93,6 +103,8 @@ def test_an_unknown_resize_is_rejected_by_name(decoded: dict[str, np.ndarray], t
 
 
 def test_bicubic_views_are_crops_of_the_pillow_resized_frames(decoded: dict[str, np.ndarray]) -> None:
+    from tokshift.data.datasets import eval_views_from_frames
+
     frames = decoded["portrait"]
     views = eval_views_from_frames(frames, 2, 1, 64, num_clips=1, num_crops=3, resize="bicubic").numpy()
     assert views.shape == (3, 2, 3, 64, 64)
