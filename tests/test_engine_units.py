@@ -6,21 +6,7 @@ import math
 import warnings
 
 import pytest
-import torch
-import torch.nn.functional as F
 
-from tokshift.engine.checkpoint import (
-    CheckpointError,
-    find_resume,
-    list_resume,
-    load_verified,
-    save_resume,
-)
-from tokshift.engine.distributed import detect_launch
-from tokshift.engine.evaluate import ViewLayout, predictions_csv, record_from_logits, summarize
-from tokshift.engine.metrics import fuse_logits, fuse_softmax, label_smoothing_loss, mean_class_accuracy
-from tokshift.engine.runtime import parse_overrides
-from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
 from tokshift.fileio import sha256_file
 from tokshift.zoo import get_config
@@ -29,11 +15,15 @@ from tokshift.zoo import get_config
 
 
 def test_single_process_without_launcher_variables() -> None:
+    from tokshift.engine.distributed import detect_launch
+
     env = detect_launch({"PATH": "/bin"})
     assert (env.rank, env.world_size, env.source) == (0, 1, "single")
 
 
 def test_torchrun_variables_win_over_slurm() -> None:
+    from tokshift.engine.distributed import detect_launch
+
     env = detect_launch(
         {
             "RANK": "3",
@@ -56,6 +46,8 @@ def test_torchrun_variables_win_over_slurm() -> None:
 
 
 def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
+    from tokshift.engine.distributed import detect_launch
+
     env = detect_launch(
         {
             "SLURM_PROCID": "5",
@@ -70,6 +62,8 @@ def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
 
 
 def test_srun_without_launch_address_takes_first_host_of_nodelist() -> None:
+    from tokshift.engine.distributed import detect_launch
+
     env = detect_launch(
         {
             "SLURM_PROCID": "0",
@@ -83,6 +77,8 @@ def test_srun_without_launch_address_takes_first_host_of_nodelist() -> None:
 
 
 def test_batch_script_of_a_multi_task_job_is_a_single_process() -> None:
+    from tokshift.engine.distributed import detect_launch
+
     # sbatch --ntasks=4 sets SLURM_NTASKS in the batch script, which is no srun step: do not wait for peers.
     env = detect_launch({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_JOB_ID": "9"})
     assert env.world_size == 1
@@ -92,6 +88,10 @@ def test_batch_script_of_a_multi_task_job_is_a_single_process() -> None:
 
 
 def test_resume_picks_newest_valid_and_skips_corrupt_with_warning(tmp_path) -> None:
+    import torch
+
+    from tokshift.engine.checkpoint import find_resume, list_resume, save_resume
+
     save_resume({"v": torch.tensor([1.0])}, tmp_path, epoch=1, step=10, keep=5)
     newest = save_resume({"v": torch.tensor([2.0])}, tmp_path, epoch=2, step=20, keep=5)
     assert list_resume(tmp_path)[0] == newest
@@ -106,6 +106,8 @@ def test_resume_picks_newest_valid_and_skips_corrupt_with_warning(tmp_path) -> N
 
 
 def test_unsealed_or_truncated_checkpoints_are_skipped(tmp_path) -> None:
+    from tokshift.engine.checkpoint import CheckpointError, find_resume, load_verified, save_resume
+
     good = save_resume({"v": 1}, tmp_path, epoch=1, step=1, keep=5)
     partial = save_resume({"v": 2}, tmp_path, epoch=1, step=2, keep=5)
     partial.with_name(partial.name + ".sha256").unlink()  # crash between the file and its seal
@@ -122,6 +124,8 @@ def test_unsealed_or_truncated_checkpoints_are_skipped(tmp_path) -> None:
 
 
 def test_save_keeps_only_the_newest(tmp_path) -> None:
+    from tokshift.engine.checkpoint import list_resume, save_resume
+
     for s in range(1, 5):
         save_resume({"s": s}, tmp_path, epoch=0, step=s, keep=2)
     assert [p.name for p in list_resume(tmp_path)] == ["ckpt-e0000-s000000004.pt", "ckpt-e0000-s000000003.pt"]
@@ -129,6 +133,8 @@ def test_save_keeps_only_the_newest(tmp_path) -> None:
 
 
 def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
+    from tokshift.engine.checkpoint import find_resume, save_resume
+
     save_resume({"fingerprint": {"seed": 1}}, tmp_path, epoch=0, step=1)
     with pytest.warns(RuntimeWarning, match="other seed"):
         assert find_resume(tmp_path, accept=lambda s: "other seed" if s["fingerprint"]["seed"] != 0 else None) is None
@@ -138,6 +144,8 @@ def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
 
 
 def test_two_ranks_split_exactly_the_batches_of_one_rank() -> None:
+    from tokshift.engine.sampler import ResumableBatchSampler
+
     one = ResumableBatchSampler(50, batch_size=8, world_size=1, seed=3)
     r0 = ResumableBatchSampler(50, batch_size=4, world_size=2, rank=0, seed=3)
     r1 = ResumableBatchSampler(50, batch_size=4, world_size=2, rank=1, seed=3)
@@ -150,6 +158,8 @@ def test_two_ranks_split_exactly_the_batches_of_one_rank() -> None:
 
 
 def test_epochs_differ_and_resume_skips_consumed_batches() -> None:
+    from tokshift.engine.sampler import ResumableBatchSampler
+
     s = ResumableBatchSampler(40, batch_size=4, seed=0)
     s.set_epoch(0)
     e0 = list(s)
@@ -161,6 +171,8 @@ def test_epochs_differ_and_resume_skips_consumed_batches() -> None:
 
 
 def test_sampler_rejects_dataset_smaller_than_a_global_batch() -> None:
+    from tokshift.engine.sampler import ResumableBatchSampler
+
     with pytest.raises(ValueError, match="fewer than one global batch"):
         ResumableBatchSampler(5, batch_size=4, world_size=2)
 
@@ -196,6 +208,11 @@ def test_onecycle_warms_up_then_anneals_to_zero() -> None:
 
 
 def test_cross_entropy_label_smoothing_equals_reference_formula() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from tokshift.engine.metrics import label_smoothing_loss
+
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(16, 400, generator=g) * 3
     target = torch.randint(0, 400, (16,), generator=g)
@@ -205,12 +222,18 @@ def test_cross_entropy_label_smoothing_equals_reference_formula() -> None:
 
 
 def test_fusions_average_logits_and_probabilities() -> None:
+    import torch
+
+    from tokshift.engine.metrics import fuse_logits, fuse_softmax
+
     v = torch.tensor([[4.0, 0.0, 0.0], [0.0, 1.0, 0.9]])
     assert torch.allclose(fuse_logits(v), torch.tensor([2.0, 0.5, 0.45]))
     assert torch.allclose(fuse_softmax(v), (v.softmax(-1)[0] + v.softmax(-1)[1]) / 2)
 
 
 def test_view_subsets_follow_clip_major_layout() -> None:
+    from tokshift.engine.evaluate import ViewLayout
+
     lay = ViewLayout(10, 3)
     assert lay.one_view() == [16]
     assert lay.crops_of_centre_clip() == [15, 16, 17]
@@ -218,6 +241,10 @@ def test_view_subsets_follow_clip_major_layout() -> None:
 
 
 def test_records_and_summary_metrics() -> None:
+    import torch
+
+    from tokshift.engine.evaluate import ViewLayout, predictions_csv, record_from_logits, summarize
+
     lay = ViewLayout(2, 3)
     good = torch.zeros(6, 4)
     good[:, 1] = 5.0
@@ -233,10 +260,14 @@ def test_records_and_summary_metrics() -> None:
 
 
 def test_mean_class_accuracy_weights_classes_equally() -> None:
+    from tokshift.engine.metrics import mean_class_accuracy
+
     assert mean_class_accuracy([0, 0, 0, 1], [0, 0, 0, 0]) == pytest.approx(50.0)
 
 
 def test_overrides_parse_yaml_scalars_and_reject_garbage() -> None:
+    from tokshift.engine.runtime import parse_overrides
+
     assert parse_overrides(["epochs=2", "lr=0.01", "pretrained=null", "lr_milestones=[1, 2]"]) == {
         "epochs": 2,
         "lr": 0.01,

@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-import torch
 
 from tokshift.fileio import (
     atomic_path,
@@ -46,6 +45,8 @@ def test_failed_block_keeps_old_file_and_removes_temporary(tmp_path) -> None:
 
 
 def test_torch_save_digest_is_sha256_of_the_file(tmp_path) -> None:
+    import torch
+
     path = tmp_path / "ckpt.pt"
     state = {"w": torch.arange(1000, dtype=torch.float32), "step": 7}
     digest = atomic_torch_save(state, path)
