@@ -8,11 +8,9 @@ import json
 import math
 from pathlib import Path
 
-import pandas as pd
 import pytest
 from PIL import Image
 
-from tokshift.flops import zoo_row
 from tokshift.results import COLUMNS, MissingResultError, ResultsError, collect, write_outputs
 from tokshift.results import commands as results_commands
 
@@ -95,6 +93,10 @@ def _collect(files: dict[str, list[Path]], dataset: str = "demo"):
 
 
 def test_collect_values_and_outputs(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tokshift.flops import zoo_row
+
     files = _populate(tmp_path, "demo")
     files["summaries"].reverse()  # matched by the model name inside, not by position
     files["checkpoints"].reverse()
@@ -150,6 +152,8 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
 
 
 def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
+    import pandas as pd
+
     sha = "ab" * 32
     m, t = tmp_path / "m.json", tmp_path / "t.json"
     _write(m, _metrics(K400, 76.905, 19790, 6, sha))
@@ -259,6 +263,8 @@ def _collect_args(files: dict[str, list[Path]], out: Path) -> list[str]:
 
 
 def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
     files = _populate(tmp_path, "demo", pack=False)
     parser = argparse.ArgumentParser()
     results_commands.register(parser.add_subparsers(dest="command"))

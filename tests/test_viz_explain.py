@@ -5,24 +5,30 @@ and the figure has one panel per frame and pass."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 
 from tokshift.data.demo import encode_h264, render_clip
-from tokshift.engine.loading import TrainedModel
-from tokshift.engine.runtime import set_fused_attention
-from tokshift.models import build_model, shift_disabled
-from tokshift.viz.explain import explain, explain_view
-from tokshift.viz.explain_figure import FRAME_GID, render_explanation, save_explanation
 from tokshift.zoo import get_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from tokshift.engine.loading import TrainedModel
+
 
 CLASSES = ["brighten", "darken", "disc_grow", "disc_shrink"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _trained(name: str, seed: int = 0) -> TrainedModel:
+    import torch
+
+    from tokshift.engine.loading import TrainedModel
+    from tokshift.models import build_model
+
     torch.manual_seed(seed)
     cfg = get_config(name)
     model = build_model(cfg.model_dict()).eval()
@@ -32,6 +38,8 @@ def _trained(name: str, seed: int = 0) -> TrainedModel:
 
 
 def _clip(seed: int = 3) -> torch.Tensor:
+    import torch
+
     frames = render_clip("disc_grow", np.random.default_rng(seed), frames=8, size=64)
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
@@ -43,6 +51,10 @@ def _video(view: torch.Tensor) -> torch.Tensor:
 
 
 def test_frame_logits_average_to_the_models_video_logit_and_hooks_change_nothing() -> None:
+    import torch
+
+    from tokshift.viz.explain import explain_view
+
     trained = _trained("demo_tokshift")
     view = _clip()
     with torch.no_grad():
@@ -61,6 +73,11 @@ def test_frame_logits_average_to_the_models_video_logit_and_hooks_change_nothing
 
 def test_last_block_attention_is_what_timm_computes() -> None:
     """The recomputed map equals the softmax timm's own (non-fused) attention path passes to its dropout."""
+    import torch
+
+    from tokshift.engine.runtime import set_fused_attention
+    from tokshift.viz.explain import explain_view
+
     trained = _trained("demo_vit")
     view = _clip()
     e = explain_view(trained, view, "clip", method="last")
@@ -78,6 +95,8 @@ def test_last_block_attention_is_what_timm_computes() -> None:
 
 
 def test_rollout_maps_are_distributions_that_differ_from_the_last_block() -> None:
+    from tokshift.viz.explain import explain_view
+
     trained = _trained("demo_vit")
     view = _clip()
     rollout = explain_view(trained, view, "clip", method="rollout").shift_on.attention
@@ -90,6 +109,11 @@ def test_rollout_maps_are_distributions_that_differ_from_the_last_block() -> Non
 
 
 def test_shift_off_is_the_per_frame_vit_with_the_same_weights() -> None:
+    import torch
+
+    from tokshift.models import build_model, shift_disabled
+    from tokshift.viz.explain import explain_view
+
     tokshift = _trained("demo_tokshift")
     vit = build_model(get_config("demo_vit").model_dict()).eval()
     vit.load_state_dict(tokshift.model.state_dict())
@@ -110,6 +134,9 @@ def test_shift_off_is_the_per_frame_vit_with_the_same_weights() -> None:
 
 
 def test_figure_has_one_panel_per_frame_and_pass(tmp_path: Path) -> None:
+    from tokshift.viz.explain import explain_view
+    from tokshift.viz.explain_figure import FRAME_GID, render_explanation, save_explanation
+
     for name, rows in (("demo_tokshift", 2), ("demo_vit", 1)):
         e = explain_view(_trained(name), _clip(), "videos/val/disc_grow_0003.mp4", label="disc_grow")
         fig = render_explanation(e)
@@ -121,6 +148,8 @@ def test_figure_has_one_panel_per_frame_and_pass(tmp_path: Path) -> None:
 
 
 def test_explain_a_video_file_and_an_array(tmp_path: Path) -> None:
+    from tokshift.viz.explain import explain
+
     rng = np.random.default_rng(5)
     frames = render_clip("brighten", rng, frames=24, size=64)
     video = tmp_path / "brighten.mp4"
@@ -137,6 +166,8 @@ def test_explain_a_video_file_and_an_array(tmp_path: Path) -> None:
 
 
 def test_explain_command_writes_the_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
     from tokshift.cli import main
 
     trained = _trained("demo_tokshift")

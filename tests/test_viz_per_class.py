@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from tokshift.cli import main
@@ -41,6 +40,8 @@ def _write(path: Path) -> Path:
 
 
 def test_per_class_numbers_match_a_hand_count(tmp_path: Path) -> None:
+    import pandas as pd
+
     pred = read_predictions(_write(tmp_path / "predictions.csv"))
     assert len(pred) == 8  # c2 failed
     table = per_class_table(pred, CLASSES).set_index("class")
@@ -77,6 +78,8 @@ def test_pick_takes_the_extremes_of_the_right_and_the_most_confident_errors(tmp_
 
 
 def test_per_class_command_writes_table_and_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import pandas as pd
+
     predictions = _write(tmp_path / "predictions.csv")
     classes = tmp_path / "classes.txt"
     classes.write_text("\n".join(CLASSES) + "\n")
