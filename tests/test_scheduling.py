@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 import yaml
-from snakemake.utils import validate
 
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
@@ -27,6 +26,8 @@ STEP = '"${TOKSHIFT_JOB_STEP:?is set by the workflow to its slurm/job-step.sh}"'
 
 def make_config(**resources: Any) -> dict[str, Any]:
     """config.yaml with `resources.<key>` entries updated, validated with defaults applied."""
+    from snakemake.utils import validate
+
     cfg = copy.deepcopy(BASE)
     for key, value in resources.items():
         if isinstance(value, dict):
@@ -195,6 +196,8 @@ def test_train_override_args_quote_json_values() -> None:
 
 def test_defaults_come_from_the_schema_alone() -> None:
     """A config that sets none of `frames` / `resources` gets exactly the schema's defaults."""
+    from snakemake.utils import validate
+
     cfg = {"dataset": "demo", "datasets": {"demo": {"kind": "demo", "zoo": "demo", "root": "d"}}, "models": "all"}
     validate(cfg, str(SCHEMA_PATH))
     assert settings.frames_settings(cfg) == {

@@ -16,13 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import snakemake.cli
-import snakemake_executor_plugin_slurm
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
-from snakemake.utils import validate
 
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
@@ -50,12 +47,16 @@ def snakemake_options() -> set[str]:
 
     argparse has no public list of its options; `_actions` is what it parses with.
     """
+    import snakemake.cli
+
     parser = snakemake.cli.get_argument_parser()
     return {opt for action in parser._actions for opt in action.option_strings}
 
 
 def plugin_settings() -> set[str]:
     """The installed SLURM plugin's settings, as profile keys (`slurm-` + field name with dashes)."""
+    import snakemake_executor_plugin_slurm
+
     fields = dataclasses.fields(snakemake_executor_plugin_slurm.ExecutorSettings)
     return {PLUGIN_PREFIX + f.name.replace("_", "-") for f in fields}
 
@@ -127,6 +128,8 @@ def test_the_setting_the_profile_suggests_in_a_comment_exists(options: set[str])
 
 def test_snakemake_reads_every_plugin_setting_of_the_profile() -> None:
     """Snakemake's own parser, given the profile folder, hands each `slurm-` value to the plugin."""
+    import snakemake.cli
+
     args = snakemake.cli.get_argument_parser(profiles=[str(PROFILE)]).parse_args([])
     cfg = profile()
     assert args.executor == cfg["executor"]
@@ -137,6 +140,8 @@ def test_snakemake_reads_every_plugin_setting_of_the_profile() -> None:
 
 
 def test_snakemake_rejects_a_profile_with_an_unknown_setting(tmp_path: Path) -> None:
+    import snakemake.cli
+
     folder = tmp_path / "slurm"
     folder.mkdir()
     (folder / "config.yaml").write_text(yaml.safe_dump({**profile(), "slurm-no-such-setting": 1}))
@@ -154,6 +159,8 @@ def test_default_resources_are_known_resources() -> None:
 
 def test_every_resource_a_job_asks_for_is_read_by_the_plugin() -> None:
     """Keys of the train/evaluate/pack jobs of every selected model, partition, account and QoS set."""
+    from snakemake.utils import validate
+
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     validate(cfg, str(SCHEMA_PATH))
     env = {var: "x" for _, _, var in scheduling.ACCOUNT_SETTINGS}

@@ -17,10 +17,6 @@ from typing import Any
 
 import pytest
 import yaml
-from snakemake.iocontainers import ResourceList
-from snakemake.utils import validate
-from snakemake_executor_plugin_slurm.submit_string import get_submit_command
-from snakemake_executor_plugin_slurm.utils import set_gres_string
 
 from tests.workflow_helpers import repo_config
 from tokshift.workflow import scheduling
@@ -30,6 +26,8 @@ HEAD = "sbatch --parsable --job-name RUN --output logs/slurm/%j.log --export=ALL
 
 
 def make_config(rule: str, job: dict[str, Any], **site: Any) -> dict[str, Any]:
+    from snakemake.utils import validate
+
     cfg = repo_config()
     cfg["resources"][rule].update(job)
     cfg["resources"].update(site)
@@ -39,6 +37,10 @@ def make_config(rule: str, job: dict[str, Any], **site: Any) -> dict[str, Any]:
 
 def render(resources: dict[str, Any], threads: int) -> str:
     """The plugin's sbatch line for a job with these resources (None = unset, as in Snakemake)."""
+    from snakemake.iocontainers import ResourceList
+    from snakemake_executor_plugin_slurm.submit_string import get_submit_command
+    from snakemake_executor_plugin_slurm.utils import set_gres_string
+
     res = {k: v for k, v in resources.items() if v is not None}
     job = SimpleNamespace(resources=ResourceList(fromdict=res), threads=threads)
     account = f" -A {shlex.quote(res['slurm_account'])}" if "slurm_account" in res else ""
@@ -196,6 +198,8 @@ def test_bookkeeping_steps_carry_the_site_settings_when_submitted() -> None:
 
 
 def test_gpu_model_with_a_bad_name_is_rejected_by_the_schema() -> None:
+    from snakemake.utils import validate
+
     cfg = repo_config()
     cfg["resources"]["gpu_model"] = "a100:2"
     with pytest.raises(Exception, match="gpu_model|does not match"):
@@ -203,6 +207,8 @@ def test_gpu_model_with_a_bad_name_is_rejected_by_the_schema() -> None:
 
 
 def test_local_rules_default_names_download_and_bookkeeping_steps() -> None:
+    from snakemake.utils import validate
+
     cfg = yaml.safe_load(yaml.safe_dump(repo_config()))
     validate(cfg, str(SCHEMA_PATH))
     local = set(cfg["resources"]["local_rules"])
