@@ -122,12 +122,13 @@ def _print_warning(
 def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
     """`tokshift ARGS` in this process, answered like `run_cli`: exit code, stdout, stderr.
 
-    For tests whose subject is not a process boundary: no interpreter start, no torch import.
-    Log lines land in the returned stderr as they would in a fresh process (the "tokshift"
+    For tests whose subject is not a process boundary: no interpreter start and no library
+    imports per run. Log lines land in the returned stderr as in a fresh process: the "tokshift"
     logger gets its handler from the command itself, bound to the redirected stderr; records
     that reach the root logger go to what `logging.basicConfig` or the last-resort handler
-    write to, also stderr; so do Python warnings). Afterwards the loggers, torch's thread count and random states,
-    signal handlers, environment, working directory and faulthandler are as they were.
+    write to, also stderr; so do Python warnings. Afterwards the loggers, torch's thread count
+    and random states, signal handlers, environment, working directory and faulthandler are as
+    they were, and the frame shards the command opened are closed.
     """
     import contextlib
     import faulthandler
@@ -144,6 +145,7 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
 
     import tokshift.engine.predict as predict_module
     from tokshift.cli import main
+    from tokshift.data import store
 
     out, err = io.StringIO(), io.StringIO()
     loggers = [logging.getLogger(), logging.getLogger("tokshift")]
@@ -155,6 +157,7 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     saved_signals = {s: signal.getsignal(s) for s in signal.valid_signals()}
     saved_signals = {s: h for s, h in saved_signals.items() if h is not None}
     had_faulthandler = faulthandler.is_enabled()
+    saved_shards = set(store._ENVS)
     # predict_videos binds its default streams when its module is imported: hand it these.
     real_predict = predict_module.predict_videos
     code: int
@@ -190,6 +193,10 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
                     for h in lg.handlers:
                         h.flush()
     finally:
+        # Shards the command opened stay mapped until its process ends: close them as that would.
+        with store._ENVS_LOCK:
+            for key in set(store._ENVS) - saved_shards:
+                store._ENVS.pop(key)[1].close()
         predict_module.predict_videos = real_predict
         if not had_faulthandler:
             faulthandler.disable()
