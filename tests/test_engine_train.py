@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -125,18 +124,6 @@ def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Pat
     assert not rises, (rises, losses)
 
 
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 300) -> None:
-    live = out / "resume" / "metrics.jsonl"
-    t0 = time.time()
-    while time.time() - t0 < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early: {proc.communicate()[1][-2000:]}")
-        if any(r.get("kind") == "step" and r["step"] >= step for r in read_jsonl(live)):
-            return
-        time.sleep(0.05)
-    raise AssertionError("training made no progress")
-
-
 @pytest.mark.parametrize(
     "signum, at_step, corrupt_newest",
     [
@@ -165,9 +152,10 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
 
     out = tmp_path / "run"
     args = tokshift_cmd(*base, "--out-dir", str(out))
-    proc = subprocess.Popen(args, env=cli_env(1), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_step(out, at_step, proc)
-    proc.send_signal(signum)
+    # The process signals itself right after optimizer step `at_step` (TOKSHIFT_SIGNAL_AT_STEP):
+    # the signal lands mid-epoch however fast the machine is.
+    env = {**cli_env(1), "TOKSHIFT_SIGNAL_AT_STEP": f"{at_step}:{signal.Signals(signum).name}"}
+    proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
     assert f"received {signal.Signals(signum).name}" in err
@@ -175,6 +163,7 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
     saved = list_resume(out / "resume")
     assert saved, "no resume checkpoint after the signal"
     state = _load(saved[0])
+    assert state["step"] == at_step + 1, "the stop comes at the optimizer step after the signal"
     assert 0 < state["batch_in_epoch"] < 8, "signal was not handled mid-epoch"
     expect = saved[0]
     if corrupt_newest:
@@ -376,22 +365,13 @@ def test_retrain_keeps_the_finished_model_until_its_replacement_is_written(
     for name in ("model.pt", "metrics.jsonl", "train_summary.json"):  # Snakemake, before the job
         (out / name).unlink()
     retrain = [*base, "--seed", "1"]  # other weights, so that the replacement can be told apart
-    proc = subprocess.Popen(
-        tokshift_cmd(*retrain), env=cli_env(1), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if " step 2 loss " in line:
-            break
-    else:
-        raise AssertionError("retrain made no progress:\n" + "".join(seen[-30:]))
-    log_text = "".join(seen)
-    assert f"the finished model in {kept} stays until this run ends" in log_text
-    assert "resumed from" not in log_text  # from scratch
-    proc.send_signal(signal.SIGBUS)
-    err = log_text + proc.communicate(timeout=120)[1]
+    # The retrain dies of SIGBUS right after its optimizer step 2 of 4 (TOKSHIFT_SIGNAL_AT_STEP).
+    env = {**cli_env(1), "TOKSHIFT_SIGNAL_AT_STEP": "2:SIGBUS"}
+    proc = subprocess.run(tokshift_cmd(*retrain), env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    err = proc.stderr
+    assert " step 2 loss " in err and " step 3 loss " not in err, err[-3000:]
+    assert f"the finished model in {kept} stays until this run ends" in err
+    assert "resumed from" not in err  # from scratch
     assert proc.returncode == -signal.SIGBUS
     assert "Fatal Python error: Bus error" in err and 'File "' in err, err[-3000:]
     assert sha256_file(kept / "model.pt") == old_sha and not (out / "model.pt").exists()

@@ -277,3 +277,24 @@ def test_overrides_parse_yaml_scalars_and_reject_garbage() -> None:
     with pytest.raises(ValueError, match="key=value"):
         parse_overrides(["epochs"])
     assert math.isclose(parse_overrides(["x=1e-3"])["x"], 1e-3)
+
+
+@pytest.mark.parametrize(
+    "value, expect",
+    [("", None), ("200", (200, "SIGUSR1")), ("3:term", (3, "SIGTERM")), ("2:SIGBUS", (2, "SIGBUS"))],
+)
+def test_signal_at_step_reads_the_step_and_the_signal(value: str, expect: tuple[int, str] | None) -> None:
+    import signal
+
+    from tokshift.engine.runtime import scheduled_signal
+
+    got = scheduled_signal({"TOKSHIFT_SIGNAL_AT_STEP": value})
+    assert (got and (got[0], signal.Signals(got[1]).name)) == expect
+
+
+@pytest.mark.parametrize("value", ["x", "0", "-3", "3:NOPE", "3:SIG_DFL"])
+def test_signal_at_step_rejects_a_bad_value_naming_the_variable(value: str) -> None:
+    from tokshift.engine.runtime import scheduled_signal
+
+    with pytest.raises(ValueError, match=r"TOKSHIFT_SIGNAL_AT_STEP=.*STEP\[:SIGNAL\].*unset it"):
+        scheduled_signal({"TOKSHIFT_SIGNAL_AT_STEP": value})

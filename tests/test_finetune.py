@@ -7,7 +7,6 @@ import glob
 import json
 import re
 import shlex
-import signal
 import subprocess
 from pathlib import Path
 
@@ -125,23 +124,17 @@ def test_resume_from_another_start_is_not_continued(
 
     out = tmp_path / "ft"
     extra = ("--log-every", "1", "--checkpoint-minutes", "1000")
-    proc = subprocess.Popen(
+    # SIGUSR1 right after optimizer step 1 of 3 (TOKSHIFT_SIGNAL_AT_STEP): preempted mid-epoch.
+    proc = subprocess.run(
         tokshift_cmd(*finetune_args(three_class_shard, out, trained_demo.checkpoint, *extra)),
-        env=cli_env(1),
+        env={**cli_env(1), "TOKSHIFT_SIGNAL_AT_STEP": "1"},
         cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         text=True,
+        timeout=300,
     )
-    assert proc.stderr is not None
-    seen = []
-    for line in proc.stderr:
-        seen.append(line)
-        if " step 1 loss " in line:
-            proc.send_signal(signal.SIGUSR1)
-            break
-    seen.append(proc.communicate(timeout=300)[1])
-    assert proc.returncode == EXIT_PREEMPTED, "".join(seen)[-3000:]  # preempted, resume checkpoint written
+    assert proc.returncode == EXIT_PREEMPTED, proc.stderr[-3000:]  # preempted, resume checkpoint written
+    assert "received SIGUSR1" in proc.stderr
     assert list((out / "resume").glob("*.pt")), "no resume checkpoint"
 
     other = tmp_path / "other.pt"

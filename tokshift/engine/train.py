@@ -484,7 +484,6 @@ class _Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
                 self.batch_in_epoch = i + 1
-                self.stop.after_step(self.step)
                 self.epoch_stats += stats
                 log_window += stats
                 if self.step % max(1, opts.log_every) == 0 or self.batch_in_epoch == nb:
@@ -517,6 +516,7 @@ class _Trainer:
                         )
                     log_window.zero_()
                     t_window = time.perf_counter()
+                self.stop.after_step(self.step)  # TOKSHIFT_SIGNAL_AT_STEP, once the step is logged
                 if stop_now:
                     self._save_resume(t_start)
                     log.warning(
