@@ -6,15 +6,16 @@ never by editing the profile. What each job asked for is read back from sacct, a
 must match the demo run of the same workflow on this machine without SLURM (conftest's
 `demo_run`).
 
-Then three retrainings start at once, each in its own copy of the finished tree:
+Then four runs start at once, three of them in their own copies of the finished tree:
 - one model on two nodes (one rank per node), signalled with SIGUSR1 once its first epoch is
   logged, as SLURM signals a job ahead of its time limit: both ranks save a resume checkpoint
   and exit non-zero, Snakemake resubmits the job, and it finishes with the optimizer steps of
   an uninterrupted training. The signal comes at a chosen epoch, so the outcome does not depend
-  on how fast the machine is (that SLURM's own early warning, `--signal=USR1@N`, reaches a job
-  step is test_slurm_signal.py's subject);
+  on how fast the machine is;
 - one model with two ranks on two nodes and with two ranks on one node: sacct shows where
-  each ran, and both give the same model.
+  each ran, and both give the same model;
+- a stand-in program under a real 2-minute limit (tests/slurm/signal_standin.py): SLURM's own
+  early warning, `--signal=USR1@N`, reaches it in its job step.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import pytest
 import yaml
 
 from tests.slurm.cluster import Cluster, SacctJob, sacct_steps, snakemake_slurm, unique_prefix, wait_until_recorded
+from tests.slurm.signal_standin import run_standin
 from tests.workflow_helpers import DemoRun, copy_workflow
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -214,14 +216,20 @@ def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
 
 @pytest.fixture(scope="module")
 def retrain_runs(slurm_run: dict, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The preempted training and both rank layouts, submitted at once (each from its own copy)."""
-    with ThreadPoolExecutor(3) as pool:
+    """The preempted training, both rank layouts (each from its own copy of the finished tree)
+    and the stand-in under a time limit, submitted at once."""
+    with ThreadPoolExecutor(4) as pool:
+        standin = pool.submit(run_standin, tmp_path_factory.mktemp("standin"))
         preempted = pool.submit(_preempted_run, slurm_run, tmp_path_factory.mktemp("preempted"))
         spread = {
             name: pool.submit(_spread_run, slurm_run, tmp_path_factory.mktemp(name), layout)
             for name, layout in RANK_LAYOUTS.items()
         }
-        return {"preempted": preempted.result(), **{name: f.result() for name, f in spread.items()}}
+        return {
+            "preempted": preempted.result(),
+            "standin": standin.result(),
+            **{name: f.result() for name, f in spread.items()},
+        }
 
 
 def test_zoo_table_matches_the_local_run(slurm_run: dict, demo_run: DemoRun) -> None:
@@ -291,6 +299,29 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
         for j in rules[rule]:
             assert (j.gpus, j.cpus) == (want["gpus"], want["gpus"] * want["cpus_per_gpu"]), j
             assert (j.mem_mb, j.timelimit_minutes, j.nnodes) == (want["mem_mb"], want["runtime"], 1), j
+
+
+def test_signal_ahead_of_the_time_limit_then_resubmitted(retrain_runs: dict) -> None:
+    """SLURM's own early warning (`--signal=USR1@30` under a 2-minute limit) reaches a stand-in
+    in its job step, which saves its state and exits 75; the resubmitted job resumes."""
+    tmp_path, prefix = retrain_runs["standin"]
+    for name, ranks in (("plain", 1), ("torchrun", 2)):
+        for r in range(ranks):
+            st = json.loads((tmp_path / f"out/{name}.rank{r}.state.json").read_text())
+            # SIGUSR1 came ahead of the 2-minute limit, inside a job step (not the batch script).
+            assert st["signal"] == "SIGUSR1", (name, st)
+            assert st["step"] not in (None, "batch"), (name, st)
+            assert (tmp_path / f"out/{name}.rank{r}.done").read_text() == "resumed\n"
+
+    jobs = wait_until_recorded(prefix, 4)
+    for name in ("plain", "torchrun"):
+        attempts = sorted((j for j in jobs if j.rule == name), key=lambda j: int(j.job_id))
+        assert [j.state for j in attempts] == ["FAILED", "COMPLETED"], attempts
+        first = attempts[0]
+        assert first.timelimit_minutes == 2 and first.elapsed_seconds < 120, first
+        step_codes = [s.exit_code for s in sacct_steps(first.job_id) if not s.step_id.endswith((".batch", ".extern"))]
+        # The stand-in exits 75 after saving; torchrun reports its workers' failure as 1.
+        assert step_codes == [75 if name == "plain" else 1], sacct_steps(first.job_id)
 
 
 def test_training_signalled_ahead_of_its_limit_resumes_to_the_same_steps(retrain_runs: dict) -> None:
