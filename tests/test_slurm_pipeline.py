@@ -209,7 +209,9 @@ def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
     """The demo pipeline through SLURM, with the demo's own training recipe."""
     wf = copy_workflow(tmp_path_factory.mktemp("slurm") / "wf")
     cfg = _write_config(wf / "test-resources.yaml", JOB_SIZES)
-    prefix, seconds = _run_slurm(wf, cfg, slurm_cluster)
+    # One job at a time: both test nodes share this machine's cores, and two trainings of two
+    # threads each side by side run many times slower than one after the other (as locally).
+    prefix, seconds = _run_slurm(wf, cfg, slurm_cluster, "--jobs", "1")
     print(f"demo pipeline through SLURM: {seconds:.0f} s")
     return {"wf": wf, "cluster": slurm_cluster, "jobs": _by_rule(wait_until_recorded(prefix, 1))}
 
