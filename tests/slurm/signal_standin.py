@@ -9,6 +9,7 @@ stand-in never finishes by itself before the signal, so the outcome does not dep
 
 from __future__ import annotations
 
+import subprocess
 import textwrap
 from pathlib import Path
 
@@ -39,7 +40,7 @@ WORKER = textwrap.dedent('''
 
 SNAKEFILE = textwrap.dedent("""
     STEP = "{job_step}"
-    SIGNAL = dict(runtime=2, mem_mb=1000, slurm_extra="--signal=USR1@30")
+    SIGNAL = dict(runtime=2, mem_mb=1000, slurm_partition="{partition}", slurm_extra="--signal=USR1@30 {placement}")
 
     rule all:
         input: "out/plain.rank0.done", "out/torchrun.rank0.done", "out/torchrun.rank1.done"
@@ -60,11 +61,12 @@ SNAKEFILE = textwrap.dedent("""
 """)
 
 
-def run_standin(dest: Path) -> tuple[Path, str]:
-    """Run the stand-in workflow in `dest` through the `slurm` profile; returns (dest, job-name prefix)."""
-    (dest / "Snakefile").write_text(SNAKEFILE.format(job_step=PROFILE / "job-step.sh"))
+def run_standin(dest: Path, partition: str, exclude_node: str = "") -> tuple[Path, str, subprocess.CompletedProcess]:
+    """Run the stand-in workflow in `dest` through the `slurm` profile, in `partition` and away from
+    `exclude_node` (so that it can run beside other tests' jobs); returns (dest, job-name prefix, run)."""
+    placement = f"--exclude={exclude_node}" if exclude_node else ""
+    snakefile = SNAKEFILE.format(job_step=PROFILE / "job-step.sh", partition=partition, placement=placement)
+    (dest / "Snakefile").write_text(snakefile)
     (dest / "worker.py").write_text(WORKER)
     prefix = unique_prefix("sig")
-    proc = snakemake_slurm(dest, prefix=prefix, timeout=600)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
-    return dest, prefix
+    return dest, prefix, snakemake_slurm(dest, prefix=prefix, timeout=600)
