@@ -132,7 +132,6 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     """
     import contextlib
     import faulthandler
-    import functools
     import io
     import logging
     import random
@@ -143,7 +142,6 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     import numpy as np
     import torch
 
-    import tokshift.engine.predict as predict_module
     from tokshift.cli import main
     from tokshift.data import store
 
@@ -158,8 +156,6 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
     saved_signals = {s: h for s, h in saved_signals.items() if h is not None}
     had_faulthandler = faulthandler.is_enabled()
     saved_shards = set(store._ENVS)
-    # predict_videos binds its default streams when its module is imported: hand it these.
-    real_predict = predict_module.predict_videos
     code: int
     try:
         for lg in loggers:
@@ -170,7 +166,6 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
         torch.set_num_threads(threads)
         if not had_faulthandler:  # the command enables it on sys.stderr, which has no descriptor here
             faulthandler.enable(file=sys.__stderr__, all_threads=True)
-        predict_module.predict_videos = functools.partial(real_predict, out=out, err=err)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
             # Python's own warning filters, and warnings printed on stderr, as in a fresh interpreter.
             warnings.resetwarnings()
@@ -197,7 +192,6 @@ def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProce
         with store._ENVS_LOCK:
             for key in set(store._ENVS) - saved_shards:
                 store._ENVS.pop(key)[1].close()
-        predict_module.predict_videos = real_predict
         if not had_faulthandler:
             faulthandler.disable()
         for lg, handlers, level, propagate in saved_loggers:

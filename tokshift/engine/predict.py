@@ -82,12 +82,16 @@ def decode_for_views(path: str, size: int, timeout: float, resize: str = "linear
     return np.stack(frames), reader.log
 
 
-def predict_videos(opts: PredictOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
+def predict_videos(opts: PredictOptions, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Print the top classes of each video; unreadable videos are reported and skipped,
     unreliable ones (see `input_warnings`) predicted with a warning on ``err``.
 
-    Returns 0 when every video was predicted, 1 when some could not be read.
+    ``out`` and ``err`` default to the sys.stdout and sys.stderr of the call (not of the import),
+    so a caller that redirects them gets the output. Returns 0 when every video was predicted,
+    1 when some could not be read.
     """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     from tokshift.data.datasets import eval_views_from_frames
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
