@@ -1,6 +1,6 @@
 """Fixtures shared by the test modules, each built once per test session.
 
-The suite has two tiers (README, "Tests"): `python -m pytest` runs every test not marked
+The suite has two tiers (README, "Quick start"): `python -m pytest` runs every test not marked
 `slow` or `slurm` (pyproject's addopts) in minutes; `python -m pytest -m "slow or slurm"`
 runs the end-to-end tier, whose tests share the expensive runs below instead of starting
 their own. Heavy libraries load inside the fixtures, so collecting the suite stays fast.

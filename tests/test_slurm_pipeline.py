@@ -155,12 +155,9 @@ class EpochSignaller(threading.Thread):
         return None
 
     def _epochs_logged(self) -> int:
-        try:
-            lines = self.live_log.read_text().splitlines()
-        except FileNotFoundError:
-            return 0
-        records = [json.loads(x) for x in lines if x.rstrip().endswith("}")]  # a line being written is skipped
-        return max((r["epoch"] for r in records if r.get("kind") == "epoch"), default=0)
+        from tokshift.engine.logbook import read_jsonl  # skips a line still being written
+
+        return max((r["epoch"] for r in read_jsonl(self.live_log) if r.get("kind") == "epoch"), default=0)
 
     def run(self) -> None:
         while not self.stop.wait(0.2):

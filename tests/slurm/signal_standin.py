@@ -40,7 +40,9 @@ WORKER = textwrap.dedent('''
 
 SNAKEFILE = textwrap.dedent("""
     STEP = "{job_step}"
-    SIGNAL = dict(runtime=2, mem_mb=1000, slurm_partition="{partition}", slurm_extra="--signal=USR1@30 {placement}")
+    SIGNAL = dict(
+        runtime=2, mem_mb=1000, slurm_partition="{partition}", slurm_extra="--signal=USR1@30 --exclude={exclude}"
+    )
 
     rule all:
         input: "out/plain.rank0.done", "out/torchrun.rank0.done", "out/torchrun.rank1.done"
@@ -61,11 +63,10 @@ SNAKEFILE = textwrap.dedent("""
 """)
 
 
-def run_standin(dest: Path, partition: str, exclude_node: str = "") -> tuple[Path, str, subprocess.CompletedProcess]:
+def run_standin(dest: Path, partition: str, exclude_node: str) -> tuple[Path, str, subprocess.CompletedProcess]:
     """Run the stand-in workflow in `dest` through the `slurm` profile, in `partition` and away from
     `exclude_node` (so that it can run beside other tests' jobs); returns (dest, job-name prefix, run)."""
-    placement = f"--exclude={exclude_node}" if exclude_node else ""
-    snakefile = SNAKEFILE.format(job_step=PROFILE / "job-step.sh", partition=partition, placement=placement)
+    snakefile = SNAKEFILE.format(job_step=PROFILE / "job-step.sh", partition=partition, exclude=exclude_node)
     (dest / "Snakefile").write_text(snakefile)
     (dest / "worker.py").write_text(WORKER)
     prefix = unique_prefix("sig")
