@@ -66,11 +66,8 @@ RANK_LAYOUTS = {
 
 
 def _write_config(path: Path, resources: dict, train: dict | None = None, evaluate: dict | None = None) -> Path:
-    cfg = {
-        "resources": resources,
-        **({"train": train} if train else {}),
-        **({"evaluate": evaluate} if evaluate else {}),
-    }
+    sections = {"resources": resources, "train": train, "evaluate": evaluate}
+    cfg = {name: section for name, section in sections.items() if section}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 
@@ -171,8 +168,7 @@ class EpochSignaller(threading.Thread):
 
 def _preempted_run(slurm_run: dict, dest: Path) -> dict:
     """PREEMPTED_MODEL trained again on two nodes, signalled after its first epoch, resubmitted."""
-    wf = _copy_without(slurm_run, dest, PREEMPTED_MODEL)
-    cluster = _two_node_cluster(slurm_run["cluster"])
+    wf, cluster = _copy_without(slurm_run, dest, PREEMPTED_MODEL), slurm_run["cluster"]
     done = _summary(slurm_run["wf"], PREEMPTED_MODEL)
     # Two ranks of the per-rank batch: half the optimizer steps of the one-process run per epoch.
     steps_per_epoch = done["train_clips"] // (done["batch_size"] * PREEMPT_LAYOUT["nodes"]) // done["accum_steps"]
@@ -205,7 +201,7 @@ def _spread_run(slurm_run: dict, dest: Path, layout: dict) -> dict:
     sizes = {**JOB_SIZES, "per_model": {SPREAD_MODEL: {"train": {**layout, **mem}, "evaluate": {**layout, **mem}}}}
     train = {"per_model": {SPREAD_MODEL: {"epochs": SPREAD_EPOCHS}}}
     cfg = _write_config(wf / "test-ranks.yaml", sizes, train, RETRAIN_VIEWS)
-    cluster = _two_node_cluster(slurm_run["cluster"])
+    cluster = slurm_run["cluster"]
     prefix, seconds = _run_slurm(wf, cfg, cluster, *KEEP_THE_OTHER, partition=cluster.multi_partition)
     print(f"{SPREAD_MODEL} with {layout}: trained and evaluated through SLURM in {seconds:.0f} s")
     return {"wf": wf, "jobs": _by_rule(wait_until_recorded(prefix, 1)), "cluster": cluster}
