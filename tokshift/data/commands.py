@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.argtypes import add_command, file_path, int_in, nonnegative_int, positive_float, positive_int
-from tokshift.workflow.schema import default
+from tokshift.settings import default
 
 __all__ = ["register", "run_demo", "run_index", "run_pack", "run_summarize"]
 

@@ -22,7 +22,7 @@ from tokshift.argtypes import (
     positive_int,
 )
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE
-from tokshift.workflow.schema import default
+from tokshift.settings import default
 
 log = logging.getLogger("tokshift.engine")
 

@@ -29,7 +29,7 @@ from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
 from tokshift.engine.runtime import autocast, ignore_stop_signals
-from tokshift.workflow.schema import default
+from tokshift.settings import default
 
 log = logging.getLogger(__name__)
 

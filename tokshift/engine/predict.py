@@ -21,7 +21,7 @@ import torch
 from tokshift.engine.evaluate import ViewLayout, view_logits
 from tokshift.engine.metrics import fuse_logits, topk
 from tokshift.engine.runtime import enable_crash_traces, resolve_amp, set_fused_attention
-from tokshift.workflow.schema import default
+from tokshift.settings import default
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-from tokshift.workflow.schema import load_schema
+from tokshift.settings import load_schema
 
 _INTEGER = re.compile(r"[+-]?\d+")
 _JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", type(None): "null"}

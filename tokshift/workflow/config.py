@@ -1,6 +1,6 @@
 """Checks and lookups over the pipeline's config.yaml that the JSON schema cannot express.
 
-The schema (config.schema.yaml beside this file) rejects unknown keys and wrong types and
+The schema (tokshift/config.schema.yaml, read by tokshift.settings) rejects unknown keys and wrong types and
 fills in every default; this module rejects what needs the zoo or the file system: unknown
 model names, training overrides that do not fit a zoo entry, and dataset paths that do not
 exist. Everything here runs before any job starts, and every message names the config key.
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tokshift.workflow.schema import load_schema
+from tokshift.settings import load_schema
 from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
 
 

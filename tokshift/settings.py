@@ -1,8 +1,10 @@
-"""The config schema (config.schema.yaml beside this file) and the defaults it declares.
+"""The settings of a run: the config schema (config.schema.yaml beside this file) and its defaults.
 
-The schema is the one place where a setting's default is written: Snakemake's validation
-fills them into the config, and the CLI options that mirror a setting read them from here,
-so a direct `tokshift ...` call and a workflow run agree.
+The schema is the one place where a setting's default is written. Snakemake's validation
+fills them into the config; the CLI options that mirror a setting and the engine's own
+defaults (views per video, resize method, loader workers) read them from here, so a direct
+`tokshift ...` call, a Python call and a workflow run agree. Neither the engine nor the CLI
+imports the workflow layer for this: this module sits below all of them.
 """
 
 from __future__ import annotations
