@@ -5,7 +5,7 @@ from snakemake.utils import min_version, validate
 
 from tokshift.workflow.cli_values import coerce_command_line
 from tokshift.workflow.config import apply_mode_defaults
-from tokshift.workflow.schema import SCHEMA_PATH
+from tokshift.settings import SCHEMA_PATH
 
 min_version("9.0")
 

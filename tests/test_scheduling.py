@@ -17,7 +17,7 @@ import yaml
 
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
-from tokshift.workflow.schema import SCHEMA_PATH, default
+from tokshift.settings import SCHEMA_PATH, default
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -23,7 +23,7 @@ from packaging.version import Version
 
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
-from tokshift.workflow.schema import SCHEMA_PATH
+from tokshift.settings import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm"

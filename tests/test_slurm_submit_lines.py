@@ -20,7 +20,7 @@ import yaml
 
 from tests.workflow_helpers import repo_config
 from tokshift.workflow import scheduling
-from tokshift.workflow.schema import SCHEMA_PATH
+from tokshift.settings import SCHEMA_PATH
 
 HEAD = "sbatch --parsable --job-name RUN --output logs/slurm/%j.log --export=ALL --comment COMMENT"
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake, touch_whole_plan
-from tokshift.workflow.schema import default
+from tokshift.settings import default
 
 
 @pytest.fixture()
