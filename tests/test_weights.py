@@ -16,15 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tokshift.fileio import sha256_file
-from tokshift.weights import (
+from tokshift.download import (
     ChecksumMismatch,
     DownloadError,
     download,
     part_path,
     read_sha256_record,
 )
-from tokshift.weights import commands as weights_commands
+from tokshift.fetch import commands as fetch_commands
+from tokshift.fileio import sha256_file
 
 
 @dataclass
@@ -279,12 +279,17 @@ def test_malformed_sha256_rejected_before_download(tmp_path: Path) -> None:
 def test_cli_download(server, npz_bytes: bytes, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url, _ = server
     parser = argparse.ArgumentParser()
-    weights_commands.register(parser.add_subparsers(dest="command"))
+    fetch_commands.register(parser.add_subparsers(dest="command"))
     out = tmp_path / "ViT-B_16.npz"
     args = parser.parse_args(["download", "--url", url, "--out", str(out), "--sha256", _sha(npz_bytes)])
     assert args.func(args) == 0
     assert _sha(npz_bytes) in capsys.readouterr().out
     assert sha256_file(out) == _sha(npz_bytes)
+    # '' is no expected checksum (a rule always passes the option): the digest is recorded instead.
+    unchecked = tmp_path / "z.npz"
+    args = parser.parse_args(["download", "--url", url, "--out", str(unchecked), "--sha256", "", "--progress", "off"])
+    assert args.sha256 is None and args.func(args) == 0
+    assert read_sha256_record(unchecked) == _sha(npz_bytes)
     args = parser.parse_args(["download", "--url", url, "--out", str(tmp_path / "y.npz"), "--sha256", "1" * 64])
     assert args.func(args) == 1
     assert "sha256 mismatch" in capsys.readouterr().err

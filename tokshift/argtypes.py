@@ -9,21 +9,34 @@ inside a run. This module imports only the standard library: building the parser
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = [
+    "PROGRESS_CHOICES",
     "HelpFormatter",
+    "add_boolean",
     "add_command",
+    "add_progress",
+    "boolean",
     "file_path",
     "fraction",
     "nonnegative_float",
     "int_in",
     "nonnegative_int",
+    "optional_file",
+    "optional_text",
+    "options_from_args",
     "positive_float",
     "positive_int",
+    "progress_bar",
+    "setting_choices",
+    "workers_setting",
 ]
+
+_T = TypeVar("_T")
 
 # Actions whose default says nothing worth printing.
 _NO_DEFAULT_SHOWN = (
@@ -125,3 +138,97 @@ def file_path(text: str) -> Path:
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory, not a file; give the file inside it")
     return path
+
+
+# Options several commands share, and the dataclasses the handlers fill from them.
+
+PROGRESS_CHOICES = ("auto", "bar", "off")
+
+_TRUE = ("true", "yes", "1", "on")
+_FALSE = ("false", "no", "0", "off")
+
+
+def boolean(text: str) -> bool:
+    """true or false (also yes/no, 1/0, on/off), so a workflow can spell an option's value."""
+    value = text.strip().lower()
+    if value in _TRUE or value in _FALSE:
+        return value in _TRUE
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_boolean(p: argparse.ArgumentParser, flag: str, default: bool, help: str) -> None:
+    """``FLAG [true|false]``: bare FLAG means true, so both a person and a rule's shell line can use it."""
+    p.add_argument(flag, nargs="?", const=True, default=default, type=boolean, metavar="true|false", help=help)
+
+
+def optional_text(text: str) -> str | None:
+    """A value where '' means "none", so a rule can always pass the option."""
+    return text or None
+
+
+def optional_file(text: str) -> Path | None:
+    """A file path as :func:`file_path`, or '' for none."""
+    return file_path(text) if text else None
+
+
+def workers_setting(text: str) -> int | str:
+    """A worker count >= 0, or ``auto`` (resolved by the engine from the CPU cores the process may use)."""
+    return "auto" if text == "auto" else nonnegative_int(text)
+
+
+def add_progress(p: argparse.ArgumentParser, off: str = "none") -> None:
+    """The one ``--progress`` switch of every command with long work."""
+    p.add_argument(
+        "--progress",
+        choices=PROGRESS_CHOICES,
+        default=PROGRESS_CHOICES[0],
+        help=f"auto: a progress bar when stderr is a terminal; bar: always one; off: {off}",
+    )
+
+
+def progress_bar(choice: str) -> bool | None:
+    """``--progress`` as the ``progress`` argument of the work functions (None: a bar on a terminal only)."""
+    return {"auto": None, "bar": True, "off": False}[choice]
+
+
+def setting_choices(*keys: str) -> list[Any]:
+    """The values the config schema allows for the setting at ``keys`` (its ``enum``), so an
+    option's choices cannot drift from the config's."""
+    from tokshift.settings import load_schema
+
+    schema = load_schema()
+    node: dict[str, Any] = schema
+    for key in keys:
+        node = node["properties"][key]
+        while "$ref" in node:
+            target: Any = schema
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
+    return list(node["enum"])
+
+
+def options_from_args(cls: type[_T], args: argparse.Namespace, **converted: Any) -> _T:
+    """The dataclass ``cls`` built from the parsed options named like its fields.
+
+    ``converted`` gives the fields whose value is not an option as parsed (a file to read, a
+    switch mapped). A field with neither an option, a conversion nor a default, and a
+    conversion for a field ``cls`` lacks, raise TypeError: a field added or renamed on one
+    side cannot be dropped silently on the way from the command line.
+    """
+    fields = [f for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    unknown = sorted(set(converted) - {f.name for f in fields})
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no field {', '.join(unknown)} to take a converted option")
+    values: dict[str, Any] = {}
+    for f in fields:
+        if f.name in converted:
+            values[f.name] = converted[f.name]
+        elif hasattr(args, f.name):
+            values[f.name] = getattr(args, f.name)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise TypeError(
+                f"{cls.__name__}.{f.name} has no option (dest {f.name!r}), no conversion and no default: "
+                "add the option to the command or a default to the field"
+            )
+    return cls(**values)

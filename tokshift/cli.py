@@ -16,7 +16,6 @@ import sys
 # Modules that contribute sub-commands, in pipeline order (the order of --help).
 COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.zoo.commands",
-    "tokshift.weights.commands",
     "tokshift.fetch.commands",
     "tokshift.data.commands",
     "tokshift.engine.commands",

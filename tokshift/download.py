@@ -114,7 +114,7 @@ def download(
     sha256: str | None = None,
     retries: int = 5,
     timeout: float = 60,
-    progress: bool = True,
+    progress: bool | None = True,
     *,
     config_key: str | None = None,
     backoff: float = 1.0,
@@ -129,6 +129,7 @@ def download(
     setting to fix on a mismatch (default ``weights.<dest stem>.sha256``);
     ``backoff`` is the first retry delay in seconds (doubled each time, max 60);
     ``url_key`` names the setting that holds ``url`` in errors about an unreachable file.
+    ``progress`` None shows the bar only when stderr is a terminal.
     """
     dest = Path(dest)
     expected = normalise_sha256(sha256)
@@ -195,7 +196,7 @@ def _local_source(url: str, url_key: str) -> Path:
     return src
 
 
-def _copy_local(src: Path, part: Path, progress: bool) -> None:
+def _copy_local(src: Path, part: Path, progress: bool | None) -> None:
     """Copy a local checkpoint into ``part`` (no resume: local copies are fast and reliable)."""
     total = src.stat().st_size
     with open(src, "rb") as fin, open(part, "wb") as fout, _bar(part, total, 0, progress) as bar:
@@ -206,7 +207,7 @@ def _copy_local(src: Path, part: Path, progress: bool) -> None:
         os.fsync(fout.fileno())
 
 
-def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
+def _bar(part: Path, total: int | None, initial: int, progress: bool | None) -> tqdm:
     name = part.name[: -len(".part")] if part.name.endswith(".part") else part.name
     return tqdm(
         total=total,
@@ -215,7 +216,7 @@ def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
         unit_scale=True,
         unit_divisor=1024,
         desc=name,
-        disable=not progress,
+        disable=None if progress is None else not progress,  # None: a bar on terminals only
         leave=False,
         # Into a log file (Snakemake redirects stderr) update rarely instead of ten times a second.
         mininterval=0.1 if sys.stderr.isatty() else 30.0,
@@ -223,7 +224,7 @@ def _bar(part: Path, total: int | None, initial: int, progress: bool) -> tqdm:
 
 
 def _fetch_http(
-    url: str, part: Path, retries: int, timeout: float, progress: bool, backoff: float, url_key: str
+    url: str, part: Path, retries: int, timeout: float, progress: bool | None, backoff: float, url_key: str
 ) -> None:
     """Fill ``part`` with the full body of ``url``, resuming and retrying as needed."""
     attempt = 0
@@ -258,7 +259,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _http_attempt(url: str, part: Path, timeout: float, progress: bool, url_key: str) -> None:
+def _http_attempt(url: str, part: Path, timeout: float, progress: bool | None, url_key: str) -> None:
     """One request: resume from the part's size; raise _Retryable on transient failure."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}

@@ -13,7 +13,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tokshift.argtypes import add_command, file_path, int_in, nonnegative_int, positive_float, positive_int
+from tokshift.argtypes import (
+    add_command,
+    add_progress,
+    file_path,
+    int_in,
+    nonnegative_int,
+    options_from_args,
+    positive_float,
+    positive_int,
+    progress_bar,
+)
 from tokshift.settings import default
 
 __all__ = ["register", "run_demo", "run_index", "run_pack", "run_summarize"]
@@ -44,15 +54,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from tokshift.data.demo import DemoConfig, generate_demo
 
     _setup_logging()
-    cfg = DemoConfig(
-        seed=args.seed,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-        frames=args.frames,
-        size=args.size,
-        fps=args.fps,
-    )
-    csvs = generate_demo(args.out, cfg, workers=args.workers, progress=not args.quiet)
+    cfg = options_from_args(DemoConfig, args)
+    csvs = generate_demo(args.out, cfg, workers=args.workers, progress=progress_bar(args.progress))
     for split, path in csvs.items():
         print(f"{split}: {path}")
     return 0
@@ -116,7 +119,7 @@ def run_pack(args: argparse.Namespace) -> int:
             jpeg_quality=args.jpeg_quality,
             workers=args.workers,
             timeout=args.timeout,
-            progress=not args.quiet,
+            progress=progress_bar(args.progress),
         )
     except (DatasetSpecError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -155,7 +158,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--size", type=positive_int, default=64, help="frame width and height in pixels")
     p.add_argument("--fps", type=positive_int, default=8, help="frame rate written into the clips")
     p.add_argument("--workers", type=positive_int, default=None, help="parallel ffmpeg encoders (default: all cores)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress(p)
     p.set_defaults(func=run_demo)
 
     p = add_command(subparsers, "index", help="index one split of a dataset (video id, path, label, shard)")
@@ -202,7 +205,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=float(default("frames", "timeout")),
         help="kill ffmpeg after this many seconds without a frame",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_progress(p)
     p.set_defaults(func=run_pack)
 
     p = add_command(subparsers, "summarize", help="summarise a packed split (packed, missing, failed, frames, bytes)")

@@ -120,9 +120,12 @@ def generate_demo(
     cfg: DemoConfig = DemoConfig(),
     workers: int | None = None,
     classes: Sequence[str] = CLASSES,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> dict[str, Path]:
-    """Write ``out/videos/{split}/{class}_{i:04d}.mp4`` and ``out/{train,val}.csv``; returns the CSVs."""
+    """Write ``out/videos/{split}/{class}_{i:04d}.mp4`` and ``out/{train,val}.csv``; returns the CSVs.
+
+    ``progress`` None shows the bar only when stderr is a terminal.
+    """
     if cfg.frames < 1 or cfg.size < 8 or cfg.train_per_class < 1 or cfg.val_per_class < 1:
         raise ValueError(f"demo sizes must be positive (frames >= 1, size >= 8): {cfg}")
     out = Path(out)
@@ -139,8 +142,9 @@ def generate_demo(
         encode_h264(clip, path, fps=cfg.fps, crf=cfg.crf)
 
     workers = workers or max(1, len(os.sched_getaffinity(0)))
+    disable = None if progress is None else not progress
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for _ in tqdm(pool.map(make, jobs), total=len(jobs), desc="demo videos", unit="clip", disable=not progress):
+        for _ in tqdm(pool.map(make, jobs), total=len(jobs), desc="demo videos", unit="clip", disable=disable):
             pass
     csvs = {}
     for split in ("train", "val"):

@@ -36,7 +36,7 @@ import lmdb
 from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
-from tokshift.data.jpeg import HAVE_YUV_ENCODER, encode_rgb, encode_yuv420, jpeg_size
+from tokshift.data.jpeg import encode_yuv420, jpeg_size
 from tokshift.data.sources import IndexRow, iter_index, read_classes
 from tokshift.data.store import ShardWriter
 
@@ -169,14 +169,9 @@ def pack_video(
     if p.is_dir():
         return _pack_folder(p)
     frames: list[bytes] = []
-    if HAVE_YUV_ENCODER:
-        with VideoFrames(p, short_side=short_side, timeout=timeout, pixel_format="yuv420") as reader:
-            for y, u, v in reader:
-                frames.append(encode_yuv420(y, u, v, jpeg_quality))
-    else:  # pragma: no cover - only without simplejpeg
-        with VideoFrames(p, short_side=short_side, timeout=timeout) as reader:
-            for frame in reader:
-                frames.append(encode_rgb(frame, jpeg_quality))
+    with VideoFrames(p, short_side=short_side, timeout=timeout, pixel_format="yuv420") as reader:
+        for y, u, v in reader:
+            frames.append(encode_yuv420(y, u, v, jpeg_quality))
     return Packed(frames, reader.fps, reader.width, reader.height)
 
 
@@ -276,10 +271,11 @@ def pack_rows(
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     attrs: dict[str, Any] | None = None,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> PackResult:
     """Pack ``rows`` into the shard file ``out``, list unreadable videos in ``failures`` and the
-    packed ones in ``listing`` (default: next to ``out``, ``.videos.csv``).
+    packed ones in ``listing`` (default: next to ``out``, ``.videos.csv``). ``progress`` None
+    shows the bar only when stderr is a terminal.
 
     With ``workers > 1`` videos are decoded in spawned worker processes, so a script calling
     this must guard its entry point with ``if __name__ == "__main__":``.
@@ -338,10 +334,11 @@ def _pack_into(
     timeout: float,
     failures_path: Path,
     result: PackResult,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Decode ``rows`` and write them to ``writer``, list the failures, seal the shard."""
-    bar = tqdm(total=len(rows), desc=f"pack {writer.path.name}", unit="video", disable=not progress, leave=False)
+    disable = None if progress is None else not progress  # None: a bar on terminals only
+    bar = tqdm(total=len(rows), desc=f"pack {writer.path.name}", unit="video", disable=disable, leave=False)
     job = (short_side, int(jpeg_quality), float(timeout))
     try:
         for row, packed in _ordered(rows, min(workers, max(len(rows), 1)), job):
@@ -385,7 +382,7 @@ def pack_shard(
     jpeg_quality: int = DEFAULT_QUALITY,
     workers: int | None = None,
     timeout: float = DEFAULT_TIMEOUT,
-    progress: bool = True,
+    progress: bool | None = True,
 ) -> PackResult:
     """Pack the videos of shard ``shard`` of the index CSV ``index`` into ``out`` (an LMDB file)."""
     rows: list[IndexRow] = []

@@ -14,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.argtypes import (
+    add_boolean,
     add_command,
+    add_progress,
     file_path,
     fraction,
     nonnegative_float,
     nonnegative_int,
+    optional_file,
+    optional_text,
+    options_from_args,
     positive_int,
+    progress_bar,
+    setting_choices,
+    workers_setting,
 )
 from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE
 from tokshift.settings import default
@@ -46,7 +54,8 @@ def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namesp
     return run
 
 
-def _common(p: argparse.ArgumentParser, workers: bool = True, amp: str = "auto") -> None:
+def _common(p: argparse.ArgumentParser, workers: str | None = None) -> None:
+    """--device, --amp and, with `workers` naming the config section to default from, --workers."""
     p.add_argument(
         "--device",
         default="auto",
@@ -55,16 +64,19 @@ def _common(p: argparse.ArgumentParser, workers: bool = True, amp: str = "auto")
     )
     p.add_argument(
         "--amp",
-        default=amp,
-        choices=["auto", "bf16", "fp16", "off"],
+        # The config's one autocast setting; evaluation and prediction autocast alike by default.
+        default=default("train", "amp"),
+        choices=setting_choices("train", "amp"),
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU",
     )
     if workers:
         p.add_argument(
             "--workers",
-            type=nonnegative_int,
-            default=2,
-            help="data-loading processes per rank (0: in the main process)",
+            type=workers_setting,
+            default=default(workers, "workers"),
+            metavar="N|auto",
+            help="data-loading processes per rank (0: in the main process; auto: from the CPU cores this "
+            "process may use)",
         )
 
 
@@ -115,11 +127,15 @@ def _views(p: argparse.ArgumentParser) -> None:
     """--clips, --crops, --resize and --view-batch, defaulting to the config's `evaluate` settings."""
     p.add_argument("--clips", type=positive_int, default=default("evaluate", "clips"), help="clips per video")
     p.add_argument(
-        "--crops", type=int, choices=[1, 3], default=default("evaluate", "crops"), help="spatial crops per clip"
+        "--crops",
+        type=int,
+        choices=setting_choices("evaluate", "crops"),
+        default=default("evaluate", "crops"),
+        help="spatial crops per clip",
     )
     p.add_argument(
         "--resize",
-        choices=["linear", "bicubic"],
+        choices=setting_choices("evaluate", "resize"),
         default=default("evaluate", "resize"),
         help="short-side resize to the crop size: linear (OpenCV bilinear, fast) or bicubic "
         "(antialiased, as the original TokShift's Pillow BICUBIC)",
@@ -133,24 +149,12 @@ def _train(args: argparse.Namespace) -> int:
     from tokshift.engine.runtime import parse_overrides
     from tokshift.engine.train import TrainOptions, train
 
-    opts = TrainOptions(
-        model=args.model,
-        train_shards=args.train_shards,
-        val_shards=args.val_shards or [],
-        out_dir=Path(args.out_dir),
-        pretrained=str(args.pretrained) if args.pretrained else None,
+    opts = options_from_args(
+        TrainOptions,
+        args,
+        init_from=str(args.init_from) if args.init_from else None,
         overrides=parse_overrides(args.override),
-        workers=args.workers,
-        seed=args.seed,
-        device=args.device,
-        amp=args.amp,
-        compile=args.compile,
-        fused_attn=not args.no_fused_attn,
-        checkpoint_minutes=args.checkpoint_minutes,
-        log_every=args.log_every,
-        max_epochs=args.max_epochs,
-        progress={"auto": None, "bar": True, "lines": False}[args.progress],
-        stage_to=args.stage_to,
+        progress=progress_bar(args.progress),
     )
     return train(opts)
 
@@ -159,54 +163,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     from tokshift.engine.evaluate import EvalOptions, run_evaluation
 
     return run_evaluation(
-        EvalOptions(
-            checkpoint=Path(args.checkpoint),
-            shards=args.shards,
-            out_dir=Path(args.out_dir),
-            clips=args.clips,
-            crops=args.crops,
-            resize=args.resize,
-            view_batch=args.view_batch,
-            workers=args.workers,
-            device=args.device,
-            amp=args.amp,
-            fused_attn=not args.no_fused_attn,
-            max_failed_share=args.max_failed_share,
-            model=args.model,
-            classes=_read_classes(args.classes),
-            stage_to=args.stage_to,
-        )
+        options_from_args(EvalOptions, args, classes=_read_classes(args.classes), progress=progress_bar(args.progress))
     )
 
 
 def _predict(args: argparse.Namespace) -> int:
     from tokshift.engine.predict import PredictOptions, predict_videos
 
-    return predict_videos(
-        PredictOptions(
-            videos=args.videos,
-            checkpoint=Path(args.checkpoint),
-            model=args.model,
-            classes=_read_classes(args.classes),
-            format=args.format,
-            clips=args.clips,
-            crops=args.crops,
-            resize=args.resize,
-            view_batch=args.view_batch,
-            device=args.device,
-            amp=args.amp,
-            top=args.top,
-        )
-    )
+    return predict_videos(options_from_args(PredictOptions, args, classes=_read_classes(args.classes)))
 
 
 def _stage_to(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--stage-to",
+        type=optional_text,
         default=default("frames", "stage_to"),
         metavar="DIR",
         help="copy the shards to this node-local folder first ($VARS expanded here), reading them in place "
-        "when it lacks the space (default: read in place)",
+        "when it lacks the space; '' reads them in place (default: read in place)",
+    )
+
+
+def _fused_attn(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-fused-attn", dest="fused_attn", action="store_false", help="eager attention instead of SDPA kernels"
     )
 
 
@@ -224,14 +204,17 @@ def register(subparsers: Any) -> None:
     t.add_argument(
         "--val-shards", nargs="*", default=[], metavar="LMDB", help="packed validation shards (default: none)"
     )
-    t.add_argument("--out-dir", required=True, help="folder for model.pt, train_summary.json, logs and resume/")
     t.add_argument(
-        "--pretrained",
-        type=file_path,
-        default=None,
+        "--out-dir", required=True, type=Path, help="folder for model.pt, train_summary.json, logs and resume/"
+    )
+    t.add_argument(
+        "--init-from",
+        type=optional_file,
+        default=default("train", "init_from"),
+        metavar="FILE",
         help="weights to start from, detected from content: an ImageNet-21k ViT .npz (tokshift download), "
         "a model.pt of tokshift train or an original TokShift .pth (fine-tuning; the head is kept when "
-        "its class count matches, else re-initialised) (default: random init)",
+        "its class count matches, else re-initialised); '' for none (default: random init)",
     )
     t.add_argument(
         "--override",
@@ -241,8 +224,8 @@ def register(subparsers: Any) -> None:
         help="zoo fields to change, values as YAML scalars, e.g. epochs=2 lr=0.01 (default: none)",
     )
     t.add_argument("--seed", type=nonnegative_int, default=default("train", "seed"), help="random seed")
-    t.add_argument("--compile", action="store_true", help="torch.compile the model")
-    t.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
+    add_boolean(t, "--compile", default("train", "compile"), "torch.compile the model (bare --compile: true)")
+    _fused_attn(t)
     t.add_argument(
         "--checkpoint-minutes",
         type=nonnegative_float,
@@ -256,22 +239,17 @@ def register(subparsers: Any) -> None:
         default=None,
         help="stop after this many epochs; the LR schedule still spans the zoo's epochs (default: all)",
     )
-    t.add_argument(
-        "--progress",
-        default="auto",
-        choices=["auto", "bar", "lines"],
-        help="auto: a progress bar on terminals, log lines otherwise",
-    )
+    add_progress(t, off="none (the log lines are written in every mode)")
     _stage_to(t)
-    _common(t, amp=default("train", "amp"))
+    _common(t, workers="train")
     t.set_defaults(func=_guard(_train))
 
     e = add_command(subparsers, "evaluate", help="exact multi-view evaluation (10 clips x 3 crops)")
     _checkpoint(e)
     e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
-    e.add_argument("--out-dir", required=True, help="folder for metrics.json and predictions.csv")
+    e.add_argument("--out-dir", required=True, type=Path, help="folder for metrics.json and predictions.csv")
     _views(e)
-    e.add_argument("--no-fused-attn", action="store_true", help="eager attention instead of SDPA kernels")
+    _fused_attn(e)
     e.add_argument(
         "--max-failed-share",
         type=fraction,
@@ -280,7 +258,8 @@ def register(subparsers: Any) -> None:
         help="fail (exit 5, listing the first errors) when more than this share of the videos cannot be read",
     )
     _stage_to(e)
-    _common(e)
+    add_progress(e)
+    _common(e, workers="evaluate")
     e.set_defaults(func=_guard(_evaluate))
 
     p = add_command(subparsers, "predict", help="classify video files with a trained model")
@@ -289,7 +268,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--format", default="text", choices=["text", "json"], help="output format on stdout")
     _views(p)
     p.add_argument("--top", type=positive_int, default=5, help="classes listed per video")
-    _common(p, workers=False)
+    _common(p)
     p.set_defaults(func=_guard(_predict))
 
     i = add_command(

@@ -1,12 +1,27 @@
-"""CLI sub-commands ``fetch-part`` and ``fetch-replacement``: the per-job steps of the CVDF fetch rules."""
+"""CLI sub-commands ``download`` (ImageNet-21k weights, released checkpoints, dataset files) and
+``fetch-part``/``fetch-replacement`` (the per-job steps of the CVDF fetch rules).
+
+The fetch commands' download options default to the config's ``cvdf`` settings, so a direct call
+retries like a workflow run.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from typing import Any
 
-from tokshift.argtypes import add_command, file_path, nonnegative_int, positive_float
+from tokshift.argtypes import (
+    add_boolean,
+    add_command,
+    add_progress,
+    file_path,
+    nonnegative_int,
+    optional_text,
+    positive_float,
+    progress_bar,
+)
 
 
 def _setup_logging() -> None:
@@ -14,11 +29,49 @@ def _setup_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _download_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--retries", type=nonnegative_int, default=5, help="retries on dropped connections and 5xx")
-    p.add_argument("--backoff", type=positive_float, default=1.0, help="first retry delay in seconds (doubles)")
+def _cvdf_default(key: str) -> Any:
+    """The schema's default for a dataset's ``cvdf.<key>`` setting (it sits in a definition that
+    each dataset entry refers to, out of reach of a settings path)."""
+    from tokshift.settings import load_schema
+
+    return load_schema()["$defs"]["cvdf"]["properties"][key]["default"]
+
+
+def _download_options(p: argparse.ArgumentParser, retries: int = 5, backoff: float = 1.0) -> None:
+    p.add_argument("--retries", type=nonnegative_int, default=retries, help="retries on dropped connections and 5xx")
+    p.add_argument("--backoff", type=positive_float, default=backoff, help="first retry delay in seconds (doubles)")
     p.add_argument("--timeout", type=positive_float, default=60.0, help="socket timeout in seconds")
+
+
+def _fetch_options(p: argparse.ArgumentParser, delete_help: str) -> None:
+    add_boolean(p, "--delete-archive", _cvdf_default("delete_archives"), f"{delete_help} (bare --delete-archive: true)")
+    _download_options(p, retries=_cvdf_default("retries"), backoff=_cvdf_default("backoff"))
     p.add_argument("--url-key", default="cvdf", help="config key named when a URL is unreachable")
+    add_progress(p)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    """``tokshift download``: print ``<sha256>  <file>`` on success, exit 1 on a failed download."""
+    from tokshift.download import DownloadError, download
+
+    _setup_logging()
+    try:
+        digest = download(
+            args.url,
+            args.out,
+            sha256=args.sha256,
+            retries=args.retries,
+            timeout=args.timeout,
+            progress=progress_bar(args.progress),
+            config_key=args.config_key,
+            backoff=args.backoff,
+            url_key=args.url_key,
+        )
+    except DownloadError as err:
+        print(f"tokshift download: error: {err}", file=sys.stderr)
+        return 1
+    print(f"{digest}  {args.out}")
+    return 0
 
 
 def run_fetch_part(args: argparse.Namespace) -> int:
@@ -38,6 +91,7 @@ def run_fetch_part(args: argparse.Namespace) -> int:
             backoff=args.backoff,
             timeout=args.timeout,
             url_key=args.url_key,
+            progress=progress_bar(args.progress),
         )
     except FetchError as err:
         print(f"tokshift fetch-part: error: {err}", file=sys.stderr)
@@ -62,7 +116,7 @@ def run_fetch_replacement(args: argparse.Namespace) -> int:
             retries=args.retries,
             backoff=args.backoff,
             timeout=args.timeout,
-            progress=False,
+            progress=progress_bar(args.progress),
             url_key=args.url_key,
         )
         record = apply_replacement(archive, args.root, args.marker)
@@ -76,15 +130,36 @@ def run_fetch_replacement(args: argparse.Namespace) -> int:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Add the fetch sub-commands to the ``tokshift`` CLI."""
+    """Add the ``download`` and fetch sub-commands to the ``tokshift`` CLI."""
+    p = add_command(
+        subparsers,
+        "download",
+        help="resumable, sha256-verified download of ImageNet-21k weights, released checkpoints and dataset files",
+        description="Download URL (http(s)://, file:// or a local path) to OUT, resuming OUT.part, "
+        "verifying --sha256 when given and always recording it in OUT.sha256. The workflow fetches "
+        "ImageNet-21k ViT weights, released checkpoints and the CVDF part lists and annotations with it.",
+    )
+    p.add_argument("--url", required=True, help="http(s):// or file:// URL, or a local path")
+    p.add_argument("--out", required=True, type=file_path, help="destination file")
+    p.add_argument(
+        "--sha256",
+        type=optional_text,
+        default=None,
+        help="expected hex sha256; '' for none (default: record it on first download)",
+    )
+    _download_options(p)
+    p.add_argument("--url-key", default="weights.<backbone>.url", help="config key named when the URL is unreachable")
+    p.add_argument("--config-key", default=None, help="config key named in checksum errors (default: none)")
+    add_progress(p)
+    p.set_defaults(func=run_download)
+
     p = add_command(subparsers, "fetch-part", help="download one Kinetics part archive, extract it safely")
     p.add_argument("--list", required=True, type=file_path, help="the split's part list (one URL a line)")
     p.add_argument("--part", required=True, help="part name: the URL's file name without .tar.gz")
     p.add_argument("--archives", required=True, help="folder for the downloaded archives")
     p.add_argument("--dest", required=True, help="folder to extract the videos into")
     p.add_argument("--marker", required=True, help="JSON record of the extracted part, written last")
-    p.add_argument("--delete-archive", action="store_true", help="delete the archive once extracted")
-    _download_options(p)
+    _fetch_options(p, "delete the archive once extracted")
     p.set_defaults(func=run_fetch_part)
 
     p = add_command(subparsers, "fetch-replacement", help="apply the Kinetics replacement archive over the parts")
@@ -92,6 +167,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--archive", required=True, help="where the archive is downloaded")
     p.add_argument("--root", required=True, help="the dataset root holding the extracted clips")
     p.add_argument("--marker", required=True, help="JSON record of what was replaced, written last")
-    p.add_argument("--delete-archive", action="store_true", help="delete the archive once applied")
-    _download_options(p)
+    _fetch_options(p, "delete the archive once applied")
     p.set_defaults(func=run_fetch_replacement)

@@ -121,7 +121,7 @@ def fetch_part(
     backoff: float = 1.0,
     timeout: float = 60.0,
     url_key: str = "cvdf.lists",
-    progress: bool = False,
+    progress: bool | None = False,
 ) -> dict[str, Any]:
     """Download part ``name`` of ``list_path`` into ``archives``, extract it into ``dest``, write ``marker``.
 

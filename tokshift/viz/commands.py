@@ -9,7 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from tokshift.argtypes import add_command, file_path, nonnegative_int
+from tokshift.argtypes import add_command, file_path, nonnegative_int, setting_choices
+from tokshift.settings import default
 
 EXIT_USAGE = 2
 
@@ -98,8 +99,8 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:  # type: 
     )
     e.add_argument(
         "--resize",
-        choices=["linear", "bicubic"],
-        default="linear",
+        choices=setting_choices("evaluate", "resize"),
+        default=default("evaluate", "resize"),
         help="short-side resize of video files to the crop size, as tokshift predict --resize",
     )
     e.add_argument(
