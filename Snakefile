@@ -3,9 +3,9 @@
 
 from snakemake.utils import min_version, validate
 
-from tokshift.workflow.cli_values import coerce_command_line
-from tokshift.workflow.config import apply_mode_defaults
 from tokshift.settings import SCHEMA_PATH
+from tokshift.workflow.cli_values import coerce_command_line
+from tokshift.workflow.config import default_released_resize
 
 min_version("9.0")
 
@@ -17,7 +17,7 @@ configfile: "config.yaml"
 # which fills in every default the schema declares.
 coerce_command_line(config, workflow.config_settings.overwrite_config)
 # `checkpoints: released` evaluates with the original's resize unless evaluate.resize is set.
-apply_mode_defaults(config)
+default_released_resize(config)
 validate(config, str(SCHEMA_PATH))
 
 

@@ -1,10 +1,12 @@
 # Shared lookups for the rules (paths, the selected dataset and models, job resources).
 # The checks and the decisions live in the tokshift package: tokshift/workflow/config.py
 # (config lookups) and tokshift/workflow/scheduling.py (threads, resources, launchers).
+# Rules pass values in `params:` and spell every flag of their command in `shell:`. A value that
+# may be empty (none) is written `--flag={params.value:q}`: Snakemake leaves an empty value
+# unquoted, and `--flag=` still gives the command the empty value.
 
 import json
 import os
-import shlex
 
 from tokshift.workflow import config as workflow_settings
 from tokshift.workflow import scheduling
@@ -59,49 +61,13 @@ def released_checkpoint(wildcards):
     return source
 
 
-def released_sha_arg(model):
-    sha = workflow_settings.released_entry(config, model).get("sha256")
-    return f"--sha256 {sha}" if sha else ""
-
-
-def released_source_args():
-    """`tokshift collect --released-source MODEL=SOURCE ...`: the table names each URL or path as configured."""
-    return " ".join(shlex.quote(f"{m}={released_source(m)}") for m in MODELS)
-
-
-def stage_args():
-    """`--stage-to DIR` from frames.stage_to, quoted so that $VARS expand on the node, in the job."""
-    stage_to = FRAMES["stage_to"]
-    return f"--stage-to {shlex.quote(stage_to)}" if stage_to else ""
-
-
-def evaluate_view_args():
-    e = config["evaluate"]
-    return (
-        f"--clips {e['clips']} --crops {e['crops']} --resize {e['resize']} --view-batch {e['view_batch']}"
-        f" --max-failed-share {e['max_failed_share']}"
-    )
-
-
-def pretrained_weights(wildcards):
-    """What a model starts from: `train.init_from` (fine-tuning) or its zoo's ImageNet-21k .npz."""
+def init_weights(wildcards):
+    """What a model starts from: `train.init_from` (fine-tuning), its zoo's ImageNet-21k .npz, or nothing."""
     start = workflow_settings.init_from(config, wildcards.model)
     if start:
         return [start]
-    backbone = get_config(wildcards.model).pretrained
+    backbone = get_config(wildcards.model).imagenet_weights
     return [f"resources/weights/{backbone}.npz"] if backbone else []
-
-
-def index_inputs(wildcards):
-    return workflow_settings.index_inputs(config, wildcards.split)
-
-
-def job_threads(rule_name, model=None):
-    return scheduling.job_threads(config, rule_name, model)
-
-
-def job_resources(rule_name, model=None):
-    return scheduling.rule_job_resources(config, rule_name, model)
 
 
 def local_rules():
@@ -121,26 +87,9 @@ def local_rules():
     return [n for n in names if n in defined]
 
 
-def small_job(mem_mb, runtime):
-    """Resources of a one-core bookkeeping or download step (with the site's account settings)."""
-    return scheduling.small_job_resources(config, mem_mb, runtime)
-
-
 def rule_resources(rule_name):
     """Resources for a per-model rule: each value a callable of the model wildcard."""
     keys = scheduling.rule_job_resources(config, rule_name, MODELS[0]).keys()
     return {
         k: (lambda wildcards, k=k: scheduling.rule_job_resources(config, rule_name, wildcards.model)[k]) for k in keys
     }
-
-
-def launcher(rule_name, model):
-    return scheduling.launcher(config, rule_name, model)
-
-
-def loader_workers(rule_name, model):
-    return scheduling.loader_workers(config, rule_name, model)
-
-
-def train_override_args(model):
-    return scheduling.train_override_args(config, model)

@@ -11,7 +11,7 @@ rule demo_videos:
         "../envs/tokshift.yaml"
     threads: 2
     resources:
-        **small_job(mem_mb=2000, runtime=30),
+        **scheduling.small_job_resources(config, mem_mb=2000, runtime=30),
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
     shell:
@@ -21,7 +21,7 @@ rule demo_videos:
 rule index_dataset:
     """One CSV per split: video id, path, label, label index, shard; missing videos listed aside."""
     input:
-        index_inputs,
+        lambda wildcards: workflow_settings.index_inputs(config, wildcards.split),
         # A fetched dataset (fetch: cvdf): every part extracted and the replacement applied.
         lambda wildcards: fetch_workflow.index_waits_for(checkpoints, CVDF, wildcards.split),
     output:
@@ -36,12 +36,12 @@ rule index_dataset:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=2000, runtime=60),
+        **scheduling.small_job_resources(config, mem_mb=2000, runtime=60),
     params:
-        spec=lambda wildcards: shlex.quote(json.dumps(workflow_settings.index_spec(config))),
+        spec=lambda wildcards: json.dumps(workflow_settings.index_spec(config)),
         shards=FRAMES["shards"],
     shell:
-        "tokshift index --spec-json {params.spec} --split {wildcards.split} --shards {params.shards}"
+        "tokshift index --spec-json {params.spec:q} --split {wildcards.split} --shards {params.shards}"
         " --out {output.index:q} > {log:q} 2>&1"
 
 
@@ -62,9 +62,9 @@ rule pack_shard:
         f"benchmarks/pack_shard/{DATASET}/{{split}}-{{shard}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: job_threads("pack")
+    threads: scheduling.job_threads(config, "pack")
     resources:
-        **job_resources("pack"),
+        **scheduling.rule_job_resources(config, "pack"),
     params:
         short_side=FRAMES["short_side"],
         quality=FRAMES["jpeg_quality"],
@@ -91,7 +91,7 @@ rule summarize_frames:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=30),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=30),
     params:
         shards_dir=f"{RESULTS}/frames/{{split}}",
     shell:

@@ -12,15 +12,21 @@ rule evaluate:
         f"benchmarks/evaluate/{DATASET}/{{model}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: lambda wildcards: job_threads("evaluate", wildcards.model)
+    threads: lambda wildcards: scheduling.job_threads(config, "evaluate", wildcards.model)
     resources:
         **rule_resources("evaluate"),
     params:
-        launch=lambda wildcards: launcher("evaluate", wildcards.model),
+        launch=lambda wildcards: scheduling.launcher(config, "evaluate", wildcards.model),
         out_dir=lambda wildcards: f"{RESULTS}/eval/{wildcards.model}",
-        workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
-        stage=stage_args(),
-        views=evaluate_view_args(),
+        clips=config["evaluate"]["clips"],
+        crops=config["evaluate"]["crops"],
+        resize=config["evaluate"]["resize"],
+        view_batch=config["evaluate"]["view_batch"],
+        max_failed_share=config["evaluate"]["max_failed_share"],
+        stage_to=FRAMES["stage_to"] or "",
+        workers=config["evaluate"]["workers"],
     shell:
-        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
-        " --out-dir {params.out_dir:q} {params.views} {params.stage} --workers {params.workers} > {log:q} 2>&1"
+        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
+        " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
+        " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
+        " > {log:q} 2>&1"

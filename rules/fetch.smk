@@ -1,10 +1,10 @@
 # Kinetics-400 from the CVDF mirror, for a kinetics dataset that says `fetch: cvdf`: the part
 # lists and annotation CSVs, then one job per part archive (download, resume, retry, extract at
 # once), then the replacement archive over all parts; the index of a split waits for all of it.
-# The steps live in tokshift/fetch/cvdf.py; the settings (URLs, download folder, deleting
-# archives) are `datasets.<name>.cvdf` in config.yaml.
+# The steps live in tokshift/fetch/cvdf.py, what each job waits for in tokshift/workflow/fetch.py;
+# the settings (URLs, download folder, deleting archives) are `datasets.<name>.cvdf` in config.yaml.
 
-from tokshift.fetch import workflow as fetch_workflow
+from tokshift.workflow import fetch as fetch_workflow
 
 CVDF = workflow_settings.cvdf_settings(config)
 # Network steps (light on CPU and memory), e.g. for `localrules` where compute nodes have no network.
@@ -24,14 +24,15 @@ if CVDF is not None:
             "../envs/tokshift.yaml"
         threads: 1
         resources:
-            **small_job(mem_mb=500, runtime=30),
+            **scheduling.small_job_resources(config, mem_mb=500, runtime=30),
         params:
             url=lambda wildcards: CVDF["lists"][wildcards.split],
             key=lambda wildcards: f"datasets.{DATASET}.cvdf.lists.{wildcards.split}",
-            args=fetch_workflow.download_args(CVDF),
+            retries=CVDF["retries"],
+            backoff=CVDF["backoff"],
         shell:
-            "tokshift download --url {params.url:q} --out {output:q} {params.args} --url-key {params.key:q}"
-            " --no-progress > {log:q} 2>&1"
+            "tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
+            " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"
 
     rule cvdf_annotations:
         """A split's annotation CSV (label,youtube_id,time_start,time_end,split[,is_cc])."""
@@ -44,14 +45,15 @@ if CVDF is not None:
             "../envs/tokshift.yaml"
         threads: 1
         resources:
-            **small_job(mem_mb=500, runtime=30),
+            **scheduling.small_job_resources(config, mem_mb=500, runtime=30),
         params:
             url=lambda wildcards: CVDF["annotations"][wildcards.split],
             key=lambda wildcards: f"datasets.{DATASET}.cvdf.annotations.{wildcards.split}",
-            args=fetch_workflow.download_args(CVDF),
+            retries=CVDF["retries"],
+            backoff=CVDF["backoff"],
         shell:
-            "tokshift download --url {params.url:q} --out {output:q} {params.args} --url-key {params.key:q}"
-            " --no-progress > {log:q} 2>&1"
+            "tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
+            " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"
 
     rule fetch_part:
         """One part archive: download (resumed, retried), extract safely into root/<split>, record it."""
@@ -70,17 +72,18 @@ if CVDF is not None:
             "../envs/tokshift.yaml"
         threads: 1
         resources:
-            **small_job(mem_mb=1000, runtime=240),
+            **scheduling.small_job_resources(config, mem_mb=1000, runtime=240),
         params:
             archives=f"{CVDF['download_dir']}/archives/{{split}}",
             dest=f"{SPEC['root']}/{{split}}",
             key=lambda wildcards: f"datasets.{DATASET}.cvdf.lists.{wildcards.split}",
-            delete="--delete-archive" if CVDF["delete_archives"] else "",
-            args=fetch_workflow.download_args(CVDF),
+            delete_archive=str(CVDF["delete_archives"]).lower(),
+            retries=CVDF["retries"],
+            backoff=CVDF["backoff"],
         shell:
             "tokshift fetch-part --list {input:q} --part {wildcards.part} --archives {params.archives:q}"
-            " --dest {params.dest:q} --marker {output:q} {params.delete} {params.args} --url-key {params.key:q}"
-            " > {log:q} 2>&1"
+            " --dest {params.dest:q} --marker {output:q} --delete-archive {params.delete_archive}"
+            " --retries {params.retries} --backoff {params.backoff} --url-key {params.key:q} > {log:q} 2>&1"
 
     rule cvdf_replacement:
         """The replacement archive's clips over the extracted ones of the same name, after every part."""
@@ -96,14 +99,16 @@ if CVDF is not None:
             "../envs/tokshift.yaml"
         threads: 1
         resources:
-            **small_job(mem_mb=1000, runtime=120),
+            **scheduling.small_job_resources(config, mem_mb=1000, runtime=120),
         params:
             url=CVDF["replacement"] or "",
             archive=f"{CVDF['download_dir']}/archives/replacement.tgz",
             root=SPEC["root"],
             key=f"datasets.{DATASET}.cvdf.replacement",
-            delete="--delete-archive" if CVDF["delete_archives"] else "",
-            args=fetch_workflow.download_args(CVDF),
+            delete_archive=str(CVDF["delete_archives"]).lower(),
+            retries=CVDF["retries"],
+            backoff=CVDF["backoff"],
         shell:
             "tokshift fetch-replacement --url {params.url:q} --archive {params.archive:q} --root {params.root:q}"
-            " --marker {output:q} {params.delete} {params.args} --url-key {params.key:q} > {log:q} 2>&1"
+            " --marker {output:q} --delete-archive {params.delete_archive} --retries {params.retries}"
+            " --backoff {params.backoff} --url-key {params.key:q} > {log:q} 2>&1"

@@ -15,14 +15,15 @@ rule fetch_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=120),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=120),
     params:
         url=lambda wildcards: released_source(wildcards.model),
-        sha=lambda wildcards: released_sha_arg(wildcards.model),
+        # Empty: record the sha256 of the first download.
+        sha256=lambda wildcards: workflow_settings.released_entry(config, wildcards.model).get("sha256") or "",
         key=lambda wildcards: f"released.{wildcards.model}.sha256",
     shell:
-        "tokshift download --url {params.url:q} --out {output:q} {params.sha} --config-key {params.key}"
-        " --no-progress > {log:q} 2>&1"
+        "tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --config-key {params.key}"
+        " --progress off > {log:q} 2>&1"
 
 
 rule import_released:
@@ -40,7 +41,7 @@ rule import_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=8000, runtime=30),
+        **scheduling.small_job_resources(config, mem_mb=8000, runtime=30),
     shell:
         "tokshift import-original {input.pth:q} --model {wildcards.model} --classes {input.classes:q}"
         " --out {output:q} > {log:q} 2>&1"
@@ -60,18 +61,25 @@ rule evaluate_released:
         f"benchmarks/evaluate_released/{DATASET}/{{model}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: lambda wildcards: job_threads("evaluate", wildcards.model)
+    threads: lambda wildcards: scheduling.job_threads(config, "evaluate", wildcards.model)
     resources:
         **rule_resources("evaluate"),
     params:
-        launch=lambda wildcards: launcher("evaluate", wildcards.model),
+        launch=lambda wildcards: scheduling.launcher(config, "evaluate", wildcards.model),
         out_dir=lambda wildcards: f"{RELEASED}/eval/{wildcards.model}",
-        workers=lambda wildcards: loader_workers("evaluate", wildcards.model),
-        views=evaluate_view_args(),
-        stage=stage_args(),
+        clips=config["evaluate"]["clips"],
+        crops=config["evaluate"]["crops"],
+        # Bicubic unless config.yaml sets it (default_released_resize in tokshift/workflow/config.py).
+        resize=config["evaluate"]["resize"],
+        view_batch=config["evaluate"]["view_batch"],
+        max_failed_share=config["evaluate"]["max_failed_share"],
+        stage_to=FRAMES["stage_to"] or "",
+        workers=config["evaluate"]["workers"],
     shell:
-        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q}"
-        " --out-dir {params.out_dir:q} {params.views} {params.stage} --workers {params.workers} > {log:q} 2>&1"
+        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
+        " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
+        " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
+        " > {log:q} 2>&1"
 
 
 rule collect_released:
@@ -98,11 +106,12 @@ rule collect_released:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=4000, runtime=10),
+        **scheduling.small_job_resources(config, mem_mb=4000, runtime=10),
     params:
         dataset=DATASET,
-        sources=lambda wildcards: released_source_args(),
+        # MODEL=SOURCE: the table names each URL or path as configured.
+        sources=lambda wildcards: [f"{m}={released_source(m)}" for m in MODELS],
     shell:
         "tokshift collect --dataset {params.dataset} --metrics {input.metrics:q} --released {input.checkpoints:q}"
-        " --released-source {params.sources} --val-summary {input.val_summary:q}"
+        " --released-source {params.sources:q} --val-summary {input.val_summary:q}"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"

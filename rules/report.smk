@@ -22,7 +22,7 @@ rule collect_results:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=10),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     params:
         dataset=DATASET,
     shell:
@@ -78,7 +78,7 @@ rule per_class:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=10),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     shell:
         "tokshift per-class --predictions {input.predictions:q} --classes {input.classes:q}"
         " --csv {output.csv:q} --plot {output.plot:q} --title {wildcards.model} > {log:q} 2>&1"
@@ -107,14 +107,14 @@ rule training_curves:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=10),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     params:
         # Each log named by its model: the figures are <model>.png.
-        named=lambda wildcards, input: " ".join(shlex.quote(f"{m}={p}") for m, p in zip(MODELS, input.metrics)),
+        named=lambda wildcards, input: [f"{m}={p}" for m, p in zip(MODELS, input.metrics)],
         out_dir=lambda wildcards, output: os.path.dirname(output.curves[0]),
         title=DATASET,
     shell:
-        "tokshift curves --metrics {params.named} --out-dir {params.out_dir:q}"
+        "tokshift curves --metrics {params.named:q} --out-dir {params.out_dir:q}"
         " --comparison {output.compared:q} --title {params.title:q} > {log:q} 2>&1"
 
 
@@ -162,7 +162,7 @@ rule explain_examples:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=8000, runtime=20),
+        **scheduling.small_job_resources(config, mem_mb=8000, runtime=20),
     params:
         # --pick-from writes one ROLE.png per output above (a placeholder where no video fits the role).
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),

@@ -5,7 +5,7 @@ rule train:
         # The validation shards only feed the per-epoch 1-view check: they must exist, but a
         # newer one (touched, repacked) must not plan a retrain, which deletes model.pt first.
         val=ancient(shard_paths("val")),
-        weights=pretrained_weights,
+        weights=init_weights,
     output:
         model=f"{RESULTS}/train/{{model}}/model.pt",
         metrics=f"{RESULTS}/train/{{model}}/metrics.jsonl",
@@ -16,28 +16,28 @@ rule train:
         f"benchmarks/train/{DATASET}/{{model}}.tsv"
     conda:
         "../envs/tokshift.yaml"
-    threads: lambda wildcards: job_threads("train", wildcards.model)
+    threads: lambda wildcards: scheduling.job_threads(config, "train", wildcards.model)
     resources:
         **rule_resources("train"),
     params:
-        launch=lambda wildcards: launcher("train", wildcards.model),
+        launch=lambda wildcards: scheduling.launcher(config, "train", wildcards.model),
+        # {log} holds the last attempt (Snakemake empties it before each); a preempted training
+        # is resubmitted, so every attempt, with its exit code, is also appended here.
+        attempts_log=lambda wildcards: f"logs/train/{DATASET}/{wildcards.model}.attempts.log",
         out_dir=lambda wildcards: f"{RESULTS}/train/{wildcards.model}",
-        # ImageNet-21k .npz, or the train.init_from checkpoint when fine-tuning.
-        pretrained=lambda wildcards, input: f"--pretrained {shlex.quote(input.weights[0])}" if input.weights else "",
-        overrides=lambda wildcards: train_override_args(wildcards.model),
-        workers=lambda wildcards: loader_workers("train", wildcards.model),
-        compile="--compile" if config["train"]["compile"] else "",
-        stage=stage_args(),
-        attempts=lambda wildcards: f"logs/train/{DATASET}/{wildcards.model}.attempts.log",
-        settings=(
-            f"--seed {config['train']['seed']}"
-            f" --amp {config['train']['amp']} --checkpoint-minutes {config['train']['checkpoint_minutes']}"
-        ),
-    # {log} holds the last attempt; a preempted training is resubmitted, so every attempt is also
-    # appended to <model>.attempts.log next to it (Snakemake empties {log} before each attempt).
+        # ImageNet-21k .npz, the train.init_from checkpoint when fine-tuning, or empty (random init).
+        init_from=lambda wildcards, input: input.weights[0] if input.weights else "",
+        overrides=lambda wildcards: scheduling.train_override_args(config, wildcards.model),
+        compile=str(config["train"]["compile"]).lower(),
+        seed=config["train"]["seed"],
+        amp=config["train"]["amp"],
+        checkpoint_minutes=config["train"]["checkpoint_minutes"],
+        # Empty: read the shards in place. Quoted, so that $VARS in it expand on the node, in the job.
+        stage_to=FRAMES["stage_to"] or "",
+        workers=config["train"]["workers"],
     shell:
-        'echo "=== $(date -u +%Y-%m-%dT%H:%M:%SZ) training starts (SLURM job ${{SLURM_JOB_ID:-none}})" > {log:q};'
-        " {params.launch} train --model {wildcards.model} --train-shards {input.train:q}"
-        " --val-shards {input.val:q} --out-dir {params.out_dir:q} {params.pretrained}"
-        " {params.overrides} {params.compile} {params.settings} {params.stage} --workers {params.workers}"
-        " >> {log:q} 2>&1 || status=$?; cat {log:q} >> {params.attempts:q}; exit ${{status:-0}}"
+        "{params.launch} --attempts-log {params.attempts_log:q} train --model {wildcards.model}"
+        " --train-shards {input.train:q} --val-shards {input.val:q} --out-dir {params.out_dir:q}"
+        " --init-from={params.init_from:q} --override {params.overrides:q} --compile {params.compile}"
+        " --seed {params.seed} --amp {params.amp} --checkpoint-minutes {params.checkpoint_minutes}"
+        " --stage-to={params.stage_to:q} --workers {params.workers} > {log:q} 2>&1"

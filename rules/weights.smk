@@ -11,13 +11,11 @@ rule download_weights:
         "../envs/tokshift.yaml"
     threads: 1
     resources:
-        **small_job(mem_mb=1000, runtime=120),
+        **scheduling.small_job_resources(config, mem_mb=1000, runtime=120),
     params:
         url=lambda wildcards: config["weights"][wildcards.backbone]["url"],
-        sha=lambda wildcards: (
-            f"--sha256 {config['weights'][wildcards.backbone]['sha256']}"
-            if config["weights"][wildcards.backbone].get("sha256")
-            else ""
-        ),
+        # Empty: record the sha256 of the first download.
+        sha256=lambda wildcards: config["weights"][wildcards.backbone].get("sha256") or "",
     shell:
-        "tokshift download --url {params.url:q} --out {output:q} {params.sha} > {log:q} 2>&1"
+        "tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --progress off"
+        " > {log:q} 2>&1"

@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 
+from tokshift.settings import SCHEMA_PATH, default
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
-from tokshift.settings import SCHEMA_PATH, default
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -176,22 +176,14 @@ def test_zoo_gpus_and_per_model_settings() -> None:
     assert scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})["gres"] is None
 
 
-@pytest.mark.parametrize(
-    "workers, job, expect",
-    [("auto", {"cpus": 2}, 0), ("auto", {"cpus": 4}, 3), ("auto", {"gpus": 1, "cpus_per_gpu": 16}, 8), (5, {}, 5)],
-)
-def test_loader_workers(workers, job, expect) -> None:
-    cfg = make_config(train=job)
-    cfg["train"]["workers"] = workers
-    assert scheduling.loader_workers(cfg, "train", "demo_vit") == expect
-
-
-def test_train_override_args_quote_json_values() -> None:
+def test_train_override_args_are_key_json_items() -> None:
+    """Each item one `--override` argument (the rule quotes it): JSON values keep lists and nulls."""
     cfg = make_config()
-    assert scheduling.train_override_args(cfg, "demo_vit") == ""
+    assert scheduling.train_override_args(cfg, "demo_vit") == []
     cfg["train"]["overrides"] = {"epochs": "2"}
-    cfg["train"]["per_model"] = {"demo_vit": {"lr_milestones": [3, 4]}}
-    assert scheduling.train_override_args(cfg, "demo_vit") == "--override epochs=2 'lr_milestones=[3, 4]'"
+    cfg["train"]["per_model"] = {"demo_vit": {"lr_milestones": [3, 4], "imagenet_weights": None}}
+    expect = ["epochs=2", "imagenet_weights=null", "lr_milestones=[3, 4]"]
+    assert scheduling.train_override_args(cfg, "demo_vit") == expect
 
 
 def test_defaults_come_from_the_schema_alone() -> None:

@@ -160,11 +160,12 @@ def released_mode(config: dict[str, Any]) -> bool:
     return config["checkpoints"] == RELEASED
 
 
-def apply_mode_defaults(config: dict[str, Any]) -> None:
+def default_released_resize(config: dict[str, Any]) -> None:
     """Before validation: in released mode `evaluate.resize` defaults to bicubic (the original's Pillow resize).
 
-    Runs on the config as the user gave it, so an explicit `evaluate.resize` is kept;
-    the schema's own default (linear) applies to trained models.
+    Runs on the config as the user gave it, so an explicit `evaluate.resize` is kept; the
+    schema's own default (linear) applies to trained models, and the schema's enum is the one
+    check of the value.
     """
     if config.get("checkpoints") != RELEASED:
         return
@@ -262,9 +263,9 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
                     "(relative paths are relative to the pipeline directory)"
                 )
             continue
-        cfg = get_config(m)
-        if cfg.pretrained and cfg.pretrained not in config["weights"]:
-            problems.append(f"config key 'weights': no entry for {cfg.pretrained!r}, which {m} starts from")
+        backbone = get_config(m).imagenet_weights
+        if backbone and backbone not in config["weights"]:
+            problems.append(f"config key 'weights': no entry for {backbone!r}, which {m} starts from")
     for m in config["resources"]["per_model"]:
         if m not in ZOO:
             problems.append(f"config key 'resources.per_model': unknown model {m!r}")

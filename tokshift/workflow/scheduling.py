@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -141,15 +140,6 @@ def small_job_resources(
     return {"mem_mb": mem_mb, "runtime": runtime, **slurm_account_settings(config, env)}
 
 
-def loader_workers(config: dict[str, Any], rule: str, model: str) -> int:
-    """DataLoader workers per process: `auto` keeps the main process a core of its own."""
-    setting = config["train" if rule == "train" else "evaluate"]["workers"]
-    if setting != "auto":
-        return int(setting)
-    cores = _cores_per_process(job_settings(config, rule, model))
-    return 0 if cores <= 2 else min(8, cores - 1)
-
-
 def launcher(config: dict[str, Any], rule: str, model: str) -> str:
     """The command that starts `tokshift` with the job's processes.
 
@@ -170,9 +160,9 @@ def launcher(config: dict[str, Any], rule: str, model: str) -> str:
     return f"{step} tokshift"
 
 
-def train_override_args(config: dict[str, Any], model: str) -> str:
-    """`--override key=json ...` for the zoo fields config.yaml changes for `model`, or ''."""
-    ov = training_overrides(config, model)
-    if not ov:
-        return ""
-    return "--override " + " ".join(shlex.quote(f"{k}={json.dumps(v)}") for k, v in ov.items())
+def train_override_args(config: dict[str, Any], model: str) -> list[str]:
+    """The `KEY=VALUE` items of `train --override` (values as JSON) for the zoo fields config.yaml changes for `model`.
+
+    JSON reads back as YAML, so lists and nulls reach the zoo with their types.
+    """
+    return [f"{k}={json.dumps(v)}" for k, v in training_overrides(config, model).items()]

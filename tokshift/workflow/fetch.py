@@ -29,8 +29,3 @@ def index_waits_for(checkpoints: Any, settings: dict[str, Any] | None, split: st
     if settings["replacement"]:
         out.append(f"{settings['download_dir']}/replacement.json")
     return out
-
-
-def download_args(settings: dict[str, Any]) -> str:
-    """The downloader options every fetch job shares."""
-    return f"--retries {settings['retries']} --backoff {settings['backoff']}"
