@@ -4,7 +4,10 @@ range checks that name the option, and directories given where a file belongs.""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import importlib.metadata
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from tests.engine_helpers import REPO, cli_env
-from tokshift.argtypes import HelpFormatter
+from tokshift.argtypes import HelpFormatter, options_from_args
 from tokshift.cli import COMMAND_MODULES, build_parser, main
-from tokshift.workflow.schema import default
+from tokshift.settings import default, load_schema
 
 FLAGS = (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._HelpAction)
 
@@ -33,7 +36,7 @@ def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[s
 
 def test_each_stage_registers_its_own_commands() -> None:
     assert COMMAND_MODULES == tuple(
-        f"tokshift.{stage}.commands" for stage in ("zoo", "weights", "fetch", "data", "engine", "results", "viz")
+        f"tokshift.{stage}.commands" for stage in ("zoo", "fetch", "data", "engine", "results", "viz")
     )
     commands = _subparsers(build_parser())
     assert set(commands) == {
@@ -74,29 +77,186 @@ def test_every_option_has_help_and_shows_its_default() -> None:
                 assert f"(default: {action.default})" in text, f"{label}: default {action.default!r} not shown"
 
 
-def test_options_mirroring_config_settings_take_the_schema_default() -> None:
-    commands = _subparsers(build_parser())
+# Every option whose dest names a config setting (or that mirrors one under another name), and the
+# setting whose schema default and allowed values it takes; None: the same name, another meaning.
+MIRRORS: dict[tuple[str, str], str | None] = {
+    ("zoo", "dataset"): None,  # a zoo dataset (k400, demo), not the config's dataset entry
+    ("download", "url"): None,  # any file; the workflow passes the setting's value
+    ("download", "sha256"): None,
+    ("download", "retries"): None,  # the downloader's own: weights and checkpoints have no retry settings
+    ("download", "backoff"): None,
+    ("download", "timeout"): None,  # a socket timeout, not frames.timeout
+    ("fetch-part", "retries"): "cvdf.retries",
+    ("fetch-part", "backoff"): "cvdf.backoff",
+    ("fetch-part", "delete_archive"): "cvdf.delete_archives",
+    ("fetch-part", "timeout"): None,
+    ("fetch-replacement", "retries"): "cvdf.retries",
+    ("fetch-replacement", "backoff"): "cvdf.backoff",
+    ("fetch-replacement", "delete_archive"): "cvdf.delete_archives",
+    ("fetch-replacement", "timeout"): None,
+    ("fetch-replacement", "url"): None,
+    ("fetch-replacement", "root"): None,
+    ("demo", "seed"): None,  # the rendered clips' seed
+    ("demo", "frames"): None,  # frames per clip
+    ("demo", "workers"): None,  # ffmpeg encoders
+    ("index", "dataset"): None,  # read from --config, whose `dataset` key it defaults to
+    ("index", "shards"): None,  # read from --config when given, so no default of its own
+    ("pack", "short_side"): "frames.short_side",
+    ("pack", "jpeg_quality"): "frames.jpeg_quality",
+    ("pack", "timeout"): "frames.timeout",
+    ("pack", "workers"): None,  # ffmpeg processes
+    ("summarize", "shards"): None,
+    ("train", "init_from"): "train.init_from",
+    ("train", "seed"): "train.seed",
+    ("train", "workers"): "train.workers",
+    ("train", "amp"): "train.amp",
+    ("train", "compile"): "train.compile",
+    ("train", "checkpoint_minutes"): "train.checkpoint_minutes",
+    ("train", "stage_to"): "frames.stage_to",
+    ("evaluate", "clips"): "evaluate.clips",
+    ("evaluate", "crops"): "evaluate.crops",
+    ("evaluate", "resize"): "evaluate.resize",
+    ("evaluate", "view_batch"): "evaluate.view_batch",
+    ("evaluate", "workers"): "evaluate.workers",
+    ("evaluate", "max_failed_share"): "evaluate.max_failed_share",
+    ("evaluate", "stage_to"): "frames.stage_to",
+    ("evaluate", "amp"): "train.amp",  # the config's one autocast setting
+    ("evaluate", "shards"): None,  # shard files, not frames.shards
+    ("evaluate", "classes"): None,  # a class-name file
+    ("predict", "clips"): "evaluate.clips",
+    ("predict", "crops"): "evaluate.crops",
+    ("predict", "resize"): "evaluate.resize",
+    ("predict", "view_batch"): "evaluate.view_batch",
+    ("predict", "amp"): "train.amp",
+    ("predict", "classes"): None,
+    ("import-original", "source"): None,
+    ("import-original", "classes"): None,
+    ("collect", "dataset"): None,  # the table's title
+    ("collect", "released"): None,  # model.pt files
+    ("collect", "checkpoints"): None,
+    ("explain", "resize"): "evaluate.resize",
+    ("explain", "classes"): None,
+    ("explain", "shards"): None,
+    ("per-class", "classes"): None,
+}
 
-    def defaults(name: str) -> dict:
-        return {a.dest: a.default for a in commands[name]._actions}
 
-    pack = defaults("pack")
-    assert pack["timeout"] == default("frames", "timeout") == 600
-    assert pack["short_side"] == default("frames", "short_side")
-    assert pack["jpeg_quality"] == default("frames", "jpeg_quality")
-    for name in ("evaluate", "predict"):
-        views = defaults(name)
-        assert (views["clips"], views["crops"], views["view_batch"], views["resize"]) == (
-            default("evaluate", "clips"),
-            default("evaluate", "crops"),
-            default("evaluate", "view_batch"),
-            default("evaluate", "resize"),
-        )
-        assert views["resize"] == "linear"
-    train = defaults("train")
-    assert train["seed"] == default("train", "seed")
-    assert train["amp"] == default("train", "amp")
-    assert train["checkpoint_minutes"] == default("train", "checkpoint_minutes")
+def _schema_names() -> set[str]:
+    """Every setting name the config schema declares, at any depth."""
+    names: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            names.update(node.get("properties") or {})
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(load_schema())
+    return names
+
+
+def _setting(key: str) -> dict:
+    """The schema node of a setting; `cvdf.X` is a dataset entry's, declared once in a definition."""
+    head, _, rest = key.partition(".")
+    if head == "cvdf":
+        return load_schema()["$defs"]["cvdf"]["properties"][rest]
+    node = load_schema()["properties"][head]["properties"][rest]
+    return {"default": default(head, rest), **node}
+
+
+def test_options_mirroring_config_settings_take_the_schema_default_and_choices() -> None:
+    names = _schema_names()
+    seen = set()
+    for command, sub in _subparsers(build_parser()).items():
+        for action in sub._actions:
+            key = (command, action.dest)
+            if action.dest in names:
+                assert key in MIRRORS, f"tokshift {command} {action.option_strings}: names a setting; add it to MIRRORS"
+            if key not in MIRRORS:
+                continue
+            seen.add(key)
+            if MIRRORS[key] is None:
+                continue
+            setting = _setting(MIRRORS[key])
+            assert action.default == setting["default"], f"{key}: default differs from {MIRRORS[key]}"
+            if "enum" in setting:
+                assert list(action.choices) == setting["enum"], f"{key}: choices differ from {MIRRORS[key]}"
+    assert seen == set(MIRRORS), f"MIRRORS names options that do not exist: {sorted(set(MIRRORS) - seen)}"
+    assert _setting("train.workers")["default"] == "auto" and _setting("evaluate.resize")["default"] == "linear"
+
+
+def _parse(command: str) -> argparse.Namespace:
+    return build_parser().parse_args(shlex.split(command))
+
+
+def test_options_a_rule_always_passes_take_values(tmp_path: Path) -> None:
+    """'' is "none", booleans are spelled, --workers takes a number or auto, one --progress switch."""
+    start = tmp_path / "start.pt"
+    args = _parse(TRAIN + "--init-from '' --stage-to '' --compile false --workers auto --progress off --override")
+    assert (args.init_from, args.stage_to, args.compile, args.workers, args.override) == (None, None, False, "auto", [])
+    args = _parse(TRAIN + f"--init-from {start} --compile --workers 3 --no-fused-attn")
+    assert (args.init_from, args.compile, args.workers, args.fused_attn) == (start, True, 3, False)
+    assert _parse(TRAIN + "--compile true").compile is True
+    assert _parse(EVALUATE + "--workers 0").workers == 0
+    fetch = "fetch-part --list l --part p --archives a --dest d --marker m "
+    assert _parse(fetch).delete_archive is False
+    assert _parse(fetch + "--delete-archive").delete_archive is True
+    assert _parse(fetch + "--delete-archive false --progress off").delete_archive is False
+    assert _parse("download --url u --out w.npz --sha256 ''").sha256 is None
+    long_work = {"demo", "pack", "download", "fetch-part", "fetch-replacement", "train", "evaluate"}
+    for name, sub in _subparsers(build_parser()).items():
+        options = {o for a in sub._actions for o in a.option_strings}
+        assert not options & {"--quiet", "--no-progress", "--pretrained"}, name
+        if name in long_work:
+            (progress,) = [a for a in sub._actions if a.dest == "progress"]
+            assert list(progress.choices) == ["auto", "bar", "off"] and progress.default == "auto", name
+
+
+@dataclasses.dataclass
+class Job:
+    name: str
+    size: int
+    out: Path
+    note: str = "none"
+
+
+def test_options_from_args_fills_fields_by_name_and_applies_conversions() -> None:
+    args = argparse.Namespace(name="a", size=3, out=Path("o"), command="x", func=print)
+    assert options_from_args(Job, args) == Job("a", 3, Path("o"))  # other attributes are not fields
+    assert options_from_args(Job, args, size=4, note="n") == Job("a", 4, Path("o"), "n")
+
+
+def test_options_from_args_fails_on_a_field_it_cannot_fill_or_a_stray_conversion() -> None:
+    with pytest.raises(TypeError, match=r"Job\.out has no option"):
+        options_from_args(Job, argparse.Namespace(name="a", size=3))
+    with pytest.raises(TypeError, match="Job has no field sizes"):
+        options_from_args(Job, argparse.Namespace(name="a", size=3, out=Path("o")), sizes=4)
+
+
+@pytest.mark.parametrize(
+    ("command", "module", "cls", "converted", "engine_only"),
+    [
+        (
+            "train",
+            "tokshift.engine.train",
+            "TrainOptions",
+            {"overrides", "progress"},
+            {"val_view_batch", "keep_resume"},
+        ),
+        ("evaluate", "tokshift.engine.evaluate", "EvalOptions", {"classes", "progress"}, set()),
+        ("predict", "tokshift.engine.predict", "PredictOptions", {"classes"}, {"timeout"}),
+    ],
+)
+def test_every_option_field_has_its_option(
+    command: str, module: str, cls: str, converted: set[str], engine_only: set[str]
+) -> None:
+    """A field added to an options class gets an option (or a conversion), else this names it."""
+    fields = {f.name for f in dataclasses.fields(getattr(importlib.import_module(module), cls))}
+    dests = {a.dest for a in _subparsers(build_parser())[command]._actions}
+    assert fields - dests - converted == engine_only
 
 
 def test_help_does_not_import_torch() -> None:
@@ -136,6 +296,14 @@ TRAIN = "train --model m --train-shards s --out-dir o "
         (PACK + "--timeout 0", "--timeout", "> 0"),
         (TRAIN + "--checkpoint-minutes nan", "--checkpoint-minutes", ">= 0"),
         (TRAIN + "--seed -3", "--seed", ">= 0"),
+        (TRAIN + "--workers many", "--workers", "expected an integer"),
+        (TRAIN + "--compile maybe", "--compile", "expected true or false"),
+        (TRAIN + "--progress lines", "--progress", "invalid choice"),
+        (
+            "fetch-part --list l --part p --archives a --dest d --marker m --delete-archive 2",
+            "--delete-archive",
+            "true or false",
+        ),
         ("demo --out d --fps 0", "--fps", ">= 1"),
         ("download --url u --out w.npz --retries -1", "--retries", ">= 0"),
     ],
@@ -157,7 +325,7 @@ def test_a_directory_where_a_file_belongs_is_named_as_one(tmp_path: Path, capsys
     for command, option in (
         (EVALUATE.replace("m.pt", "{}"), "--checkpoint"),
         (PREDICT.replace("m.pt", "{}"), "--checkpoint"),
-        (TRAIN + "--pretrained {}", "--pretrained"),
+        (TRAIN + "--init-from {}", "--init-from"),
         (PACK.replace("i.csv", "{}"), "--index"),
         ("index --config {} --split val --out i.csv", "--config"),
         ("collect --dataset d --metrics {} --train-summaries t --csv c --md m --plot p", "--metrics"),

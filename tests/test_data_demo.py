@@ -119,7 +119,8 @@ def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
                 str(res / f"frames/val/shard-{k}.lmdb"),
                 "--workers",
                 "2",
-                "--quiet",
+                "--progress",
+                "off",
             )
             == 0
         )

@@ -345,7 +345,7 @@ def test_full_disk_is_reported_with_path_free_space_and_a_rerun_rebuilds(small_t
     )
     out = small_tmpfs / "frames" / "shard-0.lmdb"
     cmd = [sys.executable, "-m", "tokshift.cli", "pack", "--index", str(index), "--shard", "0", "--out", str(out)]
-    cmd += ["--short-side", "0", "--jpeg-quality", "95", "--workers", "1", "--quiet"]
+    cmd += ["--short-side", "0", "--jpeg-quality", "95", "--workers", "1", "--progress", "off"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2, res.stderr[-3000:]

@@ -62,7 +62,7 @@ def finetune_args(shard: Path, out: Path, start: Path, *extra: str) -> list[str]
         str(out),
         "--workers",
         "0",
-        "--pretrained",
+        "--init-from",
         str(start),
         *extra,
         "--override",
@@ -183,7 +183,7 @@ def test_dry_run_takes_the_init_checkpoint_and_the_recipe_order(
         "train={overrides: {lr: 0.02}, per_model: {demo_tokshift: {batch_size: 4}}}",
         check=True,
     ).stdout
-    assert "--pretrained start/model.pt" in out
+    assert "--init-from start/model.pt" in out
     # zoo < dataset recipe (epochs 5) < train.overrides (lr) < train.per_model (batch_size)
     assert "--override batch_size=4 epochs=5 lr=0.02" in out
     assert "download_weights" not in out
@@ -237,7 +237,7 @@ def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict
     dry, run, train = commands
     assert dry[:2] == ["snakemake", "-n"] and run[0] == "snakemake" and dry[2:] == run[1:]
     out = snakemake(wf, *dry[1:], "-p", check=True).stdout
-    assert f"--pretrained {fragment['train']['init_from']}" in out
+    assert f"--init-from {fragment['train']['init_from']}" in out
     assert "--override batch_size=8 epochs=5 lr=0.01" in out
     assert "download_weights" not in out
     # The plain CLI command parses with this version's options.

@@ -150,11 +150,7 @@ def _train(args: argparse.Namespace) -> int:
     from tokshift.engine.train import TrainOptions, train
 
     opts = options_from_args(
-        TrainOptions,
-        args,
-        init_from=str(args.init_from) if args.init_from else None,
-        overrides=parse_overrides(args.override),
-        progress=progress_bar(args.progress),
+        TrainOptions, args, overrides=parse_overrides(args.override), progress=progress_bar(args.progress)
     )
     return train(opts)
 
