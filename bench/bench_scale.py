@@ -109,7 +109,9 @@ def bench_pack(n: int, tmp: Path) -> dict[str, float]:
     write_index(IndexResult("train", [f"c{k}" for k in range(400)], rows, []), index)
     shard = work / "frames" / "shard-0.lmdb"
     wall, rss = timed(
-        tokshift("pack", "--index", str(index), "--shard", "0", "--out", str(shard), "--workers", "1", "--quiet")
+        tokshift(
+            "pack", "--index", str(index), "--shard", "0", "--out", str(shard), "--workers", "1", "--progress", "off"
+        )
     )
     listing = shard.with_suffix(".videos.csv")
     s_wall, s_rss = timed(
