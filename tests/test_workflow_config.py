@@ -59,6 +59,7 @@ def test_kinetics_plan_downloads_weights(wf: Path, tmp_path: Path) -> None:
     assert "resources/weights/ViT-L_16.npz" in out and "resources/weights/ViT-B_16.npz" in out
     # gpus: zoo -> the reference GPU count, started with torchrun inside the job.
     assert "--nproc-per-node=8" in out and "--nproc-per-node=2" in out
+    assert "--init-from=resources/weights/ViT-L_16.npz" in out and "--progress off" in out
 
 
 @pytest.mark.parametrize(
@@ -116,9 +117,11 @@ def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
     ).stdout
     assert planned_jobs(out)["pack_shard"] == 6  # 2 splits x 3 shards
     assert "--timeout 90.5" in out
-    assert out.count("--cpus-per-task 4 -- tokshift train") == 2
-    assert "--amp off" in out and "--compile" in out and "--workers 1" in out
+    assert out.count("--cpus-per-task 4 -- tokshift --attempts-log") == 2
+    assert "--amp off" in out and "--compile true" in out and "--workers 1" in out
     assert "--clips 2 --crops 1" in out
+    # Nothing to start from, nothing to stage to: the options stay on the line with an empty value.
+    assert out.count("--init-from= --override ") == 2 and "--stage-to= " in out
 
 
 @pytest.mark.parametrize(
