@@ -25,6 +25,7 @@ import ffmpeg
 import numpy as np
 
 from tokshift.data.ffmpeg import compile_command, ffmpeg_executable, passthrough_options
+from tokshift.errors import DataDamaged
 
 __all__ = [
     "VideoDecodeError",
@@ -37,7 +38,7 @@ __all__ = [
 DEFAULT_TIMEOUT = 300.0
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(DataDamaged):
     """A video could not be decoded; ``reason`` is a one-line cause suitable for a failures CSV."""
 
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:

@@ -17,12 +17,14 @@ import shutil
 import subprocess
 from typing import Any
 
+from tokshift.errors import BadInput
+
 __all__ = ["FFmpegNotFoundError", "compile_command", "ffmpeg_executable", "ffmpeg_version", "passthrough_options"]
 
 ENV_VAR = "TOKSHIFT_FFMPEG"
 
 
-class FFmpegNotFoundError(RuntimeError):
+class FFmpegNotFoundError(BadInput):
     """Raised when no usable ffmpeg binary exists."""
 
 

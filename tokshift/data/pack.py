@@ -39,6 +39,7 @@ from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
 from tokshift.data.jpeg import encode_yuv420, jpeg_size
 from tokshift.data.sources import IndexRow, iter_index, read_classes
 from tokshift.data.store import ShardWriter
+from tokshift.errors import BadInput, RetryLater
 
 __all__ = [
     "FAILURE_COLUMNS",
@@ -62,9 +63,8 @@ DEFAULT_QUALITY = 90
 _FRAME_FILE = re.compile(r"^(?:img|frame|image)?_?(\d+)\.jpe?g$", re.IGNORECASE)
 
 
-class DiskFullError(OSError, ValueError):
-    """The shard did not fit on its filesystem (an ``OSError`` with ENOSPC; a ``ValueError`` so CLIs
-    report it as one line like other input problems)."""
+class DiskFullError(OSError, RetryLater):
+    """The shard did not fit on its filesystem (an ``OSError`` with ENOSPC): free space, then rerun."""
 
     def __init__(self, message: str) -> None:
         super().__init__(errno.ENOSPC, message)
@@ -244,7 +244,7 @@ def read_listing(path: str | os.PathLike[str]) -> Iterator[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         if tuple(reader.fieldnames or ()) != LISTING_COLUMNS:
-            raise ValueError(f"{path}: not a shard listing (columns {reader.fieldnames}, expected {LISTING_COLUMNS})")
+            raise BadInput(f"{path}: not a shard listing (columns {reader.fieldnames}, expected {LISTING_COLUMNS})")
         yield from reader
 
 
@@ -281,7 +281,7 @@ def pack_rows(
     this must guard its entry point with ``if __name__ == "__main__":``.
     """
     if not 1 <= int(jpeg_quality) <= 100:
-        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        raise BadInput(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     out, failures_path = Path(out), Path(failures)
     listing_path = Path(listing) if listing is not None else listing_path_for(out)
     workers = default_workers() if not workers else int(workers)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from tokshift.errors import BadInput
 from tokshift.fileio import atomic_write_text
 
 __all__ = [
@@ -59,7 +60,7 @@ INDEX_COLUMNS = ("video_id", "path", "label", "label_index", "split", "shard")
 MISSING_COLUMNS = ("video_id", "path", "label", "split", "reason")
 
 
-class DatasetSpecError(ValueError):
+class DatasetSpecError(BadInput):
     """A dataset description or annotation file is unusable; the message says which and why."""
 
 

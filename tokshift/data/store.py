@@ -47,6 +47,7 @@ import lmdb
 import numpy as np
 
 from tokshift.data.jpeg import decode_rgb
+from tokshift.errors import DataDamaged, InputMissing
 
 __all__ = [
     "FORMAT",
@@ -69,7 +70,7 @@ _KEY = struct.Struct(">II")
 _CRC = struct.Struct(">I")
 
 
-class ShardCorruptError(ValueError):
+class ShardCorruptError(DataDamaged):
     """A frame shard whose bytes are not what was packed: truncated, overwritten or unsealed.
 
     Never a per-video problem: the whole shard must be re-packed, so jobs stop on it.
@@ -271,7 +272,7 @@ def _acquire_env(path: Path) -> lmdb.Environment:
                 if partial_path(path).exists()
                 else ""
             )
-            raise FileNotFoundError(
+            raise InputMissing(
                 f"frame shard {path} does not exist{hint}; build it with `tokshift pack` "
                 "(or the pipeline's pack_shard rule)"
             )

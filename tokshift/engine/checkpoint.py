@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from tokshift.errors import BadInput, InputMissing
 from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def list_resume(folder: str | os.PathLike[str]) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(BadInput):
     """A checkpoint file that must not be loaded (missing seal, bad checksum, unreadable)."""
 
 
@@ -109,7 +110,7 @@ def load_model_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu
     """Load a final `model.pt`, failing with a message that names the file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist; train the model first (tokshift train)")
+        raise InputMissing(f"checkpoint {path} does not exist; train the model first (tokshift train)")
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:  # noqa: BLE001

@@ -37,6 +37,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tokshift.errors import RetryLater
+
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".tokshift.lock"
@@ -56,7 +58,7 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-class FolderBusy(RuntimeError):
+class FolderBusy(RetryLater):
     """Another live process holds the folder's lock; the message names it and what to do."""
 
 

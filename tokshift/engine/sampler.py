@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch.utils.data import Sampler
 
+from tokshift.errors import BadInput
+
 
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The order of the n training clips in `epoch` (depends only on seed and epoch)."""
@@ -34,7 +36,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
             raise ValueError(f"bad sampler geometry: batch_size={batch_size}, rank={rank}/{world_size}")
         global_batch = batch_size * world_size
         if n < global_batch:
-            raise ValueError(
+            raise BadInput(
                 f"the training set has {n} clips, fewer than one global batch of {global_batch} "
                 f"(batch_size={batch_size} x {world_size} processes); lower batch_size "
                 "(--override batch_size=...) or use fewer processes"

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokshift.errors import BadInput, InputMissing
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -49,12 +51,12 @@ def read_curves(path: str | Path, name: str | None = None) -> Curves:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"training log {path} does not exist; train the model first (tokshift train)")
+        raise InputMissing(f"training log {path} does not exist; train the model first (tokshift train)")
     records = read_jsonl(path)
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
     if not steps and not epochs:
-        raise ValueError(f"{path} holds no step or epoch records; is it the metrics.jsonl of `tokshift train`?")
+        raise BadInput(f"{path} holds no step or epoch records; is it the metrics.jsonl of `tokshift train`?")
     return Curves(
         name=name or path.parent.name,
         steps=[int(r["step"]) for r in steps],

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tokshift.errors import BadInput, InputMissing
+
 if TYPE_CHECKING:
     import pandas as pd
     from matplotlib.figure import Figure
@@ -35,11 +37,11 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} does not exist; run `tokshift evaluate` first")
+        raise InputMissing(f"predictions file {path} does not exist; run `tokshift evaluate` first")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing = [c for c in _NEEDED if c not in df.columns]
     if missing:
-        raise ValueError(f"{path} lacks column(s) {missing}; is it a predictions.csv of `tokshift evaluate`?")
+        raise BadInput(f"{path} lacks column(s) {missing}; is it a predictions.csv of `tokshift evaluate`?")
     return df[df["error"] == ""].reset_index(drop=True)
 
 
