@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokshift.errors import BadInput
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -106,7 +108,7 @@ COLUMN_SOURCES: dict[str, str] = {
     "val_videos": "metrics:videos",
     "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
     "when there is no pack summary)",
-    "pretrained": "train_summary:pretrained (the backbone's name when it is the zoo's ImageNet-21k weights file)",
+    "pretrained": "train_summary:init_from (the backbone's name when it is the zoo's ImageNet-21k weights file)",
     "epochs": "train_summary:epochs",
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
@@ -139,7 +141,7 @@ ACCURACY_COLUMNS = (
 )
 
 
-class ResultsError(RuntimeError):
+class ResultsError(BadInput):
     """An input of the results table is missing or malformed."""
 
 
@@ -192,7 +194,7 @@ def _by_model(paths: Sequence[PathLike], rule: str, required: tuple[str, ...]) -
 
 def _match_checkpoints(checkpoints: Sequence[PathLike], trains: dict[str, tuple[Path, dict]]) -> dict[str, Path]:
     """Each model's checkpoint file, found by the sha256 its train summary records."""
-    from tokshift.weights import sha256_file
+    from tokshift.fileio import sha256_file
 
     by_sha: dict[str, Path] = {}
     for p in map(Path, checkpoints):
@@ -217,8 +219,11 @@ def _match_checkpoints(checkpoints: Sequence[PathLike], trains: dict[str, tuple[
 
 
 def _started_from(train: dict[str, Any], backbone: str | None) -> str:
-    """What the training started from: the ImageNet-21k backbone's name, or the file it fine-tuned."""
-    path = train.get("pretrained")
+    """What the training started from: the ImageNet-21k backbone's name, or the file it fine-tuned.
+
+    Summaries written before `init_from` was named so record the file as `pretrained`.
+    """
+    path = train.get("init_from", train.get("pretrained"))
     if not path:
         return "none"
     if backbone and Path(str(path)).stem == backbone:
@@ -233,7 +238,7 @@ def _trained_columns(
     from tokshift.zoo import get_config
 
     try:
-        backbone = get_config(model).pretrained
+        backbone = get_config(model).imagenet_weights
     except ValueError as err:
         raise ResultsError(f"{m_file}: {err}") from None
     evaluated, trained = metrics.get("checkpoint_sha256"), train["checkpoint_sha256"]
@@ -365,7 +370,7 @@ def collect(
 def _released_checkpoint(path: Path) -> tuple[str, dict[str, Any], str]:
     """(model, model.pt contents, sha256) of a checkpoint converted by `tokshift import-original`."""
     from tokshift.checkpoints import CheckpointFormatError, read_torch_file
-    from tokshift.weights import sha256_file
+    from tokshift.fileio import sha256_file
 
     if not path.is_file():
         raise MissingResultError(f"released checkpoint {path} is missing; it is written by `tokshift import-original`")

@@ -7,6 +7,7 @@ the built models are in `tokshift.flops`.
 
 from __future__ import annotations
 
+from tokshift.errors import BadInput
 from tokshift.zoo.configs import BACKBONES, MODEL_KEYS, ZOO, Backbone, ZooConfig, validate
 
 __all__ = [
@@ -31,4 +32,4 @@ def get_config(name: str) -> ZooConfig:
     try:
         return ZOO[name]
     except KeyError:
-        raise ValueError(f"unknown zoo model {name!r}; known models: {', '.join(ZOO)}") from None
+        raise BadInput(f"unknown zoo model {name!r}; known models: {', '.join(ZOO)}") from None

@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from tokshift.errors import BadInput
+
 Arch = Literal["tokshift", "vit"]
 
 
@@ -56,7 +58,9 @@ class ZooConfig:
     frame_stride: int
     shift_div: int
     num_classes: int
-    pretrained: str | None
+    # The backbone's ImageNet-21k weights every training starts from (a `weights` entry of
+    # config.yaml, e.g. "ViT-B_16"), or None: from scratch unless `tokshift train --init-from` gives a file.
+    imagenet_weights: str | None
     # Training recipe. `lr` is for the reference global batch (batch_size * gpus * accum_steps);
     # training scales it linearly to the global batch actually used.
     optimizer: Literal["sgd", "adamw"]
@@ -98,7 +102,8 @@ class ZooConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"unknown zoo field(s) {unknown} for {self.name!r}; known fields: {sorted(known)}")
+            hint = "; `pretrained` is now `imagenet_weights`" if "pretrained" in unknown else ""
+            raise BadInput(f"unknown zoo field(s) {unknown} for {self.name!r}{hint}; known fields: {sorted(known)}")
         overrides = {k: _coerce(k, v, getattr(self, k)) for k, v in overrides.items()}
         cfg = dataclasses.replace(self, **overrides)
         validate(cfg)
@@ -108,6 +113,8 @@ class ZooConfig:
     def from_dict(cls, d: dict[str, Any]) -> ZooConfig:
         """Rebuild a config saved with `to_dict` (e.g. inside a checkpoint)."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if "imagenet_weights" not in d and "pretrained" in d:  # checkpoints written before the rename
+            d = {**d, "imagenet_weights": d["pretrained"]}
         kwargs = {k: v for k, v in d.items() if k in known}
         kwargs["lr_milestones"] = tuple(kwargs.get("lr_milestones", ()))
         kwargs["train_short_side"] = tuple(kwargs["train_short_side"])
@@ -134,7 +141,7 @@ def _coerce(key: str, value: Any, current: Any) -> Any:
         if isinstance(current, float):
             return float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"zoo field {key}={value!r} must be of type {type(current).__name__}") from None
+        raise BadInput(f"zoo field {key}={value!r} must be of type {type(current).__name__}") from None
     return value
 
 
@@ -186,7 +193,7 @@ def validate(cfg: ZooConfig) -> None:
     if not 0 <= cfg.label_smoothing < 1:
         problems.append(f"label_smoothing={cfg.label_smoothing} must be in [0, 1)")
     if problems:
-        raise ValueError(f"invalid zoo config {cfg.name!r}: " + "; ".join(problems))
+        raise BadInput(f"invalid zoo config {cfg.name!r}: " + "; ".join(problems))
 
 
 def _k400(
@@ -219,7 +226,7 @@ def _k400(
         frame_stride=32,
         shift_div=4,
         num_classes=400,
-        pretrained=backbone,
+        imagenet_weights=backbone,
         optimizer="sgd",
         lr=lr,
         momentum=0.9,
@@ -258,7 +265,7 @@ def _demo(name: str, arch: Arch) -> ZooConfig:
         frame_stride=2,
         shift_div=4,
         num_classes=4,
-        pretrained=None,
+        imagenet_weights=None,
         # From scratch a ViT wants AdamW with a warm-up; the K400 entries keep SGD.
         optimizer="adamw",
         lr=1e-3,
