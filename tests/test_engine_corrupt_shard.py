@@ -1,7 +1,7 @@
 """Damaged frame shards stop `tokshift evaluate` and `tokshift train` with the shard named.
 
 A damaged shard is never scored as a few "failed videos" and never a SIGBUS: the job exits
-non-zero and says which file to re-pack.
+with DATA_DAMAGED and says which file to re-pack.
 
 A shard damaged only inside a frame's bytes (same size, intact LMDB pages) is read in this
 process; a shard whose LMDB structure may be damaged is read by a real process, so that a
@@ -15,6 +15,7 @@ import signal
 from pathlib import Path
 
 from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli, run_cli_inprocess, train_args
+from tokshift.errors import ExitCode
 
 
 def _copy_shard(src: Path, dest: Path) -> Path:
@@ -87,7 +88,7 @@ def test_train_stops_on_frames_that_fail_their_checksum(packed_demo: PackedDemo,
     train.write_bytes(bytes(blob))
     data = PackedDemo(**{**packed_demo.__dict__, "train": train})
     res = run_cli_inprocess(*train_args(data, tmp_path / "run", overrides=("epochs=1",)), threads=2)
-    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-3000:]
     assert f"frame shard {train} is damaged: the checksum of frame" in res.stderr
     assert not (tmp_path / "run" / "model.pt").exists()
 
@@ -115,12 +116,12 @@ def test_evaluate_and_train_refuse_a_truncated_shard_without_sigbus(
         fh.truncate(shard.stat().st_size // 2)
     res = _evaluate(trained_demo, shard, tmp_path / "out")
     _assert_stopped_on(res, shard, tmp_path / "out")
-    assert res.returncode == 2 and "truncated" in res.stderr
+    assert res.returncode == ExitCode.DATA_DAMAGED and "truncated" in res.stderr
 
     train = _copy_shard(packed_demo.train, tmp_path / "train.lmdb")
     with open(train, "r+b") as fh:
         fh.truncate(train.stat().st_size - 4096)
     data = PackedDemo(**{**packed_demo.__dict__, "train": train})
     res = run_cli(*train_args(data, tmp_path / "run"), threads=2)
-    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-3000:]
     assert f"frame shard {train} is damaged" in res.stderr and "truncated" in res.stderr

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli, run_cli_inprocess, tokshift_cmd
-from tokshift.engine.exitcodes import EXIT_BUSY
 from tokshift.engine.folder_lock import LOCK_NAME, FolderBusy, FolderLock
 from tokshift.engine.logbook import read_jsonl
+from tokshift.errors import ExitCode
 
 HOLD = """
 import sys, time
@@ -79,7 +79,7 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
         t0 = time.monotonic()
         res = run_cli(*_train_args(packed_demo, out))
         took = time.monotonic() - t0
-        assert res.returncode == EXIT_BUSY, res.stderr[-2000:]
+        assert res.returncode == ExitCode.RETRY_LATER, res.stderr[-2000:]
         assert str(out) in res.stderr and f"PID {holder.pid} on this host" in res.stderr
         assert f"kill {holder.pid}" in res.stderr and "`tokshift train`" in res.stderr
         assert took < 60, f"refused only after {took:.0f} s"
@@ -107,7 +107,7 @@ def test_evaluate_refuses_a_folder_another_evaluation_holds(
             "--out-dir",
             str(out),
         )
-    assert res.returncode == EXIT_BUSY, res.stderr[-2000:]
+    assert res.returncode == ExitCode.RETRY_LATER, res.stderr[-2000:]
     assert str(out) in res.stderr and f"PID {os.getpid()}" in res.stderr and "`tokshift evaluate`" in res.stderr
     assert not (out / "metrics.json").exists()
 

@@ -20,8 +20,8 @@ from tests.engine_helpers import (
     run_cli_inprocess,
     tokshift_cmd,
 )
-from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED
 from tokshift.engine.logbook import read_jsonl
+from tokshift.errors import ExitCode
 from tokshift.fileio import sha256_file
 
 
@@ -157,7 +157,7 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
     env = {**cli_env(1), "TOKSHIFT_SIGNAL_AT_STEP": f"{at_step}:{signal.Signals(signum).name}"}
     proc = subprocess.Popen(args, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == EXIT_PREEMPTED, err[-2000:]
+    assert proc.returncode == ExitCode.RETRY_LATER, err[-2000:]
     assert f"received {signal.Signals(signum).name}" in err
     assert not (out / "model.pt").exists()  # declared outputs only appear when training is done
     saved = list_resume(out / "resume")
@@ -211,7 +211,7 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: Pa
         "grad_clip=null",
         "warmup_epochs=0",
     )
-    assert res.returncode == EXIT_DIVERGED, res.stderr[-2000:]
+    assert res.returncode == ExitCode.NOT_RETRYABLE, res.stderr[-2000:]
     assert "training diverged" in res.stderr and "optimizer step" in res.stderr and "epoch 2" in res.stderr
     assert not (tmp_path / "model.pt").exists()
     kept = list_resume(tmp_path / "resume")
