@@ -41,6 +41,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
+from tokshift.errors import BadInput, DataDamaged, RetryLater, TokshiftError
 from tokshift.fileio import atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
@@ -52,12 +53,20 @@ FATAL_STATUSES = frozenset({400, 401, 403, 404, 405, 410, 451})
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
-class DownloadError(RuntimeError):
-    """A download failed in a way the user has to act on."""
+class DownloadError(TokshiftError, RuntimeError):
+    """A download failed; the subclass says whether to fix a setting, the file, or wait and rerun."""
 
 
-class ChecksumMismatch(DownloadError):
+class DownloadRefused(DownloadError, BadInput):
+    """The URL, the sha256 setting or a local source is wrong: asking again cannot help."""
+
+
+class ChecksumMismatch(DownloadError, DataDamaged):
     """The downloaded bytes do not have the configured sha256."""
+
+
+class DownloadIncomplete(DownloadError, RetryLater):
+    """The connection kept failing through every retry; the ``.part`` file is kept for a rerun to resume."""
 
 
 class _Retryable(Exception):
@@ -83,7 +92,7 @@ def read_sha256_record(dest: Path) -> str | None:
         return None
     text = record.read_text().split()
     if not text or not _HEX64.match(text[0].lower()):
-        raise DownloadError(f"{record} is not a sha256 record ('<64 hex digits>  <filename>'); delete it")
+        raise DownloadRefused(f"{record} is not a sha256 record ('<64 hex digits>  <filename>'); delete it")
     return text[0].lower()
 
 
@@ -95,7 +104,7 @@ def normalise_sha256(sha256: str | None) -> str | None:
     if value.startswith("sha256:"):
         value = value[len("sha256:") :]
     if not _HEX64.match(value):
-        raise DownloadError(f"sha256 {sha256!r} is not 64 hexadecimal digits; fix or remove it")
+        raise DownloadRefused(f"sha256 {sha256!r} is not 64 hexadecimal digits; fix or remove it")
     return value
 
 
@@ -135,7 +144,7 @@ def download(
     expected = normalise_sha256(sha256)
     key = config_key or _default_config_key(dest)
     if retries < 0:
-        raise ValueError(f"retries must be >= 0, got {retries}")
+        raise BadInput(f"retries must be >= 0, got {retries}")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     if dest.exists():
@@ -148,7 +157,7 @@ def download(
     elif scheme in ("file", ""):
         _copy_local(_local_source(url, url_key), part, progress=progress)
     else:
-        raise DownloadError(
+        raise DownloadRefused(
             f"cannot download {url!r}: unsupported scheme {scheme!r}; use http(s)://, file:// or a local path"
         )
 
@@ -184,12 +193,12 @@ def _local_source(url: str, url_key: str) -> Path:
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.lower() == "file":
         if parsed.netloc not in ("", "localhost"):
-            raise DownloadError(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
+            raise DownloadRefused(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
         src = Path(urllib.request.url2pathname(parsed.path))
     else:
         src = Path(url).expanduser()
     if not src.is_file():
-        raise DownloadError(
+        raise DownloadRefused(
             f"local file {src} (from {url!r}) does not exist or is not a file; "
             f"fix {url_key} in config.yaml or copy the file there"
         )
@@ -240,7 +249,7 @@ def _fetch_http(
                     if part.exists()
                     else ""
                 )
-                raise DownloadError(f"giving up on {url} after {attempt + 1} attempts: {exc}.{kept}") from exc
+                raise DownloadIncomplete(f"giving up on {url} after {attempt + 1} attempts: {exc}.{kept}") from exc
             delay = min(backoff * (2**attempt), 60.0)
             attempt += 1
             log.warning("download of %s interrupted (%s); retry %d/%d in %.1f s", url, exc, attempt, retries, delay)
@@ -334,7 +343,7 @@ def _handle_http_error(url: str, part: Path, offset: int, err: urllib.error.HTTP
         raise _Retryable("range not satisfiable; restarting from byte 0")
     err.close()
     if status in FATAL_STATUSES or (400 <= status < 500 and status not in (408, 425, 429)):
-        raise DownloadError(
+        raise DownloadRefused(
             f"HTTP {status} {err.reason} for {url}. Check {url_key} in config.yaml, "
             "or download the file yourself and put it at the output path (or point the url at it "
             "with file:///path)."

@@ -25,11 +25,14 @@ from typing import Any
 
 from tokshift.data.sources import VIDEO_EXTENSIONS, scan_videos
 from tokshift.download import DownloadError, download
+from tokshift.errors import BadInput, DataDamaged, TokshiftError
 from tokshift.fileio import atomic_write_json
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
+    "ArchiveDamaged",
     "FetchError",
+    "PartListError",
     "Part",
     "apply_replacement",
     "extract_archive",
@@ -43,8 +46,16 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
-class FetchError(RuntimeError):
+class FetchError(TokshiftError, RuntimeError):
     """A part or archive could not be fetched or unpacked; the message names the URL or file."""
+
+
+class PartListError(FetchError, BadInput):
+    """The part list is unusable or lacks the requested part: fix the list or its URL."""
+
+
+class ArchiveDamaged(FetchError, DataDamaged):
+    """An archive does not unpack (truncated, not a tar, or holding unsafe members)."""
 
 
 @dataclass(frozen=True)
@@ -75,13 +86,13 @@ def read_part_list(path: str | os.PathLike[str]) -> list[Part]:
             continue
         name = part_name(url)
         if not _NAME.match(name):
-            raise FetchError(f"{path} line {line}: cannot name a part after {url!r} (file name {name!r})")
+            raise PartListError(f"{path} line {line}: cannot name a part after {url!r} (file name {name!r})")
         if name in seen:
-            raise FetchError(f"{path} line {line}: part {name!r} is listed twice (first on line {seen[name]})")
+            raise PartListError(f"{path} line {line}: part {name!r} is listed twice (first on line {seen[name]})")
         seen[name] = line
         parts.append(Part(name, url))
     if not parts:
-        raise FetchError(f"part list {path} holds no URLs; check the list URL in the dataset's cvdf settings")
+        raise PartListError(f"part list {path} holds no URLs; check the list URL in the dataset's cvdf settings")
     return parts
 
 
@@ -103,9 +114,9 @@ def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str
                     size += member.size
                     videos += Path(member.name).suffix.lower() in VIDEO_EXTENSIONS
     except tarfile.FilterError as err:
-        raise FetchError(f"{archive}: refused to extract an unsafe member ({err})") from err
+        raise ArchiveDamaged(f"{archive}: refused to extract an unsafe member ({err})") from err
     except (tarfile.TarError, EOFError, OSError) as err:
-        raise FetchError(f"{archive} is not a complete tar archive ({type(err).__name__}: {err})") from err
+        raise ArchiveDamaged(f"{archive} is not a complete tar archive ({type(err).__name__}: {err})") from err
     return {"files": files, "videos": videos, "bytes": size}
 
 
@@ -125,13 +136,13 @@ def fetch_part(
 ) -> dict[str, Any]:
     """Download part ``name`` of ``list_path`` into ``archives``, extract it into ``dest``, write ``marker``.
 
-    A download that stays broken raises :class:`FetchError` naming the URL (its ``.part`` file
-    is kept, so the next run resumes it); an archive that does not unpack is deleted so the
-    next run downloads it afresh.
+    A failed download re-raises its :class:`DownloadError` kind naming the part and URL (a broken
+    connection keeps its ``.part`` file, so the next run resumes it); an archive that does not
+    unpack is deleted so the next run downloads it afresh.
     """
     by_name = {p.name: p for p in read_part_list(list_path)}
     if name not in by_name:
-        raise FetchError(f"part {name!r} is not in {list_path} (it lists {len(by_name)} parts)")
+        raise PartListError(f"part {name!r} is not in {list_path} (it lists {len(by_name)} parts)")
     part = by_name[name]
     archive = Path(archives) / os.path.basename(urllib.parse.urlsplit(part.url).path)
     try:
@@ -139,12 +150,13 @@ def fetch_part(
             part.url, archive, retries=retries, timeout=timeout, progress=progress, backoff=backoff, url_key=url_key
         )
     except DownloadError as err:
-        raise FetchError(f"part {name} ({part.url}) could not be downloaded: {err}") from err
+        raise type(err)(f"part {name} ({part.url}) could not be downloaded: {err}") from err
     try:
         counts = extract_archive(archive, dest)
-    except FetchError as err:
+    except ArchiveDamaged as err:
         archive.unlink(missing_ok=True)
-        raise FetchError(f"part {name} ({part.url}): {err}; the archive was deleted, rerun to fetch it again") from err
+        message = f"part {name} ({part.url}): {err}; the archive was deleted, rerun to fetch it again"
+        raise ArchiveDamaged(message) from err
     record = {"part": name, "url": part.url, "archive": str(archive), "dest": str(dest), **counts}
     record["archive_deleted"] = bool(delete_archive)
     atomic_write_json(Path(marker), record)  # first: a kill after it leaves an archive, not a refetch
