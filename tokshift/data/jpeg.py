@@ -1,24 +1,18 @@
 """JPEG encode/decode for packed frames, all through libjpeg-turbo.
 
 Packing encodes ffmpeg's full-range 4:2:0 planes directly (simplejpeg's YUV-plane encoder: no
-colour conversion or chroma downsampling, the cheapest path measured in bench/RESULTS_data.md);
-RGB frames go through OpenCV. Decoding uses simplejpeg's fast DCT/upsampling flags, the fastest
-RGB decode measured, with OpenCV as the fallback when simplejpeg is not installed.
+colour conversion or chroma downsampling, the cheapest path measured in bench/RESULTS_data.md).
+RGB frames (tests, benchmarks) are encoded by OpenCV. Decoding uses simplejpeg's fast
+DCT/upsampling flags, the fastest RGB decode measured.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import simplejpeg
 
-try:  # simplejpeg is optional: OpenCV decodes too, a little slower
-    import simplejpeg
-except ImportError:  # pragma: no cover - exercised only where simplejpeg is absent
-    simplejpeg = None
-
-__all__ = ["HAVE_YUV_ENCODER", "decode_rgb", "encode_rgb", "encode_yuv420", "jpeg_size"]
-
-HAVE_YUV_ENCODER = simplejpeg is not None and hasattr(simplejpeg, "encode_jpeg_yuv_planes")
+__all__ = ["decode_rgb", "encode_rgb", "encode_yuv420", "jpeg_size"]
 
 cv2.setNumThreads(1)
 
@@ -34,19 +28,12 @@ def encode_rgb(frame: np.ndarray, quality: int) -> bytes:
 
 def encode_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, quality: int) -> bytes:
     """Encode full-range BT.601 4:2:0 planes (JPEG's own YCbCr) as a baseline JPEG."""
-    if not HAVE_YUV_ENCODER:
-        raise RuntimeError("encoding YUV planes needs simplejpeg >= 1.6: `pip install simplejpeg`")
     return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=int(quality))
 
 
 def decode_rgb(data: bytes | memoryview) -> np.ndarray:
     """Decode JPEG bytes to an (H, W, 3) uint8 RGB array (fast DCT and upsampling)."""
-    if simplejpeg is not None:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
-    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR_RGB)
-    if arr is None:
-        raise ValueError("corrupt JPEG frame in the frame store")
-    return arr
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
