@@ -90,7 +90,8 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
     jobs = planned_jobs(out)
     assert jobs["fetch_released"] == 2 and jobs["import_released"] == 2 and jobs["evaluate_released"] == 2
     assert "train" not in jobs and "evaluate" not in jobs
-    assert f"--sha256 {sha}" in out and "resources/released/demo_tokshift.pth" in out
+    assert f"--sha256={sha}" in out and "resources/released/demo_tokshift.pth" in out
+    assert "--sha256= --config-key" in out  # no sha256 pinned: recorded on download
     assert out.count("--resize linear") == 2 and "--resize bicubic" not in out
 
 
