@@ -83,7 +83,8 @@ if CVDF is not None:
         shell:
             "tokshift fetch-part --list {input:q} --part {wildcards.part} --archives {params.archives:q}"
             " --dest {params.dest:q} --marker {output:q} --delete-archive {params.delete_archive}"
-            " --retries {params.retries} --backoff {params.backoff} --url-key {params.key:q} > {log:q} 2>&1"
+            " --retries {params.retries} --backoff {params.backoff} --url-key {params.key:q} --progress off"
+            " > {log:q} 2>&1"
 
     rule cvdf_replacement:
         """The replacement archive's clips over the extracted ones of the same name, after every part."""
@@ -109,6 +110,6 @@ if CVDF is not None:
             retries=CVDF["retries"],
             backoff=CVDF["backoff"],
         shell:
-            "tokshift fetch-replacement --url {params.url:q} --archive {params.archive:q} --root {params.root:q}"
+            "tokshift fetch-replacement --url={params.url:q} --archive {params.archive:q} --root {params.root:q}"
             " --marker {output:q} --delete-archive {params.delete_archive} --retries {params.retries}"
-            " --backoff {params.backoff} --url-key {params.key:q} > {log:q} 2>&1"
+            " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"
