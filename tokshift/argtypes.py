@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
+
+from tokshift.errors import ExitCode
 
 __all__ = [
     "PROGRESS_CHOICES",
@@ -21,6 +24,7 @@ __all__ = [
     "add_command",
     "add_progress",
     "boolean",
+    "exit_codes_epilog",
     "file_path",
     "fraction",
     "nonnegative_float",
@@ -63,10 +67,40 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return text + " (default: %(default)s)"
 
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        """The exit-code table keeps one code a line; other text is filled as usual."""
+        if not text.startswith(_EXIT_CODES_TITLE):
+            return super()._fill_text(text, width, indent)
+        hang = indent + " " * _EXIT_CODES_HANG
+        rows = text.splitlines()
+        return "\n".join(textwrap.fill(row, width, initial_indent=indent, subsequent_indent=hang) for row in rows)
 
-def add_command(subparsers: Any, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
-    """A sub-command parser with the shared help layout (defaults shown)."""
-    return subparsers.add_parser(name, help=help, description=description or help, formatter_class=HelpFormatter)
+
+_EXIT_CODES_TITLE = "exit codes:"
+_EXIT_CODES_HANG = 21  # where a row's meaning starts: after "  75  RETRY_LATER    "
+
+# What every command can return, whatever else it lists: success, a bug, bad usage or input.
+_ALWAYS = (ExitCode.OK, ExitCode.BUG, ExitCode.BAD_INPUT)
+
+
+def exit_codes_epilog(codes: Iterable[ExitCode] = ()) -> str:
+    """The "exit codes:" table of a command's --help: the given codes and those every command has."""
+    rows = [f"  {int(c):<4}{c.name:<15}{c.meaning}" for c in sorted({*_ALWAYS, *codes})]
+    return "\n".join([_EXIT_CODES_TITLE, *rows])
+
+
+def add_command(
+    subparsers: Any, name: str, help: str, description: str | None = None, exit_codes: Iterable[ExitCode] = ()
+) -> argparse.ArgumentParser:
+    """A sub-command parser with the shared help layout (defaults shown) and its exit codes:
+    ``exit_codes`` are those it returns besides OK, BUG and BAD_INPUT, which every command can."""
+    return subparsers.add_parser(
+        name,
+        help=help,
+        description=description or help,
+        epilog=exit_codes_epilog(exit_codes),
+        formatter_class=HelpFormatter,
+    )
 
 
 def _number(text: str, kind: Callable[[str], Any]) -> Any:
