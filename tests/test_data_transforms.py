@@ -89,6 +89,17 @@ def test_a_frame_already_at_the_crop_size_is_returned_as_it_is(decoded: dict[str
         assert resize_short_side(frame, 256, method) is frame
 
 
+def test_every_resize_method_of_the_config_schema_resizes(decoded: dict[str, np.ndarray]) -> None:
+    from tokshift.data.transforms import RESIZE_METHODS, resize_short_side
+    from tokshift.settings import default, load_schema
+
+    schema = load_schema()["properties"]["evaluate"]["properties"]["resize"]
+    assert RESIZE_METHODS == tuple(schema["enum"]) and default("evaluate", "resize") in RESIZE_METHODS
+    frame = decoded["vga"][0]
+    for method in RESIZE_METHODS:
+        assert resize_short_side(frame, 64, method).shape == (64, 85, 3), method
+
+
 def test_an_unknown_resize_is_rejected_by_name(decoded: dict[str, np.ndarray], tmp_path: Path) -> None:
     from tokshift.data.datasets import EvalViewDataset, eval_views_from_frames
     from tokshift.data.transforms import resize_short_side

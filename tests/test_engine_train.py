@@ -225,7 +225,9 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(packed_demo: Pa
     [
         (["--model", "no_such_model"], "unknown zoo model 'no_such_model'"),
         (["--model", "demo_tokshift", "--override", "bogus=1"], "unknown zoo field"),
-        (["--model", "k400_tokshift_div4_8x32_base_224"], "--pretrained resources/weights/ViT-B_16.npz"),
+        (["--model", "k400_tokshift_div4_8x32_base_224"], "--init-from resources/weights/ViT-B_16.npz"),
+        (["--model", "k400_tokshift_div4_8x32_base_224"], "--override imagenet_weights=null"),
+        (["--model", "demo_tokshift", "--override", "pretrained=null"], "`pretrained` is now `imagenet_weights`"),
     ],
 )
 def test_bad_input_fails_fast_with_a_clear_message(

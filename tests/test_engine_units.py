@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +35,7 @@ def test_torchrun_variables_win_over_slurm() -> None:
             "LOCAL_RANK": "1",
             "MASTER_ADDR": "node7",
             "MASTER_PORT": "1234",
+            "LOCAL_WORLD_SIZE": "4",
             "SLURM_PROCID": "0",
             "SLURM_STEP_NUM_TASKS": "2",
         }
@@ -43,6 +48,7 @@ def test_torchrun_variables_win_over_slurm() -> None:
         1234,
         "torchrun",
     )
+    assert env.local_processes == 4  # torchrun's processes of a node share its CPU affinity
 
 
 def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
@@ -58,6 +64,7 @@ def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
         }
     )
     assert (env.rank, env.world_size, env.local_rank, env.master_addr, env.source) == (5, 8, 1, "10.0.0.4", "slurm")
+    assert env.local_processes == 1  # srun gives each task cores of its own
     assert env.master_port == 15000 + 123456 % 20000
 
 
@@ -138,6 +145,55 @@ def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
     save_resume({"fingerprint": {"seed": 1}}, tmp_path, epoch=0, step=1)
     with pytest.warns(RuntimeWarning, match="other seed"):
         assert find_resume(tmp_path, accept=lambda s: "other seed" if s["fingerprint"]["seed"] != 0 else None) is None
+
+
+def test_resume_of_a_run_fingerprinted_before_the_init_from_rename_continues() -> None:
+    from tokshift.engine.train import TrainOptions, _fingerprint, _mismatch
+
+    cfg = get_config("demo_tokshift")
+    fp = _fingerprint(cfg, TrainOptions("demo_tokshift", [], [], Path("out")), 1, 32, "a" * 64)
+    old = {k: v for k, v in fp.items() if k != "init_from_sha256"}
+    old["pretrained_sha256"] = "a" * 64
+    old["config"] = {("pretrained" if k == "imagenet_weights" else k): v for k, v in fp["config"].items()}
+    assert _mismatch(fp)({"fingerprint": old}) is None
+    old["pretrained_sha256"] = "b" * 64
+    assert "init_from_sha256" in _mismatch(fp)({"fingerprint": old})
+
+
+# ------------------------------------------------------------------------------------ loader workers
+
+
+@contextlib.contextmanager
+def cpu_affinity(cores: int) -> Iterator[None]:
+    """This thread runs on its first `cores` allowed CPUs while the block runs (skips when it has fewer)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < cores:
+        pytest.skip(f"needs {cores} CPU cores, this process may use {len(allowed)}")
+    os.sched_setaffinity(0, allowed[:cores])
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
+@pytest.mark.parametrize(
+    "cores, local_processes, expect",
+    [(1, 1, 0), (2, 1, 0), (3, 1, 2), (4, 2, 0), (6, 2, 2), (12, 1, 8), (16, 2, 7)],
+)
+def test_auto_loader_workers_keep_a_core_for_each_process(cores: int, local_processes: int, expect: int) -> None:
+    from tokshift.engine.runtime import loader_workers
+
+    with cpu_affinity(cores):
+        assert loader_workers("auto", local_processes) == expect
+
+
+def test_a_worker_count_passes_through_and_a_bad_one_is_named() -> None:
+    from tokshift.engine.runtime import loader_workers
+
+    assert loader_workers(0) == 0 and loader_workers(5, local_processes=4) == 5 and loader_workers("3") == 3
+    for bad in (-1, "many", 2.5, True):
+        with pytest.raises(ValueError, match=r"--workers .*>= 0, or auto"):
+            loader_workers(bad)
 
 
 # ---------------------------------------------------------------------------------------- sampler
@@ -268,10 +324,10 @@ def test_mean_class_accuracy_weights_classes_equally() -> None:
 def test_overrides_parse_yaml_scalars_and_reject_garbage() -> None:
     from tokshift.engine.runtime import parse_overrides
 
-    assert parse_overrides(["epochs=2", "lr=0.01", "pretrained=null", "lr_milestones=[1, 2]"]) == {
+    assert parse_overrides(["epochs=2", "lr=0.01", "imagenet_weights=null", "lr_milestones=[1, 2]"]) == {
         "epochs": 2,
         "lr": 0.01,
-        "pretrained": None,
+        "imagenet_weights": None,
         "lr_milestones": [1, 2],
     }
     with pytest.raises(ValueError, match="key=value"):

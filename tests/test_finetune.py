@@ -15,7 +15,7 @@ import yaml
 
 from tests.engine_helpers import PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess, tokshift_cmd
 from tests.workflow_helpers import REPO, DemoRun, copy_workflow, snakemake
-from tokshift.engine.exitcodes import EXIT_PREEMPTED
+from tokshift.errors import ExitCode
 from tokshift.fileio import sha256_file
 
 HEAD = ("head.weight", "head.bias")
@@ -103,10 +103,10 @@ def test_train_cli_fine_tunes_and_records_the_start(
     assert "head re-initialised" in res.stderr
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["classes"] == 3
-    assert summary["pretrained"] == str(trained_demo.checkpoint)
-    assert summary["pretrained_sha256"] == sha256_file(trained_demo.checkpoint)
+    assert summary["init_from"] == str(trained_demo.checkpoint)
+    assert summary["init_from_sha256"] == sha256_file(trained_demo.checkpoint)
     ckpt = torch.load(out / "model.pt", map_location="cpu", weights_only=False)
-    assert ckpt["pretrained_sha256"] == summary["pretrained_sha256"]
+    assert (ckpt["init_from"], ckpt["init_from_sha256"]) == (summary["init_from"], summary["init_from_sha256"])
     assert ckpt["model"]["head.weight"].shape[0] == 3 and len(ckpt["classes"]) == 3
     assert torch.count_nonzero(ckpt["model"]["head.weight"]) > 0  # the new head was trained
 
@@ -133,7 +133,7 @@ def test_resume_from_another_start_is_not_continued(
         text=True,
         timeout=300,
     )
-    assert proc.returncode == EXIT_PREEMPTED, proc.stderr[-3000:]  # preempted, resume checkpoint written
+    assert proc.returncode == ExitCode.RETRY_LATER, proc.stderr[-3000:]  # preempted, resume checkpoint written
     assert "received SIGUSR1" in proc.stderr
     assert list((out / "resume").glob("*.pt")), "no resume checkpoint"
 
@@ -143,10 +143,10 @@ def test_resume_from_another_start_is_not_continued(
     torch.save(state, other)
     again = run_cli_inprocess(*finetune_args(three_class_shard, out, other, *extra))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipping resume checkpoint" in again.stderr and "pretrained_sha256" in again.stderr
+    assert "skipping resume checkpoint" in again.stderr and "init_from_sha256" in again.stderr
     assert "resumed from" not in again.stderr
     summary = json.loads((out / "train_summary.json").read_text())
-    assert summary["pretrained_sha256"] == sha256_file(other)
+    assert summary["init_from_sha256"] == sha256_file(other)
 
 
 def finetune_config(wf: Path, splits: dict[str, Path], init_from: str, recipe: dict) -> None:
@@ -183,7 +183,7 @@ def test_dry_run_takes_the_init_checkpoint_and_the_recipe_order(
         "train={overrides: {lr: 0.02}, per_model: {demo_tokshift: {batch_size: 4}}}",
         check=True,
     ).stdout
-    assert "--init-from start/model.pt" in out
+    assert "--init-from=start/model.pt" in out
     # zoo < dataset recipe (epochs 5) < train.overrides (lr) < train.per_model (batch_size)
     assert "--override batch_size=4 epochs=5 lr=0.02" in out
     assert "download_weights" not in out
@@ -237,7 +237,7 @@ def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict
     dry, run, train = commands
     assert dry[:2] == ["snakemake", "-n"] and run[0] == "snakemake" and dry[2:] == run[1:]
     out = snakemake(wf, *dry[1:], "-p", check=True).stdout
-    assert f"--init-from {fragment['train']['init_from']}" in out
+    assert f"--init-from={fragment['train']['init_from']}" in out
     assert "--override batch_size=8 epochs=5 lr=0.01" in out
     assert "download_weights" not in out
     # The plain CLI command parses with this version's options.
@@ -245,7 +245,7 @@ def test_readme_fine_tuning_config_and_commands_plan_the_run(three_classes: dict
 
     assert train[0] == "tokshift"
     args = build_parser().parse_args(["x.lmdb" if glob.has_magic(a) else a for a in train[1:]])
-    assert args.pretrained and args.override == ["epochs=5", "lr=0.01", "batch_size=8"]
+    assert args.init_from and args.override == ["epochs=5", "lr=0.01", "batch_size=8"]
 
 
 @pytest.mark.slow
@@ -263,5 +263,5 @@ def test_snakemake_fine_tunes_into_the_results_table(demo_run: DemoRun, tmp_path
     assert df.loc["demo_tokshift", "val_videos"] == 6 and 0 <= df.loc["demo_tokshift", "top1"] <= 100
     summary = json.loads((wf / "results/mine/train/demo_tokshift/train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["classes"] == 3
-    assert summary["pretrained_sha256"] == sha256_file(start)
-    assert df.loc["demo_tokshift", "pretrained"] == summary["pretrained"]  # the file it started from
+    assert summary["init_from_sha256"] == sha256_file(start)
+    assert df.loc["demo_tokshift", "pretrained"] == summary["init_from"]  # the file it started from

@@ -63,6 +63,14 @@ def test_config_round_trips_through_dict() -> None:
     assert type(c).from_dict(c.to_dict()) == c
 
 
+def test_a_config_saved_with_the_old_weights_key_loads() -> None:
+    """Checkpoints record the zoo entry; those written before `imagenet_weights` call it `pretrained`."""
+    c = get_config("k400_vit_8x32_224")
+    saved = {("pretrained" if k == "imagenet_weights" else k): v for k, v in c.to_dict().items()}
+    assert type(c).from_dict(saved) == c and c.imagenet_weights == "ViT-B_16"
+    assert get_config("demo_vit").imagenet_weights is None  # the demo models train from scratch
+
+
 def test_zoo_row_computes_from_model() -> None:
     from tokshift.flops import zoo_row
 

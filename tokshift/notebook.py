@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokshift.checkpoints import NPZ, load_state_dict_checked, open_checkpoint
-from tokshift.engine.loading import TrainedModel, trained_from_checkpoint
-from tokshift.models import build_model
+from tokshift.checkpoints import NPZ, open_checkpoint
+from tokshift.engine.loading import TrainedModel, build_model, load_state, trained_from_checkpoint
+from tokshift.settings import default
 from tokshift.zoo import get_config
 
 __all__ = ["TrainedModel", "load", "predict"]
@@ -51,7 +51,8 @@ def load(
     if len(names) != cfg.num_classes:
         cfg = cfg.replace(num_classes=len(names))
     net = build_model(cfg.model_dict())
-    load_state_dict_checked(net, ckpt.state_dict_for(net), f"checkpoint {path} ({ckpt.description})")
+    fix = "Pass the zoo name of a model with the .npz's backbone (depth, width, patch size)"
+    load_state(net, ckpt.state_dict_for(net), f"checkpoint {path} ({ckpt.description})", fix)
     net.to(dev).eval()
     return TrainedModel(net, cfg, names, {"format": ckpt.kind})
 
@@ -59,12 +60,11 @@ def load(
 def _frames(video: str | Path | np.ndarray, short_side: int, resize: str) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB frames of a video file (short side ``short_side``) or an array."""
     if isinstance(video, (str, Path)):
-        from tokshift.data.decode import DEFAULT_TIMEOUT
         from tokshift.engine.predict import decode_for_views
 
         if not Path(video).is_file():
             raise FileNotFoundError(f"video {video} not found")
-        frames, _log = decode_for_views(str(video), short_side, DEFAULT_TIMEOUT, resize)
+        frames, _log = decode_for_views(str(video), short_side, float(default("frames", "timeout")), resize)
         return frames
     arr = np.asarray(video)
     if arr.ndim != 4 or arr.shape[-1] != 3 or arr.dtype != np.uint8 or len(arr) == 0:
@@ -78,10 +78,10 @@ def predict(
     model: TrainedModel | str | Path,
     video: str | Path | np.ndarray,
     top: int = 5,
-    clips: int = 10,
-    crops: int = 3,
-    view_batch: int = 30,
-    resize: str = "linear",
+    clips: int = default("evaluate", "clips"),
+    crops: int = default("evaluate", "crops"),
+    view_batch: int = default("evaluate", "view_batch"),
+    resize: str = default("evaluate", "resize"),
 ) -> list[tuple[str, float]]:
     """The `top` (label, probability) pairs for one video, from the fused logits of clips x crops views.
 

@@ -21,6 +21,8 @@ from torch.utils.data import Dataset
 from tokshift.data.sampling import crop_offsets, eval_clip_indices, train_clip_indices
 from tokshift.data.store import ShardCorruptError, ShardReader
 from tokshift.data.transforms import ClipAugment, check_resize, resize_short_side
+from tokshift.errors import BadInput, InputMissing
+from tokshift.settings import default
 
 __all__ = ["EvalViewDataset", "TrainClipDataset", "eval_views_from_frames", "expand_shards"]
 
@@ -36,12 +38,12 @@ def expand_shards(shards: PathLike | Sequence[PathLike]) -> list[Path]:
         if p.is_dir():
             found = sorted(p.glob("*.lmdb"))
             if not found:
-                raise FileNotFoundError(f"no *.lmdb frame shards in {p}; pack the dataset first (`tokshift pack`)")
+                raise InputMissing(f"no *.lmdb frame shards in {p}; pack the dataset first (`tokshift pack`)")
             out.extend(found)
         else:
             out.append(p)
     if not out:
-        raise ValueError("no frame shards given")
+        raise BadInput("no frame shards given")
     return out
 
 
@@ -65,7 +67,7 @@ class _ShardSet:
             if classes is None:
                 classes = reader.classes
             elif reader.classes != classes:
-                raise ValueError(
+                raise BadInput(
                     f"{reader.path} lists different classes than {self.readers[0].path}; "
                     "shards of one dataset must come from the same index"
                 )
@@ -185,7 +187,7 @@ def _views(
 ) -> torch.Tensor:
     """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major.
 
-    Each distinct frame is decoded, resized (``resize``: linear or bicubic) and cut into its crops
+    Each distinct frame is decoded, resized (``resize``, checked by the caller) and cut into its crops
     once; the views are then one gather of whole crops (3x faster than copying crop by crop from
     HWC frames).
     """
@@ -208,9 +210,9 @@ def eval_views_from_frames(
     num_frames: int,
     frame_stride: int,
     crop_size: int,
-    num_clips: int = 10,
-    num_crops: int = 3,
-    resize: str = "linear",
+    num_clips: int = default("evaluate", "clips"),
+    num_crops: int = default("evaluate", "crops"),
+    resize: str = default("evaluate", "resize"),
 ) -> torch.Tensor:
     """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8.
 
@@ -236,7 +238,8 @@ class EvalViewDataset(_ShardDataset):
     """All evaluation views of each video: ``dict(video_id, label, views (V, T, 3, crop, crop) uint8)``.
 
     ``resize`` is the short-side resize to ``crop_size``: ``linear`` or ``bicubic`` (see
-    :func:`~tokshift.data.transforms.resize_short_side`).
+    :func:`~tokshift.data.transforms.resize_short_side`), checked here: in a loader worker a bad
+    name would fail every video one by one.
     """
 
     def __init__(
@@ -245,9 +248,9 @@ class EvalViewDataset(_ShardDataset):
         num_frames: int,
         frame_stride: int,
         crop_size: int,
-        num_clips: int = 10,
-        num_crops: int = 3,
-        resize: str = "linear",
+        num_clips: int = default("evaluate", "clips"),
+        num_crops: int = default("evaluate", "crops"),
+        resize: str = default("evaluate", "resize"),
     ) -> None:
         self.resize = check_resize(resize)
         self._set = _ShardSet(shards)

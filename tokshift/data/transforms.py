@@ -18,6 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from tokshift.errors import BadInput
+from tokshift.settings import default, load_schema
+
 __all__ = [
     "AugmentParams",
     "ClipAugment",
@@ -39,7 +42,8 @@ cv2.setNumThreads(1)
 JITTER_RANGES = {"brightness": (0.5, 2.0), "saturation": (0.5, 3.0), "gamma": (0.8, 1.2), "hue": (-0.5, 0.5)}
 
 # Evaluation resizes: OpenCV bilinear (fast) or antialiased bicubic (the original's Pillow BICUBIC).
-RESIZE_METHODS = ("linear", "bicubic")
+# The config schema's list (`evaluate.resize`) is the one list of names; `resize_short_side` implements each.
+RESIZE_METHODS: tuple[str, ...] = tuple(load_schema()["properties"]["evaluate"]["properties"]["resize"]["enum"])
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
@@ -55,13 +59,17 @@ def short_side_size(h: int, w: int, short: int) -> tuple[int, int]:
 
 
 def check_resize(method: str) -> str:
-    """``method`` when it is one of :data:`RESIZE_METHODS`, else a ValueError naming the choices."""
+    """``method`` when it is one of :data:`RESIZE_METHODS`, else a ValueError naming the choices.
+
+    Called where a method enters (options, public functions), so a typo fails before any work
+    instead of as one error per video.
+    """
     if method not in RESIZE_METHODS:
-        raise ValueError(f"resize method {method!r} is not one of {', '.join(RESIZE_METHODS)}")
+        raise BadInput(f"resize method {method!r} is not one of {', '.join(RESIZE_METHODS)}")
     return method
 
 
-def resize_short_side(img: np.ndarray, short: int, method: str = "linear") -> np.ndarray:
+def resize_short_side(img: np.ndarray, short: int, method: str = default("evaluate", "resize")) -> np.ndarray:
     """Resize an (H, W, 3) uint8 frame to short side ``short`` (no copy when already there).
 
     ``linear`` is OpenCV's bilinear (no antialiasing); ``bicubic`` is antialiased bicubic
@@ -74,12 +82,24 @@ def resize_short_side(img: np.ndarray, short: int, method: str = "linear") -> np
     nh, nw = short_side_size(h, w, short)
     if (nh, nw) == (h, w):
         return img
-    if check_resize(method) == "linear":
-        return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    if method not in _RESIZERS:
+        check_resize(method)  # raises, naming the methods
+    return _RESIZERS[method](img, nh, nw)
+
+
+def _resize_linear(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
+    return cv2.resize(img, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
+
+def _resize_bicubic(img: np.ndarray, nh: int, nw: int) -> np.ndarray:
     # Interpolating uint8 directly uses Pillow's fixed-point weights (float32 then rounding is off by 0.2 grey levels).
     x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
     y = torch.nn.functional.interpolate(x, size=(nh, nw), mode="bicubic", antialias=True, align_corners=False)
     return y[0].permute(1, 2, 0).numpy()
+
+
+# One implementation per name of RESIZE_METHODS (a test checks that they agree).
+_RESIZERS = {"linear": _resize_linear, "bicubic": _resize_bicubic}
 
 
 def adjust_brightness(clip: np.ndarray, factor: float) -> np.ndarray:
@@ -132,7 +152,7 @@ class ClipAugment:
     def __post_init__(self) -> None:
         lo, hi = self.short_side_range
         if not self.crop <= lo <= hi:
-            raise ValueError(f"short_side_range {self.short_side_range} must satisfy crop ({self.crop}) <= low <= high")
+            raise BadInput(f"short_side_range {self.short_side_range} must satisfy crop ({self.crop}) <= low <= high")
 
     def draw(self, h: int, w: int, rng: np.random.Generator) -> AugmentParams:
         """Draw the clip's parameters for frames of size ``h`` x ``w`` (always the same number of draws)."""

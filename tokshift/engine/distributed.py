@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from tokshift.errors import BadInput
+
 log = logging.getLogger(__name__)
 
 
@@ -34,6 +36,9 @@ class LaunchEnv:
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
     source: str = "single"  # "single" | "torchrun" | "slurm"
+    #: Processes of this node that one launcher started on one shared CPU affinity: torchrun's
+    #: LOCAL_WORLD_SIZE. srun binds each task to cores of its own, so there it is 1.
+    local_processes: int = 1
 
 
 def _first_slurm_host(nodelist: str) -> str:
@@ -75,6 +80,7 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
             master_addr=env.get("MASTER_ADDR", "127.0.0.1"),
             master_port=int(env.get("MASTER_PORT", 29500)),
             source="torchrun",
+            local_processes=int(env.get("LOCAL_WORLD_SIZE", 1)),
         )
     step_tasks = env.get("SLURM_STEP_NUM_TASKS")
     if "SLURM_PROCID" in env and step_tasks and int(step_tasks) > 1:
@@ -124,11 +130,11 @@ class DistContext:
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
     """`auto` picks this rank's GPU when CUDA works, else the CPU; `cuda` insists on a GPU."""
     if choice not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"--device {choice!r}: expected auto, cpu or cuda")
+        raise BadInput(f"--device {choice!r}: expected auto, cpu or cuda")
     if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
         return torch.device("cpu")
     if not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but CUDA is not available; use --device cpu")
+        raise BadInput("--device cuda was requested but CUDA is not available; use --device cpu")
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

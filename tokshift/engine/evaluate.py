@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
-from tokshift.engine.runtime import autocast, ignore_stop_signals
+from tokshift.engine.runtime import autocast, ignore_stop_signals, loader_workers
+from tokshift.errors import BadInput, ExitCode, InputMissing
 from tokshift.settings import default
 
 log = logging.getLogger(__name__)
@@ -174,11 +175,11 @@ def evaluate_dataset(
     ctx: D.DistContext,
     layout: ViewLayout,
     *,
-    view_batch: int = 30,
+    view_batch: int = default("evaluate", "view_batch"),
     amp_dtype: torch.dtype | None = None,
-    workers: int = 2,
+    workers: int | str = default("evaluate", "workers"),
     pack_videos: bool = False,
-    progress: bool = False,
+    progress: bool | None = False,
     desc: str = "eval",
 ) -> list[VideoRecord]:
     """Records of every video of `dataset`, each computed once on one rank, gathered on all ranks.
@@ -186,7 +187,10 @@ def evaluate_dataset(
     `pack_videos` lets several videos share one forward pass (faster for 1-view
     validation); exact N-process = 1-process equality needs it off, because the
     floating-point result of a matmul may depend on the batch it is part of.
+    `progress` on rank 0: True a bar, False nothing, None a bar on a terminal and else a
+    log line a minute. `workers` may be "auto" (tokshift.engine.runtime.loader_workers).
     """
+    workers = loader_workers(workers, ctx.launch.local_processes)
     was_training = model.training
     model.eval()
     n = len(dataset)
@@ -203,7 +207,8 @@ def evaluate_dataset(
     )
     per_forward = max(1, view_batch // layout.views) if pack_videos else 1
     records: list[VideoRecord] = []
-    bar = _progress(len(mine), desc, progress and ctx.is_main)
+    report = ctx.is_main and progress is not False
+    bar = _progress_bar(len(mine), desc) if report and (progress or sys.stderr.isatty()) else None
     pending: list[dict[str, Any]] = []
 
     def flush() -> None:
@@ -241,7 +246,7 @@ def evaluate_dataset(
                 flush()
         if bar is not None:
             bar.update(1)
-        elif progress and ctx.is_main and time.perf_counter() - t_log >= 60:
+        elif report and time.perf_counter() - t_log >= 60:
             t_log = time.perf_counter()
             log.info("%s: %d/%d videos on rank 0 (%.1f videos/s)", desc, done, len(mine), done / (t_log - t0))
     flush()
@@ -256,9 +261,7 @@ def evaluate_dataset(
     return out
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    if not enabled or not sys.stderr.isatty():
-        return None
+def _progress_bar(total: int, desc: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="video", dynamic_ncols=True)
@@ -332,52 +335,54 @@ class EvalOptions:
     checkpoint: Path
     shards: list[str]
     out_dir: Path
-    clips: int = 10
-    crops: int = 3
-    resize: str = field(default_factory=lambda: default("evaluate", "resize"))  # linear or bicubic
-    view_batch: int = 30
-    workers: int = 2
+    clips: int = default("evaluate", "clips")
+    crops: int = default("evaluate", "crops")
+    resize: str = default("evaluate", "resize")  # one of tokshift.data.transforms.RESIZE_METHODS
+    view_batch: int = default("evaluate", "view_batch")
+    workers: int | str = default("evaluate", "workers")  # a count, or "auto" (resolved when the run starts)
     device: str = "auto"
     amp: str = "auto"
     fused_attn: bool = True
-    progress: bool | None = None
-    max_failed_share: float = field(default_factory=lambda: default("evaluate", "max_failed_share"))
+    progress: bool | None = None  # True a bar, False none, None a bar on a terminal (else a log line a minute)
+    max_failed_share: float = default("evaluate", "max_failed_share")
     model: str | None = None  # zoo entry; needed for an original .pth
     classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
-    stage_to: str | None = None  # node-local folder to copy the shards to first (tokshift.engine.staging)
+    stage_to: str | None = default("frames", "stage_to")  # node-local folder to copy the shards to first
 
 
 def run_evaluation(opts: EvalOptions) -> int:
     """Evaluate a trained model on packed shards and write metrics.json and predictions.csv.
 
-    Returns 0, EXIT_UNREADABLE when more than `max_failed_share` of the videos could not be
-    read (the files are written all the same, for inspection), or EXIT_BUSY when another run
+    Returns 0, ExitCode.DATA_DAMAGED when more than `max_failed_share` of the videos could not be
+    read (the files are written all the same, for inspection), or ExitCode.RETRY_LATER when another run
     holds the output folder.
     """
-    from tokshift.engine.exitcodes import EXIT_BUSY
+    from tokshift.data.transforms import check_resize
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
-    from tokshift.engine.runtime import enable_crash_traces, setup_logging
+    from tokshift.engine.runtime import enable_crash_traces, resolve_workers, setup_logging
     from tokshift.engine.staging import staged_shards
 
     if opts.clips < 1 or opts.crops < 1:
-        raise ValueError(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
+        raise BadInput(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
+    check_resize(opts.resize)  # here, once: a bad method would otherwise fail every video as unreadable
     if not 0 <= opts.max_failed_share <= 1:
-        raise ValueError(f"--max-failed-share {opts.max_failed_share:g}: expected a share between 0 and 1")
+        raise BadInput(f"--max-failed-share {opts.max_failed_share:g}: expected a share between 0 and 1")
     for s in opts.shards:
         if not Path(s).exists():
-            raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
+            raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
     enable_crash_traces()
     ctx = D.init_distributed(opts.device)
     setup_logging(ctx.rank)
     D.log_placement(ctx)
     try:
+        opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, ctx.launch.local_processes))
         with exclusive_folder(ctx, opts.out_dir, "evaluate"):
             with staged_shards({"val": opts.shards}, opts.stage_to, ctx) as shards:
                 return _evaluate(dataclasses.replace(opts, shards=shards["val"]), ctx)
     except FolderBusy as exc:
         if ctx.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BUSY
+        return ExitCode.RETRY_LATER
     finally:
         D.shutdown(ctx)
 
@@ -386,7 +391,6 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
     import json
 
     from tokshift.data.datasets import EvalViewDataset
-    from tokshift.engine.exitcodes import EXIT_UNREADABLE
     from tokshift.engine.loading import load_trained_model
     from tokshift.engine.runtime import resolve_amp, set_fused_attention
     from tokshift.fileio import atomic_write_text, sha256_file
@@ -406,7 +410,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
     )
     classes = [str(c) for c in ds.classes]
     if classes != trained.classes:
-        raise ValueError(
+        raise BadInput(
             f"the shards' classes ({len(classes)}) differ from those the checkpoint "
             f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
             "evaluate on the same dataset's validation split"
@@ -422,7 +426,6 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         ctx.world_size,
     )
     t0 = time.perf_counter()
-    show = opts.progress if opts.progress is not None else True
     records = evaluate_dataset(
         trained.model,
         ds,
@@ -431,7 +434,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         view_batch=opts.view_batch,
         amp_dtype=amp_dtype,
         workers=opts.workers,
-        progress=show,
+        progress=opts.progress,
         desc="evaluate",
     )
     seconds = time.perf_counter() - t0
@@ -476,4 +479,4 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         if too_many:
             print(f"error: {too_many}", file=sys.stderr, flush=True)
     D.barrier(ctx)
-    return EXIT_UNREADABLE if too_many else 0
+    return ExitCode.DATA_DAMAGED if too_many else ExitCode.OK

@@ -21,6 +21,7 @@ import torch
 from tokshift.engine.evaluate import ViewLayout, view_logits
 from tokshift.engine.metrics import fuse_logits, topk
 from tokshift.engine.runtime import enable_crash_traces, resolve_amp, set_fused_attention
+from tokshift.errors import BadInput, ExitCode
 from tokshift.settings import default
 
 log = logging.getLogger(__name__)
@@ -36,10 +37,10 @@ class PredictOptions:
     model: str | None = None  # zoo entry; needed for an original .pth
     classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
     format: str = "text"
-    clips: int = 10
-    crops: int = 3
+    clips: int = default("evaluate", "clips")
+    crops: int = default("evaluate", "crops")
     resize: str = default("evaluate", "resize")  # linear (ffmpeg scales while decoding) or bicubic
-    view_batch: int = 30
+    view_batch: int = default("evaluate", "view_batch")
     device: str = "auto"
     amp: str = "auto"
     top: int = 5
@@ -63,17 +64,19 @@ def input_warnings(path: str, frames: int, ffmpeg_log: list[str], num_frames: in
     return []
 
 
-def decode_for_views(path: str, size: int, timeout: float, resize: str = "linear") -> tuple[np.ndarray, list[str]]:
+def decode_for_views(
+    path: str, size: int, timeout: float, resize: str = default("evaluate", "resize")
+) -> tuple[np.ndarray, list[str]]:
     """Every frame of ``path`` at short side ``size``, and ffmpeg's log.
 
     ``linear`` lets ffmpeg scale while decoding (the fast path); ``bicubic`` decodes full frames
     and resizes each as it arrives (antialiased bicubic, as evaluation does), so a long
-    high-resolution video never sits in memory at full size.
+    high-resolution video never sits in memory at full size. The caller has checked ``resize``.
     """
     from tokshift.data.decode import VideoFrames
-    from tokshift.data.transforms import check_resize, resize_short_side
+    from tokshift.data.transforms import resize_short_side
 
-    if check_resize(resize) == "linear":
+    if resize == "linear":
         with VideoFrames(path, short_side=size, timeout=timeout) as reader:
             frames = list(reader)
     else:
@@ -87,18 +90,20 @@ def predict_videos(opts: PredictOptions, out: TextIO | None = None, err: TextIO 
     unreliable ones (see `input_warnings`) predicted with a warning on ``err``.
 
     ``out`` and ``err`` default to the sys.stdout and sys.stderr of the call (not of the import),
-    so a caller that redirects them gets the output. Returns 0 when every video was predicted,
-    1 when some could not be read.
+    so a caller that redirects them gets the output. Returns OK when every video was predicted,
+    DATA_DAMAGED when some could not be read.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     from tokshift.data.datasets import eval_views_from_frames
+    from tokshift.data.transforms import check_resize
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
 
     enable_crash_traces()
+    check_resize(opts.resize)  # before the first video: each would fail on its own otherwise
     if opts.format not in ("text", "json"):
-        raise ValueError(f"--format {opts.format!r}: expected text or json")
+        raise BadInput(f"--format {opts.format!r}: expected text or json")
     device = pick_device(opts.device)
     trained = load_trained_model(opts.checkpoint, device, model_name=opts.model, classes=opts.classes)
     set_fused_attention(trained.model, True)
@@ -152,4 +157,4 @@ def predict_videos(opts: PredictOptions, out: TextIO | None = None, err: TextIO 
             indent=2,
         )
         out.write("\n")
-    return 1 if failed else 0
+    return ExitCode.DATA_DAMAGED if failed else ExitCode.OK

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tokshift.engine.exitcodes import EXIT_PREEMPTED
+from tokshift.errors import BadInput, ExitCode
 
 log = logging.getLogger("tokshift.engine")
 
@@ -72,11 +72,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
     """autocast dtype: `auto` is bf16 on CUDA and fp32 (no autocast) on CPU."""
     if choice not in ("auto", "bf16", "fp16", "off"):
-        raise ValueError(f"--amp {choice!r}: expected auto, bf16, fp16 or off")
+        raise BadInput(f"--amp {choice!r}: expected auto, bf16, fp16 or off")
     if choice == "off" or (choice == "auto" and device.type != "cuda"):
         return None
     if choice == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 or off on CPU")
+        raise BadInput("--amp fp16 needs a CUDA device; use --amp bf16 or off on CPU")
     return torch.float16 if choice == "fp16" else torch.bfloat16
 
 
@@ -116,7 +116,7 @@ def scheduled_signal(env: dict[str, str] | os._Environ[str] = os.environ) -> tup
     name = name if name.startswith("SIG") else f"SIG{name}"
     signum = signal.Signals[name] if name in signal.Signals.__members__ else None
     if not step_text.isdigit() or int(step_text) < 1 or signum is None:
-        raise ValueError(
+        raise BadInput(
             f"{SIGNAL_AT_STEP_VAR}={value!r}: expected STEP[:SIGNAL], STEP >= 1 and SIGNAL a signal name such as "
             "SIGUSR1 (the default) or SIGTERM; unset it for a normal run"
         )
@@ -142,9 +142,8 @@ class StopFlag:
 
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is None:
-            log.warning(
-                "received %s: will save a resume checkpoint and exit %d", signal.Signals(signum).name, EXIT_PREEMPTED
-            )
+            name, code = signal.Signals(signum).name, int(ExitCode.RETRY_LATER)
+            log.warning("received %s: will save a resume checkpoint and exit %d", name, code)
         self.signum = signum
 
     @property
@@ -162,6 +161,39 @@ class StopFlag:
                 signal.signal(s, h)
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity: what SLURM or taskset granted), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity API on this platform
+        return os.cpu_count() or 1
+
+
+def loader_workers(setting: int | str, local_processes: int = 1) -> int:
+    """DataLoader worker processes for one training or evaluation process.
+
+    An integer passes through. `auto` gives each of the `local_processes` processes sharing this
+    affinity an equal part of its cores and keeps one of them for the process itself (it runs
+    the model): 0 workers (load in the main process) with <= 2 cores, else min(8, cores - 1);
+    more than 8 workers only add memory, the decoding of one batch is done by then.
+    """
+    if setting == "auto":
+        cores = usable_cores() // max(1, int(local_processes))
+        return 0 if cores <= 2 else min(8, cores - 1)
+    if isinstance(setting, str) and setting.strip().isdigit():
+        setting = int(setting)
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise BadInput(f"--workers {setting!r}: expected a number of processes >= 0, or auto")
+    return setting
+
+
+def resolve_workers(setting: int | str, local_processes: int = 1) -> int:
+    """`loader_workers` once at the start of a run, saying the number in the log (`auto` hides it)."""
+    workers = loader_workers(setting, local_processes)
+    log.info("data loading: %d worker process(es) per rank (--workers %s)", workers, setting)
+    return workers
+
+
 def ignore_stop_signals(_worker_id: int = 0) -> None:
     """DataLoader worker init: leave SIGTERM/SIGUSR1 to the main process, which shuts workers down."""
     for s in StopFlag.SIGNALS:
@@ -175,12 +207,12 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item in items or []:
         if "=" not in item:
-            raise ValueError(f"--override {item!r}: expected key=value, e.g. epochs=2")
+            raise BadInput(f"--override {item!r}: expected key=value, e.g. epochs=2")
         key, value = item.split("=", 1)
         try:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError as exc:
-            raise ValueError(f"--override {item!r}: value is not a YAML scalar ({exc})") from None
+            raise BadInput(f"--override {item!r}: value is not a YAML scalar ({exc})") from None
         if isinstance(parsed, str):  # YAML 1.1 reads `1e-3` as a string
             try:
                 parsed = float(parsed)

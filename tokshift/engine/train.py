@@ -17,8 +17,9 @@ never deletes when it reruns the job. A retrain (`--forcerun train`) starts from
 writes its `model.pt` atomically at its end, and removes the older `final/` copy only after
 its own is in place.
 
-Fine-tuning is `--pretrained` given a tokshift `model.pt` or an original `.pth` instead of
-an ImageNet-21k `.npz`; `model.pt` and `train_summary.json` record the file and its sha256.
+Fine-tuning is `--init-from` given a tokshift `model.pt` or an original `.pth` instead of
+an ImageNet-21k `.npz`; `model.pt` and `train_summary.json` record the file (`init_from`)
+and its sha256 (`init_from_sha256`).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ from torch.utils.data import DataLoader
 from tokshift.engine import distributed as D
 from tokshift.engine.checkpoint import find_resume, list_resume, load_verified, save_resume
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
-from tokshift.engine.exitcodes import EXIT_BUSY, EXIT_OK, EXIT_PREEMPTED
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
 from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
@@ -54,6 +54,7 @@ from tokshift.engine.runtime import (
     enable_crash_traces,
     ignore_stop_signals,
     resolve_amp,
+    resolve_workers,
     rng_state,
     scheduled_signal,
     seed_everything,
@@ -64,14 +65,19 @@ from tokshift.engine.runtime import (
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
 from tokshift.engine.staging import staged_shards
+from tokshift.errors import BadInput, ExitCode, InputMissing, NotRetryable
 from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
+from tokshift.settings import default
 from tokshift.zoo import ZooConfig, get_config
 
 log = logging.getLogger(__name__)
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(NotRetryable):
     """The loss or the gradient became NaN/inf; the message names the step."""
+
+    def __str__(self) -> str:
+        return f"training diverged: {super().__str__()}"
 
 
 @dataclass
@@ -82,54 +88,58 @@ class TrainOptions:
     train_shards: list[str]
     val_shards: list[str]
     out_dir: Path
-    pretrained: str | None = None
+    init_from: str | None = default("train", "init_from")  # the file the weights start from; None: the zoo's
     overrides: dict[str, Any] = field(default_factory=dict)
-    workers: int = 2
-    seed: int = 0
+    workers: int | str = default("train", "workers")  # a count, or "auto" (tokshift.engine.runtime.loader_workers)
+    seed: int = default("train", "seed")
     device: str = "auto"
-    amp: str = "auto"
-    compile: bool = False
+    amp: str = default("train", "amp")
+    compile: bool = default("train", "compile")
     fused_attn: bool = True
-    checkpoint_minutes: float = 30.0
+    checkpoint_minutes: float = default("train", "checkpoint_minutes")
     log_every: int = 10
     max_epochs: int | None = None
     val_view_batch: int = 64
     keep_resume: int = 2
-    progress: bool | None = None  # None: a bar on interactive terminals, log lines otherwise
-    stage_to: str | None = None  # node-local folder to copy the shards to first (tokshift.engine.staging)
+    progress: bool | None = None  # a bar beside the log lines: None on interactive terminals only, False never
+    stage_to: str | None = default("frames", "stage_to")  # node-local folder to copy the shards to first
+
+    def __post_init__(self) -> None:
+        # A path as text (model.pt and train_summary.json record it); '' means none, as on the command line.
+        self.init_from = str(self.init_from) if self.init_from else None
 
 
 def resolve_config(opts: TrainOptions, check_files: bool = True) -> ZooConfig:
-    """The zoo entry with --override applied, checked against the weights given."""
+    """The zoo entry with --override applied, checked against the file it starts from."""
     cfg = get_config(opts.model)
     if opts.overrides:
         cfg = cfg.replace(**opts.overrides)
-    if cfg.pretrained and not opts.pretrained:
-        raise ValueError(
-            f"model {cfg.name!r} starts from the {cfg.pretrained} weights: pass "
-            f"--pretrained resources/weights/{cfg.pretrained}.npz (tokshift download), "
-            "or --override pretrained=null to train from scratch"
+    if cfg.imagenet_weights and not opts.init_from:
+        raise BadInput(
+            f"model {cfg.name!r} starts from the {cfg.imagenet_weights} ImageNet-21k weights: pass "
+            f"--init-from resources/weights/{cfg.imagenet_weights}.npz (tokshift download), "
+            "or --override imagenet_weights=null to train from scratch"
         )
-    if opts.pretrained and not Path(opts.pretrained).is_file():
-        raise FileNotFoundError(f"--pretrained {opts.pretrained}: no such file (run tokshift download first)")
+    if opts.init_from and not Path(opts.init_from).is_file():
+        raise InputMissing(f"--init-from {opts.init_from}: no such file (run tokshift download first)")
     if check_files:
         if not opts.train_shards:
-            raise ValueError("no --train-shards given")
+            raise BadInput("no --train-shards given")
         for s in [*opts.train_shards, *opts.val_shards]:
             if not Path(s).exists():
-                raise FileNotFoundError(f"shard {s} does not exist; pack it first (tokshift pack)")
+                raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
     return cfg
 
 
-def initial_model(cfg: ZooConfig, pretrained: str | None) -> nn.Module:
-    """The model before step 0: `cfg`'s architecture with the weights of `pretrained` (or random).
+def initial_model(cfg: ZooConfig, init_from: str | None) -> nn.Module:
+    """The model before step 0: `cfg`'s architecture with the weights of `init_from` (or random).
 
-    `pretrained` may be an ImageNet-21k .npz, a tokshift model.pt or an original .pth (found from
+    `init_from` may be an ImageNet-21k .npz, a tokshift model.pt or an original .pth (found from
     the content); a head whose class count differs from `cfg.num_classes` starts at zero.
     """
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
-    return build_model(cfg.model_dict(), pretrained=pretrained)
+    return build_model(cfg.model_dict(), init_from=init_from)
 
 
 def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.Optimizer:
@@ -144,11 +154,11 @@ def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.O
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"optimizer={cfg.optimizer!r}: expected 'sgd' or 'adamw'")
+    raise BadInput(f"optimizer={cfg.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
 def _fingerprint(
-    cfg: ZooConfig, opts: TrainOptions, world_size: int, n_train: int, pretrained_sha256: str | None
+    cfg: ZooConfig, opts: TrainOptions, world_size: int, n_train: int, init_from_sha256: str | None
 ) -> dict[str, Any]:
     """What a resume checkpoint must match to be continued (same run, same batches, same starting weights)."""
     return {
@@ -156,13 +166,26 @@ def _fingerprint(
         "seed": opts.seed,
         "world_size": world_size,
         "train_clips": n_train,
-        "pretrained_sha256": pretrained_sha256,
+        "init_from_sha256": init_from_sha256,
     }
+
+
+def _renamed_keys(fp: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint in today's key names, so a run preempted before their rename still resumes."""
+    fp = dict(fp)
+    if "pretrained_sha256" in fp and "init_from_sha256" not in fp:
+        fp["init_from_sha256"] = fp.pop("pretrained_sha256")
+    config = fp.get("config")
+    if isinstance(config, dict) and "pretrained" in config and "imagenet_weights" not in config:
+        config = dict(config)
+        config["imagenet_weights"] = config.pop("pretrained")
+        fp["config"] = config
+    return fp
 
 
 def _mismatch(fp: dict[str, Any]) -> Any:
     def check(state: dict[str, Any]) -> str | None:
-        old = state.get("fingerprint", {})
+        old = _renamed_keys(state.get("fingerprint", {}))
         diff = sorted(k for k in fp if old.get(k) != fp[k])
         return f"it was written by a different run (differs in {', '.join(diff)})" if diff else None
 
@@ -185,6 +208,7 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     setup_logging(ctx.rank)
     D.log_placement(ctx)
     try:
+        opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, ctx.launch.local_processes))
         with exclusive_folder(ctx, opts.out_dir, "train"):
             stop = StopFlag(scheduled_signal())
             with stop.installed():
@@ -196,9 +220,39 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     except FolderBusy as exc:
         if ctx.is_main:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-        return EXIT_BUSY
+        return ExitCode.RETRY_LATER
     finally:
         D.shutdown(ctx)
+
+
+@dataclass
+class _Agreed:
+    """What every rank learns before an optimizer step (tokshift.engine.train._Trainer._agree_on_step)."""
+
+    stats: torch.Tensor  # the step's loss sum, correct and clips over all ranks (float64, CPU)
+    stop: bool  # some rank got SIGTERM/SIGUSR1: checkpoint and stop after this step
+    save: bool  # rank 0's timed checkpoint is due after this step
+
+
+class _LogWindow:
+    """The optimizer steps since the last step record: their summed statistics and when they began."""
+
+    def __init__(self) -> None:
+        self.stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+        self.t0 = time.perf_counter()
+
+    def reset(self) -> None:
+        self.stats.zero_()
+        self.t0 = time.perf_counter()
+
+
+def _logging_beside(bar: Any) -> contextlib.AbstractContextManager[Any]:
+    """While `bar` is drawn, log lines print above it instead of through it."""
+    if bar is None:
+        return contextlib.nullcontext()
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm(loggers=[logging.getLogger("tokshift")])
 
 
 class _Trainer:
@@ -236,7 +290,7 @@ class _Trainer:
             )
         self.classes = [str(c) for c in self.train_ds.classes]
         if self.val_ds is not None and [str(c) for c in self.val_ds.classes] != self.classes:
-            raise ValueError(
+            raise BadInput(
                 "the validation shards list other classes than the training shards; "
                 "index both splits of the same dataset"
             )
@@ -253,10 +307,11 @@ class _Trainer:
         self.amp_dtype = resolve_amp(opts.amp, self.device)
 
         torch.manual_seed(opts.seed)
-        model = initial_model(cfg, opts.pretrained)
-        self.pretrained_sha256 = sha256_file(opts.pretrained) if opts.pretrained else None
+        model = initial_model(cfg, opts.init_from)
+        self.init_from_sha256 = sha256_file(opts.init_from) if opts.init_from else None
         set_fused_attention(model, opts.fused_attn)
         self.raw = model.to(self.device)
+        self.params = [p for p in self.raw.parameters() if p.requires_grad]  # what the gradient clip sees
 
         self.sampler = ResumableBatchSampler(
             len(self.train_ds), cfg.batch_size, ctx.world_size, ctx.rank, seed=opts.seed
@@ -271,7 +326,7 @@ class _Trainer:
         self.optimizer = make_optimizer(self.raw, cfg, self.base_lr)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.end_epoch = min(cfg.epochs, opts.max_epochs) if opts.max_epochs else cfg.epochs
-        self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds), self.pretrained_sha256)
+        self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds), self.init_from_sha256)
         self.loader = DataLoader(
             self.train_ds,
             batch_sampler=self.sampler,
@@ -345,16 +400,16 @@ class _Trainer:
         )
 
     # ------------------------------------------------------------- checkpoints
-    def _save_resume(self, t_start: float) -> None:
+    def _save_resume(self) -> None:
         """All ranks call this (RNG states are gathered); rank 0 writes."""
         rngs = D.all_gather_objects(self.ctx, rng_state())
         if self.ctx.is_main:
-            self._write_resume(t_start, rngs)
+            self._write_resume(rngs)
         # No rank leaves before the checkpoint is on disk: a launcher (torchrun) stops the
         # others as soon as one rank exits after a signal.
         D.barrier(self.ctx)
 
-    def _write_resume(self, t_start: float, rngs: list) -> None:
+    def _write_resume(self, rngs: list) -> None:
         state = {
             "model": self.raw.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -365,7 +420,7 @@ class _Trainer:
             "step": self.step,
             "epoch_stats": self.epoch_stats.cpu(),
             "rng": rngs,
-            "train_seconds": self.train_seconds + time.perf_counter() - t_start,
+            "train_seconds": self.train_seconds + time.perf_counter() - self._t_start,
             "last_epoch_record": self.last_epoch_record,
             "fingerprint": self.fingerprint,
             "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch, "seed": self.opts.seed},
@@ -376,27 +431,27 @@ class _Trainer:
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
         self._setup()
-        t_start = time.perf_counter()
-        last_save = time.monotonic()
+        self._t_start = time.perf_counter()
+        self._last_save = time.monotonic()
         try:
             while self.epoch < self.end_epoch:
-                code, last_save = self._train_epoch(t_start, last_save)
+                code = self._train_epoch()
                 if code is not None:
                     return code
                 self._end_of_epoch()
                 self.epoch += 1
                 self.batch_in_epoch = 0
                 self.epoch_stats.zero_()
-                self._save_resume(t_start)
-                last_save = time.monotonic()
+                self._save_resume()
+                self._last_save = time.monotonic()
                 if self._agree(self.stop.raised):
                     log.warning("stopping after epoch %d on signal; rerun the same command to continue", self.epoch)
-                    return EXIT_PREEMPTED
-            self.train_seconds += time.perf_counter() - t_start
+                    return ExitCode.RETRY_LATER
+            self.train_seconds += time.perf_counter() - self._t_start
             if self.ctx.is_main:
                 self._write_final_outputs()
             D.barrier(self.ctx)
-            return EXIT_OK
+            return ExitCode.OK
         finally:
             if hasattr(self, "logbook"):
                 self.logbook.close()
@@ -405,134 +460,166 @@ class _Trainer:
         t = torch.tensor([float(flag)], device=self.device)
         return bool(D.all_reduce(self.ctx, t, "max").item() > 0)
 
-    def _train_epoch(self, t_start: float, last_save: float) -> tuple[int | None, float]:
-        from tokshift.data.transforms import normalize
+    def _train_epoch(self) -> int | None:
+        """The rest of the current epoch, from micro-batch `batch_in_epoch`; an exit code when stopped early.
 
-        cfg, opts, ctx = self.cfg, self.opts, self.ctx
+        Micro-batches accumulate gradients until their group of `accum_steps` is complete; then all
+        ranks agree (one all-reduce) on the group's statistics, a stop signal and a due timed
+        checkpoint, and take the optimizer step together.
+        """
         self.train_ds.set_epoch(self.epoch)
         self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
         self.model.train()
-        nb, accum = self.batches_per_epoch, cfg.accum_steps
-        params = [p for p in self.raw.parameters() if p.requires_grad]
-        win = torch.zeros(3, dtype=torch.float64, device=self.device)  # this group: loss sum, correct, clips
-        log_window = torch.zeros(3, dtype=torch.float64)
-        t_window = time.perf_counter()
-        show_bar = opts.progress if opts.progress is not None else sys.stderr.isatty()
-        bar = None
-        if show_bar and ctx.is_main:
-            from tqdm import tqdm
-
-            bar = tqdm(
-                total=nb,
-                initial=self.batch_in_epoch,
-                desc=f"epoch {self.epoch + 1}/{self.end_epoch}",
-                unit="batch",
-                dynamic_ncols=True,
-            )
+        nb, accum = self.batches_per_epoch, self.cfg.accum_steps
+        group = torch.zeros(3, dtype=torch.float64, device=self.device)  # this rank's loss sum, correct, clips
+        window = _LogWindow()
+        bar = self._progress_bar()
         self.optimizer.zero_grad(set_to_none=True)
-        try:
-            for i, (clips, labels) in enumerate(self.loader, start=self.batch_in_epoch):
-                group_start = (i // accum) * accum
-                group_size = min(group_start + accum, nb) - group_start
-                last_in_group = i == group_start + group_size - 1
-                x = normalize(clips.to(self.device, non_blocking=True))
-                y = labels.to(self.device, non_blocking=True).long()
-                sync = contextlib.nullcontext() if last_in_group or self.ddp is None else self.ddp.no_sync()
-                with sync:
-                    with autocast(self.device, self.amp_dtype):
-                        logits = self.model(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    self.scaler.scale(loss / group_size).backward()
-                with torch.no_grad():
-                    win[0] += loss.detach().double() * y.numel()
-                    win[1] += (logits.detach().argmax(-1) == y).sum()
-                    win[2] += y.numel()
-                if bar is not None:
-                    bar.update(1)
-                if not last_in_group:
-                    continue
-
-                # ---- optimizer step: agree on loss, signals and timed checkpoint across ranks
-                due = ctx.is_main and (time.monotonic() - last_save) >= opts.checkpoint_minutes * 60
-                sync_t = torch.cat(
-                    [win, torch.tensor([float(self.stop.raised), float(due)], dtype=torch.float64, device=self.device)]
-                )
-                D.all_reduce(ctx, sync_t)
-                stats = sync_t[:3].cpu()
-                stop_now, save_now = bool(sync_t[3] > 0), bool(sync_t[4] > 0)
-                win.zero_()
-                if not math.isfinite(float(stats[0])):
-                    raise TrainingDiverged(
-                        f"loss is {float(stats[0] / stats[2])} at epoch {self.epoch + 1}, optimizer step "
-                        f"{self.step + 1} (micro-batch {i + 1} of {nb}); training stopped and the last good "
-                        f"resume checkpoint in {self.resume_dir} is kept. Lower the learning rate "
-                        "(--override lr=...) or check the input data"
-                    )
-                self.scaler.unscale_(self.optimizer)
-                max_norm = cfg.grad_clip if cfg.grad_clip else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                if not self.scaler.is_enabled() and not math.isfinite(float(grad_norm)):
-                    raise TrainingDiverged(
-                        f"gradient norm is {float(grad_norm)} at epoch {self.epoch + 1}, optimizer step "
-                        f"{self.step + 1}; the last good resume checkpoint in {self.resume_dir} is kept"
-                    )
-                lr = self.base_lr * self.schedule.factor(self.step)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                self.batch_in_epoch = i + 1
-                self.epoch_stats += stats
-                log_window += stats
-                if self.step % max(1, opts.log_every) == 0 or self.batch_in_epoch == nb:
-                    dt = time.perf_counter() - t_window
-                    rec = {
-                        "kind": "step",
-                        "epoch": self.epoch + 1,
-                        "step": self.step,
-                        "loss": float(log_window[0] / log_window[2]),
-                        "top1": float(100 * log_window[1] / log_window[2]),
-                        "lr": lr,
-                        "grad_norm": float(grad_norm),
-                        "clips_per_s": float(log_window[2]) / max(dt, 1e-9),
-                        "time": time.time(),
-                    }
-                    self.logbook.write(rec, self.step)
+        with _logging_beside(bar):
+            try:
+                for i, (clips, labels) in enumerate(self.loader, start=self.batch_in_epoch):
+                    group_start = (i // accum) * accum
+                    group_size = min(group_start + accum, nb) - group_start
+                    last_in_group = i == group_start + group_size - 1
+                    self._micro_batch(clips, labels, group_size, last_in_group, group)
                     if bar is not None:
-                        bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}")
-                    else:
-                        log.info(
-                            "epoch %d/%d batch %d/%d step %d loss %.4f lr %.4g %.1f clips/s",
+                        bar.update(1)
+                    if not last_in_group:
+                        continue
+                    agreed = self._agree_on_step(group, i)
+                    lr, grad_norm = self._optimizer_step()
+                    self.batch_in_epoch = i + 1
+                    self.epoch_stats += agreed.stats
+                    window.stats += agreed.stats
+                    if self.step % max(1, self.opts.log_every) == 0 or self.batch_in_epoch == nb:
+                        self._log_step(window, lr, grad_norm, bar)
+                    self.stop.after_step(self.step)  # TOKSHIFT_SIGNAL_AT_STEP, once the step is logged
+                    if agreed.stop:
+                        self._save_resume()
+                        log.warning(
+                            "stopped on signal at epoch %d, step %d; exit %d, rerun the same command to continue",
                             self.epoch + 1,
-                            self.end_epoch,
-                            self.batch_in_epoch,
-                            nb,
                             self.step,
-                            rec["loss"],
-                            lr,
-                            rec["clips_per_s"],
+                            ExitCode.RETRY_LATER,
                         )
-                    log_window.zero_()
-                    t_window = time.perf_counter()
-                self.stop.after_step(self.step)  # TOKSHIFT_SIGNAL_AT_STEP, once the step is logged
-                if stop_now:
-                    self._save_resume(t_start)
-                    log.warning(
-                        "stopped on signal at epoch %d, step %d; exit %d, rerun the same command to continue",
-                        self.epoch + 1,
-                        self.step,
-                        EXIT_PREEMPTED,
-                    )
-                    return EXIT_PREEMPTED, last_save
-                if save_now:
-                    self._save_resume(t_start)
-                    last_save = time.monotonic()
-        finally:
-            if bar is not None:
-                bar.close()
-        return None, last_save
+                        return ExitCode.RETRY_LATER
+                    if agreed.save:
+                        self._save_resume()
+                        self._last_save = time.monotonic()
+            finally:
+                if bar is not None:
+                    bar.close()
+        return None
+
+    def _micro_batch(
+        self, clips: torch.Tensor, labels: torch.Tensor, group_size: int, last_in_group: bool, group: torch.Tensor
+    ) -> None:
+        """Forward and backward of one micro-batch, adding its loss sum, correct and clips to `group`.
+
+        Gradients are synchronised across ranks only with the last micro-batch of a group; the
+        loss is divided by the group's size so the accumulated gradient is the group's mean.
+        """
+        from tokshift.data.transforms import normalize
+
+        x = normalize(clips.to(self.device, non_blocking=True))
+        y = labels.to(self.device, non_blocking=True).long()
+        sync = contextlib.nullcontext() if last_in_group or self.ddp is None else self.ddp.no_sync()
+        with sync:
+            with autocast(self.device, self.amp_dtype):
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+            self.scaler.scale(loss / group_size).backward()
+        with torch.no_grad():
+            group[0] += loss.detach().double() * y.numel()
+            group[1] += (logits.detach().argmax(-1) == y).sum()
+            group[2] += y.numel()
+
+    def _agree_on_step(self, group: torch.Tensor, batch: int) -> _Agreed:
+        """One all-reduce before an optimizer step: the group's statistics over all ranks, whether
+        any rank was signalled to stop, and whether rank 0's timed checkpoint is due. Zeroes `group`.
+
+        A NaN/inf loss on any rank stops every rank here, before the step can spoil the weights.
+        """
+        due = self.ctx.is_main and (time.monotonic() - self._last_save) >= self.opts.checkpoint_minutes * 60
+        flags = torch.tensor([float(self.stop.raised), float(due)], dtype=torch.float64, device=self.device)
+        sync_t = torch.cat([group, flags])
+        D.all_reduce(self.ctx, sync_t)
+        group.zero_()
+        stats = sync_t[:3].cpu()
+        if not math.isfinite(float(stats[0])):
+            raise TrainingDiverged(
+                f"loss is {float(stats[0] / stats[2])} at epoch {self.epoch + 1}, optimizer step "
+                f"{self.step + 1} (micro-batch {batch + 1} of {self.batches_per_epoch}); training stopped and "
+                f"the last good resume checkpoint in {self.resume_dir} is kept. Lower the learning rate "
+                "(--override lr=...) or check the input data"
+            )
+        return _Agreed(stats, stop=bool(sync_t[3] > 0), save=bool(sync_t[4] > 0))
+
+    def _optimizer_step(self) -> tuple[float, torch.Tensor]:
+        """Clip the accumulated gradient, set the scheduled LR and step; returns (lr, gradient norm)."""
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        # With fp16 the scaler skips a step whose gradient overflowed; without it, inf/NaN is divergence.
+        if not self.scaler.is_enabled() and not math.isfinite(float(grad_norm)):
+            raise TrainingDiverged(
+                f"gradient norm is {float(grad_norm)} at epoch {self.epoch + 1}, optimizer step "
+                f"{self.step + 1}; the last good resume checkpoint in {self.resume_dir} is kept"
+            )
+        lr = self.base_lr * self.schedule.factor(self.step)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return lr, grad_norm
+
+    def _log_step(self, window: _LogWindow, lr: float, grad_norm: torch.Tensor, bar: Any) -> None:
+        """The step record of the steps since the last one: to the logbook, the log and the bar."""
+        dt = time.perf_counter() - window.t0
+        s = window.stats
+        rec = {
+            "kind": "step",
+            "epoch": self.epoch + 1,
+            "step": self.step,
+            "loss": float(s[0] / s[2]),
+            "top1": float(100 * s[1] / s[2]),
+            "lr": lr,
+            "grad_norm": float(grad_norm),
+            "clips_per_s": float(s[2]) / max(dt, 1e-9),
+            "time": time.time(),
+        }
+        self.logbook.write(rec, self.step)
+        if bar is not None:
+            bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}")
+        log.info(
+            "epoch %d/%d batch %d/%d step %d loss %.4f lr %.4g %.1f clips/s",
+            self.epoch + 1,
+            self.end_epoch,
+            self.batch_in_epoch,
+            self.batches_per_epoch,
+            self.step,
+            rec["loss"],
+            lr,
+            rec["clips_per_s"],
+        )
+        window.reset()
+
+    def _progress_bar(self) -> Any:
+        """The epoch's bar on rank 0 (`progress`: None draws one when stderr is a terminal), else None."""
+        show = self.opts.progress if self.opts.progress is not None else sys.stderr.isatty()
+        if not (show and self.ctx.is_main):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(
+            total=self.batches_per_epoch,
+            initial=self.batch_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{self.end_epoch}",
+            unit="batch",
+            dynamic_ncols=True,
+        )
 
     def _end_of_epoch(self) -> None:
         s = self.epoch_stats
@@ -611,8 +698,8 @@ class _Trainer:
             "global_batch": self.global_batch,
             "lr": self.base_lr,
             "seed": self.opts.seed,
-            "pretrained": self.opts.pretrained,
-            "pretrained_sha256": self.pretrained_sha256,
+            "init_from": self.opts.init_from,
+            "init_from_sha256": self.init_from_sha256,
         }
         ckpt = out / "model.pt"
         digest = atomic_torch_save(final, ckpt)
@@ -641,8 +728,8 @@ class _Trainer:
             "train_clips": len(self.train_ds),
             "classes": len(self.classes),
             "seed": self.opts.seed,
-            "pretrained": self.opts.pretrained,
-            "pretrained_sha256": self.pretrained_sha256,
+            "init_from": self.opts.init_from,
+            "init_from_sha256": self.init_from_sha256,
             "checkpoint": str(ckpt),
             "checkpoint_sha256": digest,
             "final_copy": str(final_copy_path(out, digest)),

@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from tokshift.engine.loading import TrainedModel
+from tokshift.errors import BadInput
 from tokshift.models import shift_disabled
+from tokshift.settings import default
 from tokshift.viz.attention import METHODS, capture_attention, cls_attention
 
 __all__ = ["Explanation", "Pass", "explain", "explain_shard_videos", "explain_view"]
@@ -95,7 +97,7 @@ def explain_view(
     from tokshift.data.transforms import normalize
 
     if method not in METHODS:
-        raise ValueError(f"attention method {method!r}: choose one of {', '.join(METHODS)}")
+        raise BadInput(f"attention method {method!r}: choose one of {', '.join(METHODS)}")
     cfg = trained.config
     expected = (cfg.num_frames, 3, cfg.img_size, cfg.img_size)
     if tuple(view.shape) != expected or view.dtype != torch.uint8:
@@ -131,7 +133,7 @@ def explain(
     model: TrainedModel | str | Path,
     video: str | Path | np.ndarray,
     method: str = "rollout",
-    resize: str = "linear",
+    resize: str = default("evaluate", "resize"),
     label: str | None = None,
 ) -> Explanation:
     """Explain a video file (decoded with ffmpeg) or a (N, H, W, 3) uint8 RGB array.
@@ -139,8 +141,10 @@ def explain(
     `model` is what `tokshift.load` returns or a checkpoint path; `method` is `rollout` or
     `last` (see `tokshift.viz.attention.METHODS`); `resize` as `tokshift predict --resize`.
     """
+    from tokshift.data.transforms import check_resize
     from tokshift.notebook import _frames, load
 
+    check_resize(resize)  # before decoding, which would otherwise take a bad name for bicubic
     trained = model if isinstance(model, TrainedModel) else load(model)
     frames = _frames(video, trained.config.img_size, resize)
     name = str(video) if isinstance(video, (str, Path)) else "array"
@@ -156,14 +160,14 @@ def explain_shard_videos(
     cfg = trained.config
     ds = EvalViewDataset(list(shards), cfg.num_frames, cfg.frame_stride, cfg.img_size, num_clips=1, num_crops=1)
     if ds.classes != list(trained.classes):
-        raise ValueError(
+        raise BadInput(
             f"the shards' {len(ds.classes)} classes differ from the {len(trained.classes)} the model {cfg.name} "
             "was trained on; explain videos of the dataset it was trained on"
         )
     position = {vid: i for i, vid in enumerate(ds.video_ids)}
     missing = [v for v in video_ids if v not in position]
     if missing:
-        raise ValueError(f"video id(s) {missing[:5]} are in none of the shards {[str(s) for s in shards]}")
+        raise BadInput(f"video id(s) {missing[:5]} are in none of the shards {[str(s) for s in shards]}")
     out = []
     for vid in video_ids:
         item = ds[position[vid]]
