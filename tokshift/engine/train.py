@@ -8,7 +8,7 @@ are written only when training has finished.
 
 One run at a time per folder: rank 0 holds an OS lock on `OUT/.tokshift.lock` for the
 whole run (tokshift.engine.folder_lock), so a second run, e.g. one started while an orphan
-of a killed Snakemake still trains, exits at once (code 4) naming the holder's PID and host.
+of a killed Snakemake still trains, exits at once (code 75: rerun later) naming the holder's PID and host.
 
 A finished model is never thrown away before its replacement exists: the end of a
 successful run hard-links `model.pt`, `metrics.jsonl` and `train_summary.json` into
@@ -227,7 +227,7 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
 
 @dataclass
 class _Agreed:
-    """What every rank learns before an optimizer step (tokshift.engine.train._Trainer._agree_on_step)."""
+    """What every rank learns before an optimizer step (see `_Trainer._agree_on_step`)."""
 
     stats: torch.Tensor  # the step's loss sum, correct and clips over all ranks (float64, CPU)
     stop: bool  # some rank got SIGTERM/SIGUSR1: checkpoint and stop after this step
