@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess
+from tokshift.errors import ExitCode
 
 
 def test_still_images_short_videos_and_directories(
@@ -38,7 +39,7 @@ def test_still_images_short_videos_and_directories(
         "--crops",
         "1",
     )
-    assert res.returncode == 1, res.stderr[-2000:]  # the directory could not be predicted
+    assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-2000:]  # the directory could not be predicted
     preds = {Path(p["video"]).name: p for p in json.loads(res.stdout)["predictions"]}
     warnings = [line for line in res.stderr.splitlines() if line.startswith("warning: ")]
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from tokshift.argtypes import (
     positive_int,
     progress_bar,
 )
+from tokshift.errors import BadInput, ExitCode
 from tokshift.settings import default
 
 __all__ = ["register", "run_demo", "run_index", "run_pack", "run_summarize"]
@@ -41,11 +41,15 @@ def _load_config(path: str | Path) -> dict[str, Any]:
 
     p = Path(path)
     if not p.is_file():
-        raise SystemExit(f"error: config file {p} does not exist")
-    with open(p, encoding="utf-8") as fh:
-        cfg = yaml.safe_load(fh) or {}
+        raise BadInput(f"config file {p} does not exist")
+    try:
+        with open(p, encoding="utf-8") as fh:
+            cfg = yaml.safe_load(fh) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        problem = " ".join(str(err).split())  # the parser's message spans lines
+        raise BadInput(f"{p} is not a YAML file ({problem}); give the workflow's config.yaml") from None
     if not isinstance(cfg, dict):
-        raise SystemExit(f"error: {p} must hold a YAML mapping")
+        raise BadInput(f"{p} must hold a YAML mapping")
     return cfg
 
 
@@ -63,30 +67,29 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def run_index(args: argparse.Namespace) -> int:
     """``tokshift index``: index one split of a dataset."""
-    from tokshift.data.sources import DatasetSpecError, build_index, write_index
+    from tokshift.data.sources import build_index, write_index
 
     _setup_logging()
     shards = args.shards
     if args.spec_json:
-        spec = json.loads(args.spec_json)
+        try:
+            spec = json.loads(args.spec_json)
+        except json.JSONDecodeError as err:
+            raise BadInput(f"--spec-json is not JSON ({err}); give the dataset description as an object") from None
+        if not isinstance(spec, dict):
+            raise BadInput(f"--spec-json must be a JSON object (the dataset description), got {args.spec_json!r}")
     elif args.config:
         cfg = _load_config(args.config)
         name = args.dataset or cfg.get("dataset")
         datasets = cfg.get("datasets") or {}
         if name not in datasets:
-            print(f"error: dataset {name!r} is not in {args.config} (datasets: {sorted(datasets)})", file=sys.stderr)
-            return 2
+            raise BadInput(f"dataset {name!r} is not in {args.config} (datasets: {sorted(datasets)})")
         spec = datasets[name]
         if shards is None:
             shards = int((cfg.get("frames") or {}).get("shards", default("frames", "shards")))
     else:
-        print("error: give --config (with --dataset) or --spec-json", file=sys.stderr)
-        return 2
-    try:
-        result = build_index(spec, args.split, int(shards or default("frames", "shards")))
-    except DatasetSpecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise BadInput("give --config (with --dataset) or --spec-json")
+    result = build_index(spec, args.split, int(shards or default("frames", "shards")))
     out, miss, cls = write_index(result, args.out)
     log.info(
         "indexed %s split %s: %d videos, %d missing, %d classes -> %s",
@@ -105,25 +108,20 @@ def run_index(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     """``tokshift pack``: pack one shard of an index into an LMDB file."""
     from tokshift.data.pack import pack_shard
-    from tokshift.data.sources import DatasetSpecError
 
     _setup_logging()
-    try:
-        result = pack_shard(
-            args.index,
-            args.shard,
-            args.out,
-            args.failures,
-            listing=args.videos,
-            short_side=args.short_side or None,
-            jpeg_quality=args.jpeg_quality,
-            workers=args.workers,
-            timeout=args.timeout,
-            progress=progress_bar(args.progress),
-        )
-    except (DatasetSpecError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = pack_shard(
+        args.index,
+        args.shard,
+        args.out,
+        args.failures,
+        listing=args.videos,
+        short_side=args.short_side or None,
+        jpeg_quality=args.jpeg_quality,
+        workers=args.workers,
+        timeout=args.timeout,
+        progress=progress_bar(args.progress),
+    )
     print(
         f"{result.path}: {result.packed}/{result.videos} videos, {result.frames} frames, "
         f"{len(result.failures)} failed ({result.failures_path}), {result.seconds:.1f} s"
@@ -137,8 +135,7 @@ def run_summarize(args: argparse.Namespace) -> int:
 
     shards: Any = args.shards if args.shards else args.shards_dir
     if not shards:
-        print("error: give --shards-dir or --shards", file=sys.stderr)
-        return 2
+        raise BadInput("give --shards-dir or --shards")
     summary = summarize_split(args.index, shards)
     if args.out:
         write_summary(summary, args.out)
@@ -179,7 +176,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--out", required=True, help="index CSV to write, e.g. results/NAME/index/train.csv")
     p.set_defaults(func=run_index)
 
-    p = add_command(subparsers, "pack", help="extract the frames of one shard with ffmpeg into an LMDB file")
+    p = add_command(
+        subparsers,
+        "pack",
+        help="extract the frames of one shard with ffmpeg into an LMDB file",
+        exit_codes=(ExitCode.RETRY_LATER,),
+    )
     p.add_argument("--index", required=True, type=file_path, help="index CSV from `tokshift index`")
     p.add_argument("--shard", type=nonnegative_int, required=True, help="shard number to pack (0-based)")
     p.add_argument("--out", required=True, help="shard file to write, e.g. results/NAME/frames/train/shard-0.lmdb")
@@ -208,7 +210,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_progress(p)
     p.set_defaults(func=run_pack)
 
-    p = add_command(subparsers, "summarize", help="summarise a packed split (packed, missing, failed, frames, bytes)")
+    p = add_command(
+        subparsers,
+        "summarize",
+        help="summarise a packed split (packed, missing, failed, frames, bytes)",
+        exit_codes=(ExitCode.DATA_DAMAGED,),
+    )
     p.add_argument("--index", required=True, type=file_path, help="index CSV of the split")
     p.add_argument("--shards-dir", help="folder holding the split's shard-*.lmdb files (default: use --shards)")
     p.add_argument("--shards", nargs="*", help="shard files, instead of --shards-dir (default: none)")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,29 +27,10 @@ from tokshift.argtypes import (
     setting_choices,
     workers_setting,
 )
-from tokshift.engine.exitcodes import EXIT_DIVERGED, EXIT_PREEMPTED, EXIT_USAGE
+from tokshift.errors import ExitCode
 from tokshift.settings import default
 
 log = logging.getLogger("tokshift.engine")
-
-
-def _guard(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Turn input errors into one clear line and exit code 2; divergence into exit code 3."""
-
-    def run(args: argparse.Namespace) -> int:
-        from tokshift.engine.checkpoint import CheckpointError
-        from tokshift.engine.train import TrainingDiverged
-
-        try:
-            return fn(args)
-        except TrainingDiverged as exc:
-            print(f"error: training diverged: {exc}", file=sys.stderr)
-            return EXIT_DIVERGED
-        except (ValueError, FileNotFoundError, CheckpointError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-
-    return run
 
 
 def _common(p: argparse.ArgumentParser, workers: str | None = None) -> None:
@@ -191,9 +170,9 @@ def register(subparsers: Any) -> None:
         subparsers,
         "train",
         help="train a zoo model (resumable; DDP under torchrun or srun)",
-        description="Train a zoo model on packed shards. Resumes automatically from OUT_DIR/resume/. "
-        f"Exit codes: 0 done, 2 bad input, {EXIT_DIVERGED} loss diverged, "
-        f"{EXIT_PREEMPTED} stopped by SIGTERM/SIGUSR1 after checkpointing (rerun to continue).",
+        description="Train a zoo model on packed shards. Resumes automatically from OUT_DIR/resume/: stopped by "
+        "SIGTERM/SIGUSR1, it saves a resume checkpoint and exits RETRY_LATER, and a rerun continues.",
+        exit_codes=(ExitCode.NOT_RETRYABLE, ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER),
     )
     t.add_argument("--model", required=True, help="zoo name (tokshift zoo)")
     t.add_argument("--train-shards", nargs="+", required=True, metavar="LMDB", help="packed training shards")
@@ -238,9 +217,14 @@ def register(subparsers: Any) -> None:
     add_progress(t, off="none (the log lines are written in every mode)")
     _stage_to(t)
     _common(t, workers="train")
-    t.set_defaults(func=_guard(_train))
+    t.set_defaults(func=_train)
 
-    e = add_command(subparsers, "evaluate", help="exact multi-view evaluation (10 clips x 3 crops)")
+    e = add_command(
+        subparsers,
+        "evaluate",
+        help="exact multi-view evaluation (10 clips x 3 crops)",
+        exit_codes=(ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER),
+    )
     _checkpoint(e)
     e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
     e.add_argument("--out-dir", required=True, type=Path, help="folder for metrics.json and predictions.csv")
@@ -251,21 +235,24 @@ def register(subparsers: Any) -> None:
         type=fraction,
         default=default("evaluate", "max_failed_share"),
         metavar="SHARE",
-        help="fail (exit 5, listing the first errors) when more than this share of the videos cannot be read",
+        help="fail (exit DATA_DAMAGED, listing the first errors) when more than this share of the videos cannot "
+        "be read",
     )
     _stage_to(e)
     add_progress(e)
     _common(e, workers="evaluate")
-    e.set_defaults(func=_guard(_evaluate))
+    e.set_defaults(func=_evaluate)
 
-    p = add_command(subparsers, "predict", help="classify video files with a trained model")
+    p = add_command(
+        subparsers, "predict", help="classify video files with a trained model", exit_codes=(ExitCode.DATA_DAMAGED,)
+    )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything ffmpeg decodes)")
     _checkpoint(p)
     p.add_argument("--format", default="text", choices=["text", "json"], help="output format on stdout")
     _views(p)
     p.add_argument("--top", type=positive_int, default=5, help="classes listed per video")
     _common(p)
-    p.set_defaults(func=_guard(_predict))
+    p.set_defaults(func=_predict)
 
     i = add_command(
         subparsers,
@@ -282,4 +269,4 @@ def register(subparsers: Any) -> None:
         metavar="FILE",
         help="class names, one per line in label order (default: Kinetics-400's sorted labels for 400 classes)",
     )
-    i.set_defaults(func=_guard(_import_original))
+    i.set_defaults(func=_import_original)

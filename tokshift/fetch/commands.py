@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Any
 
 from tokshift.argtypes import (
@@ -22,6 +21,11 @@ from tokshift.argtypes import (
     positive_float,
     progress_bar,
 )
+from tokshift.errors import ExitCode
+
+# What a download can end with besides bad input: damaged bytes (a checksum or an archive) or a
+# connection that stayed down through every retry.
+_DOWNLOAD_CODES = (ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER)
 
 
 def _setup_logging() -> None:
@@ -51,51 +55,43 @@ def _fetch_options(p: argparse.ArgumentParser, delete_help: str) -> None:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    """``tokshift download``: print ``<sha256>  <file>`` on success, exit 1 on a failed download."""
-    from tokshift.download import DownloadError, download
+    """``tokshift download``: print ``<sha256>  <file>`` on success."""
+    from tokshift.download import download
 
     _setup_logging()
-    try:
-        digest = download(
-            args.url,
-            args.out,
-            sha256=args.sha256,
-            retries=args.retries,
-            timeout=args.timeout,
-            progress=progress_bar(args.progress),
-            config_key=args.config_key,
-            backoff=args.backoff,
-            url_key=args.url_key,
-        )
-    except DownloadError as err:
-        print(f"tokshift download: error: {err}", file=sys.stderr)
-        return 1
+    digest = download(
+        args.url,
+        args.out,
+        sha256=args.sha256,
+        retries=args.retries,
+        timeout=args.timeout,
+        progress=progress_bar(args.progress),
+        config_key=args.config_key,
+        backoff=args.backoff,
+        url_key=args.url_key,
+    )
     print(f"{digest}  {args.out}")
     return 0
 
 
 def run_fetch_part(args: argparse.Namespace) -> int:
     """``tokshift fetch-part``: download one part archive, extract it, record it."""
-    from tokshift.fetch.cvdf import FetchError, fetch_part
+    from tokshift.fetch.cvdf import fetch_part
 
     _setup_logging()
-    try:
-        record = fetch_part(
-            args.list,
-            args.part,
-            args.archives,
-            args.dest,
-            args.marker,
-            delete_archive=args.delete_archive,
-            retries=args.retries,
-            backoff=args.backoff,
-            timeout=args.timeout,
-            url_key=args.url_key,
-            progress=progress_bar(args.progress),
-        )
-    except FetchError as err:
-        print(f"tokshift fetch-part: error: {err}", file=sys.stderr)
-        return 1
+    record = fetch_part(
+        args.list,
+        args.part,
+        args.archives,
+        args.dest,
+        args.marker,
+        delete_archive=args.delete_archive,
+        retries=args.retries,
+        backoff=args.backoff,
+        timeout=args.timeout,
+        url_key=args.url_key,
+        progress=progress_bar(args.progress),
+    )
     print(f"{record['part']}: {record['videos']} videos into {record['dest']}")
     return 0
 
@@ -104,25 +100,21 @@ def run_fetch_replacement(args: argparse.Namespace) -> int:
     """``tokshift fetch-replacement``: download the replacement archive and put its clips in place."""
     from pathlib import Path
 
-    from tokshift.download import DownloadError, download
-    from tokshift.fetch.cvdf import FetchError, apply_replacement
+    from tokshift.download import download
+    from tokshift.fetch.cvdf import apply_replacement
 
     _setup_logging()
     archive = Path(args.archive)
-    try:
-        download(
-            args.url,
-            archive,
-            retries=args.retries,
-            backoff=args.backoff,
-            timeout=args.timeout,
-            progress=progress_bar(args.progress),
-            url_key=args.url_key,
-        )
-        record = apply_replacement(archive, args.root, args.marker)
-    except (DownloadError, FetchError) as err:
-        print(f"tokshift fetch-replacement: error: {err}", file=sys.stderr)
-        return 1
+    download(
+        args.url,
+        archive,
+        retries=args.retries,
+        backoff=args.backoff,
+        timeout=args.timeout,
+        progress=progress_bar(args.progress),
+        url_key=args.url_key,
+    )
+    record = apply_replacement(archive, args.root, args.marker)
     if args.delete_archive:
         archive.unlink(missing_ok=True)
     print(f"{record['replaced']} clips replaced, {record['added']} added under {args.root}")
@@ -138,6 +130,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         description="Download URL (http(s)://, file:// or a local path) to OUT, resuming OUT.part, "
         "verifying --sha256 when given and always recording it in OUT.sha256. The workflow fetches "
         "ImageNet-21k ViT weights, released checkpoints and the CVDF part lists and annotations with it.",
+        exit_codes=_DOWNLOAD_CODES,
     )
     p.add_argument("--url", required=True, help="http(s):// or file:// URL, or a local path")
     p.add_argument("--out", required=True, type=file_path, help="destination file")
@@ -153,7 +146,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     add_progress(p)
     p.set_defaults(func=run_download)
 
-    p = add_command(subparsers, "fetch-part", help="download one Kinetics part archive, extract it safely")
+    p = add_command(
+        subparsers,
+        "fetch-part",
+        help="download one Kinetics part archive, extract it safely",
+        exit_codes=_DOWNLOAD_CODES,
+    )
     p.add_argument("--list", required=True, type=file_path, help="the split's part list (one URL a line)")
     p.add_argument("--part", required=True, help="part name: the URL's file name without .tar.gz")
     p.add_argument("--archives", required=True, help="folder for the downloaded archives")
@@ -162,7 +160,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     _fetch_options(p, "delete the archive once extracted")
     p.set_defaults(func=run_fetch_part)
 
-    p = add_command(subparsers, "fetch-replacement", help="apply the Kinetics replacement archive over the parts")
+    p = add_command(
+        subparsers,
+        "fetch-replacement",
+        help="apply the Kinetics replacement archive over the parts",
+        exit_codes=_DOWNLOAD_CODES,
+    )
     p.add_argument("--url", required=True, help="URL of the replacement archive")
     p.add_argument("--archive", required=True, help="where the archive is downloaded")
     p.add_argument("--root", required=True, help="the dataset root holding the extracted clips")

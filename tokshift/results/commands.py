@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 from tokshift.argtypes import add_command, file_path
@@ -79,25 +78,21 @@ def _model_source(text: str) -> tuple[str, str]:
 
 
 def run_collect(args: argparse.Namespace) -> int:
-    """``tokshift collect``: print the written paths; exit 1 naming the bad input file."""
+    """``tokshift collect``: print the written paths; a bad input file fails naming it."""
     from tokshift.results import ResultsError, collect, collect_released, write_outputs
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        if args.released:
-            if args.checkpoints:
-                raise ResultsError("--checkpoints goes with --train-summaries; --released names the checkpoints")
-            sources = dict(args.released_source)
-            df = collect_released(args.dataset, args.metrics, args.released, args.val_summary, sources)
-        elif args.released_source:
-            raise ResultsError("--released-source goes with --released")
-        else:
-            df = collect(args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary)
-        written = write_outputs(df, Path(args.csv), Path(args.md), Path(args.plot))
-    except ResultsError as err:
-        print(f"tokshift collect: error: {err}", file=sys.stderr)
-        return 1
+    if args.released:
+        if args.checkpoints:
+            raise ResultsError("--checkpoints goes with --train-summaries; --released names the checkpoints")
+        sources = dict(args.released_source)
+        df = collect_released(args.dataset, args.metrics, args.released, args.val_summary, sources)
+    elif args.released_source:
+        raise ResultsError("--released-source goes with --released")
+    else:
+        df = collect(args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary)
+    written = write_outputs(df, Path(args.csv), Path(args.md), Path(args.plot))
     for path in written:
         print(path)
     return 0

@@ -6,13 +6,11 @@ torch, pandas and matplotlib load inside the handlers only, so `tokshift --help`
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from tokshift.argtypes import add_command, file_path, nonnegative_int, setting_choices
+from tokshift.errors import BadInput, ExitCode
 from tokshift.settings import default
-
-EXIT_USAGE = 2
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -27,6 +25,7 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:  # type: 
         subparsers,
         "explain",
         help="figure of what a model sees in a video: frames, attention, per-frame logits, top-5",
+        exit_codes=(ExitCode.DATA_DAMAGED,),
         description="One figure per video: the centre clip's frames (centre crop) with the [CLS] token's "
         "attention to the patches over each, under each frame its logit for the predicted class (their mean "
         "is the video logit), and the top-5 classes. A TokShift model is shown a second time with its shift "
@@ -106,7 +105,7 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:  # type: 
     e.add_argument(
         "--device", default="cpu", choices=["auto", "cpu", "cuda"], help="auto: the GPU if CUDA works, else CPU"
     )
-    e.set_defaults(func=_guard(_explain))
+    e.set_defaults(func=_explain)
 
 
 def _register_per_class(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -130,7 +129,7 @@ def _register_per_class(subparsers: argparse._SubParsersAction) -> None:  # type
     p.add_argument("--csv", required=True, type=file_path, help="per-class table to write, e.g. per_class.csv")
     p.add_argument("--plot", required=True, type=file_path, help="confusion figure (PNG) to write")
     p.add_argument("--title", default="per class", help="figure title (e.g. the model's name)")
-    p.set_defaults(func=_guard(_per_class))
+    p.set_defaults(func=_per_class)
 
 
 def _register_curves(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -158,7 +157,7 @@ def _register_curves(subparsers: argparse._SubParsersAction) -> None:  # type: i
         help="figure comparing all runs (default: not drawn)",
     )
     c.add_argument("--title", default="all models", help="title of the comparison figure")
-    c.set_defaults(func=_guard(_curves))
+    c.set_defaults(func=_curves)
 
 
 def _named_path(text: str) -> tuple[str | None, Path]:
@@ -166,19 +165,6 @@ def _named_path(text: str) -> tuple[str | None, Path]:
     if sep and name and path:
         return name, Path(path)
     return None, Path(text)
-
-
-def _guard(fn):  # type: ignore[no-untyped-def]
-    """Input errors become one line on stderr and exit code 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except (ValueError, FileNotFoundError) as exc:
-            print(f"tokshift {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-
-    return run
 
 
 def _read_lines(path: Path | None) -> list[str] | None:
@@ -202,13 +188,13 @@ def _explain(args: argparse.Namespace) -> int:
     from tokshift.viz.explain_figure import save_explanation, save_placeholder
 
     if args.pick_from is not None and args.shards is None:
-        raise ValueError("--pick-from chooses videos of packed shards: give the shards too (--shards)")
+        raise BadInput("--pick-from chooses videos of packed shards: give the shards too (--shards)")
     if args.pick_from is not None and args.videos:
-        raise ValueError("give either VIDEO or --pick-from, not both")
+        raise BadInput("give either VIDEO or --pick-from, not both")
     if args.pick_from is None and not args.videos:
-        raise ValueError("no video to explain: give VIDEO (files, or ids with --shards) or --pick-from")
+        raise BadInput("no video to explain: give VIDEO (files, or ids with --shards) or --pick-from")
     if args.out is not None and len(args.videos) != 1:
-        raise ValueError("--out names the figure of a single VIDEO; for several use --out-dir")
+        raise BadInput("--out names the figure of a single VIDEO; for several use --out-dir")
     trained = load_trained_model(args.checkpoint, pick_device(args.device), args.model, _read_lines(args.classes))
     taken: set[str] = set()
     if args.pick_from is not None:
@@ -251,7 +237,7 @@ def _per_class(args: argparse.Namespace) -> int:
     if classes is not None:
         unknown = sorted(set(pred["label"]) - set(classes))
         if unknown:
-            raise ValueError(f"{args.predictions} has labels {unknown[:5]} that are not in --classes {args.classes}")
+            raise BadInput(f"{args.predictions} has labels {unknown[:5]} that are not in --classes {args.classes}")
     table = per_class_table(pred, classes)
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False, float_format="%.4f")

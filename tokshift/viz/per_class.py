@@ -38,7 +38,10 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
         raise InputMissing(f"predictions file {path} does not exist; run `tokshift evaluate` first")
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise BadInput(f"{path} is not a CSV file ({err}); give the predictions.csv of `tokshift evaluate`") from None
     missing = [c for c in _NEEDED if c not in df.columns]
     if missing:
         raise BadInput(f"{path} lacks column(s) {missing}; is it a predictions.csv of `tokshift evaluate`?")

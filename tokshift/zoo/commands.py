@@ -7,7 +7,8 @@ import csv
 import sys
 
 from tokshift.argtypes import add_command
-from tokshift.zoo import zoo_names
+from tokshift.errors import BadInput
+from tokshift.zoo import ZOO, zoo_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,9 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    names = zoo_names(args.dataset)
+    if not names:
+        known = sorted({c.dataset for c in ZOO.values()})
+        raise BadInput(f"--dataset {args.dataset!r}: no zoo entries; the zoo's datasets are {', '.join(known)}")
     from tokshift.flops import ZOO_COLUMNS, zoo_row  # builds models: torch only when the command runs
 
-    rows = [zoo_row(n) for n in zoo_names(args.dataset)]
+    rows = [zoo_row(n) for n in names]
     if args.format == "csv":
         w = csv.DictWriter(sys.stdout, fieldnames=list(ZOO_COLUMNS), lineterminator="\n")
         w.writeheader()
