@@ -29,6 +29,7 @@ from tests.data_helpers import (
 from tokshift.data.decode import VideoDecodeError, decode_video, ffmpeg_decode_command
 from tokshift.data.ffmpeg import ffmpeg_executable
 from tokshift.data.sources import build_index, read_index, write_index
+from tokshift.errors import ExitCode
 
 GOOD = {
     "land scape ü.mp4": "landscape",
@@ -348,10 +349,10 @@ def test_full_disk_is_reported_with_path_free_space_and_a_rerun_rebuilds(small_t
     cmd += ["--short-side", "0", "--jpeg-quality", "95", "--workers", "1", "--progress", "off"]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.returncode == ExitCode.RETRY_LATER, res.stderr[-3000:]
     assert "Traceback" not in res.stderr
     msg = res.stderr.strip().splitlines()[-1]
-    assert msg.startswith(f"error: disk full while packing {out}: ")
+    assert msg.startswith(f"tokshift pack: error: disk full while packing {out}: ")
     assert "MB free of 1.0 MB" in msg and "of 6 videos, so it needs roughly" in msg and "MB more" in msg
     assert "rerun the same command" in msg
     assert not out.exists() and not partial_path(out).exists()  # the partial shard is cleaned up

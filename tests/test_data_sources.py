@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.data_helpers import encode, numbered_frames, write_csv
+from tokshift.cli import main
 from tokshift.data.commands import register
 from tokshift.data.sources import (
     DatasetSpecError,
@@ -22,6 +23,7 @@ from tokshift.data.sources import (
     shard_of,
     write_index,
 )
+from tokshift.errors import ExitCode
 
 KINETICS_TRAIN = [
     # label, youtube_id, time_start, time_end, split, is_cc
@@ -218,16 +220,12 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
 
 
 def test_a_split_without_videos_is_rejected_at_index_time_with_the_file_named(tmp_path: Path) -> None:
-    import argparse
-
     header_only = write_csv(tmp_path / "empty.csv", [])
     assert header_only.read_text().strip() == "path,label"
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers())
     out = tmp_path / "index" / "train.csv"
     spec = {"kind": "csv", "splits": {"train": str(header_only)}}
-    args = parser.parse_args(["index", "--spec-json", json.dumps(spec), "--split", "train", "--out", str(out)])
-    assert args.func(args) == 2 and not out.exists()  # nothing for packing and training to choke on
+    argv = ["index", "--spec-json", json.dumps(spec), "--split", "train", "--out", str(out)]
+    assert main(argv) == ExitCode.BAD_INPUT and not out.exists()  # nothing for packing and training to choke on
     with pytest.raises(
         DatasetSpecError, match=rf"{header_only} lists no videos for split 'train' .*only a header.*add"
     ):

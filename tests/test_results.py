@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tokshift.cli import main
+from tokshift.errors import ExitCode
 from tokshift.results import COLUMNS, MissingResultError, ResultsError, collect, write_outputs
 from tokshift.results import commands as results_commands
 
@@ -275,6 +277,6 @@ def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
         assert (out / name).is_file()
     assert pd.read_csv(out / "model_zoo.csv")["val_failed"].tolist() == [1, 1]
     files["metrics"][0].unlink()
-    assert args.func(args) == 1
+    assert main(_collect_args(files, out)) == ExitCode.BAD_INPUT
     err = capsys.readouterr().err
     assert str(files["metrics"][0]) in err and "evaluate" in err

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tokshift.cli import main
 from tokshift.download import (
     ChecksumMismatch,
     DownloadError,
@@ -23,6 +24,7 @@ from tokshift.download import (
     part_path,
     read_sha256_record,
 )
+from tokshift.errors import ExitCode
 from tokshift.fetch import commands as fetch_commands
 from tokshift.fileio import sha256_file
 
@@ -290,6 +292,6 @@ def test_cli_download(server, npz_bytes: bytes, tmp_path: Path, capsys: pytest.C
     args = parser.parse_args(["download", "--url", url, "--out", str(unchecked), "--sha256", "", "--progress", "off"])
     assert args.sha256 is None and args.func(args) == 0
     assert read_sha256_record(unchecked) == _sha(npz_bytes)
-    args = parser.parse_args(["download", "--url", url, "--out", str(tmp_path / "y.npz"), "--sha256", "1" * 64])
-    assert args.func(args) == 1
-    assert "sha256 mismatch" in capsys.readouterr().err
+    mismatch = ["download", "--url", url, "--out", str(tmp_path / "y.npz"), "--sha256", "1" * 64]
+    assert main(mismatch) == ExitCode.DATA_DAMAGED
+    assert "tokshift download: error: sha256 mismatch" in capsys.readouterr().err
