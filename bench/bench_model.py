@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from tokshift.models import build_model
+from tokshift.engine.loading import build_model
 
 
 def time_fwd_bwd(name: str, repeats: int, batch: int) -> float:

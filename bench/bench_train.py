@@ -33,9 +33,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tokshift.data.transforms import normalize  # noqa: E402
+from tokshift.engine.loading import build_model  # noqa: E402
 from tokshift.engine.runtime import set_fused_attention  # noqa: E402
 from tokshift.engine.train import TrainOptions, make_optimizer, train  # noqa: E402
-from tokshift.models import build_model  # noqa: E402
 from tokshift.zoo import get_config  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) for model FLOP utilisation.

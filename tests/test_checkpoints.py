@@ -45,7 +45,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-# --------------------------------------------------------------------------- build_model(pretrained=.pth)
+# --------------------------------------------------------------------------- build_model(init_from=.pth)
 
 
 @pytest.mark.parametrize("arch", ["tokshift", "vit"])
@@ -53,11 +53,11 @@ def test_original_pth_matches_independent_implementation(tmp_path, arch: str) ->
     import torch
 
     from tests.original_model import original_net, save_original
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     net = original_net(arch)
     path = save_original(net, tmp_path / "best_ckpt_e18.pth")
-    model = build_model(demo_cfg(arch), pretrained=path).double().eval()
+    model = build_model(demo_cfg(arch), init_from=path).double().eval()
     x = video()
     with torch.no_grad():
         expect, got = net(x), model(x)
@@ -65,7 +65,7 @@ def test_original_pth_matches_independent_implementation(tmp_path, arch: str) ->
     # The head was kept (7 classes on both sides), so the logits are not trivial.
     assert expect.abs().max() > 1e-2
     if arch == "tokshift":  # the shift matters: the same weights without it give other logits
-        model_vit = build_model(demo_cfg("vit"), pretrained=path).double().eval()
+        model_vit = build_model(demo_cfg("vit"), init_from=path).double().eval()
         with torch.no_grad():
             assert rel_err(model_vit(x), expect) > 1e-3
 
@@ -76,13 +76,13 @@ def test_wrapper_prefixes_are_stripped(tmp_path, prefix: str) -> None:
 
     from tests.original_model import original_net, save_original
     from tokshift.checkpoints import ORIGINAL, open_checkpoint
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     net = original_net("vit", seed=3)
     path = save_original(net, tmp_path / "c.pth", prefix=prefix)
     ckpt = open_checkpoint(path)
     assert ckpt.kind == ORIGINAL and ckpt.meta["epoch"] == 18
-    model = build_model(demo_cfg("vit"), pretrained=path)
+    model = build_model(demo_cfg("vit"), init_from=path)
     attn = net.base_model.transformer.encoder.layer[2].attn
     qkv = torch.cat([attn.query.weight, attn.key.weight, attn.value.weight]).float()
     assert torch.equal(model.blocks[2].attn.qkv.weight, qkv)
@@ -92,29 +92,33 @@ def test_wrapper_prefixes_are_stripped(tmp_path, prefix: str) -> None:
 def test_depth_mismatch_names_the_key(tmp_path) -> None:
     from tests.original_model import original_net, save_original
     from tokshift.checkpoints import CheckpointMismatchError
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     path = save_original(original_net("vit", depth=4), tmp_path / "c.pth")
     with pytest.raises(CheckpointMismatchError) as e:
-        build_model(demo_cfg("vit", depth=3), pretrained=path)
-    assert "unexpected key 'blocks.3.attn.qkv.weight' (checkpoint shape (288, 96))" in str(e.value)
+        build_model(demo_cfg("vit", depth=3), init_from=path)
+    assert 'Unexpected key(s) in state_dict: "blocks.3.' in str(e.value) and '"blocks.3.attn.qkv.weight"' in str(
+        e.value
+    )
+    assert "same backbone (depth, width, patch size)" in str(e.value)  # what to do
     with pytest.raises(CheckpointMismatchError) as e:
-        build_model(demo_cfg("vit", depth=5), pretrained=path)
-    assert "missing key 'blocks.4.norm1.weight' (model shape (96,))" in str(e.value)
+        build_model(demo_cfg("vit", depth=5), init_from=path)
+    assert 'Missing key(s) in state_dict: "blocks.4.norm1.weight"' in str(e.value)
     assert str(path) in str(e.value)
 
 
 def test_width_mismatch_names_key_and_both_shapes(tmp_path) -> None:
     from tests.original_model import original_net, save_original
     from tokshift.checkpoints import CheckpointMismatchError
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     path = save_original(original_net("vit", dim=64), tmp_path / "c.pth")
     with pytest.raises(CheckpointMismatchError) as e:
-        build_model(demo_cfg("vit"), pretrained=path)
+        build_model(demo_cfg("vit"), init_from=path)
     msg = str(e.value)
-    assert "key 'cls_token': checkpoint shape (1, 1, 64) != model shape (1, 1, 96)" in msg
-    assert "key 'blocks.0.attn.qkv.weight': checkpoint shape (192, 64) != model shape (288, 96)" in msg
+    shapes = "copying a param with shape torch.Size({}) from checkpoint, the shape in current model is torch.Size({})"
+    assert "size mismatch for cls_token: " + shapes.format([1, 1, 64], [1, 1, 96]) in msg
+    assert "size mismatch for blocks.0.attn.qkv.weight: " + shapes.format([192, 64], [288, 96]) in msg
 
 
 class _Payload:
@@ -130,12 +134,12 @@ class _Payload:
 def test_file_needing_arbitrary_objects_is_refused(tmp_path) -> None:
     from tests.original_model import original_net, save_original
     from tokshift.checkpoints import CheckpointFormatError
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     marker = tmp_path / "unpickled"
     path = save_original(original_net("vit"), tmp_path / "c.pth", scheduler=_Payload(str(marker)))
     with pytest.raises(CheckpointFormatError) as e:
-        build_model(demo_cfg("vit"), pretrained=path)
+        build_model(demo_cfg("vit"), init_from=path)
     msg = str(e.value)
     assert str(path) in msg and "unpickling arbitrary objects can run code" in msg
     assert "mkdir" in msg  # names the object it would have had to create
@@ -146,12 +150,12 @@ def test_head_reinitialised_when_classes_differ(tmp_path, caplog) -> None:
     import torch
 
     from tests.original_model import original_net, save_original
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     net = original_net("tokshift", classes=7)
     path = save_original(net, tmp_path / "c.pth")
-    with caplog.at_level(logging.INFO, logger="tokshift.checkpoints"):
-        model = build_model(demo_cfg("tokshift", num_classes=5), pretrained=path)
+    with caplog.at_level(logging.INFO, logger="tokshift.engine.loading"):
+        model = build_model(demo_cfg("tokshift", num_classes=5), init_from=path)
     assert model.head.weight.shape == (5, 96)
     assert model.head.weight.abs().max() == 0 and model.head.bias.abs().max() == 0
     assert torch.equal(model.norm.weight, net.base_model.transformer.encoder.encoder_norm.weight.float())
@@ -164,16 +168,16 @@ def test_format_comes_from_content_not_name(tmp_path) -> None:
     from tests.original_model import original_net, save_original
     from tests.weights_helpers import DEPTH, HEADS, MLP, PATCH, D, write_google_npz
     from tokshift.checkpoints import NPZ, ORIGINAL, CheckpointFormatError, open_checkpoint
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     net = original_net("vit")
     as_npz = save_original(net, tmp_path / "really_a.npz")
-    model = build_model(demo_cfg("vit"), pretrained=as_npz)
+    model = build_model(demo_cfg("vit"), init_from=as_npz)
     assert torch.equal(model.cls_token, net.base_model.transformer.embeddings.cls_token.float())
     legacy = tmp_path / "legacy.pth"  # torch's pre-zip format: a bare pickle stream
     torch.save(torch.load(as_npz, weights_only=True), legacy, _use_new_zipfile_serialization=False)
     assert open_checkpoint(legacy).kind == ORIGINAL
-    assert torch.equal(build_model(demo_cfg("vit"), pretrained=legacy).pos_embed, model.pos_embed)
+    assert torch.equal(build_model(demo_cfg("vit"), init_from=legacy).pos_embed, model.pos_embed)
     # A Google .npz named .pth is still read as an .npz (zero head).
     npz = tmp_path / "ViT.npz"
     write_google_npz(npz)
@@ -181,32 +185,75 @@ def test_format_comes_from_content_not_name(tmp_path) -> None:
     npz.rename(renamed)
     assert open_checkpoint(renamed).kind == NPZ
     cfg = dict(demo_cfg("vit"), embed_dim=D, depth=DEPTH, num_heads=HEADS, mlp_ratio=MLP / D, patch_size=PATCH)
-    small = build_model(cfg, pretrained=renamed)
+    small = build_model(cfg, init_from=renamed)
     assert small.head.weight.abs().max() == 0 and small.cls_token.abs().max() > 0
     junk = tmp_path / "notes.pth"
     junk.write_text("not a checkpoint\n")
     with pytest.raises(CheckpointFormatError, match="neither a torch checkpoint"):
-        build_model(cfg, pretrained=junk)
+        build_model(cfg, init_from=junk)
 
 
 def test_model_pt_as_pretrained_and_position_table_resized(tmp_path) -> None:
-    import numpy as np
     import torch
 
-    from tokshift.models import build_model
+    from tokshift.checkpoints import resize_pos_embed
+    from tokshift.engine.loading import build_model
 
     src = build_model("demo_vit")
     torch.nn.init.normal_(src.head.weight)
     path = tmp_path / "model.pt"
     torch.save({"model": src.state_dict(), "config": DEMO.to_dict(), "classes": list("abcd")}, path)
-    same = build_model("demo_tokshift", pretrained=path)
+    same = build_model("demo_tokshift", init_from=path)
     assert torch.equal(same.head.weight, src.head.weight)  # 4 classes both: head kept
-    big = build_model(dict(DEMO.model_dict(), img_size=96), pretrained=path)  # 4x4 -> 6x6 patch grid
+    big = build_model(dict(DEMO.model_dict(), img_size=96), init_from=path)  # 4x4 -> 6x6 patch grid
+    assert big.pos_embed.shape == (1, 37, 96)
+    assert torch.equal(big.pos_embed, resize_pos_embed(src.pos_embed.detach(), (6, 6)))
+
+
+# --------------------------------------------------------------------------- position tables
+
+# (old grid, new grid): ViT-B/16's 14x14 at 256 px and 384 px, a non-square grid, a shrink, and
+# the demo models' 4x4 at 96 px (6x6) and 48 px (3x3).
+RESIZES = [(14, (16, 16)), (14, (24, 24)), (14, (16, 24)), (14, (10, 10)), (4, (6, 6)), (4, (3, 3))]
+
+
+@pytest.mark.parametrize(("old", "new"), RESIZES)
+def test_position_table_resize_is_the_corner_aligned_bilinear_zoom(old: int, new: tuple[int, int]) -> None:
+    """timm's resampler, as `resize_pos_embed` calls it, equals the original's zoom written out in
+    float64 to float32 rounding; timm's default sampling does not, so the settings matter."""
+    import numpy as np
+    import torch
+    from timm.layers import resample_abs_pos_embed
+
+    from tests.weights_helpers import bilinear_corner_aligned
     from tokshift.checkpoints import resize_pos_embed
 
-    expect = resize_pos_embed(src.pos_embed.detach().numpy(), (6, 6))
-    assert big.pos_embed.shape == (1, 37, 96)
-    np.testing.assert_array_equal(big.pos_embed.detach().numpy(), expect)
+    dim = 768 if old == 14 else 96  # ViT-B's width, the demo's width
+    rng = np.random.default_rng(old * 1000 + new[0] * 10 + new[1])
+    pos = torch.from_numpy((rng.standard_normal((1, 1 + old * old, dim)) * 0.02).astype(np.float32))
+    out = resize_pos_embed(pos, new)
+    assert out.dtype == torch.float32 and out.shape == (1, 1 + new[0] * new[1], dim)
+    assert torch.equal(out[:, 0], pos[:, 0])  # the [CLS] position is kept
+    ref = bilinear_corner_aligned(pos[0, 1:].reshape(old, old, dim).double().numpy(), new).reshape(-1, dim)
+    scale = np.abs(ref).max()
+    assert np.abs(out[0, 1:].double().numpy() - ref).max() < 2e-6 * scale
+    default = resample_abs_pos_embed(pos, list(new), num_prefix_tokens=1)  # bicubic, antialiased
+    assert np.abs(default[0, 1:].double().numpy() - ref).max() > 1e-2 * scale
+
+
+def test_position_table_resize_keeps_cls_and_refuses_a_non_square_grid() -> None:
+    import torch
+
+    from tokshift.checkpoints import CheckpointMismatchError, resize_pos_embed
+
+    grid = torch.arange(4.0).reshape(1, 4, 1)  # [[0, 1], [2, 3]]
+    pos = torch.cat([torch.full((1, 1, 1), 7.0), grid], dim=1)
+    out = resize_pos_embed(pos, (3, 3))
+    assert out[0, 0, 0] == 7.0
+    assert out[0, 1:, 0].reshape(3, 3).tolist() == [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]]
+    assert resize_pos_embed(pos, (2, 2)) is pos  # same grid: untouched
+    with pytest.raises(CheckpointMismatchError, match="5 patches is not a square grid"):
+        resize_pos_embed(torch.zeros(1, 6, 3), (3, 3))
 
 
 # --------------------------------------------------------------------------- evaluate / predict / import
@@ -230,10 +277,10 @@ def test_load_trained_model_reads_original_pth(tmp_path) -> None:
     with torch.no_grad():
         assert rel_err(trained.model.double()(x), net(x)) < 1e-6
     # A wrong zoo name fails on the first key that does not fit, not with a silent resize.
-    with pytest.raises(
-        CheckpointMismatchError, match=r"'pos_embed': checkpoint shape \(1, 17, 96\) != model shape \(1, 197, 768\)"
-    ):
+    with pytest.raises(CheckpointMismatchError) as e:
         load_trained_model(path, torch.device("cpu"), model_name="k400_tokshift_div4_8x32_base_224")
+    assert "size mismatch for pos_embed: copying a param with shape torch.Size([1, 17, 96])" in str(e.value)
+    assert "Pass the zoo name the checkpoint was trained as" in str(e.value)
     five = save_original(original_net("vit", classes=5), tmp_path / "five.pth")
     with pytest.raises(ValueError, match="5-class head and records no class names"):
         load_trained_model(five, torch.device("cpu"), model_name="demo_vit")
@@ -270,8 +317,8 @@ def test_notebook_api_matches_predict_command(tmp_path) -> None:
     import torch
 
     from tests.data_helpers import encode
+    from tokshift.engine.loading import build_model
     from tokshift.engine.predict import PredictOptions, predict_videos
-    from tokshift.models import build_model
 
     torch.manual_seed(0)
     model = build_model("demo_tokshift")
@@ -307,8 +354,8 @@ def test_notebook_and_predict_command_agree_on_the_bicubic_resize(tmp_path) -> N
 
     from tests.data_helpers import encode
     from tokshift.data.decode import decode_video
+    from tokshift.engine.loading import build_model
     from tokshift.engine.predict import PredictOptions, predict_videos
-    from tokshift.models import build_model
 
     torch.manual_seed(1)
     model = build_model("demo_tokshift")

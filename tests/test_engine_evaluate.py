@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess
-from tokshift.engine.exitcodes import EXIT_UNREADABLE
+from tokshift.errors import ExitCode
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
@@ -81,7 +81,7 @@ def test_fused_logits_are_the_mean_of_per_view_logits(odd_shaped_shard) -> None:
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.data.transforms import normalize
     from tokshift.engine.evaluate import ViewLayout, record_from_logits, view_logits
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     torch.manual_seed(0)
     model = build_model("demo_tokshift", num_classes=4).eval()
@@ -356,7 +356,7 @@ def test_one_unreadable_video_in_twenty_is_counted_and_the_share_decides(
 
     # the config's default share (0.01) does not accept one video in twenty
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "strict")
-    assert res.returncode == EXIT_UNREADABLE, res.stderr[-2000:]
+    assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-2000:]
     assert "1 of 20 videos could not be read (5.0%, more than --max-failed-share 0.01)" in res.stderr
     assert f"First failures: {ids[7]}: " in res.stderr
     assert json.loads((tmp_path / "strict" / "metrics.json").read_text())["failed"] == 1
@@ -368,7 +368,7 @@ def test_evaluation_fails_when_every_video_is_unreadable(
     shard = tmp_path / "broken.lmdb"
     ids = _repack_with_broken_videos([packed_demo.val], shard, 7, broken=set(range(7)))
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "a")
-    assert res.returncode == EXIT_UNREADABLE, res.stderr[-2000:]
+    assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-2000:]
     assert "7 of 7 videos failed to load" in res.stderr
     err = res.stderr[res.stderr.index("error: ") :]
     assert "7 of 7 videos could not be read" in err and "Repack the shards" in err
@@ -377,6 +377,6 @@ def test_evaluation_fails_when_every_video_is_unreadable(
     assert (m["videos"], m["failed"], m["top1"], m["top5"]) == (0, 7, None, None)  # not a 0% accuracy
     # no share lets zero evaluated videos pass as a result
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "b", "--max-failed-share", "1")
-    assert res.returncode == EXIT_UNREADABLE and "7 of 7 videos could not be read" in res.stderr
+    assert res.returncode == ExitCode.DATA_DAMAGED and "7 of 7 videos could not be read" in res.stderr
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "c", "--max-failed-share", "1.5")
     assert res.returncode == 2 and "argument --max-failed-share: must be between 0 and 1, got 1.5" in res.stderr

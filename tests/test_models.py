@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
-from tests.weights_helpers import DEPTH, HEADS, MLP, PATCH, D, write_google_npz
+from tests.weights_helpers import DEPTH, HEADS, MLP, PATCH, D, bilinear_corner_aligned, write_google_npz
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +105,7 @@ def test_tokshift_block_information_flow() -> None:
 def test_vit_and_tokshift_differ_only_by_shift() -> None:
     import torch
 
-    from tokshift.models import build_model
+    from tokshift.models import VideoVisionTransformer
 
     cfg = dict(
         arch="vit",
@@ -120,8 +120,8 @@ def test_vit_and_tokshift_differ_only_by_shift() -> None:
         num_classes=5,
     )
     torch.manual_seed(0)
-    vit = build_model(cfg)
-    tok = build_model({**cfg, "arch": "tokshift"})
+    vit = VideoVisionTransformer.from_config(cfg)
+    tok = VideoVisionTransformer.from_config({**cfg, "arch": "tokshift"})
     tok.load_state_dict(vit.state_dict())
     single = torch.randn(2, 1, 3, 32, 32)
     video = single.expand(2, 3, 3, 32, 32).clone()
@@ -136,9 +136,9 @@ def test_vit_and_tokshift_differ_only_by_shift() -> None:
 def test_model_rejects_wrong_frame_count() -> None:
     import torch
 
-    from tokshift.models import build_model
+    from tokshift.models import VideoVisionTransformer
 
-    m = build_model(
+    m = VideoVisionTransformer.from_config(
         dict(
             arch="tokshift",
             embed_dim=32,
@@ -156,11 +156,11 @@ def test_model_rejects_wrong_frame_count() -> None:
         m(torch.randn(1, 3, 3, 32, 32))
 
 
-def test_build_model_names_missing_keys() -> None:
-    from tokshift.models import build_model
+def test_from_config_names_missing_keys() -> None:
+    from tokshift.models import VideoVisionTransformer
 
     with pytest.raises(ValueError, match="shift_div"):
-        build_model(
+        VideoVisionTransformer.from_config(
             dict(
                 arch="vit",
                 embed_dim=32,
@@ -178,35 +178,15 @@ def test_build_model_names_missing_keys() -> None:
 def test_backward_through_in_place_shift() -> None:
     import torch
 
-    from tokshift.models import build_model
+    from tokshift.models import VideoVisionTransformer
 
-    m = build_model("demo_tokshift")
+    m = VideoVisionTransformer.from_config("demo_tokshift")
     x = torch.randn(2, 8, 3, 64, 64)
     m(x).sum().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
 
 
 # --------------------------------------------------------------------------- Google .npz
-
-
-def bilinear_corner_aligned(grid: np.ndarray, out: int | tuple[int, int]) -> np.ndarray:
-    """Independent corner-aligned bilinear resize of a (g, g, D) grid, written out by hand."""
-    g = grid.shape[0]
-    oh, ow = (out, out) if isinstance(out, int) else out
-    res = np.zeros((oh, ow, grid.shape[2]))
-    for i in range(oh):
-        for j in range(ow):
-            y = i * (g - 1) / (oh - 1)
-            x = j * (g - 1) / (ow - 1)
-            y0, x0 = min(int(math.floor(y)), g - 2), min(int(math.floor(x)), g - 2)
-            dy, dx = y - y0, x - x0
-            res[i, j] = (
-                (1 - dy) * (1 - dx) * grid[y0, x0]
-                + (1 - dy) * dx * grid[y0, x0 + 1]
-                + dy * (1 - dx) * grid[y0 + 1, x0]
-                + dy * dx * grid[y0 + 1, x0 + 1]
-            )
-    return res
 
 
 def reference_features(w: dict[str, np.ndarray], video: np.ndarray, arch: str, grid: int) -> np.ndarray:
@@ -264,7 +244,7 @@ def reference_features(w: dict[str, np.ndarray], video: np.ndarray, arch: str, g
 def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) -> None:
     import torch
 
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     path = tmp_path / "ViT-tiny.npz"
     w = write_google_npz(path, grid=4)
@@ -281,7 +261,7 @@ def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) 
         shift_div=4,
         num_classes=classes,
     )
-    model = build_model(cfg, pretrained=path).double().eval()
+    model = build_model(cfg, init_from=path).double().eval()
     assert model.head.weight.abs().max() == 0 and model.head.bias.abs().max() == 0
     video = np.random.default_rng(1).standard_normal((2, T, 3, img_size, img_size))
     with torch.no_grad():
@@ -297,38 +277,9 @@ def test_npz_loading_matches_direct_forward(tmp_path, arch: str, img_size: int) 
     assert np.abs(logits - expect).max() / np.abs(expect).max() < 1e-6
 
 
-def test_pos_embed_resize_is_corner_aligned_order1() -> None:
-    from tokshift.checkpoints import resize_pos_embed
-
-    grid = np.arange(2 * 2 * 1, dtype=np.float64).reshape(1, 4, 1)  # [[0,1],[2,3]]
-    pos = np.concatenate([np.full((1, 1, 1), 7.0), grid], axis=1)
-    out = resize_pos_embed(pos, (3, 3))
-    assert out[0, 0, 0] == 7.0
-    np.testing.assert_allclose(out[0, 1:, 0].reshape(3, 3), [[0, 0.5, 1], [1, 1.5, 2], [2, 2.5, 3]])
-    # 14x14 -> 24x24 (the 384-px models), against the hand-written resize.
-    big = np.random.default_rng(0).standard_normal((1, 1 + 14 * 14, 3))
-    out = resize_pos_embed(big, (24, 24))
-    ref = bilinear_corner_aligned(big[0, 1:].reshape(14, 14, 3), 24).reshape(24 * 24, 3)
-    np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.parametrize("hw", [(16, 16), (24, 24), (16, 24), (10, 10)])
-def test_pos_embed_resize_matches_hand_written_bilinear(hw: tuple[int, int]) -> None:
-    """256 px (16x16), 384 px (24x24), a non-square grid and a shrink, each against the loops above."""
-    from tokshift.checkpoints import resize_pos_embed
-
-    pos = np.random.default_rng(hw[0] * 100 + hw[1]).standard_normal((1, 1 + 14 * 14, 5)).astype(np.float32)
-    out = resize_pos_embed(pos, hw)
-    assert out.dtype == np.float32 and out.shape == (1, 1 + hw[0] * hw[1], 5)
-    np.testing.assert_array_equal(out[:, 0], pos[:, 0])  # [CLS] position kept
-    ref = bilinear_corner_aligned(pos[0, 1:].reshape(14, 14, 5).astype(np.float64), hw).reshape(-1, 5)
-    np.testing.assert_allclose(out[0, 1:], ref, rtol=1e-6, atol=1e-6)  # float32 rounding only
-    assert resize_pos_embed(pos, (14, 14)) is pos  # same grid: untouched
-
-
 def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
     from tokshift.checkpoints import CheckpointMismatchError
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     path = tmp_path / "w.npz"
     write_google_npz(path)
@@ -346,14 +297,15 @@ def test_npz_shape_mismatch_names_key_and_shapes(tmp_path) -> None:
     )
     cfg["mlp_ratio"] = 3.0  # model MLP width 96, checkpoint 64
     with pytest.raises(CheckpointMismatchError) as e:
-        build_model(cfg, pretrained=path)
+        build_model(cfg, init_from=path)
     msg = str(e.value)
-    assert "blocks.0.mlp.fc1.weight" in msg and "(64, 32)" in msg and "(96, 32)" in msg
+    assert "size mismatch for blocks.0.mlp.fc1.weight" in msg and str(path) in msg
+    assert "torch.Size([64, 32]) from checkpoint" in msg and "current model is torch.Size([96, 32])" in msg
 
 
 def test_npz_missing_key_is_named(tmp_path) -> None:
     from tokshift.checkpoints import CheckpointMismatchError
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model
 
     path = tmp_path / "w.npz"
     w = write_google_npz(path)
@@ -372,7 +324,7 @@ def test_npz_missing_key_is_named(tmp_path) -> None:
         num_classes=3,
     )
     with pytest.raises(CheckpointMismatchError, match="encoderblock_1/LayerNorm_2/bias"):
-        build_model(cfg, pretrained=path)
+        build_model(cfg, init_from=path)
 
 
 def test_trained_checkpoint_mismatch_names_key_and_shapes(tmp_path) -> None:
@@ -380,8 +332,7 @@ def test_trained_checkpoint_mismatch_names_key_and_shapes(tmp_path) -> None:
     import torch
 
     from tokshift.checkpoints import CheckpointMismatchError
-    from tokshift.engine.loading import load_trained_model
-    from tokshift.models import build_model
+    from tokshift.engine.loading import build_model, load_trained_model
     from tokshift.zoo import get_config
 
     cfg = get_config("demo_tokshift")
@@ -400,5 +351,6 @@ def test_trained_checkpoint_mismatch_names_key_and_shapes(tmp_path) -> None:
     with pytest.raises(CheckpointMismatchError) as e:
         load_trained_model(bad, torch.device("cpu"))
     msg = str(e.value)
-    assert str(bad) in msg and "'head.weight'" in msg and "(5, 96)" in msg and "(4, 96)" in msg
-    assert "unexpected key 'extra.bias'" in msg
+    assert str(bad) in msg and "size mismatch for head.weight" in msg
+    assert "torch.Size([5, 96]) from checkpoint" in msg and "current model is torch.Size([4, 96])" in msg
+    assert 'Unexpected key(s) in state_dict: "extra.bias"' in msg and "re-copy the file" in msg

@@ -26,8 +26,7 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def _trained(name: str, seed: int = 0) -> TrainedModel:
     import torch
 
-    from tokshift.engine.loading import TrainedModel
-    from tokshift.models import build_model
+    from tokshift.engine.loading import TrainedModel, build_model
 
     torch.manual_seed(seed)
     cfg = get_config(name)
@@ -111,7 +110,8 @@ def test_rollout_maps_are_distributions_that_differ_from_the_last_block() -> Non
 def test_shift_off_is_the_per_frame_vit_with_the_same_weights() -> None:
     import torch
 
-    from tokshift.models import build_model, shift_disabled
+    from tokshift.engine.loading import build_model
+    from tokshift.models import shift_disabled
     from tokshift.viz.explain import explain_view
 
     tokshift = _trained("demo_tokshift")

@@ -1,6 +1,9 @@
-"""A small random checkpoint in the layout of Google's ImageNet-21k ViT `.npz` files."""
+"""A small random checkpoint in the layout of Google's ImageNet-21k ViT `.npz` files, and the
+resize of a position table to another patch grid written out by hand, to check the loader's."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -49,3 +52,23 @@ def write_google_npz(path, grid: int = 4, seed: int = 0) -> dict[str, np.ndarray
         )
     np.savez(path, **w)
     return w
+
+
+def bilinear_corner_aligned(grid: np.ndarray, out: int | tuple[int, int]) -> np.ndarray:
+    """Independent corner-aligned bilinear resize of a (g, g, D) grid, written out by hand."""
+    g = grid.shape[0]
+    oh, ow = (out, out) if isinstance(out, int) else out
+    res = np.zeros((oh, ow, grid.shape[2]))
+    for i in range(oh):
+        for j in range(ow):
+            y = i * (g - 1) / (oh - 1)
+            x = j * (g - 1) / (ow - 1)
+            y0, x0 = min(int(math.floor(y)), g - 2), min(int(math.floor(x)), g - 2)
+            dy, dx = y - y0, x - x0
+            res[i, j] = (
+                (1 - dy) * (1 - dx) * grid[y0, x0]
+                + (1 - dy) * dx * grid[y0, x0 + 1]
+                + dy * (1 - dx) * grid[y0 + 1, x0]
+                + dy * dx * grid[y0 + 1, x0 + 1]
+            )
+    return res

@@ -15,7 +15,7 @@ _LAZY = {
     "load": "tokshift.notebook",
     "predict": "tokshift.notebook",
     "TrainedModel": "tokshift.notebook",
-    "build_model": "tokshift.models",
+    "build_model": "tokshift.engine.loading",
     "import_original": "tokshift.engine.loading",
 }
 

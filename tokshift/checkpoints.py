@@ -3,30 +3,28 @@
 The format is read from the file's content, never from its name, so a renamed file
 still loads as what it is. Torch files are unpickled with ``weights_only=True``: a
 file that needs arbitrary Python objects is refused, because unpickling those can run
-code. Every layout is translated to timm's parameter names (those of
-`tokshift.models.VideoVisionTransformer`) and loaded through `load_state_dict_checked`,
-so a checkpoint of another depth, width or patch size fails naming the key and both
-shapes (docs/reference.md, "Pretrained weights" and "Released checkpoints of the original").
+code. Every layout is translated to a state dict in timm's parameter names (those of
+`tokshift.models.VideoVisionTransformer`); `tokshift.engine.loading` builds the model and
+loads it (docs/reference.md, "Pretrained weights" and "Released checkpoints of the original").
 """
 
 from __future__ import annotations
 
-import logging
+import math
 import pickle
 import re
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
+from timm.layers import resample_abs_pos_embed
 from torch import nn
-from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from tokshift.models import VideoVisionTransformer
+from tokshift.errors import BadInput, InputMissing
 
 __all__ = [
     "NPZ",
@@ -36,17 +34,12 @@ __all__ = [
     "CheckpointFormatError",
     "CheckpointMismatchError",
     "google_npz_state_dict",
-    "load_google_npz",
-    "load_pretrained",
-    "load_state_dict_checked",
     "open_checkpoint",
     "original_state_dict",
     "read_torch_file",
     "resize_pos_embed",
     "sniff_format",
 ]
-
-log = logging.getLogger(__name__)
 
 NPZ = "npz"  # Google's ImageNet-21k ViT weights (no trained classifier)
 ORIGINAL = "original"  # a `.pth` of the original TokShift code (DDP-wrapped ViT-pytorch names)
@@ -59,11 +52,11 @@ DESCRIPTIONS = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(BadInput):
     """A checkpoint whose keys or shapes do not fit the model."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(BadInput):
     """A file that is no checkpoint this package reads, or one it refuses to unpickle."""
 
 
@@ -151,7 +144,7 @@ def original_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Te
     """The original's ViT-pytorch names translated to timm's.
 
     Query, key and value (separate Linear layers) are concatenated in that order into
-    ``attn.qkv``. A key that matches no rule keeps its (unprefixed) name, so the checked
+    ``attn.qkv``. A key that matches no rule keeps its (unprefixed) name, so the strict
     load reports it as unexpected instead of dropping it silently.
     """
     out: dict[str, torch.Tensor] = {}
@@ -184,29 +177,31 @@ def _looks_original(state: Mapping[str, Any]) -> bool:
 # --------------------------------------------------------------------------- Google .npz layout
 
 
-def resize_pos_embed(posemb: np.ndarray, grid_hw: tuple[int, int]) -> np.ndarray:
+def resize_pos_embed(posemb: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """Resize a (1, 1 + g*g, D) position table to a new patch grid, keeping the [CLS] entry.
 
-    Bilinear through the grid corners (``align_corners=True``, in float64): the same
-    numbers as the order-1 spline zoom of the original TokShift. A resize that samples
-    differently (half-pixel centres, antialiasing) costs about 3 points top-1 on
-    Kinetics-400, which is why timm's resampler is not used.
+    Bilinear through the grid corners (``align_corners=True``, no antialiasing): the numbers
+    of the original TokShift's order-1 spline zoom, to float32 rounding (measured in
+    tests/test_checkpoints.py). timm's default resample (bicubic, antialiased) samples
+    differently, which costs about 3 points top-1 on Kinetics-400.
     """
-    cls_tok, grid = posemb[:, :1], posemb[0, 1:]
-    old = int(round(np.sqrt(len(grid))))
-    if old * old != len(grid):
-        raise CheckpointMismatchError(f"position table of {len(grid)} patches is not a square grid")
-    if (old, old) == tuple(grid_hw):
-        return posemb
-    hw = (int(grid_hw[0]), int(grid_hw[1]))
-    chw = torch.from_numpy(np.ascontiguousarray(grid, dtype=np.float64)).reshape(old, old, -1).permute(2, 0, 1)
-    chw = F.interpolate(chw[None], size=hw, mode="bilinear", align_corners=True)[0]
-    resized = chw.permute(1, 2, 0).reshape(1, hw[0] * hw[1], -1).numpy().astype(posemb.dtype, copy=False)
-    return np.concatenate([cls_tok, resized], axis=1)
+    n = posemb.shape[1] - 1
+    old = math.isqrt(n)
+    if old * old != n:
+        raise CheckpointMismatchError(f"position table of {n} patches is not a square grid")
+    return resample_abs_pos_embed(
+        posemb,
+        [int(grid_hw[0]), int(grid_hw[1])],
+        [old, old],
+        num_prefix_tokens=1,
+        interpolation="bilinear",
+        antialias=False,
+        align_corners=True,
+    )
 
 
-def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTransformer) -> dict[str, torch.Tensor]:
-    """Translate Google's ViT `.npz` layout into this model's state dict.
+def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: nn.Module) -> dict[str, torch.Tensor]:
+    """Translate Google's ViT `.npz` layout into the state dict of `model` (a timm ViT).
 
     The classifier head is zero-initialised for the model's classes and `pre_logits`
     is dropped (ImageNet-21k checkpoints carry both for 21k classes).
@@ -222,7 +217,7 @@ def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTrans
         "patch_embed.proj.weight": get("embedding/kernel").transpose(3, 2, 0, 1),
         "patch_embed.proj.bias": get("embedding/bias"),
         "cls_token": get("cls"),
-        "pos_embed": resize_pos_embed(get("Transformer/posembed_input/pos_embedding"), model.patch_embed.grid_size),
+        "pos_embed": get("Transformer/posembed_input/pos_embedding"),
         "norm.weight": get("Transformer/encoder_norm/scale"),
         "norm.bias": get("Transformer/encoder_norm/bias"),
     }
@@ -245,6 +240,7 @@ def google_npz_state_dict(npz: Mapping[str, np.ndarray], model: VideoVisionTrans
             sd[t + f"mlp.fc{j + 1}.weight"] = get(p + f"MlpBlock_3/Dense_{j}/kernel").T
             sd[t + f"mlp.fc{j + 1}.bias"] = get(p + f"MlpBlock_3/Dense_{j}/bias")
     out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+    out["pos_embed"] = resize_pos_embed(out["pos_embed"], model.patch_embed.grid_size)
     out["head.weight"] = torch.zeros_like(model.head.weight)
     out["head.bias"] = torch.zeros_like(model.head.bias)
     return out
@@ -277,7 +273,7 @@ class Checkpoint:
         head = self.weights.get("head.weight") if self.kind != NPZ else None
         return int(head.shape[0]) if head is not None else None
 
-    def state_dict_for(self, model: VideoVisionTransformer, resize_pos: bool = True) -> dict[str, torch.Tensor]:
+    def state_dict_for(self, model: nn.Module, resize_pos: bool = True) -> dict[str, torch.Tensor]:
         """The weights as `model`'s state dict (position table resized to its grid when `resize_pos`)."""
         if self.kind == NPZ:
             return google_npz_state_dict(self.weights, model)
@@ -286,8 +282,7 @@ class Checkpoint:
         if resize_pos and isinstance(pos, torch.Tensor) and pos.ndim == 3 and pos.shape[1] > 1:
             grid = tuple(model.patch_embed.grid_size)
             if pos.shape[1] != 1 + grid[0] * grid[1]:
-                resized = resize_pos_embed(pos.detach().cpu().numpy(), grid)
-                state["pos_embed"] = torch.from_numpy(np.ascontiguousarray(resized))
+                state["pos_embed"] = resize_pos_embed(pos.detach().cpu(), grid)
         return state
 
 
@@ -295,7 +290,7 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
     """Read any supported checkpoint; the format comes from the content, not the name."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
+        raise InputMissing(f"checkpoint {path} not found")
     if sniff_format(path) == NPZ:
         with np.load(path, allow_pickle=False) as npz:
             return Checkpoint(path, NPZ, {k: npz[k] for k in npz.files})
@@ -312,71 +307,3 @@ def open_checkpoint(path: str | Path) -> Checkpoint:
         f"{path} is a torch file but neither a tokshift model.pt (keys 'model', 'config', 'classes') nor an "
         f"original TokShift checkpoint (key 'state_dict' with 'transformer.…' weights); it holds {keys}"
     )
-
-
-def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load `state` into `model`, failing on any missing, unexpected or mis-shaped key.
-
-    The error names every offending key with both shapes, so a wrong backbone or
-    image size is obvious instead of surfacing as a cryptic size-mismatch trace.
-    """
-    own = model.state_dict()
-    problems = []
-    for key, value in own.items():
-        if key not in state:
-            problems.append(f"missing key {key!r} (model shape {tuple(value.shape)})")
-        elif tuple(state[key].shape) != tuple(value.shape):
-            problems.append(
-                f"key {key!r}: checkpoint shape {tuple(state[key].shape)} != model shape {tuple(value.shape)}"
-            )
-    for key in state:
-        if key not in own:
-            problems.append(f"unexpected key {key!r} (checkpoint shape {tuple(state[key].shape)})")
-    if problems:
-        raise CheckpointMismatchError(f"{source} does not fit the model:\n  " + "\n  ".join(problems))
-    with torch.no_grad():
-        for key, value in own.items():
-            value.copy_(torch.as_tensor(state[key]).to(dtype=value.dtype))
-
-
-def _fit_head(state: dict[str, torch.Tensor], model: VideoVisionTransformer, ckpt: Checkpoint) -> None:
-    """Keep a trained head whose class count matches the model; otherwise start it at zero."""
-    have, want = ckpt.head_classes, int(model.head.weight.shape[0])
-    if have is None or have == want:
-        return
-    log.info(
-        "%s %s has a %d-class head, the model has %d classes: head re-initialised to zeros for the new classes",
-        ckpt.description,
-        ckpt.path,
-        have,
-        want,
-    )
-    state["head.weight"] = torch.zeros_like(model.head.weight)
-    state["head.bias"] = torch.zeros_like(model.head.bias)
-
-
-def load_pretrained(model: VideoVisionTransformer, path: str | Path) -> Checkpoint:
-    """Initialise `model` from any supported checkpoint and return what was read.
-
-    An `.npz` gives a zero head; a `.pth` or `model.pt` keeps its head when the class
-    count matches and starts a zero head otherwise. Position tables of another grid are
-    resized with `resize_pos_embed`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"pretrained weights {path} not found; run `snakemake download_weights` or `tokshift download`"
-        )
-    ckpt = open_checkpoint(path)
-    state = ckpt.state_dict_for(model)
-    if ckpt.kind != NPZ:
-        _fit_head(state, model, ckpt)
-    load_state_dict_checked(model, state, f"checkpoint {path} ({ckpt.description})")
-    return ckpt
-
-
-def load_google_npz(model: VideoVisionTransformer, path: str | Path) -> None:
-    """Load ImageNet-21k weights from a Google ViT `.npz` (ViT-B_16.npz, ViT-L_16.npz)."""
-    if Path(path).is_file() and sniff_format(path) != NPZ:
-        raise CheckpointFormatError(f"{path} is a torch checkpoint, not a Google ViT .npz; use load_pretrained")
-    load_pretrained(model, path)

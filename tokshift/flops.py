@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from tokshift.models import build_model, resolve_model_config
+from tokshift.models import VideoVisionTransformer, resolve_model_config
 from tokshift.zoo import ZooConfig, get_config
 
 
@@ -60,7 +60,7 @@ def model_cost(cfg: ZooConfig | str | Mapping[str, Any]) -> ModelCost:
     """Parameters and MACs per view of a zoo entry (or model dict), built on the meta device."""
     m = resolve_model_config(cfg)
     with torch.device("meta"):
-        model = build_model(m)
+        model = VideoVisionTransformer.from_config(m)
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     macs = count_macs(model, (1, m["num_frames"], 3, m["img_size"], m["img_size"]))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,14 +19,12 @@ from timm.layers import LayerNorm
 from timm.models.vision_transformer import Block, VisionTransformer
 from torch import nn
 
-from tokshift.checkpoints import load_pretrained
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
 __all__ = [
     "token_shift_",
     "TokShiftBlock",
     "VideoVisionTransformer",
-    "build_model",
     "resolve_model_config",
     "shift_disabled",
 ]
@@ -100,7 +97,8 @@ def shift_disabled(model: nn.Module) -> Iterator[int]:
 class VideoVisionTransformer(VisionTransformer):
     """A ViT applied per frame; logits are averaged over the frames of each video.
 
-    Parameter names are timm's, so state dicts stay compatible with timm's ViT.
+    Parameter names are timm's, so state dicts stay compatible with timm's ViT. Weights
+    start random here; `tokshift.engine.loading.build_model` starts them from a file.
     """
 
     def __init__(self, *, arch: str, num_frames: int, shift_div: int, **vit_kwargs: Any) -> None:
@@ -112,6 +110,33 @@ class VideoVisionTransformer(VisionTransformer):
         self.arch = arch
         self.num_frames = num_frames
         self.shift_div = shift_div
+
+    @classmethod
+    def from_config(
+        cls, cfg_or_name: str | ZooConfig | Mapping[str, Any], num_classes: int | None = None
+    ) -> VideoVisionTransformer:
+        """The model of a zoo name, a ZooConfig or a dict with the keys in `tokshift.zoo.MODEL_KEYS`.
+
+        `num_classes` overrides the config's class count (the head size).
+        """
+        m = resolve_model_config(cfg_or_name)
+        return cls(
+            arch=m["arch"],
+            num_frames=int(m["num_frames"]),
+            shift_div=int(m["shift_div"]),
+            img_size=int(m["img_size"]),
+            patch_size=int(m["patch_size"]),
+            num_classes=int(m["num_classes"] if num_classes is None else num_classes),
+            embed_dim=int(m["embed_dim"]),
+            depth=int(m["depth"]),
+            num_heads=int(m["num_heads"]),
+            mlp_ratio=float(m["mlp_ratio"]),
+            qkv_bias=True,
+            class_token=True,
+            global_pool="token",
+            norm_layer=functools.partial(LayerNorm, eps=1e-6),
+            act_layer=nn.GELU,
+        )
 
     @property
     def img_size(self) -> int:
@@ -140,42 +165,3 @@ def resolve_model_config(cfg_or_name: str | ZooConfig | Mapping[str, Any]) -> di
     if missing:
         raise ValueError(f"model config is missing key(s) {missing}; required keys: {list(MODEL_KEYS)}")
     return {k: d[k] for k in MODEL_KEYS}
-
-
-def build_model(
-    cfg_or_name: str | ZooConfig | Mapping[str, Any],
-    num_classes: int | None = None,
-    pretrained: str | Path | None = None,
-) -> VideoVisionTransformer:
-    """Build a TokShift or ViT video classifier.
-
-    Args:
-        cfg_or_name: a zoo name, a ZooConfig, or a dict with the keys in `tokshift.zoo.MODEL_KEYS`.
-        num_classes: overrides the config's class count (the head size).
-        pretrained: a checkpoint to start from, its format read from its content (`tokshift.checkpoints`):
-            a Google ImageNet-21k ViT `.npz` (head zero-initialised), a `.pth` of the original TokShift
-            or a tokshift `model.pt` (head kept when its class count matches, zero-initialised otherwise).
-    """
-    m = resolve_model_config(cfg_or_name)
-    if num_classes is not None:
-        m["num_classes"] = int(num_classes)
-    model = VideoVisionTransformer(
-        arch=m["arch"],
-        num_frames=int(m["num_frames"]),
-        shift_div=int(m["shift_div"]),
-        img_size=int(m["img_size"]),
-        patch_size=int(m["patch_size"]),
-        num_classes=int(m["num_classes"]),
-        embed_dim=int(m["embed_dim"]),
-        depth=int(m["depth"]),
-        num_heads=int(m["num_heads"]),
-        mlp_ratio=float(m["mlp_ratio"]),
-        qkv_bias=True,
-        class_token=True,
-        global_pool="token",
-        norm_layer=functools.partial(LayerNorm, eps=1e-6),
-        act_layer=nn.GELU,
-    )
-    if pretrained is not None:
-        load_pretrained(model, pretrained)
-    return model
