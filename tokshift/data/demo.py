@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tokshift.data.ffmpeg import compile_command
+from tokshift.errors import BadInput
 from tokshift.fileio import atomic_path, atomic_write_text
 
 __all__ = ["CLASSES", "DemoConfig", "encode_h264", "generate_demo", "render_clip"]
@@ -127,7 +128,7 @@ def generate_demo(
     ``progress`` None shows the bar only when stderr is a terminal.
     """
     if cfg.frames < 1 or cfg.size < 8 or cfg.train_per_class < 1 or cfg.val_per_class < 1:
-        raise ValueError(f"demo sizes must be positive (frames >= 1, size >= 8): {cfg}")
+        raise BadInput(f"demo sizes must be positive (frames >= 1, size >= 8): {cfg}")
     out = Path(out)
     jobs: list[tuple[str, int, int, Path]] = []
     for split, count in (("train", cfg.train_per_class), ("val", cfg.val_per_class)):
