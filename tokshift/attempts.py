@@ -204,13 +204,13 @@ class Attempt:
             console.setFormatter(logging.Formatter(LOG_FORMAT))
             console.addFilter(lambda record: not _shown_elsewhere(record))
             self._handlers.append(console)
-            if root.level > logging.INFO:
-                root.setLevel(logging.INFO)
         record = logging.FileHandler(self.path, mode="a", encoding="utf-8")
         record.setFormatter(logging.Formatter(LOG_FORMAT))
         self._handlers.append(record)
         for handler in self._handlers:
             root.addHandler(handler)
+        if root.getEffectiveLevel() > logging.INFO:  # the record holds the run's INFO lines too
+            root.setLevel(logging.INFO)
         return self
 
     def __exit__(
