@@ -115,9 +115,10 @@ def _rank_nodes(log_text: str) -> dict[int, str]:
 
 
 def _attempts(wf: Path, model: str) -> list[str]:
-    """The model's training attempts, from logs/train/demo/<model>.attempts.log (split at each header)."""
+    """The model's training attempts, from logs/train/demo/<model>.attempts.log (split at each start line)."""
     log_path = wf / "logs/train/demo" / f"{model}.attempts.log"
-    return [part for part in re.split(r"^=== .* training starts .*$", log_path.read_text(), flags=re.M) if part.strip()]
+    starts = r"^=== \S+ tokshift train starts .*$"
+    return [part for part in re.split(starts, log_path.read_text(), flags=re.M) if part.strip()]
 
 
 def _copy_without(slurm_run: dict, dest: Path, model: str) -> Path:
@@ -351,13 +352,13 @@ def test_training_signalled_ahead_of_its_limit_resumes_to_the_same_steps(retrain
     for j in (interrupted, last):
         assert j.timelimit_minutes == PREEMPT_LAYOUT["runtime"], j
         assert j.nnodes == 2 and sorted(j.nodes) == nodes, j
-    # The log holds both attempts: in the interrupted one, both ranks (one per node) got the
-    # signal and stopped at the same step after the checkpoint; the second one resumed.
+    # The attempts log holds both attempts as rank 0 records them (only rank 0 writes it): in the
+    # interrupted one the signal arrived and every rank stopped at the step they agreed on, after
+    # the checkpoint; the second one resumed.
     first, second = _attempts(wf, PREEMPTED_MODEL)
     for text in (first, second):
         assert sorted(_rank_nodes(text).values()) == nodes, text[-3000:]
-    for rank in (0, 1):
-        assert re.search(rf"\[rank {rank}\].*received SIGUSR1", first), first[-3000:]
+    assert re.search(r"\[rank 0\].*received SIGUSR1", first), first[-3000:]
     # Mid-epoch ("stopped on signal at epoch E, step S") or at an epoch's end ("stopping after epoch E").
     stop = re.search(r"stopped on signal at epoch (\d+)|stopping after epoch (\d+) on signal", first)
     assert stop, first[-3000:]

@@ -135,6 +135,13 @@ def _where() -> str:
     return f"host {socket.gethostname()}, pid {os.getpid()}" + (f", SLURM job {job}" if job else "")
 
 
+def _record_format() -> str:
+    """The records' format in the file: tagged `[rank 0]` in a run of several processes, as on stderr."""
+    processes = os.environ.get("WORLD_SIZE", os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
+    several = processes.isdigit() and int(processes) > 1
+    return LOG_FORMAT.replace("%(levelname)s", "[rank 0] %(levelname)s") if several else LOG_FORMAT
+
+
 def _shown_elsewhere(record: logging.LogRecord) -> bool:
     """Whether a logger below the root already prints ``record`` (the engine's own handler)."""
     logger: logging.Logger | None = logging.getLogger(record.name)
@@ -205,7 +212,7 @@ class Attempt:
             console.addFilter(lambda record: not _shown_elsewhere(record))
             self._handlers.append(console)
         record = logging.FileHandler(self.path, mode="a", encoding="utf-8")
-        record.setFormatter(logging.Formatter(LOG_FORMAT))
+        record.setFormatter(logging.Formatter(_record_format()))
         self._handlers.append(record)
         for handler in self._handlers:
             root.addHandler(handler)
