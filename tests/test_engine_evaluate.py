@@ -234,7 +234,7 @@ def test_predict_reads_videos_and_reports_unreadable_ones(
         "--format",
         "json",
     )
-    assert res.returncode == 1  # some input could not be read
+    assert res.returncode == ExitCode.DATA_DAMAGED  # some input could not be read
     assert "broken.mp4" in res.stderr and "error" in res.stderr
     out = json.loads(res.stdout)
     preds = out["predictions"]

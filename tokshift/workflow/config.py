@@ -14,11 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tokshift.errors import BadInput
 from tokshift.settings import load_schema
 from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInput):
     """config.yaml names something that does not exist or does not fit."""
 
 
