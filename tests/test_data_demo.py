@@ -83,7 +83,7 @@ def test_demo_classes_differ_only_in_the_direction_of_time(demo: Path) -> None:
             assert np.abs(a - b).mean() > 10
 
 
-def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
+def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tokshift.data.store import ShardReader
 
     res = tmp_path / "results"
@@ -150,18 +150,12 @@ def test_data_cli_from_demo_to_summary(demo: Path, tmp_path: Path) -> None:
     assert reader.classes == sorted(CLASSES)
     assert reader.attrs["short_side"] == 48 and all(reader.meta(v)["height"] == 48 for v in reader.video_ids)
     assert ShardReader(res / "frames/val/shard-1.lmdb").classes == sorted(CLASSES)
-    assert (
-        cli(
-            "index",
-            "--spec-json",
-            json.dumps({"kind": "demo", "root": str(tmp_path / "x")}),
-            "--split",
-            "val",
-            "--out",
-            str(tmp_path / "x.csv"),
-        )
-        == 2
-    )
+    # A dataset root without its CSVs is bad input, named with the command that makes them.
+    from tokshift.cli import main
+
+    missing = ["--spec-json", json.dumps({"kind": "demo", "root": str(tmp_path / "x")}), "--split", "val"]
+    assert main(["index", *missing, "--out", str(tmp_path / "x.csv")]) == 2
+    assert "tokshift index: error: demo dataset:" in capsys.readouterr().err
 
 
 def test_ffmpeg_lookup_order(tmp_path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -163,19 +161,6 @@ def test_resume_of_a_run_fingerprinted_before_the_init_from_rename_continues() -
 # ------------------------------------------------------------------------------------ loader workers
 
 
-@contextlib.contextmanager
-def cpu_affinity(cores: int) -> Iterator[None]:
-    """This thread runs on its first `cores` allowed CPUs while the block runs (skips when it has fewer)."""
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < cores:
-        pytest.skip(f"needs {cores} CPU cores, this process may use {len(allowed)}")
-    os.sched_setaffinity(0, allowed[:cores])
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, allowed)
-
-
 @pytest.mark.parametrize(
     "cores, local_processes, expect",
     [(1, 1, 0), (2, 1, 0), (3, 1, 2), (4, 2, 0), (6, 2, 2), (12, 1, 8), (16, 2, 7)],
@@ -183,8 +168,22 @@ def cpu_affinity(cores: int) -> Iterator[None]:
 def test_auto_loader_workers_keep_a_core_for_each_process(cores: int, local_processes: int, expect: int) -> None:
     from tokshift.engine.runtime import loader_workers
 
-    with cpu_affinity(cores):
-        assert loader_workers("auto", local_processes) == expect
+    assert loader_workers("auto", local_processes, cores=cores) == expect
+
+
+def test_auto_loader_workers_count_the_cores_this_process_may_use() -> None:
+    """Without a count, `auto` reads the CPU affinity (what SLURM or taskset gave the process)."""
+    from tokshift.engine.runtime import loader_workers
+
+    allowed = sorted(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, allowed[:1])
+        assert loader_workers("auto") == 0
+        if len(allowed) >= 4:
+            os.sched_setaffinity(0, allowed[:4])
+            assert loader_workers("auto") == 3 and loader_workers("auto", local_processes=2) == 0
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def test_a_worker_count_passes_through_and_a_bad_one_is_named() -> None:

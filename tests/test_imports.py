@@ -134,7 +134,9 @@ def test_only_the_workflow_layer_imports_it() -> None:
     assert {m: d for m, d in offenders.items() if d} == {}
 
 
-@pytest.mark.parametrize("module", ["tokshift.settings", "tokshift.zoo", "tokshift.workflow", "tokshift.fileio", "tokshift.data.sources"])
+@pytest.mark.parametrize(
+    "module", ["tokshift.settings", "tokshift.zoo", "tokshift.workflow", "tokshift.fileio", "tokshift.data.sources"]
+)
 def test_light_modules_import_neither_torch_nor_timm(module: str) -> None:
     code = f"import sys, {module}; heavy = sorted({{'torch', 'timm'}} & set(sys.modules)); print(heavy)"
     root = str(PACKAGE.parent)

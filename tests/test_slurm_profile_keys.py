@@ -21,9 +21,9 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from tokshift.settings import SCHEMA_PATH
 from tokshift.workflow import config as settings
 from tokshift.workflow import scheduling
-from tokshift.settings import SCHEMA_PATH
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "slurm"

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from tests.workflow_helpers import repo_config
-from tokshift.workflow import scheduling
 from tokshift.settings import SCHEMA_PATH
+from tokshift.workflow import scheduling
 
 HEAD = "sbatch --parsable --job-name RUN --output logs/slurm/%j.log --export=ALL --comment COMMENT"
 

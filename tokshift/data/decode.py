@@ -26,6 +26,7 @@ import numpy as np
 
 from tokshift.data.ffmpeg import compile_command, ffmpeg_executable, passthrough_options
 from tokshift.errors import DataDamaged
+from tokshift.settings import default
 
 __all__ = [
     "VideoDecodeError",
@@ -35,7 +36,7 @@ __all__ = [
     "scale_short_side",
 ]
 
-DEFAULT_TIMEOUT = 300.0
+DEFAULT_TIMEOUT = float(default("frames", "timeout"))
 
 
 class VideoDecodeError(DataDamaged):

@@ -169,16 +169,16 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def loader_workers(setting: int | str, local_processes: int = 1) -> int:
+def loader_workers(setting: int | str, local_processes: int = 1, cores: int | None = None) -> int:
     """DataLoader worker processes for one training or evaluation process.
 
-    An integer passes through. `auto` gives each of the `local_processes` processes sharing this
-    affinity an equal part of its cores and keeps one of them for the process itself (it runs
-    the model): 0 workers (load in the main process) with <= 2 cores, else min(8, cores - 1);
-    more than 8 workers only add memory, the decoding of one batch is done by then.
+    An integer passes through. `auto` gives each of the `local_processes` processes sharing
+    `cores` (default: the cores this process may run on) an equal part and keeps one of them for
+    the process itself (it runs the model): 0 workers (load in the main process) with <= 2 cores,
+    else min(8, cores - 1); more than 8 workers only add memory, one batch is decoded by then.
     """
     if setting == "auto":
-        cores = usable_cores() // max(1, int(local_processes))
+        cores = (usable_cores() if cores is None else cores) // max(1, int(local_processes))
         return 0 if cores <= 2 else min(8, cores - 1)
     if isinstance(setting, str) and setting.strip().isdigit():
         setting = int(setting)
