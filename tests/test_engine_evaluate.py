@@ -370,7 +370,7 @@ def test_evaluation_fails_when_every_video_is_unreadable(
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "a")
     assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-2000:]
     assert "7 of 7 videos failed to load" in res.stderr
-    err = res.stderr[res.stderr.index("error: ") :]
+    err = res.stderr[res.stderr.index("tokshift evaluate: error: ") :]
     assert "7 of 7 videos could not be read" in err and "Repack the shards" in err
     assert all(f"{v}: " in err for v in ids[:5]) and ids[5] not in err and "and 2 more" in err
     m = json.loads((tmp_path / "a" / "metrics.json").read_text())

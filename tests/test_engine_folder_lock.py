@@ -82,6 +82,7 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
         assert res.returncode == ExitCode.RETRY_LATER, res.stderr[-2000:]
         assert str(out) in res.stderr and f"PID {holder.pid} on this host" in res.stderr
         assert f"kill {holder.pid}" in res.stderr and "`tokshift train`" in res.stderr
+        assert res.stderr.count("tokshift train: error: ") == 1, res.stderr[-2000:]
         assert took < 60, f"refused only after {took:.0f} s"
         assert not (out / "resume").exists()  # it touched nothing
     finally:
@@ -109,6 +110,7 @@ def test_evaluate_refuses_a_folder_another_evaluation_holds(
         )
     assert res.returncode == ExitCode.RETRY_LATER, res.stderr[-2000:]
     assert str(out) in res.stderr and f"PID {os.getpid()}" in res.stderr and "`tokshift evaluate`" in res.stderr
+    assert res.stderr.count("tokshift evaluate: error: ") == 1, res.stderr[-2000:]
     assert not (out / "metrics.json").exists()
 
 

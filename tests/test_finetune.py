@@ -264,4 +264,4 @@ def test_snakemake_fine_tunes_into_the_results_table(demo_run: DemoRun, tmp_path
     summary = json.loads((wf / "results/mine/train/demo_tokshift/train_summary.json").read_text())
     assert summary["epochs"] == 1 and summary["classes"] == 3
     assert summary["init_from_sha256"] == sha256_file(start)
-    assert df.loc["demo_tokshift", "pretrained"] == summary["init_from"]  # the file it started from
+    assert df.loc["demo_tokshift", "init_from"] == summary["init_from"]  # the file it started from

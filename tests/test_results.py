@@ -45,10 +45,10 @@ def _metrics(model: str, top1: float, videos: int, failed: int, sha: str) -> dic
     }
 
 
-def _summary(model: str, device: str, world_size: int, hours: float, sha: str, pretrained: str | None = None) -> dict:
+def _summary(model: str, device: str, world_size: int, hours: float, sha: str, init_from: str | None = None) -> dict:
     return {
         "model": model,
-        "pretrained": pretrained,
+        "init_from": init_from,
         "epochs": 8,
         "optimizer_steps": 256,
         "world_size": world_size,
@@ -106,7 +106,7 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
     assert tuple(df.columns) == COLUMNS
     assert list(df["model"]) == ["demo_vit", "demo_tokshift"]  # the order of the metrics files
     tok = df.set_index("model").loc["demo_tokshift"]
-    assert tok["arch"] == "tokshift" and tok["backbone"] == "demo-tiny" and tok["pretrained"] == "none"
+    assert tok["arch"] == "tokshift" and tok["backbone"] == "demo-tiny" and tok["init_from"] == "none"
     assert tok["top1"] == 98.39  # rounded to 2 decimals
     assert tok["top1_1view"] == round(98.387 - 12.3456, 2)
     assert tok["views"] == 30 and tok["val_videos"] == 62
@@ -159,20 +159,24 @@ def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
     sha = "ab" * 32
     m, t = tmp_path / "m.json", tmp_path / "t.json"
     _write(m, _metrics(K400, 76.905, 19790, 6, sha))
-    _write(t, _summary(K400, "cuda", 8, 51.25, sha, pretrained="resources/weights/ViT-B_16.npz"))
+    _write(t, _summary(K400, "cuda", 8, 51.25, sha, init_from="resources/weights/ViT-B_16.npz"))
     df = collect("k400", [m], [t])  # no checkpoints, no val summary
     r = df.iloc[0]
     assert r["paper_top1"] == 77.28
     assert r["delta_top1"] == round(76.91 - 77.28, 2) == -0.37
     assert r["val_failed"] == 6  # no pack summary: evaluation failures only
-    assert r["pretrained"] == "ViT-B_16" and r["gpus"] == 8 and r["epochs"] == 8
+    assert r["init_from"] == "ViT-B_16" and r["gpus"] == 8 and r["epochs"] == 8
     assert r["gflops_per_view"] == pytest.approx(134.7, abs=0.15)
     out = tmp_path / "out"
     write_outputs(df, out / "t.csv", out / "t.md", out / "t.png")
     assert "-0.37" in (out / "t.md").read_text()
     # Fine-tuned from another checkpoint: the table names that file, not the backbone.
-    _write(t, _summary(K400, "cuda", 8, 51.25, sha, pretrained="released/base_224.pth"))
-    assert collect("k400", [m], [t]).iloc[0]["pretrained"] == "released/base_224.pth"
+    _write(t, _summary(K400, "cuda", 8, 51.25, sha, init_from="released/base_224.pth"))
+    assert collect("k400", [m], [t]).iloc[0]["init_from"] == "released/base_224.pth"
+    # A summary written before the key was named init_from still reads.
+    legacy = {k: v for k, v in _summary(K400, "cuda", 8, 51.25, sha).items() if k != "init_from"}
+    _write(t, {**legacy, "pretrained": "released/base_224.pth"})
+    assert collect("k400", [m], [t]).iloc[0]["init_from"] == "released/base_224.pth"
     assert pd.read_csv(out / "t.csv")["delta_top1"].tolist() == [-0.37]
     src = json.loads((out / "t.sources.json").read_text())["models"][K400]
     assert src["pack_summary"] is None and src["checkpoint"] is None and src["metrics"] == str(m)

@@ -29,7 +29,7 @@ from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
 from tokshift.engine.runtime import autocast, ignore_stop_signals, loader_workers
-from tokshift.errors import BadInput, ExitCode, InputMissing
+from tokshift.errors import BadInput, DataDamaged, ExitCode, InputMissing
 from tokshift.settings import default
 
 log = logging.getLogger(__name__)
@@ -379,9 +379,9 @@ def run_evaluation(opts: EvalOptions) -> int:
         with exclusive_folder(ctx, opts.out_dir, "evaluate"):
             with staged_shards({"val": opts.shards}, opts.stage_to, ctx) as shards:
                 return _evaluate(dataclasses.replace(opts, shards=shards["val"]), ctx)
-    except FolderBusy as exc:
-        if ctx.is_main:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+    except FolderBusy:
+        if ctx.is_main:  # reported once, by `tokshift.cli.main`; the other ranks exit with its code
+            raise
         return ExitCode.RETRY_LATER
     finally:
         D.shutdown(ctx)
@@ -476,7 +476,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
             out,
         )
         (log.warning if metrics["failed"] else log.info)("%s", failed_line)
-        if too_many:
-            print(f"error: {too_many}", file=sys.stderr, flush=True)
     D.barrier(ctx)
+    if too_many and ctx.is_main:  # the files are written all the same, for inspection
+        raise DataDamaged(too_many)
     return ExitCode.DATA_DAMAGED if too_many else ExitCode.OK

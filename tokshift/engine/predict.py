@@ -128,7 +128,7 @@ def predict_videos(opts: PredictOptions, out: TextIO | None = None, err: TextIO 
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others
             failed += 1
             msg = f"cannot predict {path}: {type(exc).__name__}: {exc}"
-            print(f"error: {msg}", file=err)
+            print(f"tokshift predict: error: {msg}", file=err)
             results.append({"video": path, "error": msg})
             continue
         warnings = input_warnings(path, len(frames), ffmpeg_log, cfg.num_frames, cfg.frame_stride)

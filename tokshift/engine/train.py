@@ -217,9 +217,9 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
                     if datasets is None:
                         opts = dataclasses.replace(opts, train_shards=shards["train"], val_shards=shards["val"])
                     return _Trainer(opts, ctx, stop, datasets).run()
-    except FolderBusy as exc:
-        if ctx.is_main:
-            print(f"error: {exc}", file=sys.stderr, flush=True)
+    except FolderBusy:
+        if ctx.is_main:  # reported once, by `tokshift.cli.main`; the other ranks exit with its code
+            raise
         return ExitCode.RETRY_LATER
     finally:
         D.shutdown(ctx)

@@ -34,7 +34,7 @@ COLUMNS: tuple[str, ...] = (
     "model",
     "arch",
     "backbone",
-    "pretrained",
+    "init_from",
     "img_size",
     "num_frames",
     "frame_stride",
@@ -108,7 +108,7 @@ COLUMN_SOURCES: dict[str, str] = {
     "val_videos": "metrics:videos",
     "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
     "when there is no pack summary)",
-    "pretrained": "train_summary:init_from (the backbone's name when it is the zoo's ImageNet-21k weights file)",
+    "init_from": "train_summary:init_from (the backbone's name when it is the zoo's ImageNet-21k weights file)",
     "epochs": "train_summary:epochs",
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
@@ -121,7 +121,7 @@ COLUMN_SOURCES: dict[str, str] = {
 
 # A released checkpoint's row: what differs from COLUMN_SOURCES.
 RELEASED_COLUMN_SOURCES: dict[str, str] = {
-    "pretrained": "unknown (not recorded in the original's checkpoint)",
+    "init_from": "unknown (not recorded in the original's checkpoint)",
     "epochs": "model.pt:epoch (the epoch the original saved)",
     "gpus": "unknown",
     "train_hours": "unknown",
@@ -249,7 +249,7 @@ def _trained_columns(
         )
     device = str(train["device"]).lower()
     return {
-        "pretrained": _started_from(train, backbone),
+        "init_from": _started_from(train, backbone),
         "epochs": int(_num(train["epochs"], t_file, "epochs")),
         "gpus": int(train["world_size"]) if device.startswith("cuda") else 0,
         "train_hours": round(_num(train["train_hours"], t_file, "train_hours"), 3),
@@ -294,7 +294,7 @@ def _model_row(
         "model": model,
         "arch": zoo["arch"],
         "backbone": zoo["backbone"],
-        "pretrained": origin["pretrained"],
+        "init_from": origin["init_from"],
         "img_size": int(zoo["img_size"]),
         "num_frames": int(zoo["num_frames"]),
         "frame_stride": int(zoo["frame_stride"]),
@@ -430,7 +430,7 @@ def collect_released(
             )
         epoch = c_data.get("epoch")
         origin = {
-            "pretrained": None,
+            "init_from": None,
             "epochs": int(epoch) if epoch is not None else None,
             "gpus": None,
             "train_hours": math.nan,
