@@ -117,16 +117,23 @@ def _default_config_key(dest: Path) -> str:
     return f"weights.{dest.stem}.sha256"
 
 
+#: Retries after a dropped connection or a 5xx, the first delay between them (it doubles), and the
+#: socket timeout: the defaults of every download, and of `tokshift download`'s options.
+RETRIES = 5
+BACKOFF_SECONDS = 1.0
+TIMEOUT_SECONDS = 60.0
+
+
 def download(
     url: str,
     dest: Path,
     sha256: str | None = None,
-    retries: int = 5,
-    timeout: float = 60,
+    retries: int = RETRIES,
+    timeout: float = TIMEOUT_SECONDS,
     progress: bool | None = True,
     *,
     config_key: str | None = None,
-    backoff: float = 1.0,
+    backoff: float = BACKOFF_SECONDS,
     url_key: str = "weights.<backbone>.url",
 ) -> str:
     """Fetch ``url`` to ``dest`` resumably, verify it, and return its hex sha256.

@@ -41,10 +41,15 @@ def _cvdf_default(key: str) -> Any:
     return load_schema()["$defs"]["cvdf"]["properties"][key]["default"]
 
 
-def _download_options(p: argparse.ArgumentParser, retries: int = 5, backoff: float = 1.0) -> None:
+def _download_options(p: argparse.ArgumentParser, retries: int | None = None, backoff: float | None = None) -> None:
+    """Retries, backoff and timeout: the downloader's own defaults unless a config setting mirrors them."""
+    from tokshift import download as d
+
+    retries = d.RETRIES if retries is None else retries
+    backoff = d.BACKOFF_SECONDS if backoff is None else backoff
     p.add_argument("--retries", type=nonnegative_int, default=retries, help="retries on dropped connections and 5xx")
     p.add_argument("--backoff", type=positive_float, default=backoff, help="first retry delay in seconds (doubles)")
-    p.add_argument("--timeout", type=positive_float, default=60.0, help="socket timeout in seconds")
+    p.add_argument("--timeout", type=positive_float, default=d.TIMEOUT_SECONDS, help="socket timeout in seconds")
 
 
 def _fetch_options(p: argparse.ArgumentParser, delete_help: str) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.data.sources import VIDEO_EXTENSIONS, scan_videos
-from tokshift.download import DownloadError, download
+from tokshift.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS, DownloadError, download
 from tokshift.errors import BadInput, DataDamaged, TokshiftError
 from tokshift.fileio import atomic_write_json
 
@@ -128,9 +128,9 @@ def fetch_part(
     marker: str | os.PathLike[str],
     *,
     delete_archive: bool = False,
-    retries: int = 5,
-    backoff: float = 1.0,
-    timeout: float = 60.0,
+    retries: int = RETRIES,
+    backoff: float = BACKOFF_SECONDS,
+    timeout: float = TIMEOUT_SECONDS,
     url_key: str = "cvdf.lists",
     progress: bool | None = False,
 ) -> dict[str, Any]:
