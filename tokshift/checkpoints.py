@@ -183,7 +183,8 @@ def resize_pos_embed(posemb: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Te
     Bilinear through the grid corners (``align_corners=True``, no antialiasing): the numbers
     of the original TokShift's order-1 spline zoom, to float32 rounding (measured in
     tests/test_checkpoints.py). timm's default resample (bicubic, antialiased) samples
-    differently, which costs about 3 points top-1 on Kinetics-400.
+    differently, which costs about 3 points top-1 on Kinetics-400. `align_corners` is what
+    makes timm >= 1.0.31 the floor in pyproject.toml.
     """
     n = posemb.shape[1] - 1
     old = math.isqrt(n)
