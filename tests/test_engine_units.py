@@ -171,9 +171,11 @@ def test_auto_loader_workers_keep_a_core_for_each_process(cores: int, local_proc
     assert loader_workers("auto", local_processes, cores=cores) == expect
 
 
-def test_auto_loader_workers_count_the_cores_this_process_may_use() -> None:
+def test_auto_loader_workers_count_the_cores_this_process_may_use(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a count, `auto` reads the CPU affinity (what SLURM or taskset gave the process)."""
     from tokshift.engine.runtime import loader_workers
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)  # the suite may itself run in a SLURM job
 
     allowed = sorted(os.sched_getaffinity(0))
     try:
@@ -184,6 +186,17 @@ def test_auto_loader_workers_count_the_cores_this_process_may_use() -> None:
             assert loader_workers("auto") == 3 and loader_workers("auto", local_processes=2) == 0
     finally:
         os.sched_setaffinity(0, allowed)
+
+
+def test_usable_cores_stop_at_the_cpus_slurm_gave_each_task() -> None:
+    """Where SLURM does not bind tasks to cores, each task still sees the node: the request counts."""
+    from tokshift.engine.runtime import usable_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cores({}) == affinity
+    assert usable_cores({"SLURM_CPUS_PER_TASK": "1"}) == 1
+    assert usable_cores({"SLURM_CPUS_PER_TASK": str(affinity + 8)}) == affinity  # never above the affinity
+    assert usable_cores({"SLURM_CPUS_PER_TASK": ""}) == affinity == usable_cores({"SLURM_CPUS_PER_TASK": "x"})
 
 
 def test_a_worker_count_passes_through_and_a_bad_one_is_named() -> None:

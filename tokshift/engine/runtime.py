@@ -9,7 +9,7 @@ import os
 import random
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -161,12 +161,16 @@ class StopFlag:
                 signal.signal(s, h)
 
 
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity: what SLURM or taskset granted), else all."""
+def usable_cores(env: Mapping[str, str] = os.environ) -> int:
+    """CPU cores this process may run on: its affinity (what SLURM or taskset granted), else all,
+    and no more than SLURM_CPUS_PER_TASK: a cluster that does not bind tasks to cores leaves every
+    task the whole node's affinity, while the job asked for (and is accounted) that many per task."""
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # no affinity API on this platform
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    per_task = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    return min(cores, int(per_task)) if per_task.isdigit() and int(per_task) > 0 else cores
 
 
 def loader_workers(setting: int | str, local_processes: int = 1, cores: int | None = None) -> int:
