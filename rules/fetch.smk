@@ -3,6 +3,9 @@
 # once), then the replacement archive over all parts; the index of a split waits for all of it.
 # The steps live in tokshift/fetch/cvdf.py, what each job waits for in tokshift/workflow/fetch.py;
 # the settings (URLs, download folder, deleting archives) are `datasets.<name>.cvdf` in config.yaml.
+# `retries: 0`: each job retries its own download (`cvdf.retries`, resumed where it stopped), and
+# Snakemake's own restart of a job can be lost while a checkpoint (the part lists) updates the
+# plan, ending the run as if it succeeded without the job's output.
 
 from tokshift.workflow import fetch as fetch_workflow
 
@@ -19,7 +22,7 @@ if CVDF is not None:
             f"{CVDF['download_dir']}/lists/{{split}}.txt",
         log:
             f"logs/cvdf_part_list/{DATASET}/{{split}}.log",
-        retries: 1
+        retries: 0
         conda:
             "../envs/tokshift.yaml"
         threads: 1
@@ -40,7 +43,7 @@ if CVDF is not None:
             f"{CVDF['download_dir']}/annotations/{{split}}.csv",
         log:
             f"logs/cvdf_annotations/{DATASET}/{{split}}.log",
-        retries: 1
+        retries: 0
         conda:
             "../envs/tokshift.yaml"
         threads: 1
@@ -67,7 +70,7 @@ if CVDF is not None:
             f"benchmarks/fetch_part/{DATASET}/{{split}}-{{part}}.tsv"
         wildcard_constraints:
             part=r"[A-Za-z0-9_.-]+",
-        retries: 1
+        retries: 0
         conda:
             "../envs/tokshift.yaml"
         threads: 1
@@ -95,7 +98,7 @@ if CVDF is not None:
             f"{CVDF['download_dir']}/replacement.json",
         log:
             f"logs/cvdf_replacement/{DATASET}.log",
-        retries: 1
+        retries: 0
         conda:
             "../envs/tokshift.yaml"
         threads: 1
