@@ -167,6 +167,15 @@ def _setting(key: str) -> dict:
     return {"default": default(head, rest), **node}
 
 
+def test_settings_reach_enums_and_the_shared_cvdf_block() -> None:
+    from tokshift.settings import choices, definition_default
+
+    assert choices("evaluate", "resize") == ["linear", "bicubic"] and choices("evaluate", "crops") == [1, 3]
+    assert definition_default("cvdf", "retries") == _setting("cvdf.retries")["default"]
+    with pytest.raises(KeyError, match="evaluate.nope"):
+        choices("evaluate", "nope")
+
+
 def test_options_mirroring_config_settings_take_the_schema_default_and_choices() -> None:
     names = _schema_names()
     seen = set()

@@ -36,7 +36,6 @@ __all__ = [
     "positive_float",
     "positive_int",
     "progress_bar",
-    "setting_choices",
     "workers_setting",
 ]
 
@@ -223,23 +222,6 @@ def add_progress(p: argparse.ArgumentParser, off: str = "none") -> None:
 def progress_bar(choice: str) -> bool | None:
     """``--progress`` as the ``progress`` argument of the work functions (None: a bar on a terminal only)."""
     return {"auto": None, "bar": True, "off": False}[choice]
-
-
-def setting_choices(*keys: str) -> list[Any]:
-    """The values the config schema allows for the setting at ``keys`` (its ``enum``), so an
-    option's choices cannot drift from the config's."""
-    from tokshift.settings import load_schema
-
-    schema = load_schema()
-    node: dict[str, Any] = schema
-    for key in keys:
-        node = node["properties"][key]
-        while "$ref" in node:
-            target: Any = schema
-            for part in node["$ref"].removeprefix("#/").split("/"):
-                target = target[part]
-            node = {**target, **{k: v for k, v in node.items() if k != "$ref"}}
-    return list(node["enum"])
 
 
 def options_from_args(cls: type[_T], args: argparse.Namespace, **converted: Any) -> _T:

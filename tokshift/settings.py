@@ -57,3 +57,26 @@ def default(*keys: str) -> Any:
     if value is missing:
         raise KeyError(f"config schema declares no default for {'.'.join(keys)!r}")
     return value
+
+
+def _setting(keys: tuple[str, ...]) -> dict[str, Any]:
+    node = _resolve(load_schema())
+    for i, key in enumerate(keys):
+        props = node.get("properties") or {}
+        if key not in props:
+            raise KeyError(f"config schema has no setting {'.'.join(keys[: i + 1])!r}")
+        node = _resolve(props[key])
+    return node
+
+
+def choices(*keys: str) -> list[Any]:
+    """The values the schema allows for the setting at `keys` (its enum), e.g. ``choices("evaluate", "resize")``,
+    so a CLI option's choices cannot drift from the config's."""
+    return list(_setting(keys)["enum"])
+
+
+def definition_default(definition: str, key: str) -> Any:
+    """The default of `key` in a block the schema declares once and several settings share
+    (``$defs``), e.g. ``definition_default("cvdf", "retries")`` for every dataset's `cvdf` entry."""
+    node = _resolve(load_schema()["$defs"][definition])
+    return _resolve(node["properties"][key])["default"]

@@ -24,11 +24,10 @@ from tokshift.argtypes import (
     options_from_args,
     positive_int,
     progress_bar,
-    setting_choices,
     workers_setting,
 )
 from tokshift.errors import ExitCode
-from tokshift.settings import default
+from tokshift.settings import choices, default
 
 log = logging.getLogger("tokshift.engine")
 
@@ -45,7 +44,7 @@ def _common(p: argparse.ArgumentParser, workers: str | None = None) -> None:
         "--amp",
         # The config's one autocast setting; evaluation and prediction autocast alike by default.
         default=default("train", "amp"),
-        choices=setting_choices("train", "amp"),
+        choices=choices("train", "amp"),
         help="autocast dtype; auto = bf16 on GPU, fp32 on CPU",
     )
     if workers:
@@ -108,13 +107,13 @@ def _views(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--crops",
         type=int,
-        choices=setting_choices("evaluate", "crops"),
+        choices=choices("evaluate", "crops"),
         default=default("evaluate", "crops"),
         help="spatial crops per clip",
     )
     p.add_argument(
         "--resize",
-        choices=setting_choices("evaluate", "resize"),
+        choices=choices("evaluate", "resize"),
         default=default("evaluate", "resize"),
         help="short-side resize to the crop size: linear (OpenCV bilinear, fast) or bicubic "
         "(antialiased, as the original TokShift's Pillow BICUBIC)",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
 
 from tokshift.argtypes import (
     add_boolean,
@@ -22,6 +21,7 @@ from tokshift.argtypes import (
     progress_bar,
 )
 from tokshift.errors import ExitCode
+from tokshift.settings import definition_default
 
 # What a download can end with besides bad input: damaged bytes (a checksum or an archive) or a
 # connection that stayed down through every retry.
@@ -31,14 +31,6 @@ _DOWNLOAD_CODES = (ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER)
 def _setup_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _cvdf_default(key: str) -> Any:
-    """The schema's default for a dataset's ``cvdf.<key>`` setting (it sits in a definition that
-    each dataset entry refers to, out of reach of a settings path)."""
-    from tokshift.settings import load_schema
-
-    return load_schema()["$defs"]["cvdf"]["properties"][key]["default"]
 
 
 def _download_options(p: argparse.ArgumentParser, retries: int | None = None, backoff: float | None = None) -> None:
@@ -53,8 +45,13 @@ def _download_options(p: argparse.ArgumentParser, retries: int | None = None, ba
 
 
 def _fetch_options(p: argparse.ArgumentParser, delete_help: str) -> None:
-    add_boolean(p, "--delete-archive", _cvdf_default("delete_archives"), f"{delete_help} (bare --delete-archive: true)")
-    _download_options(p, retries=_cvdf_default("retries"), backoff=_cvdf_default("backoff"))
+    add_boolean(
+        p,
+        "--delete-archive",
+        definition_default("cvdf", "delete_archives"),
+        f"{delete_help} (bare --delete-archive: true)",
+    )
+    _download_options(p, retries=definition_default("cvdf", "retries"), backoff=definition_default("cvdf", "backoff"))
     p.add_argument("--url-key", default="cvdf", help="config key named when a URL is unreachable")
     add_progress(p)
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tokshift.argtypes import add_command, file_path, nonnegative_int, setting_choices
+from tokshift.argtypes import add_command, file_path, nonnegative_int
 from tokshift.errors import BadInput, ExitCode
-from tokshift.settings import default
+from tokshift.settings import choices, default
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -98,7 +98,7 @@ def _register_explain(subparsers: argparse._SubParsersAction) -> None:  # type: 
     )
     e.add_argument(
         "--resize",
-        choices=setting_choices("evaluate", "resize"),
+        choices=choices("evaluate", "resize"),
         default=default("evaluate", "resize"),
         help="short-side resize of video files to the crop size, as tokshift predict --resize",
     )
