@@ -227,7 +227,7 @@ def import_original(
         "classes": trained.classes,
         "epoch": int(epoch) if epoch is not None else None,
         "metrics": {"best_acc1": float(best)} if best is not None else {},
-        "pretrained": None,
+        "init_from": None,  # as in a trained model.pt: the file a training started from
         "source": str(src.resolve()),
         "source_sha256": source_sha256,
         "source_format": ckpt.description,
