@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from tokshift.errors import BadInput
-from tokshift.settings import default, load_schema
+from tokshift.settings import choices, default
 
 __all__ = [
     "AugmentParams",
@@ -43,7 +43,7 @@ JITTER_RANGES = {"brightness": (0.5, 2.0), "saturation": (0.5, 3.0), "gamma": (0
 
 # Evaluation resizes: OpenCV bilinear (fast) or antialiased bicubic (the original's Pillow BICUBIC).
 # The config schema's list (`evaluate.resize`) is the one list of names; `resize_short_side` implements each.
-RESIZE_METHODS: tuple[str, ...] = tuple(load_schema()["properties"]["evaluate"]["properties"]["resize"]["enum"])
+RESIZE_METHODS: tuple[str, ...] = tuple(choices("evaluate", "resize"))
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
