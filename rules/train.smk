@@ -29,6 +29,8 @@ rule train:
         init_from=lambda wildcards, input: input.weights[0] if input.weights else "",
         overrides=lambda wildcards: scheduling.train_override_args(config, wildcards.model),
         compile=str(config["train"]["compile"]).lower(),
+        grad_checkpointing=str(config["train"]["grad_checkpointing"]).lower(),
+        oom_fallback=str(config["train"]["oom_fallback"]).lower(),
         seed=config["train"]["seed"],
         amp=config["train"]["amp"],
         checkpoint_minutes=config["train"]["checkpoint_minutes"],
@@ -39,5 +41,6 @@ rule train:
         "{params.launch} --attempts-log {params.attempts_log:q} train --model {wildcards.model}"
         " --train-shards {input.train:q} --val-shards {input.val:q} --out-dir {params.out_dir:q}"
         " --init-from={params.init_from:q} --override {params.overrides:q} --compile {params.compile}"
+        " --grad-checkpointing {params.grad_checkpointing} --oom-fallback {params.oom_fallback}"
         " --seed {params.seed} --amp {params.amp} --checkpoint-minutes {params.checkpoint_minutes}"
         " --stage-to={params.stage_to:q} --workers {params.workers} > {log:q} 2>&1"

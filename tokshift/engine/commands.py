@@ -199,6 +199,20 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument("--seed", type=nonnegative_int, default=default("train", "seed"), help="random seed")
     add_boolean(t, "--compile", default("train", "compile"), "torch.compile the model (bare --compile: true)")
+    add_boolean(
+        t,
+        "--grad-checkpointing",
+        default("train", "grad_checkpointing"),
+        "recompute activations in the backward pass: less GPU memory, about 30%% more compute (same gradients)",
+    )
+    add_boolean(
+        t,
+        "--oom-fallback",
+        default("train", "oom_fallback"),
+        "when the first training step runs out of GPU memory, halve the per-GPU batch and double the "
+        "gradient accumulation (the global batch stays); without it the run stops with exit NOT_RETRYABLE "
+        "and the override that does the same",
+    )
     _fused_attn(t)
     t.add_argument(
         "--checkpoint-minutes",

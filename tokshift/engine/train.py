@@ -95,6 +95,8 @@ class TrainOptions:
     device: str = "auto"
     amp: str = default("train", "amp")
     compile: bool = default("train", "compile")
+    grad_checkpointing: bool = default("train", "grad_checkpointing")  # recompute activations in backward
+    oom_fallback: bool = default("train", "oom_fallback")  # halve the batch, double accumulation on OOM
     fused_attn: bool = True
     checkpoint_minutes: float = default("train", "checkpoint_minutes")
     log_every: int = 10
@@ -310,6 +312,8 @@ class _Trainer:
         model = initial_model(cfg, opts.init_from)
         self.init_from_sha256 = sha256_file(opts.init_from) if opts.init_from else None
         set_fused_attention(model, opts.fused_attn)
+        if opts.grad_checkpointing:  # activations recomputed in backward: memory for compute
+            model.set_grad_checkpointing(True)
         self.raw = model.to(self.device)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]  # what the gradient clip sees
 
