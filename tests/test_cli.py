@@ -110,6 +110,8 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("train", "seed"): "train.seed",
     ("train", "workers"): "train.workers",
     ("train", "amp"): "train.amp",
+    ("train", "grad_checkpointing"): "train.grad_checkpointing",
+    ("train", "oom_fallback"): "train.oom_fallback",
     ("train", "compile"): "train.compile",
     ("train", "checkpoint_minutes"): "train.checkpoint_minutes",
     ("train", "stage_to"): "frames.stage_to",
