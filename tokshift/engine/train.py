@@ -48,6 +48,7 @@ from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
 from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
+from tokshift.engine.oom import fit_batch, inject_oom, reported, training_oom_message
 from tokshift.engine.runtime import (
     StopFlag,
     autocast,
@@ -316,6 +317,10 @@ class _Trainer:
             model.set_grad_checkpointing(True)
         self.raw = model.to(self.device)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]  # what the gradient clip sees
+        # Out of GPU memory shows at the first step: probe it now, before any state depends on the batch.
+        inject_oom(self.raw)
+        cfg = fit_batch(self.raw, cfg, ctx, lambda: autocast(self.device, self.amp_dtype), fallback=opts.oom_fallback)
+        self.cfg = cfg
 
         self.sampler = ResumableBatchSampler(
             len(self.train_ds), cfg.batch_size, ctx.world_size, ctx.rank, seed=opts.seed
@@ -434,6 +439,10 @@ class _Trainer:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        with reported(lambda: training_oom_message(self.cfg, self.ctx.world_size, self.device, fallback=False)):
+            return self._run()
+
+    def _run(self) -> int:
         self._setup()
         self._t_start = time.perf_counter()
         self._last_save = time.monotonic()
