@@ -66,6 +66,7 @@ rule evaluate_released:
         **rule_resources("evaluate"),
     params:
         launch=lambda wildcards: scheduling.launcher(config, "evaluate", wildcards.model),
+        device=lambda wildcards: scheduling.job_device(config, "evaluate", wildcards.model),
         out_dir=lambda wildcards: f"{RELEASED}/eval/{wildcards.model}",
         clips=config["evaluate"]["clips"],
         crops=config["evaluate"]["crops"],
@@ -79,6 +80,7 @@ rule evaluate_released:
         "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
         " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
         " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
+        " --device {params.device}"
         " > {log:q} 2>&1"
 
 

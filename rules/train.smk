@@ -21,6 +21,7 @@ rule train:
         **rule_resources("train"),
     params:
         launch=lambda wildcards: scheduling.launcher(config, "train", wildcards.model),
+        device=lambda wildcards: scheduling.job_device(config, "train", wildcards.model),
         # {log} holds the last attempt (Snakemake empties it before each); a preempted training
         # is resubmitted, so every attempt, with its exit code, is also appended here.
         attempts_log=lambda wildcards: f"logs/train/{DATASET}/{wildcards.model}.attempts.log",
@@ -43,4 +44,4 @@ rule train:
         " --init-from={params.init_from:q} --override {params.overrides:q} --compile {params.compile}"
         " --grad-checkpointing {params.grad_checkpointing} --oom-fallback {params.oom_fallback}"
         " --seed {params.seed} --amp {params.amp} --checkpoint-minutes {params.checkpoint_minutes}"
-        " --stage-to={params.stage_to:q} --workers {params.workers} > {log:q} 2>&1"
+        " --stage-to={params.stage_to:q} --workers {params.workers} --device {params.device} > {log:q} 2>&1"

@@ -111,6 +111,10 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("train", "workers"): "train.workers",
     ("train", "amp"): "train.amp",
     ("train", "grad_checkpointing"): "train.grad_checkpointing",
+    ("train", "device"): "train.device",
+    ("evaluate", "device"): "evaluate.device",
+    ("predict", "device"): "train.device",
+    ("explain", "device"): None,  # a figure of one video: the CPU unless asked
     ("train", "oom_fallback"): "train.oom_fallback",
     ("train", "compile"): "train.compile",
     ("train", "checkpoint_minutes"): "train.checkpoint_minutes",

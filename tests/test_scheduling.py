@@ -97,7 +97,8 @@ MATRIX = [
 def test_resources_and_launcher_of_each_job_shape(shape, resources, launch) -> None:
     gpus, nodes, tasks_per_node = shape
     cfg = make_config(train={"gpus": gpus, "nodes": nodes, "tasks_per_node": tasks_per_node})
-    assert scheduling.job_resources(cfg, "train", "demo_vit", env={}) == resources
+    # A GPU job's host memory grows with its GPUs per node (config defaults: 8000 + 24000 per GPU).
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={}) == {**resources, "mem_mb": 8000 + 24000 * gpus}
     assert scheduling.launcher(cfg, "train", "demo_vit") == f"{STEP} {launch}"
     assert scheduling.job_threads(cfg, "train", "demo_vit") == (gpus * 8 if gpus else 2)
 
@@ -230,3 +231,18 @@ def test_launcher_runs_through_the_job_step_script() -> None:
     assert "usage: tokshift" in ok.stdout
     missing = subprocess.run(["bash", "-c", cmd], env=env, capture_output=True, text=True, timeout=60)
     assert missing.returncode != 0 and "TOKSHIFT_JOB_STEP" in missing.stderr
+
+
+def test_host_memory_grows_with_the_gpus_of_a_node() -> None:
+    cfg = make_config(train={"gpus": 2, "nodes": 3, "mem_mb": 1000, "mem_mb_per_gpu": 5000})
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["mem_mb"] == 11000  # per node
+    cfg = make_config(train={"gpus": 0, "mem_mb": 1000, "mem_mb_per_gpu": 5000})
+    assert scheduling.job_resources(cfg, "train", "demo_vit", env={})["mem_mb"] == 1000
+
+
+def test_jobs_state_the_device_they_ask_for() -> None:
+    cfg = make_config(train={"gpus": 2}, evaluate={"gpus": 0})
+    assert scheduling.job_device(cfg, "train", "demo_vit") == "cuda"
+    assert scheduling.job_device(cfg, "evaluate", "demo_vit") == "cpu"
+    cfg["train"] = {**cfg["train"], "device": "cpu"}  # stand-in GPUs, or a CPU run on a GPU node
+    assert scheduling.job_device(cfg, "train", "demo_vit") == "cpu"

@@ -66,7 +66,10 @@ RANK_LAYOUTS = {
 
 
 def _write_config(path: Path, resources: dict, train: dict | None = None, evaluate: dict | None = None) -> Path:
-    sections = {"resources": resources, "train": train, "evaluate": evaluate}
+    # The cluster's GPUs are stand-ins: the jobs ask SLURM for them, the code runs on the CPU, which
+    # device `auto` (cuda in a GPU job) would refuse.
+    cpu = {"device": "cpu"}
+    sections = {"resources": resources, "train": {**cpu, **(train or {})}, "evaluate": {**cpu, **(evaluate or {})}}
     cfg = {name: section for name, section in sections.items() if section}
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -79,28 +79,28 @@ PINNED = [
         "train",
         {"gpus": 1},
         {},
-        "-t 60 --mem 8000 --nodes=1 --cpus-per-task=8 --signal=USR1@300 -D /work --gres=gpu:1",
+        "-t 60 --mem 32000 --nodes=1 --cpus-per-task=8 --signal=USR1@300 -D /work --gres=gpu:1",
     ),
     # Four GPUs on one node, typed GRES: torchrun inside one task with all the node's cores.
     (
         "train",
         {"gpus": 4},
         {"gpu_model": "a100"},
-        "-t 60 --mem 8000 --nodes=1 --cpus-per-task=32 --signal=USR1@300 -D /work --gres=gpu:a100:4",
+        "-t 60 --mem 104000 --nodes=1 --cpus-per-task=32 --signal=USR1@300 -D /work --gres=gpu:a100:4",
     ),
     # GPU type as a node feature instead.
     (
         "evaluate",
         {"gpus": 2},
         {"gpu_constraint": "a100"},
-        "-t 60 -C a100 --mem 8000 --nodes=1 --cpus-per-task=16 -D /work --gres=gpu:2",
+        "-t 60 -C a100 --mem 40000 --nodes=1 --cpus-per-task=16 -D /work --gres=gpu:2",
     ),
     # Two nodes with 2 GPUs each: the GRES is per node, one task per GPU.
     (
         "train",
         {"gpus": 2, "nodes": 2},
         {"gpu_model": "h100"},
-        "-t 60 --mem 8000 --nodes=2 --ntasks-per-gpu=1 --ntasks=4 --cpus-per-task=8 --signal=USR1@300"
+        "-t 60 --mem 56000 --nodes=2 --ntasks-per-gpu=1 --ntasks=4 --cpus-per-task=8 --signal=USR1@300"
         " -D /work --gres=gpu:h100:2",
     ),
     # Two CPU nodes (the test cluster's multi-node training): one task per node.
@@ -121,7 +121,7 @@ PINNED = [
             "slurm_account": "vision",
             "slurm_partition": "gpu",
         },
-        "-A vision -p gpu -t 4320 -C ib --qos=long --mem 8000 --nodes=2 --ntasks-per-gpu=1 --ntasks=16"
+        "-A vision -p gpu -t 4320 -C ib --qos=long --mem 200000 --nodes=2 --ntasks-per-gpu=1 --ntasks=16"
         " --cpus-per-task=8 --signal=USR1@300 -D /work --gres=gpu:a100:8",
     ),
 ]

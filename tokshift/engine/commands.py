@@ -36,9 +36,10 @@ def _common(p: argparse.ArgumentParser, workers: str | None = None) -> None:
     """--device, --amp and, with `workers` naming the config section to default from, --workers."""
     p.add_argument(
         "--device",
-        default="auto",
-        choices=["auto", "cpu", "cuda"],
-        help="auto: this rank's GPU if CUDA works, else CPU",
+        default=default("train", "device"),
+        choices=choices("train", "device"),
+        help="cuda: this rank's GPU; auto: the GPU when the job was given GPUs or CUDA works, else the CPU "
+        "(a job given GPUs whose CUDA is unusable stops at once, exit NOT_RETRYABLE); cpu: the CPU",
     )
     p.add_argument(
         "--amp",

@@ -98,7 +98,8 @@ def job_resources(
     gpus, nodes = job["gpus"], job["nodes"]
     multi_task = _multi_task(job)
     out = {
-        "mem_mb": job["mem_mb"],
+        # Every rank of a GPU job holds the CUDA libraries, its loader workers and their batches.
+        "mem_mb": job["mem_mb"] + job["mem_mb_per_gpu"] * gpus,
         "runtime": job["runtime"],
         "gres": gpu_request(config, gpus, env),
         "nodes": nodes,
@@ -138,6 +139,16 @@ def small_job_resources(
     them to the cluster they still need the partition, account and QoS of every other job.
     """
     return {"mem_mb": mem_mb, "runtime": runtime, **slurm_account_settings(config, env)}
+
+
+def job_device(config: dict[str, Any], rule: str, model: str) -> str:
+    """`--device` of a train or evaluate job: the config's `<rule>.device`, where `auto` is the
+    device the job asks the scheduler for (cuda with GPUs, else cpu), so a GPU job never falls
+    back to the CPU in silence."""
+    setting = config[rule]["device"]
+    if setting != "auto":
+        return setting
+    return "cuda" if job_settings(config, rule, model)["gpus"] else "cpu"
 
 
 def launcher(config: dict[str, Any], rule: str, model: str) -> str:
