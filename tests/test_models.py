@@ -29,16 +29,29 @@ def naive_shift(x: np.ndarray, T: int, div: int) -> np.ndarray:
     return out
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("in_place", [True, False])
 @pytest.mark.parametrize("T,D,div", [(1, 8, 4), (2, 8, 4), (3, 10, 4), (4, 7, 2), (8, 12, 3), (5, 16, 8), (4, 3, 4)])
-def test_token_shift_matches_naive_reference(T: int, D: int, div: int) -> None:
+def test_token_shift_matches_naive_reference(T: int, D: int, div: int, in_place: bool, dtype: str) -> None:
+    """Both shifts, in place (`token_shift_`) and into a new tensor (`token_shift`), bit for bit."""
     import torch
 
-    from tokshift.models import token_shift_
+    from tokshift.models import token_shift, token_shift_
 
     rng = np.random.default_rng(T * 100 + D)
-    x = rng.standard_normal((2 * T, 5, D)).astype(np.float32)
-    got = token_shift_(torch.from_numpy(x.copy()), T, div).numpy()
+    x = rng.standard_normal((2 * T, 5, D)).astype(dtype)
+    got = (token_shift_ if in_place else token_shift)(torch.from_numpy(x.copy()), T, div).numpy()
     np.testing.assert_array_equal(got, naive_shift(x, T, div))
+
+
+def test_token_shift_gradient() -> None:
+    """The out-of-place shift's backward is the exact adjoint (a shift the other way)."""
+    import torch
+
+    from tokshift.models import token_shift
+
+    x = torch.randn(6, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v: token_shift(v, 3, 4), (x,))
 
 
 def test_token_shift_is_in_place_on_cls_only() -> None:
@@ -52,6 +65,7 @@ def test_token_shift_is_in_place_on_cls_only() -> None:
     assert out.data_ptr() == x.data_ptr()
     torch.testing.assert_close(out[:, 1:], before[:, 1:], rtol=0, atol=0)
     torch.testing.assert_close(out[:, 0, 32:], before[:, 0, 32:], rtol=0, atol=0)
+    assert not torch.equal(out[:, 0, :32], before[:, 0, :32])
 
 
 def _block_jacobian_blocks(arch: str, T: int, N: int = 2, D: int = 8) -> torch.Tensor:
@@ -175,7 +189,7 @@ def test_from_config_names_missing_keys() -> None:
         )
 
 
-def test_backward_through_in_place_shift() -> None:
+def test_backward_through_the_shifts() -> None:
     import torch
 
     from tokshift.models import VideoVisionTransformer
@@ -184,6 +198,79 @@ def test_backward_through_in_place_shift() -> None:
     x = torch.randn(2, 8, 3, 64, 64)
     m(x).sum().backward()
     assert all(p.grad is not None for p in m.parameters() if p.requires_grad)
+
+
+def _small_model(arch: str = "tokshift"):
+    import torch
+
+    from tokshift.models import VideoVisionTransformer
+
+    torch.manual_seed(0)
+    m = VideoVisionTransformer.from_config(
+        dict(
+            arch=arch,
+            embed_dim=32,
+            depth=2,
+            num_heads=4,
+            mlp_ratio=2.0,
+            patch_size=8,
+            img_size=32,
+            num_frames=4,
+            shift_div=4,
+            num_classes=7,
+        )
+    )
+    with torch.no_grad():
+        m.head.weight.normal_()  # logits of order 1-10, where bf16 keeps ~2-3 significant digits
+        m.head.bias.normal_()
+    return m.eval()
+
+
+def test_head_and_frame_mean_run_in_float32_under_bf16_autocast() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    m = _small_model()
+    video = torch.randn(2, 4, 3, 32, 32)
+    kept: dict[str, torch.Tensor] = {}
+    m.blocks[-1].mlp.register_forward_hook(lambda _m, _i, out: kept.setdefault("mlp", out))
+    m.norm.register_forward_hook(lambda _m, _i, out: kept.setdefault("features", out))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(video)
+    assert kept["mlp"].dtype == torch.bfloat16  # the blocks' matmuls did run in bf16
+    # The residual stream and the final norm stay float32 under autocast; so must the head.
+    feats = kept["features"][:, 0]
+    assert feats.dtype == torch.float32 and logits.dtype == torch.float32
+
+    def head(dtype: torch.dtype) -> torch.Tensor:
+        frame_logits = F.linear(feats.to(dtype), m.head.weight.to(dtype), m.head.bias.to(dtype))
+        return frame_logits.float().view(2, 4, -1).mean(1)
+
+    with torch.no_grad():
+        fp32, bf16 = head(torch.float32), head(torch.bfloat16)
+    torch.testing.assert_close(logits, fp32, rtol=1e-6, atol=1e-6)
+    assert (logits - bf16).abs().max() > 1e-3  # what a bf16 head would have given instead
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_forward_compiles_to_one_graph(checkpointing: bool) -> None:
+    """`train --compile` must not split the model's forward (graph breaks cost speed on GPU).
+
+    The eager backend checks the capture alone, without code generation, so it takes seconds.
+    """
+    import torch
+
+    m = _small_model().train()
+    m.set_grad_checkpointing(checkpointing)
+    video = torch.randn(2, 4, 3, 32, 32)
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, backend="eager")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = compiled(video)
+        ref = m(video)
+    out.sum().backward()
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref)
 
 
 # --------------------------------------------------------------------------- Google .npz

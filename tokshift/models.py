@@ -22,6 +22,7 @@ from torch import nn
 from tokshift.zoo import MODEL_KEYS, ZooConfig, get_config
 
 __all__ = [
+    "token_shift",
     "token_shift_",
     "TokShiftBlock",
     "VideoVisionTransformer",
@@ -53,11 +54,24 @@ def token_shift_(x: torch.Tensor, num_frames: int, shift_div: int) -> torch.Tens
     return x
 
 
+def token_shift(x: torch.Tensor, num_frames: int, shift_div: int) -> torch.Tensor:
+    """`token_shift_` into a new tensor; x is left unchanged.
+
+    Activation checkpointing re-runs a block from its saved input, so the shift must not
+    modify the block input. One copy of x is the least an out-of-place result can cost, and
+    copying then shifting in place is cheaper than concatenating a new [CLS] token with the
+    patch tokens (bench/RESULTS_model.md).
+    """
+    return token_shift_(x.clone(), num_frames, shift_div)
+
+
 class TokShiftBlock(Block):
     """timm's pre-norm ViT block with the [CLS] token shifted before each sub-block.
 
     The shifted tensor is also the residual, as in the original TokShift. `shift_enabled`
-    False (see `shift_disabled`) makes the block a plain ViT block, frame by frame.
+    False (see `shift_disabled`) makes the block a plain ViT block, frame by frame. The block
+    input is never modified (activation checkpointing re-runs the block from it); the second
+    shift works in place on the block's own residual sum, which nothing else has kept.
     """
 
     def __init__(self, *args: Any, num_frames: int, shift_div: int, **kwargs: Any) -> None:
@@ -68,7 +82,7 @@ class TokShiftBlock(Block):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         if self.shift_enabled:
-            x = token_shift_(x, self.num_frames, self.shift_div)
+            x = token_shift(x, self.num_frames, self.shift_div)
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x), attn_mask=attn_mask, is_causal=is_causal)))
         if self.shift_enabled:
             x = token_shift_(x, self.num_frames, self.shift_div)
@@ -99,6 +113,10 @@ class VideoVisionTransformer(VisionTransformer):
 
     Parameter names are timm's, so state dicts stay compatible with timm's ViT. Weights
     start random here; `tokshift.engine.loading.build_model` starts them from a file.
+    Under autocast the residual stream and the final norm stay float32 and the head runs in
+    float32 too (`forward_head`), so the logits averaged over frames and fused over views
+    are float32. `set_grad_checkpointing(True)` (timm's) recomputes each block in the
+    backward pass instead of keeping its activations.
     """
 
     def __init__(self, *, arch: str, num_frames: int, shift_div: int, **vit_kwargs: Any) -> None:
@@ -152,6 +170,15 @@ class VideoVisionTransformer(VisionTransformer):
         frames = video.flatten(0, 1)
         logits = self.forward_head(self.forward_features(frames))
         return logits.view(b, t, -1).mean(dim=1)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """timm's head (pool, head Linear) in float32 or wider, even under autocast.
+
+        In bf16 the per-frame logits would keep ~3 significant digits, too few for the mean
+        over frames and the fusion over views.
+        """
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return super().forward_head(x.to(torch.promote_types(x.dtype, torch.float32)), pre_logits=pre_logits)
 
 
 def resolve_model_config(cfg_or_name: str | ZooConfig | Mapping[str, Any]) -> dict[str, Any]:
