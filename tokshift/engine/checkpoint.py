@@ -4,6 +4,11 @@ A resume checkpoint is written atomically (`tokshift.fileio`) and then sealed by
 `.sha256` file beside it. A checkpoint without a matching seal (a crash mid-write,
 a truncated copy, a flipped bit) is skipped with a warning and the next older one
 is tried, so a broken file is never loaded.
+
+The file name carries the run's identity tag (`ckpt-e0003-s000001200-<tag>.pt`), so that
+keeping the newest few deletes only files of the run that writes them, without opening
+any: a checkpoint of another run in the same folder is never pruned. Names without a tag
+(written before tags existed) are still read.
 """
 
 from __future__ import annotations
@@ -11,7 +16,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import time
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,35 +31,64 @@ from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
 
 log = logging.getLogger(__name__)
 
-RESUME_PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
+RESUME_PATTERN = re.compile(r"^ckpt-e(\d+)-s(\d+)(?:-([0-9a-f]{12}))?\.pt$")
+
+#: What lives in a resume folder beside the checkpoints: the live logs of the run (tokshift.engine.logbook).
+LIVE_LOGS = ("metrics.jsonl", "events")
 
 
-def resume_name(epoch: int, step: int) -> str:
-    return f"ckpt-e{epoch:04d}-s{step:09d}.pt"
+def resume_name(epoch: int, step: int, identity: str | None = None) -> str:
+    return f"ckpt-e{epoch:04d}-s{step:09d}" + (f"-{identity}" if identity else "") + ".pt"
 
 
-def save_resume(state: dict[str, Any], folder: str | os.PathLike[str], epoch: int, step: int, keep: int = 2) -> Path:
-    """Write a sealed resume checkpoint and keep only the newest `keep` of them."""
+def resume_identity(path: str | os.PathLike[str]) -> str | None:
+    """The identity tag in a resume checkpoint's name; None for an untagged (older) name."""
+    m = RESUME_PATTERN.match(Path(path).name)
+    return m.group(3) if m else None
+
+
+def _position(path: Path) -> tuple[int, int]:
+    m = RESUME_PATTERN.match(path.name)
+    assert m, path
+    return int(m.group(2)), int(m.group(1))  # (step, epoch)
+
+
+def seal_of(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def save_resume(
+    state: dict[str, Any],
+    folder: str | os.PathLike[str],
+    epoch: int,
+    step: int,
+    keep: int = 2,
+    identity: str | None = None,
+) -> Path:
+    """Write a sealed resume checkpoint of run `identity` and keep the newest `keep` of that run's.
+
+    Pruning deletes only checkpoints with the same identity tag that are older than the one just
+    written; it never deletes the file it wrote, another run's files, or a file of this run at a
+    later step (one a resume skipped as broken: it is overwritten when training gets there).
+    """
     folder = Path(folder)
-    path = folder / resume_name(epoch, step)
+    path = folder / resume_name(epoch, step, identity)
     digest = atomic_torch_save(state, path)
-    atomic_write_text(path.with_name(path.name + ".sha256"), f"{digest}  {path.name}\n")
-    for old in list_resume(folder)[keep:]:
+    atomic_write_text(seal_of(path), f"{digest}  {path.name}\n")
+    here = _position(path)
+    older = [p for p in list_resume(folder) if resume_identity(p) == identity and _position(p) < here]
+    for old in older[max(keep - 1, 0) :]:
         old.unlink(missing_ok=True)
-        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        seal_of(old).unlink(missing_ok=True)
     return path
 
 
 def list_resume(folder: str | os.PathLike[str]) -> list[Path]:
-    """Resume checkpoints in `folder`, newest (highest epoch, step) first."""
+    """Resume checkpoints in `folder` (not in its subfolders), newest (highest step, epoch) first."""
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    found = []
-    for p in folder.iterdir():
-        m = RESUME_PATTERN.match(p.name)
-        if m:
-            found.append(((int(m.group(2)), int(m.group(1))), p))
+    found = [(_position(p), p) for p in folder.iterdir() if RESUME_PATTERN.match(p.name)]
     return [p for _, p in sorted(found, reverse=True)]
 
 
@@ -59,23 +96,40 @@ class CheckpointError(BadInput):
     """A checkpoint file that must not be loaded (missing seal, bad checksum, unreadable)."""
 
 
-def load_verified(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a sealed checkpoint after checking its sha256 against the seal."""
+def verify_seal(path: str | os.PathLike[str]) -> None:
+    """Raise CheckpointError unless the file's sha256 matches its `.sha256` seal (reads the whole file)."""
     path = Path(path)
-    seal = path.with_name(path.name + ".sha256")
+    seal = seal_of(path)
     if not seal.is_file():
         raise CheckpointError(f"{path}: no {seal.name} seal (the write did not finish)")
-    expected = seal.read_text().split()[0] if seal.read_text().strip() else ""
+    text = seal.read_text()
+    expected = text.split()[0] if text.strip() else ""
     actual = sha256_file(path)
     if actual != expected:
         raise CheckpointError(f"{path}: sha256 {actual[:12]}… does not match its seal {expected[:12]}…")
+
+
+def load_resume(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = True) -> dict[str, Any]:
+    """Read a checkpoint WITHOUT checking its seal; tensors memory-mapped by default.
+
+    Memory-mapped, the tensors are read from the page cache when they are used, so several
+    processes on a node that load the same file share one copy, and reading only the
+    fingerprint of a large file is cheap. For a file another process has verified, or to look.
+    """
+    path = Path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        state = torch.load(path, map_location=map_location, mmap=mmap, weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is skipped the same way
         raise CheckpointError(f"{path}: cannot be read ({exc})") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: not a checkpoint dictionary")
     return state
+
+
+def load_verified(path: str | os.PathLike[str], map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:
+    """Load a sealed checkpoint after checking its sha256 against the seal."""
+    verify_seal(path)
+    return load_resume(path, map_location=map_location, mmap=mmap)
 
 
 @dataclass
@@ -94,8 +148,7 @@ def find_resume(folder: str | os.PathLike[str], map_location: Any = "cpu", accep
         try:
             state = load_verified(path, map_location=map_location)
         except CheckpointError as exc:
-            warnings.warn(f"skipping resume checkpoint: {exc}", RuntimeWarning, stacklevel=2)
-            log.warning("skipping resume checkpoint: %s", exc)
+            warn_skipped(exc)
             continue
         reason = accept(state) if accept is not None else None
         if reason:
@@ -104,6 +157,34 @@ def find_resume(folder: str | os.PathLike[str], map_location: Any = "cpu", accep
             continue
         return Resumed(path, state)
     return None
+
+
+def warn_skipped(exc: CheckpointError) -> None:
+    """The warning (and log line) for a checkpoint that is passed over because it is broken."""
+    warnings.warn(f"skipping resume checkpoint: {exc}", RuntimeWarning, stacklevel=3)
+    log.warning("skipping resume checkpoint: %s", exc)
+
+
+def set_aside(folder: str | os.PathLike[str], checkpoints: Iterable[Path], with_logs: bool) -> Path:
+    """Move `checkpoints` (with their seals) and, with `with_logs`, the live logs of `folder` into
+    a new `folder/stale-<UTC time>/`; returns that folder. Nothing is deleted."""
+    folder = Path(folder)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = folder / f"stale-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = folder / f"stale-{stamp}-{n}"
+    dest.mkdir(parents=True)
+    moved = []
+    for ckpt in checkpoints:
+        moved += [ckpt, seal_of(ckpt)]
+    if with_logs:
+        moved += [folder / name for name in LIVE_LOGS]
+    for p in moved:
+        if p.exists():
+            shutil.move(str(p), str(dest / p.name))
+    return dest
 
 
 def load_model_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:

@@ -5,6 +5,12 @@ global batches of `batch_size * world_size` clips; rank r takes slice r of each
 global batch. So N processes see exactly the samples one process with an N times
 larger batch would see, and a run resumed at micro-batch k of an epoch continues
 with exactly the batches an uninterrupted run would have drawn.
+
+The order does not depend on the number of processes, so a position in the epoch is a
+count of clips: a run resumed with another layout (fewer processes, more accumulation,
+the same global batch) continues at the same clip. `epoch_clips` fixes how many clips an
+epoch takes (the run's first layout decides it), so the epoch keeps its clips under any
+micro-batch that divides it.
 """
 
 from __future__ import annotations
@@ -27,10 +33,21 @@ def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 
 class ResumableBatchSampler(Sampler[list[int]]):
-    """Per-rank batches of a shuffled epoch; drops the last incomplete global batch."""
+    """Per-rank batches of a shuffled epoch; drops the last incomplete global batch.
+
+    `epoch_clips` (default: all `n`) is the part of each epoch's order that is used, cut into
+    as many whole global batches as fit.
+    """
 
     def __init__(
-        self, n: int, batch_size: int, world_size: int = 1, rank: int = 0, seed: int = 0, shuffle: bool = True
+        self,
+        n: int,
+        batch_size: int,
+        world_size: int = 1,
+        rank: int = 0,
+        seed: int = 0,
+        shuffle: bool = True,
+        epoch_clips: int | None = None,
     ) -> None:
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"bad sampler geometry: batch_size={batch_size}, rank={rank}/{world_size}")
@@ -41,14 +58,22 @@ class ResumableBatchSampler(Sampler[list[int]]):
                 f"(batch_size={batch_size} x {world_size} processes); lower batch_size "
                 "(--override batch_size=...) or use fewer processes"
             )
+        if epoch_clips is not None and not global_batch <= epoch_clips <= n:
+            raise ValueError(f"epoch_clips={epoch_clips} outside {global_batch}..{n}")
         self.n, self.batch_size, self.world_size, self.rank = n, batch_size, world_size, rank
+        self.epoch_clips = n if epoch_clips is None else int(epoch_clips)
         self.seed, self.shuffle = seed, shuffle
         self.epoch = 0
         self.start_batch = 0
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.n // (self.batch_size * self.world_size)
+        return self.epoch_clips // (self.batch_size * self.world_size)
+
+    @property
+    def clips_per_epoch(self) -> int:
+        """The clips an epoch trains on: its whole global batches."""
+        return self.batches_per_epoch * self.batch_size * self.world_size
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch and skip its first `start_batch` batches (a mid-epoch resume)."""
