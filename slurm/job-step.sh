@@ -10,8 +10,8 @@
 # never the Snakemake processes that report the failure and resubmit the job.
 #
 # - Outside a SLURM job (no SLURM_JOB_ID): runs COMMAND directly; the options are ignored.
-# - In a job's batch script: `srun --ntasks=N --nodes=M --cpus-per-task=C` starts N copies
-#   of COMMAND (one per task; with N > 1 each reads its rank from SLURM_PROCID/SLURM_NTASKS).
+# - In a job's batch script: `srun --kill-on-bad-exit=1 --ntasks=N --nodes=M --cpus-per-task=C`
+#   starts N copies of COMMAND (one per task; with N > 1 each reads its rank from SLURM_PROCID/SLURM_NTASKS).
 #   The step gets all of the job's GPUs and memory; CPUs per task must be given because
 #   srun does not inherit them from the job (Slurm >= 22.05).
 # - Inside a step: SIGUSR1 is ignored before COMMAND starts, so a signal that comes while a
@@ -45,6 +45,10 @@ if [[ -n ${SLURM_STEP_ID:-} && ${SLURM_STEP_ID} != batch ]]; then
   exec "$@"
 fi
 command -v srun >/dev/null || { echo "$0: inside SLURM job $SLURM_JOB_ID but srun is not on PATH" >&2; exit 127; }
-# No --kill-on-bad-exit: after a signal every rank exits 75, and rank 0 must not be killed
-# while it still writes the resume checkpoint.
-exec srun --ntasks="$ntasks" --nodes="$nodes" --cpus-per-task="$cpus" bash "${BASH_SOURCE[0]}" -- "$@"
+# --kill-on-bad-exit=1: a task that exits non-zero (a rank that ran out of memory or met a damaged
+# shard) ends the whole step at once, instead of leaving the other ranks waiting in their next
+# collective until its timeout. It never cuts a checkpoint short: after a signal only rank 0
+# exits 75, and only once the resume checkpoint is on disk; the other ranks wait for it and exit 0.
+step=(srun --kill-on-bad-exit=1 --ntasks="$ntasks" --nodes="$nodes" --cpus-per-task="$cpus")
+echo "$0: ${step[*]} -- $*" >&2  # the rule's log shows how the step was started
+exec "${step[@]}" bash "${BASH_SOURCE[0]}" -- "$@"

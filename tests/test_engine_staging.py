@@ -105,10 +105,10 @@ def test_a_damaged_copy_is_not_used(packed_demo: PackedDemo, tmp_path: Path, mon
         return out
 
     monkeypatch.setattr("tokshift.engine.staging.shutil.copyfile", short_copy)
-    ctx = D.init_distributed("cpu")
+    alone = D.detect_launch({})
     with caplog.at_level(logging.WARNING, logger="tokshift.engine"):
-        with staged_shards({"val": [str(packed_demo.val)]}, str(tmp_path / "stage"), ctx) as shards:
-            assert shards == {"val": [str(packed_demo.val)]}
+        with staged_shards({"val": [str(packed_demo.val)]}, str(tmp_path / "stage"), alone, tmp_path) as staged:
+            assert staged.shards == {"val": [str(packed_demo.val)]} and not staged.staged
     assert "copying to" in caplog.text and "failed" in caplog.text
     assert list((tmp_path / "stage").iterdir()) == []
 
@@ -118,8 +118,149 @@ def test_an_unset_variable_reads_in_place(packed_demo: PackedDemo, monkeypatch, 
     from tokshift.engine.staging import staged_shards
 
     monkeypatch.delenv("TOKSHIFT_NO_SUCH_DIR", raising=False)
-    ctx = D.init_distributed("cpu")
+    alone = D.detect_launch({})
     with caplog.at_level(logging.WARNING, logger="tokshift.engine"):
-        with staged_shards({"val": [str(packed_demo.val)]}, "$TOKSHIFT_NO_SUCH_DIR/x", ctx) as shards:
-            assert shards == {"val": [str(packed_demo.val)]}
+        with staged_shards({"val": [str(packed_demo.val)]}, "$TOKSHIFT_NO_SUCH_DIR/x", alone, "out") as staged:
+            assert staged.shards == {"val": [str(packed_demo.val)]}
     assert "unset variable" in caplog.text
+
+
+def _stage_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.name.startswith("tokshift-stage-")) if root.exists() else []
+
+
+def test_staging_before_the_process_group_outlasts_a_short_collective_timeout(
+    trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
+) -> None:
+    """Two gloo processes (torchrun): local rank 0 copies for 3 s while rank 1 waits on its ready
+    marker, not in a collective; the collective timeout is 1 s. The evaluation goes on."""
+    import subprocess
+    import sys
+
+    from tests.engine_helpers import REPO, cli_env
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "tokshift.cli",
+        "evaluate",
+        "--checkpoint",
+        str(trained_demo.checkpoint),
+        "--shards",
+        str(packed_demo.val_odd),
+        "--out-dir",
+        str(tmp_path / "out"),
+        "--workers",
+        "0",
+        "--clips",
+        "2",
+        "--crops",
+        "1",
+        "--stage-to",
+        str(tmp_path / "node-local"),
+    ]
+    env = cli_env(1) | {"TOKSHIFT_STAGE_DELAY_SECONDS": "3", "TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES": str(1 / 60)}
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = re.search(COPIED, res.stderr)
+    assert m and float(m.group(3)) >= 3, res.stderr[-4000:]
+    # Rank 0 staged before the process group existed, and said so before the group's first line.
+    assert res.stderr.index("staging: copied") < res.stderr.index("2 processes (torchrun, gloo)")
+    assert json.loads((tmp_path / "out/metrics.json").read_text())["videos"] == packed_demo.val_odd_count
+    assert list((tmp_path / "node-local").iterdir()) == [], "copies or ready markers outlived the job"
+
+
+def test_copies_are_kept_after_exit_75_and_reused_by_the_next_attempt(
+    packed_demo: PackedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, stage = tmp_path / "run", tmp_path / "stage"
+    args = train_args(packed_demo, out, "--max-epochs", "1", "--workers", "0", "--stage-to", str(stage))
+    monkeypatch.setenv("TOKSHIFT_SIGNAL_AT_STEP", "1")  # a preemption after the first optimizer step
+    first = run_cli_inprocess(*args)
+    assert first.returncode == 75, first.stderr[-3000:]
+    assert "staging: copied 2 shards" in first.stderr and "staging: kept" in first.stderr
+    (kept,) = _stage_folders(stage)
+    monkeypatch.delenv("TOKSHIFT_SIGNAL_AT_STEP")
+    second = run_cli_inprocess(*args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"staging: reusing staged copy of 2 of 2 shards in {kept}" in second.stderr, second.stderr[-3000:]
+    assert "staging: copied" not in second.stderr  # nothing copied again
+    assert "resumed from" in second.stderr
+    assert _stage_folders(stage) == [], "a run that ended (not 75) leaves no copies"
+
+
+def test_a_copy_that_differs_from_its_source_is_copied_again(packed_demo: PackedDemo, tmp_path: Path, caplog) -> None:
+    from tokshift.engine.staging import copy_shards, staging_plan
+
+    pairs = staging_plan({"val": [str(packed_demo.val), str(packed_demo.val_odd)]}, tmp_path / "dest")["val"]
+    assert copy_shards(pairs, tmp_path / "dest") is True
+    stale = pairs[1][1]
+    stale.write_bytes(packed_demo.val.read_bytes())  # another shard under this name, its seal kept
+    with caplog.at_level(logging.INFO, logger="tokshift.engine"):
+        assert copy_shards(pairs, tmp_path / "dest") is True
+    assert "reusing staged copy of 1 of 2 shards" in caplog.text and "copied 1 shards" in caplog.text
+    assert stale.read_bytes() == packed_demo.val_odd.read_bytes()
+
+
+def test_a_folder_another_run_holds_is_read_in_place(packed_demo: PackedDemo, tmp_path: Path, caplog) -> None:
+    """An orphan of the same run (same output folder, shards and node) holds the staged folder's lock."""
+    import fcntl
+
+    from tokshift.engine import distributed as D
+    from tokshift.engine.staging import folder_name, staged_shards
+
+    groups = {"val": [str(packed_demo.val)]}
+    held = tmp_path / "stage" / folder_name(groups, tmp_path / "out", D.node_name())
+    held.mkdir(parents=True)
+    fd = os.open(held, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        with caplog.at_level(logging.WARNING, logger="tokshift.engine"):
+            with staged_shards(groups, str(tmp_path / "stage"), D.detect_launch({}), tmp_path / "out") as staged:
+                assert staged.shards == groups and not staged.staged
+        assert "in use by another run on this node" in caplog.text
+        assert held.is_dir(), "the holder's folder must stay"
+    finally:
+        os.close(fd)
+
+
+def test_the_other_ranks_of_a_node_follow_their_copier_s_marker(
+    packed_demo: PackedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A waiting rank reads the marker of its own launch: "failed: why" sends it to the originals at
+    once; a marker of another launch (an earlier attempt) is not its."""
+    import threading
+
+    from tokshift.engine import distributed as D
+    from tokshift.engine.staging import folder_name, launch_id, staged_shards
+
+    groups = {"val": [str(packed_demo.val)]}
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    rank1 = D.LaunchEnv(rank=1, world_size=2, local_rank=1)
+    stage = tmp_path / "stage"
+    stage.mkdir()
+    name = folder_name(groups, tmp_path / "out", D.node_name())
+    assert launch_id({"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0"}, 1) != launch_id(
+        {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "1"}, 1
+    )
+    (
+        stage / f"{name}.{launch_id({'SLURM_JOB_ID': '7', 'SLURM_STEP_ID': '0', 'SLURM_RESTART_COUNT': '1'})}.ready"
+    ).write_text("ok")  # an earlier launch's marker: ignored
+    answer: dict[str, dict] = {}
+
+    def wait() -> None:
+        with staged_shards(groups, str(stage), rank1, tmp_path / "out") as staged:
+            answer["shards"] = staged.shards
+
+    waiter = threading.Thread(target=wait, daemon=True)
+    waiter.start()
+    waiter.join(1.0)
+    assert waiter.is_alive(), "a marker of another launch was taken for this one's"
+    (stage / f"{name}.{launch_id()}.ready").write_text("failed: no space")
+    waiter.join(10)
+    assert not waiter.is_alive() and answer["shards"] == groups

@@ -66,6 +66,20 @@ def test_srun_step_gives_ranks_and_a_port_from_the_job_id() -> None:
     assert env.master_port == 15000 + 123456 % 20000
 
 
+def test_two_steps_of_one_job_get_different_ports_and_master_port_wins() -> None:
+    from tokshift.engine.distributed import detect_launch
+
+    step = {"SLURM_PROCID": "0", "SLURM_STEP_NUM_TASKS": "2", "SLURM_LAUNCH_NODE_IPADDR": "10.0.0.4"}
+    ports = {
+        detect_launch({**step, "SLURM_JOB_ID": job, "SLURM_STEP_ID": s}).master_port
+        for job in ("123456", "123457")
+        for s in ("0", "1", "2")
+    }
+    assert len(ports) == 6 and all(15000 <= p < 35000 for p in ports)
+    env = {**step, "SLURM_JOB_ID": "123456", "SLURM_STEP_ID": "1", "MASTER_PORT": "29999"}
+    assert detect_launch(env).master_port == 29999
+
+
 def test_srun_without_launch_address_takes_first_host_of_nodelist() -> None:
     from tokshift.engine.distributed import detect_launch
 

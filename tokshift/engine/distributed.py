@@ -4,17 +4,24 @@ One command line serves three launch modes: a single process (the demo and the
 tests), `torchrun` (N processes on one node; it sets RANK/WORLD_SIZE/LOCAL_RANK/
 MASTER_ADDR/MASTER_PORT) and `srun` (N tasks over several nodes; ranks come from
 SLURM's environment). CPU runs use gloo, GPU runs NCCL.
+
+Timeouts: joining the group and the setup collectives wait up to SETUP_TIMEOUT_MINUTES (nodes
+start at different times); after setup a collective that some rank does not reach within
+COLLECTIVE_TIMEOUT_MINUTES (env TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES) aborts the job, so a hung
+rank costs minutes, not half an hour. Waits that are long by nature (rank 0 writing a checkpoint
+or the final outputs, the end of an evaluation) run inside `long_wait`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import logging
 import os
 import socket
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +31,14 @@ import torch.distributed as dist
 from tokshift.errors import BadInput
 
 log = logging.getLogger(__name__)
+
+#: Rendezvous and the collectives of setup (nodes that start minutes apart, a checkpoint to verify).
+SETUP_TIMEOUT_MINUTES = 30.0
+#: Any collective after setup: what a hung rank costs before the job is aborted.
+COLLECTIVE_TIMEOUT_MINUTES = 10.0
+COLLECTIVE_TIMEOUT_VAR = "TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES"
+#: Collectives inside `long_wait`: rank 0 writing checkpoints and outputs, the end of an evaluation.
+LONG_WAIT_MINUTES = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,16 @@ def _first_slurm_host(nodelist: str) -> str:
     return head
 
 
+def slurm_master_port(env: Mapping[str, str]) -> int:
+    """A port in 15000-34999 from SLURM_JOB_ID and SLURM_STEP_ID: steps of one job (and neighbouring
+    jobs, whose ids are consecutive) get different ports when their first tasks share a node."""
+    job = env.get("SLURM_JOB_ID", "")
+    step = env.get("SLURM_STEP_ID", "")
+    job_id = int(job) if job.isdigit() else 0
+    step_id = int(step) if step.isdigit() else 0
+    return 15000 + (job_id + 7919 * step_id) % 20000
+
+
 def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
     """Read rank, world size, local rank and master address from the environment.
 
@@ -88,13 +113,12 @@ def detect_launch(environ: Mapping[str, str] | None = None) -> LaunchEnv:
         if not addr:
             nodelist = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST", "")
             addr = _first_slurm_host(nodelist) if nodelist else "127.0.0.1"
-        job_id = int(env.get("SLURM_JOB_ID", "0") or 0)
         return LaunchEnv(
             rank=int(env["SLURM_PROCID"]),
             world_size=int(step_tasks),
             local_rank=int(env.get("SLURM_LOCALID", 0)),
             master_addr=addr,
-            master_port=int(env.get("MASTER_PORT", 15000 + job_id % 20000)),
+            master_port=int(env.get("MASTER_PORT") or slurm_master_port(env)),
             source="slurm",
         )
     return LaunchEnv()
@@ -109,6 +133,10 @@ class DistContext:
     backend: str | None  # None when running alone
     #: The node of every rank, in rank order (where a multi-node job really ran).
     nodes: tuple[str, ...] = ()
+    #: Why this device (the job's first log lines say it).
+    device_reason: str = ""
+    #: The process group's collective timeout now (set_collective_timeout, long_wait).
+    timeout: datetime.timedelta | None = None
 
     @property
     def rank(self) -> int:
@@ -127,15 +155,21 @@ class DistContext:
         return self.backend is not None
 
 
+def choose_device(choice: str, local_rank: int = 0) -> tuple[torch.device, str]:
+    """This rank's device for `--device choice` and why (tokshift.engine.gpu_env.choose_device).
+
+    `auto` takes this rank's GPU when CUDA works and the CPU on a machine without GPUs, but a job
+    that was given GPUs fails (GpuUnusable, exit 3) instead of running on the CPU; `cuda` insists
+    on a GPU; `cpu` is always the CPU.
+    """
+    from tokshift.engine.gpu_env import real_choose_device
+
+    return real_choose_device(choice, local_rank)
+
+
 def pick_device(choice: str, local_rank: int = 0) -> torch.device:
-    """`auto` picks this rank's GPU when CUDA works, else the CPU; `cuda` insists on a GPU."""
-    if choice not in ("auto", "cpu", "cuda"):
-        raise BadInput(f"--device {choice!r}: expected auto, cpu or cuda")
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise BadInput("--device cuda was requested but CUDA is not available; use --device cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
+    """The device of `choose_device`."""
+    return choose_device(choice, local_rank)[0]
 
 
 def node_name() -> str:
@@ -143,15 +177,78 @@ def node_name() -> str:
     return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
 
 
-def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> DistContext:
-    """Join the process group described by the environment (no-op when alone)."""
+def collective_timeout_minutes(env: Mapping[str, str] | None = None) -> float:
+    """COLLECTIVE_TIMEOUT_MINUTES, or TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES when set (a fraction is fine)."""
+    env = os.environ if env is None else env
+    text = env.get(COLLECTIVE_TIMEOUT_VAR, "").strip()
+    if not text:
+        return COLLECTIVE_TIMEOUT_MINUTES
+    try:
+        minutes = float(text)
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise BadInput(
+            f"{COLLECTIVE_TIMEOUT_VAR}={text!r}: expected minutes > 0 (e.g. 10); unset it for the default "
+            f"{COLLECTIVE_TIMEOUT_MINUTES:g}"
+        )
+    return minutes
+
+
+def set_collective_timeout(ctx: DistContext, minutes: float | None = None) -> None:
+    """Collectives from now on fail after `minutes` (default: collective_timeout_minutes()) without all ranks."""
+    if not ctx.distributed or not dist.is_initialized():
+        return
+    timeout = datetime.timedelta(minutes=collective_timeout_minutes() if minutes is None else minutes)
+    if timeout != ctx.timeout:
+        setter = getattr(dist, "set_timeout", None)
+        if setter is None:  # torch before set_timeout
+            from torch.distributed.distributed_c10d import _set_pg_timeout as setter
+        setter(timeout)
+        ctx.timeout = timeout
+
+
+@contextlib.contextmanager
+def long_wait(ctx: DistContext, minutes: float = LONG_WAIT_MINUTES) -> Iterator[None]:
+    """Collectives in the block may wait up to `minutes` (never less than the timeout outside it).
+
+    For waits that are long by nature: the barrier while rank 0 writes a checkpoint or the final
+    outputs, the gather at the end of an evaluation (the slowest rank's share). Every rank must
+    enter and leave the block at the same point of the program.
+    """
+    before = ctx.timeout
+    if before is not None and before.total_seconds() >= minutes * 60:
+        yield
+        return
+    set_collective_timeout(ctx, minutes)
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_collective_timeout(ctx, before.total_seconds() / 60)
+
+
+def init_distributed(
+    device: str | torch.device = "auto", timeout_minutes: float = SETUP_TIMEOUT_MINUTES, reason: str = ""
+) -> DistContext:
+    """Join the process group described by the environment (no-op when alone).
+
+    `device` is a --device choice, or the device the caller already chose (with its `reason`).
+    Rendezvous and everything until the caller's `set_collective_timeout` wait up to
+    `timeout_minutes`. For NCCL the group is bound to this rank's GPU (device_id), which
+    creates the communicator now instead of at the first collective.
+    """
     launch = detect_launch()
-    dev = pick_device(device, launch.local_rank)
+    if isinstance(device, torch.device):
+        dev, why = device, reason
+    else:
+        dev, why = choose_device(device, launch.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     if launch.world_size <= 1:
-        return DistContext(launch, dev, None, (node_name(),))
+        return DistContext(launch, dev, None, (node_name(),), device_reason=why)
     backend = "nccl" if dev.type == "cuda" else "gloo"
+    timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", launch.master_addr)
         os.environ.setdefault("MASTER_PORT", str(launch.master_port))
@@ -160,9 +257,10 @@ def init_distributed(device: str = "auto", timeout_minutes: float = 30.0) -> Dis
             init_method=f"tcp://{launch.master_addr}:{launch.master_port}",
             rank=launch.rank,
             world_size=launch.world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
+            timeout=timeout,
+            device_id=dev if backend == "nccl" else None,
         )
-    ctx = DistContext(launch, dev, backend)
+    ctx = DistContext(launch, dev, backend, device_reason=why, timeout=timeout)
     return dataclasses.replace(ctx, nodes=tuple(all_gather_objects(ctx, node_name())))
 
 

@@ -253,7 +253,10 @@ def evaluate_dataset(
     if bar is not None:
         bar.close()
     log.debug("rank %d evaluated %d videos in %.1fs", ctx.rank, len(records), time.perf_counter() - t0)
-    gathered = [r for part in D.all_gather_objects(ctx, [asdict(r) for r in records]) for r in part]
+    # Reached only by ranks that evaluated their share: a rank that raised (a damaged shard) has left
+    # the process, which its launcher (torchrun, srun --kill-on-bad-exit) turns into the job's end.
+    with D.long_wait(ctx):  # the slowest rank's share
+        gathered = [r for part in D.all_gather_objects(ctx, [asdict(r) for r in records]) for r in part]
     out = sorted((VideoRecord(**r) for r in gathered), key=lambda r: r.index)
     if [r.index for r in out] != list(range(n)):
         raise RuntimeError(f"evaluation gathered {len(out)} records for {n} videos (lost or duplicated videos)")
@@ -353,13 +356,22 @@ class EvalOptions:
 def run_evaluation(opts: EvalOptions) -> int:
     """Evaluate a trained model on packed shards and write metrics.json and predictions.csv.
 
-    Returns 0, ExitCode.DATA_DAMAGED when more than `max_failed_share` of the videos could not be
-    read (the files are written all the same, for inspection), or ExitCode.RETRY_LATER when another run
-    holds the output folder.
+    Returns 0, or raises on rank 0: DataDamaged when more than `max_failed_share` of the videos could
+    not be read (the files are written all the same, for inspection), FolderBusy (exit 75) when another
+    run holds the output folder; the other ranks then return 0, so a launcher that ends the job when
+    a task fails (srun --kill-on-bad-exit) leaves rank 0 to report. A rank that fails on its own raises.
     """
     from tokshift.data.transforms import check_resize
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
-    from tokshift.engine.runtime import enable_crash_traces, resolve_workers, setup_logging
+    from tokshift.engine.gpu_env import environment_lines
+    from tokshift.engine.runtime import (
+        amp_choice,
+        enable_crash_traces,
+        precision_line,
+        resolve_workers,
+        setup_logging,
+        use_tf32,
+    )
     from tokshift.engine.staging import staged_shards
 
     if opts.clips < 1 or opts.crops < 1:
@@ -371,20 +383,36 @@ def run_evaluation(opts: EvalOptions) -> int:
         if not Path(s).exists():
             raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
     enable_crash_traces()
-    ctx = D.init_distributed(opts.device)
-    setup_logging(ctx.rank)
-    D.log_placement(ctx)
-    try:
-        opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, ctx.launch.local_processes))
-        with exclusive_folder(ctx, opts.out_dir, "evaluate"):
-            with staged_shards({"val": opts.shards}, opts.stage_to, ctx) as shards:
-                return _evaluate(dataclasses.replace(opts, shards=shards["val"]), ctx)
-    except FolderBusy:
-        if ctx.is_main:  # reported once, by `tokshift.cli.main`; the other ranks exit with its code
-            raise
-        return ExitCode.RETRY_LATER
-    finally:
-        D.shutdown(ctx)
+    launch = D.detect_launch()
+    setup_logging(launch.rank)
+    # Before anything else: a job given GPUs that CUDA cannot use fails here (GpuUnusable, exit 3).
+    device, why = D.choose_device(opts.device, launch.local_rank)
+    amp_dtype, amp_why = amp_choice(opts.amp, device)
+    tf32 = use_tf32(device, amp_dtype)
+    if launch.rank == 0:
+        for line in environment_lines(device, why, precision_line(amp_why, device, tf32)):
+            log.info("%s", line)
+    opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, launch.local_processes))
+    code: int = ExitCode.BUG
+    # Staging comes before the process group: a long copy never counts against a collective's timeout.
+    with staged_shards({"val": opts.shards}, opts.stage_to, launch, opts.out_dir) as staged:
+        ctx = D.init_distributed(device, reason=why)
+        try:
+            D.log_placement(ctx)
+            with exclusive_folder(ctx, opts.out_dir, "evaluate"):
+                D.set_collective_timeout(ctx)
+                # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
+                with D.long_wait(ctx):
+                    code = _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx)
+        except FolderBusy:
+            if ctx.is_main:  # reported once, by `tokshift.cli.main`
+                raise
+            code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
+        finally:
+            D.shutdown(ctx)
+    if code == ExitCode.DATA_DAMAGED and not ctx.is_main:
+        return ExitCode.OK  # rank 0 raised DataDamaged with the message; the job's code is its
+    return code
 
 
 def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:

@@ -99,16 +99,19 @@ def predict_videos(opts: PredictOptions, out: TextIO | None = None, err: TextIO 
     from tokshift.data.transforms import check_resize
     from tokshift.engine.distributed import pick_device
     from tokshift.engine.loading import load_trained_model
+    from tokshift.engine.runtime import use_tf32
 
     enable_crash_traces()
     check_resize(opts.resize)  # before the first video: each would fail on its own otherwise
     if opts.format not in ("text", "json"):
         raise BadInput(f"--format {opts.format!r}: expected text or json")
+    # A job given GPUs that CUDA cannot use fails here (GpuUnusable, exit 3), before any model loads.
     device = pick_device(opts.device)
+    amp_dtype = resolve_amp(opts.amp, device)  # fp16 on a GPU without bf16; explicit bf16 there fails
+    use_tf32(device, amp_dtype)
     trained = load_trained_model(opts.checkpoint, device, model_name=opts.model, classes=opts.classes)
     set_fused_attention(trained.model, True)
     cfg, classes = trained.config, trained.classes
-    amp_dtype = resolve_amp(opts.amp, device)
     layout = ViewLayout(opts.clips, opts.crops)
     results: list[dict[str, Any]] = []
     failed = 0

@@ -69,15 +69,59 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resolve_amp(choice: str, device: torch.device) -> torch.dtype | None:
-    """autocast dtype: `auto` is bf16 on CUDA and fp32 (no autocast) on CPU."""
+def _native_bf16(device: torch.device) -> bool:
+    """What torch.cuda.is_bf16_supported(including_emulation=False) answers for `device` (Ampere, 8.0, on)."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
+def amp_choice(choice: str, device: torch.device, bf16_supported: bool | None = None) -> tuple[torch.dtype | None, str]:
+    """(autocast dtype, why) for `--amp choice`: `auto` is bf16 on a GPU that has it, else fp16, and
+    fp32 (no autocast) on CPU. `bf16_supported` answers for the GPU (None: ask torch); explicit
+    bf16 on a GPU without it raises GpuUnusable, as emulated bf16 runs at a fraction of the speed."""
+    from tokshift.engine.gpu_env import GpuUnusable
+
     if choice not in ("auto", "bf16", "fp16", "off"):
         raise BadInput(f"--amp {choice!r}: expected auto, bf16, fp16 or off")
-    if choice == "off" or (choice == "auto" and device.type != "cuda"):
-        return None
-    if choice == "fp16" and device.type != "cuda":
-        raise BadInput("--amp fp16 needs a CUDA device; use --amp bf16 or off on CPU")
-    return torch.float16 if choice == "fp16" else torch.bfloat16
+    if choice == "off":
+        return None, "fp32 (--amp off)"
+    if device.type != "cuda":
+        if choice == "fp16":
+            raise BadInput("--amp fp16 needs a CUDA device; use --amp bf16 or off on CPU")
+        return (None, "fp32 (--amp auto on the CPU)") if choice == "auto" else (torch.bfloat16, "bf16 autocast")
+    if bf16_supported is None:
+        bf16_supported = _native_bf16(device)
+    if choice == "fp16":
+        return torch.float16, "fp16 autocast with loss scaling (--amp fp16)"
+    if bf16_supported:
+        return torch.bfloat16, f"bf16 autocast (--amp {choice})"
+    if choice == "bf16":
+        raise GpuUnusable(
+            f"--amp bf16: the GPU {device} has no bf16 arithmetic (it needs compute capability 8.0, Ampere, "
+            "or newer); use --amp fp16, or --amp auto, which picks fp16 on such a GPU"
+        )
+    return torch.float16, "fp16 autocast with loss scaling (--amp auto: this GPU has no bf16, compute capability < 8.0)"
+
+
+def resolve_amp(choice: str, device: torch.device, bf16_supported: bool | None = None) -> torch.dtype | None:
+    """autocast dtype of `amp_choice`: `auto` is bf16 on a GPU that has it, fp16 on one that does not,
+    and fp32 (no autocast) on CPU."""
+    return amp_choice(choice, device, bf16_supported)[0]
+
+
+def use_tf32(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+    """Let fp32 matmuls and convolutions of a CUDA run use TF32 tensor cores (about 8x the fp32 rate
+    on Ampere and later, 10 mantissa bits); returns whether TF32 is on. Autocast runs are left as they are."""
+    if device.type == "cuda" and amp_dtype is None:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+def precision_line(amp_why: str, device: torch.device, tf32: bool) -> str:
+    """The precision line of the job's first log lines."""
+    if device.type != "cuda":
+        return amp_why
+    return f"{amp_why}; TF32 for fp32 matmuls {'on' if tf32 else 'off'}"
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:

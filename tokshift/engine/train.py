@@ -206,26 +206,73 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     `datasets` = (train, val) replaces the packed shards (for library use); the
     items must look like TrainClipDataset's and EvalViewDataset's (1 clip, 1 crop).
     """
+    from tokshift.engine.gpu_env import environment_lines
+    from tokshift.engine.runtime import amp_choice, precision_line, use_tf32
+
     enable_crash_traces()
-    ctx = D.init_distributed(opts.device)
-    setup_logging(ctx.rank)
-    D.log_placement(ctx)
-    try:
-        opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, ctx.launch.local_processes))
-        with exclusive_folder(ctx, opts.out_dir, "train"):
-            stop = StopFlag(scheduled_signal())
-            with stop.installed():
-                groups = {"train": opts.train_shards, "val": opts.val_shards}
-                with staged_shards(groups if datasets is None else {}, opts.stage_to, ctx) as shards:
-                    if datasets is None:
-                        opts = dataclasses.replace(opts, train_shards=shards["train"], val_shards=shards["val"])
-                    return _Trainer(opts, ctx, stop, datasets).run()
-    except FolderBusy:
-        if ctx.is_main:  # reported once, by `tokshift.cli.main`; the other ranks exit with its code
-            raise
-        return ExitCode.RETRY_LATER
-    finally:
-        D.shutdown(ctx)
+    launch = D.detect_launch()
+    setup_logging(launch.rank)
+    # Before anything else: a job given GPUs that CUDA cannot use fails here (GpuUnusable, exit 3).
+    device, why = D.choose_device(opts.device, launch.local_rank)
+    amp_dtype, amp_why = amp_choice(opts.amp, device)
+    tf32 = use_tf32(device, amp_dtype)
+    if launch.rank == 0:
+        for line in environment_lines(device, why, precision_line(amp_why, device, tf32)):
+            log.info("%s", line)
+    opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, launch.local_processes))
+    stop = StopFlag(scheduled_signal())
+    code: int = ExitCode.BUG
+    with stop.installed():
+        groups = {"train": opts.train_shards, "val": opts.val_shards} if datasets is None else {}
+        # Staging comes before the process group: a long copy never counts against a collective's timeout.
+        with staged_shards(groups, opts.stage_to, launch, opts.out_dir, stopped=lambda: stop.raised) as staged:
+            if datasets is None:
+                opts = dataclasses.replace(opts, train_shards=staged.shards["train"], val_shards=staged.shards["val"])
+            ctx = D.init_distributed(device, reason=why)
+            try:
+                D.log_placement(ctx)
+                with exclusive_folder(ctx, opts.out_dir, "train"):
+                    D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
+                    code = _Trainer(opts, ctx, stop, datasets).run()
+            except FolderBusy:
+                if ctx.is_main:  # reported once, by `tokshift.cli.main`
+                    raise
+                code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
+            finally:
+                D.shutdown(ctx)
+            staged.keep = code == ExitCode.RETRY_LATER  # it will be resumed, maybe on this node
+    if code == ExitCode.RETRY_LATER and not ctx.is_main:
+        # After a signal rank 0 exits 75 once the checkpoint is on disk; the others exit 0, so that
+        # `srun --kill-on-bad-exit` never takes rank 0 down while it still writes.
+        return ExitCode.OK
+    return code
+
+
+@dataclass
+class _Found:
+    """A resume checkpoint as `_Trainer._choose_resume` sees it (state memory-mapped, or None if unreadable)."""
+
+    path: Path
+    state: dict[str, Any] | None
+    identity: dict[str, Any] | None
+    layout: dict[str, int] | None
+    tag: str | None  # the identity tag in its name, else of its fingerprint; None when neither is known
+    requested: dict[str, int] | None = None  # the batch and accumulation its command asked for
+
+
+@dataclass
+class _ResumePlan:
+    """What every rank learns from rank 0 before the sampler is built."""
+
+    path: str | None  # the verified checkpoint to continue; None: from scratch
+    accum_steps: int  # the accumulation that keeps the run's global batch on this many processes
+    epoch_clips: int | None  # the clips of an epoch of the run; None: a new run's (all whole batches)
+    start_batch: int  # the micro-batch of the epoch to continue at, in this run's layout
+    tag: str | None  # the identity tag of the continued run
+
+
+class _RefusedOnRankZero(Exception):
+    """Rank 0 refused to continue the run and reports why; the other ranks stop quietly."""
 
 
 @dataclass
