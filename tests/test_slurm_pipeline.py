@@ -400,6 +400,9 @@ def test_two_node_training_and_evaluation_run_one_rank_per_node(retrain_runs: di
     assert _summary(run["wf"], SPREAD_MODEL)["nodes"] == [ranks[0], ranks[1]]
     eval_log = (run["wf"] / "logs/evaluate/demo" / f"{SPREAD_MODEL}.log").read_text()
     assert sorted(_rank_nodes(eval_log).values()) == nodes, eval_log[-3000:]
+    # A rank that fails ends the step at once: slurm/job-step.sh prints the srun line it runs.
+    train_log = (run["wf"] / "logs/train/demo" / f"{SPREAD_MODEL}.log").read_text()
+    assert re.search(r"job-step\.sh: srun --kill-on-bad-exit=1 --ntasks=2 --nodes=2 ", train_log), train_log[-3000:]
 
     one = retrain_runs["one_node"]
     (job,) = one["jobs"]["train"]
