@@ -43,12 +43,12 @@ def machine() -> str:
     return f"{cpu}, {len(os.sched_getaffinity(0))} cores usable, Python {platform.python_version()}"
 
 
-def make_sources(folder: Path, count: int, seconds: float) -> list[Path]:
-    """Textured, moving H.264 clips like Kinetics downloads (340x256, 30 fps)."""
+def make_sources(folder: Path, count: int, seconds: float, size: str = "340x256") -> list[Path]:
+    """Textured, moving H.264 clips like Kinetics downloads (340x256 unless `size` says, 30 fps)."""
     out = []
     for i in range(count):
         path = folder / f"src_{i:03d}.mp4"
-        src = ffmpeg.input(f"testsrc2=size=340x256:rate=30:duration={seconds}", format="lavfi")
+        src = ffmpeg.input(f"testsrc2=size={size}:rate=30:duration={seconds}", format="lavfi")
         textured = src.filter("noise", alls=8 + i % 5, allf="t").filter("hue", H=f"t*{i % 3}")
         clip = textured.output(str(path), vcodec="libx264", preset="veryfast", crf=23, pix_fmt="yuv420p", threads=1)
         subprocess.run(compile_command(clip, "-loglevel", "error", overwrite=True), check=True)
