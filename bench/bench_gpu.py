@@ -479,7 +479,8 @@ def estimate_peak_bytes(
     cfg = get_config(cfg) if isinstance(cfg, str) else cfg
     batch = batch or cfg.batch_size
     t0 = time.perf_counter()
-    params = model_cost(cfg).params
+    with torch.device("meta"):  # the parameter count needs no memory and no forward
+        params = sum(p.numel() for p in build_model(cfg.model_dict()).parameters())
     measured = []
     for depth in (1, 2):
         torch.manual_seed(0)
@@ -628,6 +629,12 @@ def estimate_only(args: argparse.Namespace) -> None:
         f"load average {os.getloadavg()[0]:.1f} at the start. `python bench/bench_gpu.py --estimate-only`.",
         "",
     ]
+
+    if not args.out.exists():
+        args.out.write_text(
+            "# GPU benchmarks\n\nThe GPU sections (a-e) are written by `python bench/bench_gpu.py --out "
+            "bench/RESULTS_gpu.md` on a GPU machine (about 6 minutes on an H100/H200); none has run yet.\n"
+        )
 
     def progress(rows: list[str]) -> None:
         replace_section(args.out, ESTIMATE_HEADING, [*intro, *rows, "", "(in progress)"], "GPU benchmarks")
