@@ -273,9 +273,13 @@ def log_placement(ctx: DistContext) -> None:
         log.info("ranks on nodes: %s", " ".join(f"{r}={n}" for r, n in enumerate(ctx.nodes)))
 
 
-def shutdown(ctx: DistContext) -> None:
-    """Leave the process group cleanly so the next launch can reuse the port."""
-    if ctx.distributed and dist.is_initialized():
+def shutdown(ctx: DistContext, failed: bool = False) -> None:
+    """Leave the process group cleanly so the next launch can reuse the port.
+
+    A rank that `failed` on its own leaves without it: destroying an NCCL group may wait for peers
+    that are still inside a collective, and this rank must exit now so that its launcher (torchrun,
+    srun --kill-on-bad-exit) ends the job."""
+    if ctx.distributed and dist.is_initialized() and not failed:
         dist.destroy_process_group()
 
 

@@ -397,6 +397,7 @@ def run_evaluation(opts: EvalOptions) -> int:
     # Staging comes before the process group: a long copy never counts against a collective's timeout.
     with staged_shards({"val": opts.shards}, opts.stage_to, launch, opts.out_dir) as staged:
         ctx = D.init_distributed(device, reason=why)
+        failed = True  # on its own (a damaged shard): this rank leaves at once, and its launcher ends the job
         try:
             D.log_placement(ctx)
             with exclusive_folder(ctx, opts.out_dir, "evaluate"):
@@ -404,12 +405,19 @@ def run_evaluation(opts: EvalOptions) -> int:
                 # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
                 with D.long_wait(ctx):
                     code = _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx)
+            failed = False
         except FolderBusy:
+            failed = False  # every rank learnt it from rank 0
             if ctx.is_main:  # reported once, by `tokshift.cli.main`
                 raise
             code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
+        except DataDamaged as exc:
+            # Rank 0's report of too many unreadable videos comes after the final barrier; a damaged shard
+            # (ShardCorruptError) is met by one rank alone.
+            failed = isinstance(exc, ShardCorruptError) or not ctx.is_main
+            raise
         finally:
-            D.shutdown(ctx)
+            D.shutdown(ctx, failed)
     if code == ExitCode.DATA_DAMAGED and not ctx.is_main:
         return ExitCode.OK  # rank 0 raised DataDamaged with the message; the job's code is its
     return code

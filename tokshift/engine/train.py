@@ -229,17 +229,20 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
             if datasets is None:
                 opts = dataclasses.replace(opts, train_shards=staged.shards["train"], val_shards=staged.shards["val"])
             ctx = D.init_distributed(device, reason=why)
+            failed = True  # on its own: this rank leaves at once, and its launcher ends the job
             try:
                 D.log_placement(ctx)
                 with exclusive_folder(ctx, opts.out_dir, "train"):
                     D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
                     code = _Trainer(opts, ctx, stop, datasets).run()
+                failed = False
             except FolderBusy:
+                failed = False  # every rank learnt it from rank 0
                 if ctx.is_main:  # reported once, by `tokshift.cli.main`
                     raise
                 code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
             finally:
-                D.shutdown(ctx)
+                D.shutdown(ctx, failed)
             staged.keep = code == ExitCode.RETRY_LATER  # it will be resumed, maybe on this node
     if code == ExitCode.RETRY_LATER and not ctx.is_main:
         # After a signal rank 0 exits 75 once the checkpoint is on disk; the others exit 0, so that
