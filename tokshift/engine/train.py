@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -43,7 +44,16 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from tokshift.engine import distributed as D
-from tokshift.engine.checkpoint import find_resume, list_resume, load_verified, save_resume
+from tokshift.engine.checkpoint import (
+    CheckpointError,
+    list_resume,
+    load_resume,
+    resume_identity,
+    save_resume,
+    set_aside,
+    verify_seal,
+    warn_skipped,
+)
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
 from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
@@ -160,17 +170,66 @@ def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.O
     raise BadInput(f"optimizer={cfg.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
-def _fingerprint(
-    cfg: ZooConfig, opts: TrainOptions, world_size: int, n_train: int, init_from_sha256: str | None
+#: Zoo fields that only say how the global batch is laid out over processes (see `_identity`).
+_LAYOUT_FIELDS = ("batch_size", "accum_steps", "gpus")
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as JSON would give it back (tuples become lists), so fingerprints compare by value."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _identity(
+    cfg: ZooConfig, seed: int, train_clips: int, init_from_sha256: str | None, global_batch: int
 ) -> dict[str, Any]:
-    """What a resume checkpoint must match to be continued (same run, same batches, same starting weights)."""
+    """What a run is: a resume checkpoint is continued only by a run of the same identity.
+
+    The zoo config without its layout fields, the global batch, the seed, the number of training
+    clips and the starting weights: these fix which clips each optimizer step sees and what it
+    does with them, on any number of processes.
+    """
+    config = {k: v for k, v in cfg.to_dict().items() if k not in _LAYOUT_FIELDS}
+    return _plain(
+        {
+            "config": config,
+            "global_batch": int(global_batch),
+            "seed": seed,
+            "train_clips": train_clips,
+            "init_from_sha256": init_from_sha256,
+        }
+    )
+
+
+def _fingerprint(
+    cfg: ZooConfig,
+    opts: TrainOptions,
+    world_size: int,
+    n_train: int,
+    init_from_sha256: str | None,
+    requested: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """A resume checkpoint's record of its run: the identity, which must match to continue, the
+    layout of the global batch (processes x batch x accumulation), which may change, and the batch
+    and accumulation the command asked for (`requested`, default the layout's), which tell a
+    layout that was adapted to the processes from a changed global batch."""
+    global_batch = cfg.batch_size * world_size * cfg.accum_steps
     return {
-        "config": cfg.to_dict(),
-        "seed": opts.seed,
-        "world_size": world_size,
-        "train_clips": n_train,
-        "init_from_sha256": init_from_sha256,
+        "identity": _identity(cfg, opts.seed, n_train, init_from_sha256, global_batch),
+        "layout": {"world_size": world_size, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps},
+        "requested": requested or {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps},
     }
+
+
+def _requested(opts: TrainOptions) -> dict[str, int]:
+    """The per-process batch and the accumulation the command asks for (zoo entry and --override)."""
+    cfg = get_config(opts.model)
+    cfg = cfg.replace(**opts.overrides) if opts.overrides else cfg
+    return {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps}
+
+
+def identity_tag(identity: dict[str, Any]) -> str:
+    """12 hex digits naming a run's identity (in its checkpoint file names)."""
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _renamed_keys(fp: dict[str, Any]) -> dict[str, Any]:
@@ -186,13 +245,112 @@ def _renamed_keys(fp: dict[str, Any]) -> dict[str, Any]:
     return fp
 
 
-def _mismatch(fp: dict[str, Any]) -> Any:
-    def check(state: dict[str, Any]) -> str | None:
-        old = _renamed_keys(state.get("fingerprint", {}))
-        diff = sorted(k for k in fp if old.get(k) != fp[k])
-        return f"it was written by a different run (differs in {', '.join(diff)})" if diff else None
+def _split_fingerprint(fp: Any) -> tuple[dict[str, Any], dict[str, int], dict[str, int]] | None:
+    """(identity, layout, requested) of a checkpoint's fingerprint (see `_fingerprint`); None when it has none.
 
-    return check
+    Also for a fingerprint written before identity and layout were split (the whole config with
+    batch_size and accum_steps, and world_size beside it), so a run preempted then still resumes.
+    """
+    if not isinstance(fp, dict):
+        return None
+    if isinstance(fp.get("identity"), dict) and isinstance(fp.get("layout"), dict):
+        layout = {k: int(fp["layout"][k]) for k in ("world_size", "batch_size", "accum_steps")}
+        requested = fp.get("requested") or layout
+        return (
+            _plain(fp["identity"]),
+            layout,
+            {k: int(requested[k]) for k in ("batch_size", "accum_steps")},
+        )
+    fp = _renamed_keys(fp)
+    config = fp.get("config")
+    if not isinstance(config, dict) or "batch_size" not in config:
+        return None
+    layout = {
+        "world_size": int(fp.get("world_size", 1)),
+        "batch_size": int(config["batch_size"]),
+        "accum_steps": int(config.get("accum_steps", 1)),
+    }
+    identity = {
+        "config": {k: v for k, v in config.items() if k not in _LAYOUT_FIELDS},
+        "global_batch": layout["world_size"] * layout["batch_size"] * layout["accum_steps"],
+        "seed": fp.get("seed"),
+        "train_clips": fp.get("train_clips"),
+        "init_from_sha256": fp.get("init_from_sha256"),
+    }
+    return _plain(identity), layout, {"batch_size": layout["batch_size"], "accum_steps": layout["accum_steps"]}
+
+
+def _short(value: Any, width: int = 24) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _identity_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
+    """What differs between two identities, short: `seed 0 -> 1, config.lr 0.001 -> 0.002`."""
+
+    def flat(identity: dict[str, Any]) -> dict[str, Any]:
+        out = {f"config.{k}": v for k, v in (identity.get("config") or {}).items()}
+        out.update({k: v for k, v in identity.items() if k != "config"})
+        return out
+
+    a, b = flat(old), flat(new)
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    parts = [f"{k} {_short(a.get(k))} -> {_short(b.get(k))}" for k in keys[:limit]]
+    if len(keys) > limit:
+        parts.append(f"and {len(keys) - limit} more")
+    return ", ".join(parts) or "nothing recorded"
+
+
+def _describe(layout: dict[str, int]) -> str:
+    w = layout["world_size"]
+    return f"{w} process{'es' if w > 1 else ''} x batch {layout['batch_size']} x accum {layout['accum_steps']}"
+
+
+def _continued_layout(
+    old: dict[str, int], epoch_clips: int, batch_in_epoch: int, world_size: int, batch_size: int
+) -> tuple[int, int] | str:
+    """(accum_steps, start micro-batch) with which a run written with layout `old` continues on
+    `world_size` processes of `batch_size`; or why it cannot.
+
+    The global batch stays, so the accumulation is the one that keeps it. The epoch keeps its
+    optimizer steps, and the run continues
+    at the same clip of the epoch (the sampler's order does not depend on the layout). An
+    epoch's last, partial step that the new micro-batch does not divide leaves out the clips
+    that do not fill a micro-batch (`_plan_resume` says how many).
+    """
+    w0, b0, a0 = old["world_size"], old["batch_size"], old["accum_steps"]
+    g, m0 = w0 * b0 * a0, w0 * b0
+    m = world_size * batch_size
+    if g % m:
+        return f"no whole accum_steps gives the global batch {g} with {world_size} processes x batch {batch_size}"
+    accum = g // m
+    if math.ceil((epoch_clips // m) / accum) != math.ceil((epoch_clips // m0) / a0):
+        return (
+            f"the last step of an epoch ({epoch_clips % g} clips) is smaller than {world_size} processes x batch "
+            f"{batch_size}: the epoch would lose an optimizer step"
+        )
+    if batch_in_epoch >= epoch_clips // m0:  # at the end of its epoch
+        return accum, epoch_clips // m
+    clips_done = batch_in_epoch * m0
+    if clips_done % m:
+        return f"the checkpoint is {clips_done} clips into its epoch, not a whole number of micro-batches of {m}"
+    return accum, clips_done // m
+
+
+def _layout_suggestion(old: dict[str, int], epoch_clips: int, batch_in_epoch: int, world_size: int, batch: int) -> str:
+    """How to continue a run written with layout `old` that `world_size` processes of `batch` cannot:
+    its number of processes, or the largest per-process batch up to `batch` that keeps its global batch."""
+    g, w0 = old["world_size"] * old["batch_size"] * old["accum_steps"], old["world_size"]
+    ways = [f"run on {w0} process{'es' if w0 > 1 else ''} again"] if world_size != w0 else []
+    for b in range(min(batch, g), 0, -1):
+        fit = _continued_layout(old, epoch_clips, batch_in_epoch, world_size, b)
+        if not isinstance(fit, str):
+            ways.append(f"pass --override batch_size={b} accum_steps={fit[0]} (the same global batch {g})")
+            break
+    none = f"no batch_size and accum_steps keep the global batch {g} on {world_size} processes"
+    if len(ways) == 2 or (ways and "override" in ways[0]):
+        return "To continue it, " + " or ".join(ways)
+    return f"To continue it, {ways[0]} ({none})" if ways else none[0].upper() + none[1:]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -285,6 +443,7 @@ class _Agreed:
     stats: torch.Tensor  # the step's loss sum, correct and clips over all ranks (float64, CPU)
     stop: bool  # some rank got SIGTERM/SIGUSR1: checkpoint and stop after this step
     save: bool  # rank 0's timed checkpoint is due after this step
+    finite: bool = True  # the loss is finite on every rank
 
 
 class _LogWindow:
@@ -292,10 +451,12 @@ class _LogWindow:
 
     def __init__(self) -> None:
         self.stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, clips
+        self.skipped = 0  # steps the fp16 loss scaler skipped (their statistics are not in `stats`)
         self.t0 = time.perf_counter()
 
     def reset(self) -> None:
         self.stats.zero_()
+        self.skipped = 0
         self.t0 = time.perf_counter()
 
 
@@ -370,11 +531,19 @@ class _Trainer:
         # Out of GPU memory shows at the first step: probe it now, before any state depends on the batch.
         inject_oom(self.raw)
         cfg = fit_batch(self.raw, cfg, ctx, lambda: autocast(self.device, self.amp_dtype), fallback=opts.oom_fallback)
+        # The checkpoint to continue decides the accumulation (its global batch) and the epoch's clips.
+        cfg = self._plan_resume(cfg)
         self.cfg = cfg
 
         self.sampler = ResumableBatchSampler(
-            len(self.train_ds), cfg.batch_size, ctx.world_size, ctx.rank, seed=opts.seed
+            len(self.train_ds),
+            cfg.batch_size,
+            ctx.world_size,
+            ctx.rank,
+            seed=opts.seed,
+            epoch_clips=self._plan.epoch_clips,
         )
+        self.epoch_clips = self._plan.epoch_clips or self.sampler.clips_per_epoch  # the run's, whatever its layout
         self.batches_per_epoch = self.sampler.batches_per_epoch
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.accum_steps)
         self.schedule = LRSchedule.from_config(cfg, self.steps_per_epoch)
@@ -383,9 +552,14 @@ class _Trainer:
         self.base_lr = scaled_lr(cfg, ctx.world_size, self.reference_batch)
         self.global_batch = cfg.batch_size * ctx.world_size * cfg.accum_steps
         self.optimizer = make_optimizer(self.raw, cfg, self.base_lr)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.scaler = self._grad_scaler()
+        self._skipped_in_row = 0  # optimizer steps the loss scaler skipped since the last one it took
         self.end_epoch = min(cfg.epochs, opts.max_epochs) if opts.max_epochs else cfg.epochs
-        self.fingerprint = _fingerprint(cfg, opts, ctx.world_size, len(self.train_ds), self.init_from_sha256)
+        self.fingerprint = _fingerprint(
+            cfg, opts, ctx.world_size, len(self.train_ds), self.init_from_sha256, _requested(opts)
+        )
+        self.identity_tag = identity_tag(self.fingerprint["identity"])
+        assert self._plan.tag in (None, self.identity_tag), "the resumed run's identity must be this run's"
         self.loader = DataLoader(
             self.train_ds,
             batch_sampler=self.sampler,
@@ -405,7 +579,12 @@ class _Trainer:
         model_for_train: nn.Module = self.raw
         self.ddp: DDP | None = None
         if ctx.distributed:
-            self.ddp = DDP(self.raw, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # Gradients as views into the all-reduce buckets: no second copy of them (GBs for large models).
+            self.ddp = DDP(
+                self.raw,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                gradient_as_bucket_view=True,
+            )
             model_for_train = self.ddp
         if opts.compile:
             model_for_train = torch.compile(model_for_train)
@@ -430,22 +609,163 @@ class _Trainer:
             self.amp_dtype or "off",
         )
 
+    def _grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling: on with fp16 autocast only (bf16 and fp32 do not underflow like fp16)."""
+        return torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+
+    def _plan_resume(self, cfg: ZooConfig) -> ZooConfig:
+        """Rank 0 chooses the checkpoint to continue (`_choose_resume`); every rank learns the plan.
+
+        Returns `cfg` with the accumulation that keeps the checkpoint's global batch. A run that
+        cannot continue is refused here, before training: rank 0 raises the error, the other ranks
+        stop with `_RefusedOnRankZero` (their exit code is OK, so a launcher that stops a job
+        step at the first non-zero exit never kills rank 0 while it reports).
+        """
+        plan: _ResumePlan | str | None = None
+        self._resume_state: dict[str, Any] | None = None
+        with D.long_wait(self.ctx):  # the other ranks wait while rank 0 reads and hashes a checkpoint
+            if self.ctx.is_main:
+                try:
+                    plan = self._choose_resume(cfg)
+                except NotRetryable as exc:
+                    D.broadcast_object(self.ctx, str(exc))
+                    raise
+            plan = D.broadcast_object(self.ctx, plan)
+        if isinstance(plan, str):
+            raise _RefusedOnRankZero(plan)
+        assert isinstance(plan, _ResumePlan)
+        self._plan = plan
+        return cfg.replace(accum_steps=plan.accum_steps) if plan.accum_steps != cfg.accum_steps else cfg
+
+    def _choose_resume(self, cfg: ZooConfig) -> _ResumePlan:
+        """Rank 0: the newest checkpoint in resume/ that this run continues, verified against its seal.
+
+        A checkpoint is this run's when its identity matches, or when only its global batch differs
+        and the command asks for the batch and accumulation it asked for (then the processes
+        changed, and the checkpoint's global batch is kept: `_continued_layout`). Checkpoints of any other
+        identity are moved, never deleted, into resume/stale-<time>/ (with the live logs when
+        nothing is resumed), so that this run's pruning cannot touch them and they cannot be
+        mistaken for this run's later. Only the fingerprints are read (memory-mapped) before the
+        chosen file is hashed; its state is then used as it is (no second load).
+        """
+        world, batch = self.ctx.world_size, cfg.batch_size
+        n = len(self.train_ds)
+        mine = _identity(cfg, self.opts.seed, n, self.init_from_sha256, batch * world * cfg.accum_steps)
+        base = {k: v for k, v in mine.items() if k != "global_batch"}
+        requested = _requested(self.opts)
+        found: list[_Found] = []
+        for path in list_resume(self.resume_dir):
+            try:
+                state = load_resume(path)  # memory-mapped: the fingerprint costs no full read
+            except CheckpointError as exc:
+                warn_skipped(exc)
+                found.append(_Found(path, None, None, None, resume_identity(path)))
+                continue
+            split = _split_fingerprint(state.get("fingerprint"))
+            if split is None:
+                found.append(_Found(path, None, None, None, resume_identity(path)))
+                continue
+            identity, layout, asked = split
+            tag = resume_identity(path) or identity_tag(identity)
+            found.append(_Found(path, state, identity, layout, tag, asked))
+        chosen = None
+        for f in found:
+            if f.identity is None or f.layout is None:
+                continue
+            same_run = {k: v for k, v in f.identity.items() if k != "global_batch"} == base and (
+                f.identity == mine or f.requested == requested
+            )
+            if not same_run:
+                continue
+            try:
+                verify_seal(f.path)
+            except CheckpointError as exc:
+                warn_skipped(exc)
+                continue
+            chosen = f
+            break
+        plan = _ResumePlan(None, cfg.accum_steps, None, 0, None)
+        if chosen is not None:
+            plan = self._continue(chosen, cfg)
+        run_tag = identity_tag(chosen.identity if chosen is not None and chosen.identity else mine)
+        stale = [f for f in found if f.tag is not None and f.tag != run_tag]
+        if stale:
+            self._set_aside(stale, chosen, mine if chosen is None else chosen.identity)
+        self._resume_state = chosen.state if chosen is not None else None
+        return plan
+
+    def _continue(self, chosen: _Found, cfg: ZooConfig) -> _ResumePlan:
+        """The plan that continues `chosen` with this run's processes and per-process batch."""
+        assert chosen.state is not None and chosen.layout is not None and chosen.identity is not None
+        state, old = chosen.state, chosen.layout
+        world, batch = self.ctx.world_size, cfg.batch_size
+        sampler = state.get("sampler") or {}
+        m0 = old["world_size"] * old["batch_size"]
+        epoch_clips = int(sampler.get("epoch_clips") or (len(self.train_ds) // m0) * m0)
+        b0 = int(state["batch_in_epoch"])
+        fit = _continued_layout(old, epoch_clips, b0, world, batch)
+        if isinstance(fit, str):
+            raise NotRetryable(
+                f"cannot continue {chosen.path}: it was written with {_describe(old)} (global batch "
+                f"{chosen.identity['global_batch']}), and {fit}. "
+                f"{_layout_suggestion(old, epoch_clips, b0, world, batch)}; to start over instead, move "
+                f"{self.resume_dir} away (e.g. mv {self.resume_dir} {self.resume_dir}.old)"
+            )
+        accum, start = fit
+        new = {"world_size": world, "batch_size": batch, "accum_steps": accum}
+        if new != old:
+            used = (epoch_clips // (world * batch)) * world * batch
+            log.warning(
+                "continuing %s with another layout: %s -> %s; the global batch %d is kept%s",
+                chosen.path.name,
+                _describe(old),
+                _describe(new),
+                chosen.identity["global_batch"],
+                f" (each epoch's last step leaves out {epoch_clips - used} of its clips)" if used < epoch_clips else "",
+            )
+        return _ResumePlan(str(chosen.path), accum, epoch_clips, start, identity_tag(chosen.identity))
+
+    def _set_aside(self, stale: list[_Found], chosen: _Found | None, identity: dict[str, Any]) -> None:
+        """Move checkpoints of other runs into resume/stale-<time>/ and say what differs and how to go back."""
+        dest = set_aside(self.resume_dir, [f.path for f in stale], with_logs=chosen is None)
+        known = next((f for f in stale if f.identity is not None), None)
+        differs = _identity_diff(known.identity, identity) if known and known.identity else "unknown (unreadable)"
+        newest = stale[0]
+        log.warning(
+            "%s held %d checkpoint(s) of another run (newest %s), which differs from this one in: %s. "
+            "Moved them%s to %s%s. To continue that run instead, stop this one, run "
+            "`mv %s %s.new && mv %s.new/%s %s` and rerun with that run's settings",
+            self.resume_dir,
+            len(stale),
+            newest.path.name,
+            differs,
+            " and the live logs" if chosen is None else "",
+            dest,
+            "; this run starts from scratch" if chosen is None else "",
+            self.resume_dir,
+            self.resume_dir,
+            self.resume_dir,
+            dest.name,
+            self.resume_dir,
+        )
+
     def _resume(self) -> None:
-        path = None
-        if self.ctx.is_main:
-            found = find_resume(self.resume_dir, accept=_mismatch(self.fingerprint))
-            path = str(found.path) if found else None
-        path = D.broadcast_object(self.ctx, path)
+        """Load the planned checkpoint: rank 0 has its verified state, the other ranks map the file."""
+        path = self._plan.path
         if path is None:
             if self.ctx.is_main:
                 for kept in kept_copies(self.out_dir):
                     log.info("training from scratch; the finished model in %s stays until this run ends", kept)
             return
-        state = load_verified(path)
+        # Rank 0 checked the seal; memory-mapped, the processes of a node share one copy in the page cache.
+        state = self._resume_state if self.ctx.is_main else load_resume(path)
+        self._resume_state = None
+        assert state is not None
         self.raw.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.batch_in_epoch = self._plan.start_batch  # the same clip of the epoch in this run's micro-batches
         self.epoch_stats = state["epoch_stats"].double()
         self.train_seconds = float(state["train_seconds"])
         self.last_epoch_record = state.get("last_epoch_record", {})
@@ -462,11 +782,12 @@ class _Trainer:
     def _save_resume(self) -> None:
         """All ranks call this (RNG states are gathered); rank 0 writes."""
         rngs = D.all_gather_objects(self.ctx, rng_state())
-        if self.ctx.is_main:
-            self._write_resume(rngs)
-        # No rank leaves before the checkpoint is on disk: a launcher (torchrun) stops the
-        # others as soon as one rank exits after a signal.
-        D.barrier(self.ctx)
+        with D.long_wait(self.ctx):  # a large checkpoint on a slow file system takes minutes
+            if self.ctx.is_main:
+                self._write_resume(rngs)
+            # No rank leaves before the checkpoint is on disk: a launcher (torchrun) stops the
+            # others as soon as one rank exits after a signal.
+            D.barrier(self.ctx)
 
     def _write_resume(self, rngs: list) -> None:
         state = {
@@ -482,9 +803,16 @@ class _Trainer:
             "train_seconds": self.train_seconds + time.perf_counter() - self._t_start,
             "last_epoch_record": self.last_epoch_record,
             "fingerprint": self.fingerprint,
-            "sampler": {"epoch": self.epoch, "start_batch": self.batch_in_epoch, "seed": self.opts.seed},
+            "sampler": {
+                "epoch": self.epoch,
+                "start_batch": self.batch_in_epoch,
+                "seed": self.opts.seed,
+                "epoch_clips": self.epoch_clips,
+            },
         }
-        path = save_resume(state, self.resume_dir, self.epoch, self.step, keep=self.opts.keep_resume)
+        path = save_resume(
+            state, self.resume_dir, self.epoch, self.step, keep=self.opts.keep_resume, identity=self.identity_tag
+        )
         log.info("saved resume checkpoint %s", path)
 
     # ------------------------------------------------------------------ loop
@@ -493,7 +821,10 @@ class _Trainer:
             return self._run()
 
     def _run(self) -> int:
-        self._setup()
+        try:
+            self._setup()
+        except _RefusedOnRankZero:  # rank 0 reports it and exits with its code
+            return ExitCode.OK
         self._t_start = time.perf_counter()
         self._last_save = time.monotonic()
         try:
@@ -511,9 +842,10 @@ class _Trainer:
                     log.warning("stopping after epoch %d on signal; rerun the same command to continue", self.epoch)
                     return ExitCode.RETRY_LATER
             self.train_seconds += time.perf_counter() - self._t_start
-            if self.ctx.is_main:
-                self._write_final_outputs()
-            D.barrier(self.ctx)
+            with D.long_wait(self.ctx):
+                if self.ctx.is_main:
+                    self._write_final_outputs()
+                D.barrier(self.ctx)
             return ExitCode.OK
         finally:
             if hasattr(self, "logbook"):
@@ -550,10 +882,12 @@ class _Trainer:
                     if not last_in_group:
                         continue
                     agreed = self._agree_on_step(group, i)
-                    lr, grad_norm = self._optimizer_step()
+                    lr, grad_norm, skipped = self._optimizer_step(agreed.finite)
                     self.batch_in_epoch = i + 1
-                    self.epoch_stats += agreed.stats
-                    window.stats += agreed.stats
+                    if agreed.finite:  # a skipped step's NaN/inf would hide every other step's loss
+                        self.epoch_stats += agreed.stats
+                        window.stats += agreed.stats
+                    window.skipped += skipped
                     if self.step % max(1, self.opts.log_every) == 0 or self.batch_in_epoch == nb:
                         self._log_step(window, lr, grad_norm, bar)
                     self.stop.after_step(self.step)  # TOKSHIFT_SIGNAL_AT_STEP, once the step is logged
@@ -601,7 +935,8 @@ class _Trainer:
         """One all-reduce before an optimizer step: the group's statistics over all ranks, whether
         any rank was signalled to stop, and whether rank 0's timed checkpoint is due. Zeroes `group`.
 
-        A NaN/inf loss on any rank stops every rank here, before the step can spoil the weights.
+        A NaN/inf loss on any rank stops every rank here, before the step can spoil the weights;
+        with the fp16 loss scaler every rank skips the step instead (`_optimizer_step`).
         """
         due = self.ctx.is_main and (time.monotonic() - self._last_save) >= self.opts.checkpoint_minutes * 60
         flags = torch.tensor([float(self.stop.raised), float(due)], dtype=torch.float64, device=self.device)
@@ -609,17 +944,26 @@ class _Trainer:
         D.all_reduce(self.ctx, sync_t)
         group.zero_()
         stats = sync_t[:3].cpu()
-        if not math.isfinite(float(stats[0])):
+        finite = math.isfinite(float(stats[0]))
+        if not finite and not self.scaler.is_enabled():
             raise TrainingDiverged(
                 f"loss is {float(stats[0] / stats[2])} at epoch {self.epoch + 1}, optimizer step "
                 f"{self.step + 1} (micro-batch {batch + 1} of {self.batches_per_epoch}); training stopped and "
                 f"the last good resume checkpoint in {self.resume_dir} is kept. Lower the learning rate "
                 "(--override lr=...) or check the input data"
             )
-        return _Agreed(stats, stop=bool(sync_t[3] > 0), save=bool(sync_t[4] > 0))
+        return _Agreed(stats, stop=bool(sync_t[3] > 0), save=bool(sync_t[4] > 0), finite=finite)
 
-    def _optimizer_step(self) -> tuple[float, torch.Tensor]:
-        """Clip the accumulated gradient, set the scheduled LR and step; returns (lr, gradient norm)."""
+    #: fp16: this many optimizer steps skipped in a row (the loss scale has fallen by 2**this) is divergence.
+    max_skipped_steps = 20
+
+    def _optimizer_step(self, loss_finite: bool = True) -> tuple[float, torch.Tensor, bool]:
+        """Clip the accumulated gradient, set the scheduled LR and step; returns (lr, gradient norm, skipped).
+
+        With the fp16 loss scaler a non-finite loss or gradient skips the step and lowers the scale
+        (what fp16 training relies on: the scale starts too high and finds its level that way); the
+        step still counts, so the schedule and the step numbers stay those of the epoch.
+        """
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.grad_clip if self.cfg.grad_clip else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -632,11 +976,40 @@ class _Trainer:
         lr = self.base_lr * self.schedule.factor(self.step)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else 1.0
+        if loss_finite:
+            self.scaler.step(self.optimizer)  # skipped by the scaler when the gradient is not finite
+            self.scaler.update()
+        else:  # a non-finite loss with a finite gradient is skipped all the same
+            self.scaler.update(scale * self.scaler.get_backoff_factor())
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return lr, grad_norm
+        skipped = self.scaler.is_enabled() and self.scaler.get_scale() < scale
+        if skipped:
+            self._skipped(loss_finite)
+        else:
+            self._skipped_in_row = 0
+        return lr, grad_norm, skipped
+
+    def _skipped(self, loss_finite: bool) -> None:
+        """Count a step the loss scaler skipped; too many in a row is divergence."""
+        self._skipped_in_row += 1
+        scale = self.scaler.get_scale()
+        if self.ctx.is_main:
+            log.warning(
+                "fp16: optimizer step %d skipped (%s not finite); loss scale lowered to %g (%d skipped in a row)",
+                self.step,
+                "gradient" if loss_finite else "loss",
+                scale,
+                self._skipped_in_row,
+            )
+        if self._skipped_in_row >= self.max_skipped_steps:
+            raise TrainingDiverged(
+                f"{self._skipped_in_row} optimizer steps in a row skipped for a non-finite loss or gradient "
+                f"under fp16, the last at epoch {self.epoch + 1}, optimizer step {self.step} (loss scale now "
+                f"{scale:g}); the last good resume checkpoint in {self.resume_dir} is kept. Lower the learning "
+                "rate (--override lr=...), train with --amp bf16, or check the input data"
+            )
 
     def _log_step(self, window: _LogWindow, lr: float, grad_norm: torch.Tensor, bar: Any) -> None:
         """The step record of the steps since the last one: to the logbook, the log and the bar."""
@@ -653,6 +1026,8 @@ class _Trainer:
             "clips_per_s": float(s[2]) / max(dt, 1e-9),
             "time": time.time(),
         }
+        if self.scaler.is_enabled():
+            rec.update(loss_scale=self.scaler.get_scale(), skipped_steps=window.skipped)
         self.logbook.write(rec, self.step)
         if bar is not None:
             bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{lr:.3g}")
