@@ -8,6 +8,7 @@ real checkpoint files; runs are interrupted at a chosen optimizer step (TOKSHIFT
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 import signal
@@ -457,3 +458,20 @@ def test_fp16_stops_after_many_skipped_steps_in_a_row(
     assert f"the last good resume checkpoint in {tmp_path / 'resume'} is kept" in message
     assert [p.name.rsplit("-", 1)[0] for p in _resume_files(tmp_path / "resume")] == ["ckpt-e0001-s000000004"]
     assert "(2 skipped in a row)" in caplog.text
+
+
+def test_fp16_continues_a_run_checkpointed_without_loss_scaling(
+    packed_demo: PackedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Precision is no part of a run's identity: a run stopped under fp32 continues with the scaler on."""
+    monkeypatch.setenv("TOKSHIFT_SIGNAL_AT_STEP", "2")
+    args = ["train", "--model", "demo_tokshift", "--train-shards", str(packed_demo.train), "--workers", "0"]
+    first = run_cli_inprocess(*args, "--out-dir", str(tmp_path), "--override", "batch_size=8", "epochs=2")
+    monkeypatch.delenv("TOKSHIFT_SIGNAL_AT_STEP")
+    assert first.returncode == ExitCode.RETRY_LATER, first.stderr[-2000:]
+    assert _load(_resume_files(tmp_path / "resume")[0])["scaler"] == {}  # what a disabled scaler saves
+
+    caplog.set_level(logging.INFO, logger="tokshift")
+    assert _train_loss_scaled(tmp_path, packed_demo, lambda epoch, i: False) == 0
+    assert "fp16 loss scaling starts at scale 65536: the checkpoint was written without it" in caplog.text
+    assert "resumed from" in caplog.text and "optimizer step 3" in caplog.text

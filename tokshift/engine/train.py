@@ -4,7 +4,10 @@ The same code runs alone on a CPU (gloo is not even started), under torchrun on
 one GPU node, and under srun over several nodes. Progress lives in
 `OUT/resume/` (checkpoints and the live logs) so a killed job leaves it in place;
 the declared outputs (`model.pt`, `metrics.jsonl`, `events/`, `train_summary.json`)
-are written only when training has finished.
+are written only when training has finished. A checkpoint is continued by a run of the same
+identity (the config without its batch layout, the global batch, seed, training clips and start
+weights) on any number of processes that keeps its global batch; another run's checkpoints are
+moved to `OUT/resume/stale-<time>/`, never deleted (docs/resume.md).
 
 One run at a time per folder: rank 0 holds an OS lock on `OUT/.tokshift.lock` for the
 whole run (tokshift.engine.folder_lock), so a second run, e.g. one started while an orphan
@@ -763,7 +766,12 @@ class _Trainer:
         assert state is not None
         self.raw.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
+        if state["scaler"] or not self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        elif self.ctx.is_main:  # written without fp16 (--amp bf16 or off): nothing to restore
+            log.info(
+                "fp16 loss scaling starts at scale %g: the checkpoint was written without it", self.scaler.get_scale()
+            )
         self.epoch, self.step = state["epoch"], state["step"]
         self.batch_in_epoch = self._plan.start_batch  # the same clip of the epoch in this run's micro-batches
         self.epoch_stats = state["epoch_stats"].double()
