@@ -316,10 +316,10 @@ def _continued_layout(
     `world_size` processes of `batch_size`; or why it cannot.
 
     The global batch stays, so the accumulation is the one that keeps it. The epoch keeps its
-    optimizer steps, and the run continues
-    at the same clip of the epoch (the sampler's order does not depend on the layout). An
-    epoch's last, partial step that the new micro-batch does not divide leaves out the clips
-    that do not fill a micro-batch (`_plan_resume` says how many).
+    optimizer steps, and the run continues at the same clip of the epoch (the sampler's order
+    does not depend on the layout). An epoch's last, partial step that the new micro-batch does
+    not divide leaves out the clips that do not fill a micro-batch (`_Trainer._continue` logs
+    how many).
     """
     w0, b0, a0 = old["world_size"], old["batch_size"], old["accum_steps"]
     g, m0 = w0 * b0 * a0, w0 * b0
