@@ -54,7 +54,8 @@ def main() -> None:
     with dev:
         model = build_model(cfg.model_dict()).train()
     set_fused_attention(model, True)
-    ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    # As `tokshift train` wraps it: gradients are views into the all-reduce buckets (no second copy).
+    ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
     opt = make_optimizer(model, cfg, 1e-4)
     x = torch.randint(0, 256, (batch, cfg.num_frames, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8, device=dev)
     y = torch.randint(0, cfg.num_classes, (batch,), device=dev)
