@@ -210,9 +210,10 @@ def section_step(args: argparse.Namespace, dev: torch.device, rep: Report) -> li
     batch = args.batch or cfg.batch_size
     macs, macs_note = clip_macs(cfg)
     peak = peak_flops(dev) if macs else None
+    macs_text = f"{macs / 1e9:.1f} GMACs" if macs else "unknown MACs"
     whose = "" if args.batch else " (the zoo's)"
     lines = [
-        f"{args.model}, batch {batch} per GPU{whose}, {(macs or 0) / 1e9:.1f} GMACs per clip, synthetic uint8 "
+        f"{args.model}, batch {batch} per GPU{whose}, {macs_text} per clip, synthetic uint8 "
         f"clips on the device, SGD + grad-norm clip; {args.steps} timed steps after 3 warm-up steps. MFU = 3 x forward "
         "FLOPs (6 x MACs) per clip x clips/s / dense bf16 peak. fp32 runs with TF32 matmuls/convolutions on."
         + macs_note,
