@@ -177,8 +177,11 @@ class VideoVisionTransformer(VisionTransformer):
         In bf16 the per-frame logits would keep ~3 significant digits, too few for the mean
         over frames and the fusion over views.
         """
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        if not torch.amp.is_autocast_available(x.device.type):  # e.g. "meta", where FLOPs are counted
+            return super().forward_head(x, pre_logits=pre_logits)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return super().forward_head(x.to(torch.promote_types(x.dtype, torch.float32)), pre_logits=pre_logits)
+            return super().forward_head(x, pre_logits=pre_logits)
 
 
 def resolve_model_config(cfg_or_name: str | ZooConfig | Mapping[str, Any]) -> dict[str, Any]:
