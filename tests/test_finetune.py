@@ -143,7 +143,8 @@ def test_resume_from_another_start_is_not_continued(
     torch.save(state, other)
     again = run_cli_inprocess(*finetune_args(three_class_shard, out, other, *extra))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "skipping resume checkpoint" in again.stderr and "init_from_sha256" in again.stderr
+    assert "of another run" in again.stderr and "init_from_sha256" in again.stderr
+    assert list((out / "resume").glob("stale-*/*.pt")), "the other run's checkpoint was not set aside"
     assert "resumed from" not in again.stderr
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["init_from_sha256"] == sha256_file(other)
