@@ -102,9 +102,8 @@ def test_collectives_wait_long_only_inside_long_wait(tmp_path: Path) -> None:
     outs = [p.communicate(timeout=120) for p in procs]
     rank0 = outs[0][0]
     assert "long wait passed 1.0" in rank0, outs  # and the short timeout is back after the block
-    m = re.search(r"short wait failed after ([\d.]+) s", rank0)
-    assert m, outs
-    assert float(m.group(1)) < 2.9, outs  # it gave up before rank 1 arrived, at about 1 s
+    # Rank 1 arrives after 3 s, so only a timeout shorter than that can fail this barrier.
+    assert re.search(r"short wait failed after ([\d.]+) s", rank0), outs
 
 
 _PIPES = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
@@ -138,6 +137,7 @@ def _damage_video(shard: Path, video: str) -> None:
     shard.write_bytes(bytes(blob))
 
 
+@pytest.mark.slow  # two torchrun workers evaluating: ~12 s
 def test_a_rank_that_meets_a_damaged_shard_ends_the_evaluation_at_once(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:

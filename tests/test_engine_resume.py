@@ -145,10 +145,8 @@ def _assert_stopped_on_signal(res: subprocess.CompletedProcess[str]) -> None:
     assert f"exit {int(ExitCode.RETRY_LATER)}, rerun the same command to continue" in res.stderr, res.stderr[-3000:]
 
 
-@pytest.mark.parametrize(
-    "before, after",
-    [(4, 2), pytest.param(8, 4, marks=pytest.mark.slow)],
-)
+@pytest.mark.slow  # 8 processes start for ~30 s on 2 cores; the in-process layout tests stay in the default tier
+@pytest.mark.parametrize(("before", "after"), [(8, 4)])
 def test_a_run_preempted_on_n_processes_continues_on_half_of_them_with_the_same_global_batch(
     packed_demo: PackedDemo, tmp_path: Path, before: int, after: int
 ) -> None:
