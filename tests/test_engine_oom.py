@@ -120,3 +120,18 @@ def test_training_out_of_memory_stops_with_the_override_or_falls_back(
     # The fallback trains what the same layout given by hand trains.
     assert summary["optimizer_steps"] == reference["optimizer_steps"]
     assert summary["final_train_loss"] == pytest.approx(reference["final_train_loss"], rel=1e-6)
+
+
+def test_evaluation_out_of_memory_names_the_view_batch_to_lower(
+    trained_demo, packed_demo: PackedDemo, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv(oom.INJECT_VAR, "3")
+    args = ("evaluate", "--checkpoint", str(trained_demo.checkpoint), "--shards", str(packed_demo.val_odd))
+    views = ("--clips", "2", "--crops", "3", "--workers", "0")
+    failed = run_cli_inprocess(*args, "--out-dir", str(tmp_path / "big"), *views, "--view-batch", "6")
+    assert failed.returncode == ExitCode.NOT_RETRYABLE, failed.stderr
+    errors = [line for line in failed.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "at 6 views per forward pass" in errors[0] and "--view-batch" in errors[0]
+    small = run_cli_inprocess(*args, "--out-dir", str(tmp_path / "small"), *views, "--view-batch", "3")
+    assert small.returncode == 0, small.stderr
+    assert json.loads((tmp_path / "small" / "metrics.json").read_text())["videos"] == packed_demo.val_odd_count

@@ -428,11 +428,13 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
 
     from tokshift.data.datasets import EvalViewDataset
     from tokshift.engine.loading import load_trained_model
+    from tokshift.engine.oom import evaluation_oom_message, inject_oom, reported
     from tokshift.engine.runtime import resolve_amp, set_fused_attention
     from tokshift.fileio import atomic_write_text, sha256_file
 
     trained = load_trained_model(opts.checkpoint, ctx.device, model_name=opts.model, classes=opts.classes)
     set_fused_attention(trained.model, opts.fused_attn)
+    inject_oom(trained.model, inference=True)  # only with TOKSHIFT_OOM_ABOVE_BATCH set (tests)
     cfg = trained.config
     amp_dtype = resolve_amp(opts.amp, ctx.device)
     ds = EvalViewDataset(
@@ -462,17 +464,18 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         ctx.world_size,
     )
     t0 = time.perf_counter()
-    records = evaluate_dataset(
-        trained.model,
-        ds,
-        ctx,
-        layout,
-        view_batch=opts.view_batch,
-        amp_dtype=amp_dtype,
-        workers=opts.workers,
-        progress=opts.progress,
-        desc="evaluate",
-    )
+    with reported(lambda: evaluation_oom_message(cfg.name, opts.view_batch, ctx.device)):
+        records = evaluate_dataset(
+            trained.model,
+            ds,
+            ctx,
+            layout,
+            view_batch=opts.view_batch,
+            amp_dtype=amp_dtype,
+            workers=opts.workers,
+            progress=opts.progress,
+            desc="evaluate",
+        )
     seconds = time.perf_counter() - t0
     failed_line, too_many = failure_report(records, opts.max_failed_share)
     if ctx.is_main:

@@ -12,8 +12,9 @@ it (one all-reduce), and
   per-GPU batch, the card's memory and the override that keeps the global batch.
 
 An out-of-memory later in training (fragmentation, a longer validation batch) ends the run with
-the same message. `TOKSHIFT_OOM_ABOVE_BATCH=N` makes every training forward pass of more than N
-clips raise `torch.OutOfMemoryError`, so the behaviour can be tested on a machine without a GPU.
+the same message; one in `tokshift evaluate` names the `--view-batch` to lower instead.
+`TOKSHIFT_OOM_ABOVE_BATCH=N` makes forward passes of more than N clips (or views) raise
+`torch.OutOfMemoryError`, so the behaviour can be tested on a machine without a GPU.
 """
 
 from __future__ import annotations
@@ -107,8 +108,9 @@ def injected_oom_limit(env: Mapping[str, str] = os.environ) -> int | None:
     return int(value)
 
 
-def inject_oom(model: nn.Module, env: Mapping[str, str] = os.environ) -> Any:
-    """With TOKSHIFT_OOM_ABOVE_BATCH=N, training forward passes of more than N clips raise an OOM.
+def inject_oom(model: nn.Module, env: Mapping[str, str] = os.environ, *, inference: bool = False) -> Any:
+    """With TOKSHIFT_OOM_ABOVE_BATCH=N, forward passes of more than N clips raise an OOM: training
+    passes, or with `inference` every pass (the evaluate command's views).
 
     Returns the hook's handle (None when the variable is unset)."""
     limit = injected_oom_limit(env)
@@ -116,12 +118,12 @@ def inject_oom(model: nn.Module, env: Mapping[str, str] = os.environ) -> Any:
         return None
 
     def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
-        if module.training and args and args[0].shape[0] > limit:
+        if (inference or module.training) and args and args[0].shape[0] > limit:
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected: {INJECT_VAR}={limit}, batch {args[0].shape[0]})"
             )
 
-    log.warning("%s=%d: training forward passes of more than %d clips raise out-of-memory", INJECT_VAR, limit, limit)
+    log.warning("%s=%d: forward passes of more than %d clips raise out-of-memory", INJECT_VAR, limit, limit)
     return model.register_forward_pre_hook(hook)
 
 
