@@ -41,8 +41,16 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 # Job sizes for the test (fake GPUs: the jobs ask SLURM for them, the code runs on the CPU).
 JOB_SIZES = {
     "pack": {"cpus": 1, "mem_mb": 1500, "runtime": 10},
-    "train": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 3000, "runtime": 20, "signal_seconds": 120},
-    "evaluate": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 2500, "runtime": 10},
+    # A GPU job asks for mem_mb + mem_mb_per_gpu per GPU: 3000 and 2500 MB here.
+    "train": {
+        "gpus": 1,
+        "cpus_per_gpu": 2,
+        "mem_mb": 1000,
+        "mem_mb_per_gpu": 2000,
+        "runtime": 20,
+        "signal_seconds": 120,
+    },
+    "evaluate": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 500, "mem_mb_per_gpu": 2000, "runtime": 10},
 }
 # The preempted training: two ranks on two nodes (CPU, one core each), signalled once its first
 # epoch is logged. PREEMPT_EPOCHS leave it many epochs of work (two optimizer steps each) after
@@ -201,7 +209,7 @@ def _preempted_run(slurm_run: dict, dest: Path) -> dict:
 def _spread_run(slurm_run: dict, dest: Path, layout: dict) -> dict:
     """SPREAD_MODEL trained and evaluated again with `layout` in a copy of the finished tree."""
     wf = _copy_without(slurm_run, dest, SPREAD_MODEL)
-    mem = {"mem_mb": 2000, "runtime": 20}
+    mem = {"mem_mb": 2000, "mem_mb_per_gpu": 0, "runtime": 20}
     sizes = {**JOB_SIZES, "per_model": {SPREAD_MODEL: {"train": {**layout, **mem}, "evaluate": {**layout, **mem}}}}
     train = {"per_model": {SPREAD_MODEL: {"epochs": SPREAD_EPOCHS}}}
     cfg = _write_config(wf / "test-ranks.yaml", sizes, train, RETRAIN_VIEWS)
@@ -313,7 +321,8 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
         want = JOB_SIZES[rule]
         for j in rules[rule]:
             assert (j.gpus, j.cpus) == (want["gpus"], want["gpus"] * want["cpus_per_gpu"]), j
-            assert (j.mem_mb, j.timelimit_minutes, j.nnodes) == (want["mem_mb"], want["runtime"], 1), j
+            mem_mb = want["mem_mb"] + want["mem_mb_per_gpu"] * want["gpus"]
+            assert (j.mem_mb, j.timelimit_minutes, j.nnodes) == (mem_mb, want["runtime"], 1), j
 
 
 def test_signal_ahead_of_the_time_limit_then_resubmitted(slurm_run: dict) -> None:
