@@ -67,26 +67,24 @@ def test_pruning_never_removes_the_file_just_written_nor_another_runs(tmp_path: 
 
 
 def test_a_fingerprint_from_before_the_split_gives_the_same_identity_and_its_layout() -> None:
-    from tokshift.engine.train import TrainOptions, _fingerprint, _split_fingerprint, identity_tag
+    from tokshift.engine.resume_plan import fingerprint, identity_tag, split_fingerprint
 
     cfg = get_config("demo_tokshift").replace(batch_size=4, accum_steps=2)
-    new = _fingerprint(cfg, TrainOptions("demo_tokshift", [], [], Path("out")), 2, 32, "a" * 64)
+    new = fingerprint(cfg, 0, 2, 32, "a" * 64)
     old = {"config": cfg.to_dict(), "seed": 0, "world_size": 2, "train_clips": 32, "init_from_sha256": "a" * 64}
-    identity, layout, requested = _split_fingerprint(old)
+    identity, layout, requested = split_fingerprint(old)
     assert identity == new["identity"] and identity["global_batch"] == 16
     assert layout == new["layout"] == {"world_size": 2, "batch_size": 4, "accum_steps": 2}
     assert requested == new["requested"] == {"batch_size": 4, "accum_steps": 2}
     # the same run on 4 processes of 2 clips, no accumulation: another layout, the same identity
-    other = _fingerprint(
-        cfg.replace(batch_size=2, accum_steps=2), TrainOptions("demo_tokshift", [], [], Path("o")), 4, 32, "a" * 64
-    )
+    other = fingerprint(cfg.replace(batch_size=2, accum_steps=2), 0, 4, 32, "a" * 64)
     assert identity_tag(other["identity"]) == identity_tag(identity)
     # written before init_from was named so: the same identity still
     older = {k: v for k, v in old.items() if k != "init_from_sha256"} | {"pretrained_sha256": "a" * 64}
     older["config"] = {("pretrained" if k == "imagenet_weights" else k): v for k, v in old["config"].items()}
-    assert _split_fingerprint(older)[0] == identity
+    assert split_fingerprint(older)[0] == identity
     older["pretrained_sha256"] = "b" * 64
-    assert _split_fingerprint(older)[0]["init_from_sha256"] == "b" * 64
+    assert split_fingerprint(older)[0]["init_from_sha256"] == "b" * 64
 
 
 @pytest.mark.parametrize(
@@ -102,28 +100,26 @@ def test_a_fingerprint_from_before_the_split_gives_the_same_identity_and_its_lay
         ({"world_size": 2, "batch_size": 4, "accum_steps": 12}, 256, 12, 4, 4, (6, 6)),
     ],
 )
-def test_continued_layout_keeps_the_global_batch_and_the_clip(old, clips, at, world, batch, expect) -> None:
-    from tokshift.engine.train import _continued_layout
+def testcontinued_layout_keeps_the_global_batch_and_the_clip(old, clips, at, world, batch, expect) -> None:
+    from tokshift.engine.resume_plan import continued_layout
 
-    assert _continued_layout(old, clips, at, world, batch) == expect
+    assert continued_layout(old, clips, at, world, batch) == expect
 
 
 def test_a_layout_that_cannot_keep_the_global_batch_is_refused_with_one_that_can() -> None:
-    from tokshift.engine.train import _continued_layout, _layout_suggestion
+    from tokshift.engine.resume_plan import continued_layout, layout_suggestion
 
     old = {"world_size": 4, "batch_size": 2, "accum_steps": 1}  # global batch 8
-    assert "no whole accum_steps" in _continued_layout(old, 32, 1, 1, 3)
-    assert _layout_suggestion(old, 32, 1, 1, 3) == (
+    assert "no whole accum_steps" in continued_layout(old, 32, 1, 1, 3)
+    assert layout_suggestion(old, 32, 1, 1, 3) == (
         "To continue it, run on 4 processes again or pass --override batch_size=2 accum_steps=4 "
         "(the same global batch 8)"
     )
-    assert "no batch_size and accum_steps keep the global batch 8 on 3 processes" in _layout_suggestion(
-        old, 32, 1, 3, 2
-    )
+    assert "no batch_size and accum_steps keep the global batch 8 on 3 processes" in layout_suggestion(old, 32, 1, 3, 2)
     # 1 -> 2 processes where the epoch ends in a step of 8 clips: 2 x 8 would drop that step
     one = {"world_size": 1, "batch_size": 8, "accum_steps": 2}
-    assert "lose an optimizer step" in _continued_layout(one, 40, 2, 2, 8)
-    assert "batch_size=4 accum_steps=2" in _layout_suggestion(one, 40, 2, 2, 8)
+    assert "lose an optimizer step" in continued_layout(one, 40, 2, 2, 8)
+    assert "batch_size=4 accum_steps=2" in layout_suggestion(one, 40, 2, 2, 8)
 
 
 # ------------------------------------------------------------------- another number of processes

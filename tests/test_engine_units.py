@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from pathlib import Path
 
 import pytest
 
@@ -160,16 +159,16 @@ def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
 
 
 def test_resume_of_a_run_fingerprinted_before_the_init_from_rename_continues() -> None:
-    from tokshift.engine.train import TrainOptions, _fingerprint, _split_fingerprint
+    from tokshift.engine.resume_plan import fingerprint, split_fingerprint
 
     cfg = get_config("demo_tokshift")
-    fp = _fingerprint(cfg, TrainOptions("demo_tokshift", [], [], Path("out")), 1, 32, "a" * 64)
+    fp = fingerprint(cfg, 0, 1, 32, "a" * 64)
     # the format of that time: the whole config, world_size beside it, pretrained names
     old = {"config": {("pretrained" if k == "imagenet_weights" else k): v for k, v in cfg.to_dict().items()}}
     old.update(seed=0, world_size=1, train_clips=32, pretrained_sha256="a" * 64)
-    assert _split_fingerprint(old)[0] == fp["identity"]
+    assert split_fingerprint(old)[0] == fp["identity"]
     old["pretrained_sha256"] = "b" * 64
-    assert _split_fingerprint(old)[0]["init_from_sha256"] == "b" * 64 != fp["identity"]["init_from_sha256"]
+    assert split_fingerprint(old)[0]["init_from_sha256"] == "b" * 64 != fp["identity"]["init_from_sha256"]
 
 
 # ------------------------------------------------------------------------------------ loader workers

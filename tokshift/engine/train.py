@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -62,6 +61,18 @@ from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_co
 from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
 from tokshift.engine.oom import fit_batch, inject_oom, reported, training_oom_message
+from tokshift.engine.resume_plan import (
+    Found,
+    ResumePlan,
+    continued_layout,
+    describe_layout,
+    fingerprint,
+    identity_diff,
+    identity_tag,
+    layout_suggestion,
+    run_identity,
+    split_fingerprint,
+)
 from tokshift.engine.runtime import (
     StopFlag,
     autocast,
@@ -173,187 +184,11 @@ def make_optimizer(model: nn.Module, cfg: ZooConfig, lr: float) -> torch.optim.O
     raise BadInput(f"optimizer={cfg.optimizer!r}: expected 'sgd' or 'adamw'")
 
 
-#: Zoo fields that only say how the global batch is laid out over processes (see `_identity`).
-_LAYOUT_FIELDS = ("batch_size", "accum_steps", "gpus")
-
-
-def _plain(obj: Any) -> Any:
-    """`obj` as JSON would give it back (tuples become lists), so fingerprints compare by value."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _identity(
-    cfg: ZooConfig, seed: int, train_clips: int, init_from_sha256: str | None, global_batch: int
-) -> dict[str, Any]:
-    """What a run is: a resume checkpoint is continued only by a run of the same identity.
-
-    The zoo config without its layout fields, the global batch, the seed, the number of training
-    clips and the starting weights: these fix which clips each optimizer step sees and what it
-    does with them, on any number of processes.
-    """
-    config = {k: v for k, v in cfg.to_dict().items() if k not in _LAYOUT_FIELDS}
-    return _plain(
-        {
-            "config": config,
-            "global_batch": int(global_batch),
-            "seed": seed,
-            "train_clips": train_clips,
-            "init_from_sha256": init_from_sha256,
-        }
-    )
-
-
-def _fingerprint(
-    cfg: ZooConfig,
-    opts: TrainOptions,
-    world_size: int,
-    n_train: int,
-    init_from_sha256: str | None,
-    requested: dict[str, int] | None = None,
-) -> dict[str, Any]:
-    """A resume checkpoint's record of its run: the identity, which must match to continue, the
-    layout of the global batch (processes x batch x accumulation), which may change, and the batch
-    and accumulation the command asked for (`requested`, default the layout's), which tell a
-    layout that was adapted to the processes from a changed global batch."""
-    global_batch = cfg.batch_size * world_size * cfg.accum_steps
-    return {
-        "identity": _identity(cfg, opts.seed, n_train, init_from_sha256, global_batch),
-        "layout": {"world_size": world_size, "batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps},
-        "requested": requested or {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps},
-    }
-
-
 def _requested(opts: TrainOptions) -> dict[str, int]:
     """The per-process batch and the accumulation the command asks for (zoo entry and --override)."""
     cfg = get_config(opts.model)
     cfg = cfg.replace(**opts.overrides) if opts.overrides else cfg
     return {"batch_size": cfg.batch_size, "accum_steps": cfg.accum_steps}
-
-
-def identity_tag(identity: dict[str, Any]) -> str:
-    """12 hex digits naming a run's identity (in its checkpoint file names)."""
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def _renamed_keys(fp: dict[str, Any]) -> dict[str, Any]:
-    """A fingerprint in today's key names, so a run preempted before their rename still resumes."""
-    fp = dict(fp)
-    if "pretrained_sha256" in fp and "init_from_sha256" not in fp:
-        fp["init_from_sha256"] = fp.pop("pretrained_sha256")
-    config = fp.get("config")
-    if isinstance(config, dict) and "pretrained" in config and "imagenet_weights" not in config:
-        config = dict(config)
-        config["imagenet_weights"] = config.pop("pretrained")
-        fp["config"] = config
-    return fp
-
-
-def _split_fingerprint(fp: Any) -> tuple[dict[str, Any], dict[str, int], dict[str, int]] | None:
-    """(identity, layout, requested) of a checkpoint's fingerprint (see `_fingerprint`); None when it has none.
-
-    Also for a fingerprint written before identity and layout were split (the whole config with
-    batch_size and accum_steps, and world_size beside it), so a run preempted then still resumes.
-    """
-    if not isinstance(fp, dict):
-        return None
-    if isinstance(fp.get("identity"), dict) and isinstance(fp.get("layout"), dict):
-        layout = {k: int(fp["layout"][k]) for k in ("world_size", "batch_size", "accum_steps")}
-        requested = fp.get("requested") or layout
-        return (
-            _plain(fp["identity"]),
-            layout,
-            {k: int(requested[k]) for k in ("batch_size", "accum_steps")},
-        )
-    fp = _renamed_keys(fp)
-    config = fp.get("config")
-    if not isinstance(config, dict) or "batch_size" not in config:
-        return None
-    layout = {
-        "world_size": int(fp.get("world_size", 1)),
-        "batch_size": int(config["batch_size"]),
-        "accum_steps": int(config.get("accum_steps", 1)),
-    }
-    identity = {
-        "config": {k: v for k, v in config.items() if k not in _LAYOUT_FIELDS},
-        "global_batch": layout["world_size"] * layout["batch_size"] * layout["accum_steps"],
-        "seed": fp.get("seed"),
-        "train_clips": fp.get("train_clips"),
-        "init_from_sha256": fp.get("init_from_sha256"),
-    }
-    return _plain(identity), layout, {"batch_size": layout["batch_size"], "accum_steps": layout["accum_steps"]}
-
-
-def _short(value: Any, width: int = 24) -> str:
-    text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
-def _identity_diff(old: dict[str, Any], new: dict[str, Any], limit: int = 6) -> str:
-    """What differs between two identities, short: `seed 0 -> 1, config.lr 0.001 -> 0.002`."""
-
-    def flat(identity: dict[str, Any]) -> dict[str, Any]:
-        out = {f"config.{k}": v for k, v in (identity.get("config") or {}).items()}
-        out.update({k: v for k, v in identity.items() if k != "config"})
-        return out
-
-    a, b = flat(old), flat(new)
-    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    parts = [f"{k} {_short(a.get(k))} -> {_short(b.get(k))}" for k in keys[:limit]]
-    if len(keys) > limit:
-        parts.append(f"and {len(keys) - limit} more")
-    return ", ".join(parts) or "nothing recorded"
-
-
-def _describe(layout: dict[str, int]) -> str:
-    w = layout["world_size"]
-    return f"{w} process{'es' if w > 1 else ''} x batch {layout['batch_size']} x accum {layout['accum_steps']}"
-
-
-def _continued_layout(
-    old: dict[str, int], epoch_clips: int, batch_in_epoch: int, world_size: int, batch_size: int
-) -> tuple[int, int] | str:
-    """(accum_steps, start micro-batch) with which a run written with layout `old` continues on
-    `world_size` processes of `batch_size`; or why it cannot.
-
-    The global batch stays, so the accumulation is the one that keeps it. The epoch keeps its
-    optimizer steps, and the run continues at the same clip of the epoch (the sampler's order
-    does not depend on the layout). An epoch's last, partial step that the new micro-batch does
-    not divide leaves out the clips that do not fill a micro-batch (`_Trainer._continue` logs
-    how many).
-    """
-    w0, b0, a0 = old["world_size"], old["batch_size"], old["accum_steps"]
-    g, m0 = w0 * b0 * a0, w0 * b0
-    m = world_size * batch_size
-    if g % m:
-        return f"no whole accum_steps gives the global batch {g} with {world_size} processes x batch {batch_size}"
-    accum = g // m
-    if math.ceil((epoch_clips // m) / accum) != math.ceil((epoch_clips // m0) / a0):
-        return (
-            f"the last step of an epoch ({epoch_clips % g} clips) is smaller than {world_size} processes x batch "
-            f"{batch_size}: the epoch would lose an optimizer step"
-        )
-    if batch_in_epoch >= epoch_clips // m0:  # at the end of its epoch
-        return accum, epoch_clips // m
-    clips_done = batch_in_epoch * m0
-    if clips_done % m:
-        return f"the checkpoint is {clips_done} clips into its epoch, not a whole number of micro-batches of {m}"
-    return accum, clips_done // m
-
-
-def _layout_suggestion(old: dict[str, int], epoch_clips: int, batch_in_epoch: int, world_size: int, batch: int) -> str:
-    """How to continue a run written with layout `old` that `world_size` processes of `batch` cannot:
-    its number of processes, or the largest per-process batch up to `batch` that keeps its global batch."""
-    g, w0 = old["world_size"] * old["batch_size"] * old["accum_steps"], old["world_size"]
-    ways = [f"run on {w0} process{'es' if w0 > 1 else ''} again"] if world_size != w0 else []
-    for b in range(min(batch, g), 0, -1):
-        fit = _continued_layout(old, epoch_clips, batch_in_epoch, world_size, b)
-        if not isinstance(fit, str):
-            ways.append(f"pass --override batch_size={b} accum_steps={fit[0]} (the same global batch {g})")
-            break
-    none = f"no batch_size and accum_steps keep the global batch {g} on {world_size} processes"
-    if len(ways) == 2 or (ways and "override" in ways[0]):
-        return "To continue it, " + " or ".join(ways)
-    return f"To continue it, {ways[0]} ({none})" if ways else none[0].upper() + none[1:]
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -410,29 +245,6 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
         # `srun --kill-on-bad-exit` never takes rank 0 down while it still writes.
         return ExitCode.OK
     return code
-
-
-@dataclass
-class _Found:
-    """A resume checkpoint as `_Trainer._choose_resume` sees it (state memory-mapped, or None if unreadable)."""
-
-    path: Path
-    state: dict[str, Any] | None
-    identity: dict[str, Any] | None
-    layout: dict[str, int] | None
-    tag: str | None  # the identity tag in its name, else of its fingerprint; None when neither is known
-    requested: dict[str, int] | None = None  # the batch and accumulation its command asked for
-
-
-@dataclass
-class _ResumePlan:
-    """What every rank learns from rank 0 before the sampler is built."""
-
-    path: str | None  # the verified checkpoint to continue; None: from scratch
-    accum_steps: int  # the accumulation that keeps the run's global batch on this many processes
-    epoch_clips: int | None  # the clips of an epoch of the run; None: a new run's (all whole batches)
-    start_batch: int  # the micro-batch of the epoch to continue at, in this run's layout
-    tag: str | None  # the identity tag of the continued run
 
 
 class _RefusedOnRankZero(Exception):
@@ -558,8 +370,8 @@ class _Trainer:
         self.scaler = self._grad_scaler()
         self._skipped_in_row = 0  # optimizer steps the loss scaler skipped since the last one it took
         self.end_epoch = min(cfg.epochs, opts.max_epochs) if opts.max_epochs else cfg.epochs
-        self.fingerprint = _fingerprint(
-            cfg, opts, ctx.world_size, len(self.train_ds), self.init_from_sha256, _requested(opts)
+        self.fingerprint = fingerprint(
+            cfg, opts.seed, ctx.world_size, len(self.train_ds), self.init_from_sha256, _requested(opts)
         )
         self.identity_tag = identity_tag(self.fingerprint["identity"])
         assert self._plan.tag in (None, self.identity_tag), "the resumed run's identity must be this run's"
@@ -624,7 +436,7 @@ class _Trainer:
         stop with `_RefusedOnRankZero` (their exit code is OK, so a launcher that stops a job
         step at the first non-zero exit never kills rank 0 while it reports).
         """
-        plan: _ResumePlan | str | None = None
+        plan: ResumePlan | str | None = None
         self._resume_state: dict[str, Any] | None = None
         with D.long_wait(self.ctx):  # the other ranks wait while rank 0 reads and hashes a checkpoint
             if self.ctx.is_main:
@@ -636,16 +448,16 @@ class _Trainer:
             plan = D.broadcast_object(self.ctx, plan)
         if isinstance(plan, str):
             raise _RefusedOnRankZero(plan)
-        assert isinstance(plan, _ResumePlan)
+        assert isinstance(plan, ResumePlan)
         self._plan = plan
         return cfg.replace(accum_steps=plan.accum_steps) if plan.accum_steps != cfg.accum_steps else cfg
 
-    def _choose_resume(self, cfg: ZooConfig) -> _ResumePlan:
+    def _choose_resume(self, cfg: ZooConfig) -> ResumePlan:
         """Rank 0: the newest checkpoint in resume/ that this run continues, verified against its seal.
 
         A checkpoint is this run's when its identity matches, or when only its global batch differs
         and the command asks for the batch and accumulation it asked for (then the processes
-        changed, and the checkpoint's global batch is kept: `_continued_layout`). Checkpoints of any other
+        changed, and the checkpoint's global batch is kept: `continued_layout`). Checkpoints of any other
         identity are moved, never deleted, into resume/stale-<time>/ (with the live logs when
         nothing is resumed), so that this run's pruning cannot touch them and they cannot be
         mistaken for this run's later. Only the fingerprints are read (memory-mapped) before the
@@ -653,24 +465,24 @@ class _Trainer:
         """
         world, batch = self.ctx.world_size, cfg.batch_size
         n = len(self.train_ds)
-        mine = _identity(cfg, self.opts.seed, n, self.init_from_sha256, batch * world * cfg.accum_steps)
+        mine = run_identity(cfg, self.opts.seed, n, self.init_from_sha256, batch * world * cfg.accum_steps)
         base = {k: v for k, v in mine.items() if k != "global_batch"}
         requested = _requested(self.opts)
-        found: list[_Found] = []
+        found: list[Found] = []
         for path in list_resume(self.resume_dir):
             try:
                 state = load_resume(path)  # memory-mapped: the fingerprint costs no full read
             except CheckpointError as exc:
                 warn_skipped(exc)
-                found.append(_Found(path, None, None, None, resume_identity(path)))
+                found.append(Found(path, None, None, None, resume_identity(path)))
                 continue
-            split = _split_fingerprint(state.get("fingerprint"))
+            split = split_fingerprint(state.get("fingerprint"))
             if split is None:
-                found.append(_Found(path, None, None, None, resume_identity(path)))
+                found.append(Found(path, None, None, None, resume_identity(path)))
                 continue
             identity, layout, asked = split
             tag = resume_identity(path) or identity_tag(identity)
-            found.append(_Found(path, state, identity, layout, tag, asked))
+            found.append(Found(path, state, identity, layout, tag, asked))
         chosen = None
         for f in found:
             if f.identity is None or f.layout is None:
@@ -687,7 +499,7 @@ class _Trainer:
                 continue
             chosen = f
             break
-        plan = _ResumePlan(None, cfg.accum_steps, None, 0, None)
+        plan = ResumePlan(None, cfg.accum_steps, None, 0, None)
         if chosen is not None:
             plan = self._continue(chosen, cfg)
         run_tag = identity_tag(chosen.identity if chosen is not None and chosen.identity else mine)
@@ -697,7 +509,7 @@ class _Trainer:
         self._resume_state = chosen.state if chosen is not None else None
         return plan
 
-    def _continue(self, chosen: _Found, cfg: ZooConfig) -> _ResumePlan:
+    def _continue(self, chosen: Found, cfg: ZooConfig) -> ResumePlan:
         """The plan that continues `chosen` with this run's processes and per-process batch."""
         assert chosen.state is not None and chosen.layout is not None and chosen.identity is not None
         state, old = chosen.state, chosen.layout
@@ -706,12 +518,12 @@ class _Trainer:
         m0 = old["world_size"] * old["batch_size"]
         epoch_clips = int(sampler.get("epoch_clips") or (len(self.train_ds) // m0) * m0)
         b0 = int(state["batch_in_epoch"])
-        fit = _continued_layout(old, epoch_clips, b0, world, batch)
+        fit = continued_layout(old, epoch_clips, b0, world, batch)
         if isinstance(fit, str):
             raise NotRetryable(
-                f"cannot continue {chosen.path}: it was written with {_describe(old)} (global batch "
+                f"cannot continue {chosen.path}: it was written with {describe_layout(old)} (global batch "
                 f"{chosen.identity['global_batch']}), and {fit}. "
-                f"{_layout_suggestion(old, epoch_clips, b0, world, batch)}; to start over instead, move "
+                f"{layout_suggestion(old, epoch_clips, b0, world, batch)}; to start over instead, move "
                 f"{self.resume_dir} away (e.g. mv {self.resume_dir} {self.resume_dir}.old)"
             )
         accum, start = fit
@@ -721,18 +533,18 @@ class _Trainer:
             log.warning(
                 "continuing %s with another layout: %s -> %s; the global batch %d is kept%s",
                 chosen.path.name,
-                _describe(old),
-                _describe(new),
+                describe_layout(old),
+                describe_layout(new),
                 chosen.identity["global_batch"],
                 f" (each epoch's last step leaves out {epoch_clips - used} of its clips)" if used < epoch_clips else "",
             )
-        return _ResumePlan(str(chosen.path), accum, epoch_clips, start, identity_tag(chosen.identity))
+        return ResumePlan(str(chosen.path), accum, epoch_clips, start, identity_tag(chosen.identity))
 
-    def _set_aside(self, stale: list[_Found], chosen: _Found | None, identity: dict[str, Any]) -> None:
+    def _set_aside(self, stale: list[Found], chosen: Found | None, identity: dict[str, Any]) -> None:
         """Move checkpoints of other runs into resume/stale-<time>/ and say what differs and how to go back."""
         dest = set_aside(self.resume_dir, [f.path for f in stale], with_logs=chosen is None)
         known = next((f for f in stale if f.identity is not None), None)
-        differs = _identity_diff(known.identity, identity) if known and known.identity else "unknown (unreadable)"
+        differs = identity_diff(known.identity, identity) if known and known.identity else "unknown (unreadable)"
         newest = stale[0]
         log.warning(
             "%s held %d checkpoint(s) of another run (newest %s), which differs from this one in: %s. "
