@@ -119,6 +119,20 @@ def _print_warning(
     sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
+def torchrun_cmd(nproc: int, *args: str) -> list[str]:
+    """`tokshift ARGS` as `nproc` processes of one gloo group, started by torchrun on this machine."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "tokshift.cli",
+        *args,
+    ]
+
+
 def run_cli_inprocess(*args: str, threads: int = 1) -> subprocess.CompletedProcess[str]:
     """`tokshift ARGS` in this process, answered like `run_cli`: exit code, stdout, stderr.
 

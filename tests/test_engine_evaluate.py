@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess
+from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess, torchrun_cmd
 from tokshift.errors import ExitCode
 
 
@@ -178,18 +177,12 @@ def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
     ]
     one = run_cli_inprocess(*args, "--out-dir", str(tmp_path / "one"))
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "tokshift.cli",
+    cmd = torchrun_cmd(
+        2,
         *args,
         "--out-dir",
         str(tmp_path / "two"),
-    ]
+    )
     two = subprocess.run(cmd, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())

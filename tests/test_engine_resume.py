@@ -13,12 +13,11 @@ import math
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import REPO, PackedDemo, cli_env, run_cli_inprocess
+from tests.engine_helpers import REPO, PackedDemo, cli_env, run_cli_inprocess, torchrun_cmd
 from tokshift.engine.logbook import read_jsonl
 from tokshift.errors import ExitCode
 from tokshift.fileio import sha256_file
@@ -126,13 +125,10 @@ def test_a_layout_that_cannot_keep_the_global_batch_is_refused_with_one_that_can
 
 
 def _torchrun(nproc: int, args: list[str], signal_at: int | None = None) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
     env = cli_env(1)
     if signal_at is not None:
         env["TOKSHIFT_SIGNAL_AT_STEP"] = str(signal_at)
-    return subprocess.run(
-        [*cmd, "-m", "tokshift.cli", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=600
-    )
+    return subprocess.run(torchrun_cmd(nproc, *args), env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def _assert_stopped_on_signal(res: subprocess.CompletedProcess[str]) -> None:

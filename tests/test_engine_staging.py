@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess, train_args
+from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess, torchrun_cmd, train_args
 from tokshift.data.store import seal_path
 
 COPIED = r"staging: copied (\d+) shards \(([\d.]+) MB\) from .* to .* in ([\d.]+) s"
@@ -135,18 +135,11 @@ def test_staging_before_the_process_group_outlasts_a_short_collective_timeout(
     """Two gloo processes (torchrun): local rank 0 copies for 3 s while rank 1 waits on its ready
     marker, not in a collective; the collective timeout is 1 s. The evaluation goes on."""
     import subprocess
-    import sys
 
     from tests.engine_helpers import REPO, cli_env
 
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "tokshift.cli",
+    cmd = torchrun_cmd(
+        2,
         "evaluate",
         "--checkpoint",
         str(trained_demo.checkpoint),
@@ -162,7 +155,7 @@ def test_staging_before_the_process_group_outlasts_a_short_collective_timeout(
         "1",
         "--stage-to",
         str(tmp_path / "node-local"),
-    ]
+    )
     env = cli_env(1) | {"TOKSHIFT_STAGE_DELAY_SECONDS": "3", "TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES": str(1 / 60)}
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]

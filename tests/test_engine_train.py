@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from tests.engine_helpers import (
     run_cli,
     run_cli_inprocess,
     tokshift_cmd,
+    torchrun_cmd,
 )
 from tokshift.engine.logbook import read_jsonl
 from tokshift.errors import ExitCode
@@ -272,14 +272,8 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
     ]
     one = run_cli("train", *common, "--out-dir", str(tmp_path / "one"), "--override", "batch_size=8", "epochs=2")
     assert one.returncode == 0, one.stderr[-2000:]
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "-m",
-        "tokshift.cli",
+    cmd = torchrun_cmd(
+        2,
         "train",
         *common,
         "--out-dir",
@@ -287,7 +281,7 @@ def test_two_gloo_processes_match_one_process_with_the_same_global_batch(
         "--override",
         "batch_size=4",
         "epochs=2",
-    ]
+    )
     two = subprocess.run(cmd, env=cli_env(1), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     s1, s2 = _steps(tmp_path / "one"), _steps(tmp_path / "two")

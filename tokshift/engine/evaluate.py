@@ -363,16 +363,8 @@ def run_evaluation(opts: EvalOptions) -> int:
     """
     from tokshift.data.transforms import check_resize
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
-    from tokshift.engine.gpu_env import environment_lines
-    from tokshift.engine.runtime import (
-        amp_choice,
-        enable_crash_traces,
-        precision_line,
-        resolve_workers,
-        setup_logging,
-        use_tf32,
-    )
     from tokshift.engine.staging import staged_shards
+    from tokshift.engine.startup import start_process
 
     if opts.clips < 1 or opts.crops < 1:
         raise BadInput(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
@@ -382,17 +374,9 @@ def run_evaluation(opts: EvalOptions) -> int:
     for s in opts.shards:
         if not Path(s).exists():
             raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
-    enable_crash_traces()
-    launch = D.detect_launch()
-    setup_logging(launch.rank)
-    # Before anything else: a job given GPUs that CUDA cannot use fails here (GpuUnusable, exit 3).
-    device, why = D.choose_device(opts.device, launch.local_rank)
-    amp_dtype, amp_why = amp_choice(opts.amp, device)
-    tf32 = use_tf32(device, amp_dtype)
-    if launch.rank == 0:
-        for line in environment_lines(device, why, precision_line(amp_why, device, tf32)):
-            log.info("%s", line)
-    opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, launch.local_processes))
+    started = start_process(opts.device, opts.amp, opts.workers)
+    launch, device, why = started.launch, started.device, started.reason
+    opts = dataclasses.replace(opts, workers=started.workers)
     code: int = ExitCode.BUG
     # Staging comes before the process group: a long copy never counts against a collective's timeout.
     with staged_shards({"val": opts.shards}, opts.stage_to, launch, opts.out_dir) as staged:

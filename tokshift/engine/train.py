@@ -76,16 +76,13 @@ from tokshift.engine.resume_plan import (
 from tokshift.engine.runtime import (
     StopFlag,
     autocast,
-    enable_crash_traces,
     ignore_stop_signals,
     resolve_amp,
-    resolve_workers,
     rng_state,
     scheduled_signal,
     seed_everything,
     set_fused_attention,
     set_rng_state,
-    setup_logging,
 )
 from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
@@ -202,20 +199,11 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     `datasets` = (train, val) replaces the packed shards (for library use); the
     items must look like TrainClipDataset's and EvalViewDataset's (1 clip, 1 crop).
     """
-    from tokshift.engine.gpu_env import environment_lines
-    from tokshift.engine.runtime import amp_choice, precision_line, use_tf32
+    from tokshift.engine.startup import start_process
 
-    enable_crash_traces()
-    launch = D.detect_launch()
-    setup_logging(launch.rank)
-    # Before anything else: a job given GPUs that CUDA cannot use fails here (GpuUnusable, exit 3).
-    device, why = D.choose_device(opts.device, launch.local_rank)
-    amp_dtype, amp_why = amp_choice(opts.amp, device)
-    tf32 = use_tf32(device, amp_dtype)
-    if launch.rank == 0:
-        for line in environment_lines(device, why, precision_line(amp_why, device, tf32)):
-            log.info("%s", line)
-    opts = dataclasses.replace(opts, workers=resolve_workers(opts.workers, launch.local_processes))
+    started = start_process(opts.device, opts.amp, opts.workers)
+    launch, device, why = started.launch, started.device, started.reason
+    opts = dataclasses.replace(opts, workers=started.workers)
     stop = StopFlag(scheduled_signal())
     code: int = ExitCode.BUG
     with stop.installed():
