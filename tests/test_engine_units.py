@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 
 import pytest
 
@@ -105,26 +104,25 @@ def test_batch_script_of_a_multi_task_job_is_a_single_process() -> None:
 # ------------------------------------------------------------------------------------ checkpoints
 
 
-def test_resume_picks_newest_valid_and_skips_corrupt_with_warning(tmp_path) -> None:
+def test_a_flipped_byte_fails_the_seal_and_the_older_checkpoint_still_verifies(tmp_path) -> None:
     import torch
 
-    from tokshift.engine.checkpoint import find_resume, list_resume, save_resume
+    from tokshift.engine.checkpoint import CheckpointError, list_resume, load_verified, save_resume
 
-    save_resume({"v": torch.tensor([1.0])}, tmp_path, epoch=1, step=10, keep=5)
+    older = save_resume({"v": torch.tensor([1.0])}, tmp_path, epoch=1, step=10, keep=5)
     newest = save_resume({"v": torch.tensor([2.0])}, tmp_path, epoch=2, step=20, keep=5)
-    assert list_resume(tmp_path)[0] == newest
-    assert float(find_resume(tmp_path).state["v"]) == 2.0
-    # flip bytes in the middle of the newest file: it must be skipped, never loaded
+    assert list_resume(tmp_path) == [newest, older]
+    assert float(load_verified(newest)["v"]) == 2.0
     data = bytearray(newest.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[len(data) // 2] ^= 0xFF  # a flipped bit in the middle: never loaded
     newest.write_bytes(bytes(data))
-    with pytest.warns(RuntimeWarning, match="does not match its seal"):
-        found = find_resume(tmp_path)
-    assert float(found.state["v"]) == 1.0
+    with pytest.raises(CheckpointError, match="does not match its seal"):
+        load_verified(newest)
+    assert float(load_verified(older)["v"]) == 1.0
 
 
-def test_unsealed_or_truncated_checkpoints_are_skipped(tmp_path) -> None:
-    from tokshift.engine.checkpoint import CheckpointError, find_resume, load_verified, save_resume
+def test_unsealed_or_truncated_checkpoints_are_refused(tmp_path) -> None:
+    from tokshift.engine.checkpoint import CheckpointError, load_verified, save_resume
 
     good = save_resume({"v": 1}, tmp_path, epoch=1, step=1, keep=5)
     partial = save_resume({"v": 2}, tmp_path, epoch=1, step=2, keep=5)
@@ -134,11 +132,9 @@ def test_unsealed_or_truncated_checkpoints_are_skipped(tmp_path) -> None:
     truncated = tmp_path / "ckpt-e0001-s000000003.pt"
     truncated.write_bytes(good.read_bytes()[:50])
     (tmp_path / (truncated.name + ".sha256")).write_text(sha256_file(truncated) + "\n")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        found = find_resume(tmp_path)
-    assert found.path == good
-    assert len(caught) == 2  # one warning per skipped file
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_verified(truncated)
+    assert load_verified(good)["v"] == 1
 
 
 def test_save_keeps_only_the_newest(tmp_path) -> None:
@@ -148,14 +144,6 @@ def test_save_keeps_only_the_newest(tmp_path) -> None:
         save_resume({"s": s}, tmp_path, epoch=0, step=s, keep=2)
     assert [p.name for p in list_resume(tmp_path)] == ["ckpt-e0000-s000000004.pt", "ckpt-e0000-s000000003.pt"]
     assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_resume_rejects_checkpoint_of_another_run(tmp_path) -> None:
-    from tokshift.engine.checkpoint import find_resume, save_resume
-
-    save_resume({"fingerprint": {"seed": 1}}, tmp_path, epoch=0, step=1)
-    with pytest.warns(RuntimeWarning, match="other seed"):
-        assert find_resume(tmp_path, accept=lambda s: "other seed" if s["fingerprint"]["seed"] != 0 else None) is None
 
 
 def test_resume_of_a_run_fingerprinted_before_the_init_from_rename_continues() -> None:

@@ -20,7 +20,6 @@ import shutil
 import time
 import warnings
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,33 +129,6 @@ def load_verified(path: str | os.PathLike[str], map_location: Any = "cpu", mmap:
     """Load a sealed checkpoint after checking its sha256 against the seal."""
     verify_seal(path)
     return load_resume(path, map_location=map_location, mmap=mmap)
-
-
-@dataclass
-class Resumed:
-    path: Path
-    state: dict[str, Any]
-
-
-def find_resume(folder: str | os.PathLike[str], map_location: Any = "cpu", accept: Any = None) -> Resumed | None:
-    """The newest resume checkpoint in `folder` that verifies (and that `accept(state)` takes).
-
-    Broken files are skipped with a warning; `accept` returns None to take a
-    state or a reason string to pass it over (e.g. it belongs to another config).
-    """
-    for path in list_resume(folder):
-        try:
-            state = load_verified(path, map_location=map_location)
-        except CheckpointError as exc:
-            warn_skipped(exc)
-            continue
-        reason = accept(state) if accept is not None else None
-        if reason:
-            warnings.warn(f"skipping resume checkpoint {path}: {reason}", RuntimeWarning, stacklevel=2)
-            log.warning("skipping resume checkpoint %s: %s", path, reason)
-            continue
-        return Resumed(path, state)
-    return None
 
 
 def warn_skipped(exc: CheckpointError) -> None:
