@@ -99,7 +99,7 @@ def test_a_fingerprint_from_before_the_split_gives_the_same_identity_and_its_lay
         ({"world_size": 2, "batch_size": 4, "accum_steps": 12}, 256, 12, 4, 4, (6, 6)),
     ],
 )
-def testcontinued_layout_keeps_the_global_batch_and_the_clip(old, clips, at, world, batch, expect) -> None:
+def test_continued_layout_keeps_the_global_batch_and_the_clip(old, clips, at, world, batch, expect) -> None:
     from tokshift.engine.resume_plan import continued_layout
 
     assert continued_layout(old, clips, at, world, batch) == expect
