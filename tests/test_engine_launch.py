@@ -60,6 +60,7 @@ def test_a_gpu_job_whose_cuda_is_unusable_exits_3_and_device_cpu_still_trains(
     assert (out / "model.pt").is_file()
 
 
+@pytest.mark.slow  # two gloo processes that wait out a timeout twice: ~9 s
 def test_collectives_wait_long_only_inside_long_wait(tmp_path: Path) -> None:
     """Two gloo processes with a 1-second collective timeout: a 3-second wait passes inside
     `long_wait` and aborts the collective outside it (so the short timeout is really in force)."""

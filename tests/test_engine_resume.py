@@ -210,6 +210,7 @@ def _rewrite(ckpt: Path, change) -> None:
     atomic_write_text(ckpt.with_name(ckpt.name + ".sha256"), f"{digest}  {ckpt.name}\n")
 
 
+@pytest.mark.slow  # a training, then two torchrun processes refused: ~8 s
 def test_a_layout_that_cannot_keep_the_global_batch_stops_before_training_and_moves_nothing(
     packed_demo: PackedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
