@@ -10,7 +10,7 @@ Every loader does the same work per sample and returns the same uint8 tensors:
 
 The decoders open the file for every sample (as a Dataset's `__getitem__` does) and use one
 decoding thread (one DataLoader worker's share): PyAV decodes from the start of the file up to
-the last frame needed, converting only the needed frames; decord as mmaction2 uses it,
+the last frame needed, converting only the needed frames; decord, as video codebases commonly use it,
 `VideoReader(path).get_batch(indices)`; torchcodec `VideoDecoder(path).get_frames_at(indices)`.
 The packed loader is `TrainClipDataset` / `EvalViewDataset` over `tokshift pack` shards (short
 side 331, JPEG q90) of the same videos.
