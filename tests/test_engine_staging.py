@@ -129,6 +129,7 @@ def _stage_folders(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.name.startswith("tokshift-stage-")) if root.exists() else []
 
 
+@pytest.mark.slow  # two torchrun workers, a copy held at 3 s: ~11 s
 def test_staging_before_the_process_group_outlasts_a_short_collective_timeout(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
