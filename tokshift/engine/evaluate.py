@@ -362,9 +362,8 @@ def run_evaluation(opts: EvalOptions) -> int:
     a task fails (srun --kill-on-bad-exit) leaves rank 0 to report. A rank that fails on its own raises.
     """
     from tokshift.data.transforms import check_resize
-    from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
     from tokshift.engine.staging import staged_shards
-    from tokshift.engine.startup import start_process
+    from tokshift.engine.startup import run_in_group, start_process
 
     if opts.clips < 1 or opts.crops < 1:
         raise BadInput(f"--clips {opts.clips} --crops {opts.crops}: both must be >= 1")
@@ -375,33 +374,22 @@ def run_evaluation(opts: EvalOptions) -> int:
         if not Path(s).exists():
             raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
     started = start_process(opts.device, opts.amp, opts.workers)
-    launch, device, why = started.launch, started.device, started.reason
+    launch = started.launch
     opts = dataclasses.replace(opts, workers=started.workers)
-    code: int = ExitCode.BUG
     # Staging comes before the process group: a long copy never counts against a collective's timeout.
     with staged_shards({"val": opts.shards}, opts.stage_to, launch, opts.out_dir) as staged:
-        ctx = D.init_distributed(device, reason=why)
-        failed = True  # on its own (a damaged shard): this rank leaves at once, and its launcher ends the job
-        try:
-            D.log_placement(ctx)
-            with exclusive_folder(ctx, opts.out_dir, "evaluate"):
-                D.set_collective_timeout(ctx)
-                # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
-                with D.long_wait(ctx):
-                    code = _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx)
-            failed = False
-        except FolderBusy:
-            failed = False  # every rank learnt it from rank 0
-            if ctx.is_main:  # reported once, by `tokshift.cli.main`
-                raise
-            code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
-        except DataDamaged as exc:
-            # Rank 0's report of too many unreadable videos comes after the final barrier; a damaged shard
-            # (ShardCorruptError) is met by one rank alone.
-            failed = isinstance(exc, ShardCorruptError) or not ctx.is_main
-            raise
-        finally:
-            D.shutdown(ctx, failed)
+
+        def body(ctx: D.DistContext) -> int:
+            # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
+            with D.long_wait(ctx):
+                return _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx)
+
+        def failed_alone(exc: BaseException, ctx: D.DistContext) -> bool:
+            # Rank 0's report of too many unreadable videos comes after the final barrier; a damaged
+            # shard (ShardCorruptError) is met by one rank alone.
+            return not isinstance(exc, DataDamaged) or isinstance(exc, ShardCorruptError) or not ctx.is_main
+
+        code, ctx = run_in_group(started, opts.out_dir, "evaluate", body, failed_alone)
     if code == ExitCode.DATA_DAMAGED and not ctx.is_main:
         return ExitCode.OK  # rank 0 raised DataDamaged with the message; the job's code is its
     return code

@@ -9,11 +9,14 @@ resolved once.
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from tokshift.engine import distributed as D
+from tokshift.errors import ExitCode
 
 log = logging.getLogger("tokshift.engine")
 
@@ -50,3 +53,42 @@ def start_process(device: str, amp: str, workers: int | str) -> Started:
         for line in environment_lines(chosen, why, precision_line(amp_why, chosen, tf32)):
             log.info("%s", line)
     return Started(launch, chosen, why, resolve_workers(workers, launch.local_processes))
+
+
+def run_in_group(
+    started: Started,
+    out_dir: str | os.PathLike[str],
+    command: str,
+    body: Callable[[D.DistContext], int],
+    failed_alone: Callable[[BaseException, D.DistContext], bool] = lambda exc, ctx: True,
+) -> tuple[int, D.DistContext]:
+    """Join the process group, hold `out_dir` for `command` and run `body(ctx)`; (exit code, ctx).
+
+    Setup collectives wait long; after the folder lock the short collective timeout is in force.
+    A busy folder is every rank's news from rank 0: rank 0 raises it (reported once, by the CLI) and
+    the others return OK, so a launcher that ends a step at the first non-zero exit never kills rank 0
+    while it reports. A rank that fails on its own (`failed_alone`, default every exception) leaves
+    without destroying the group, which could wait for peers in a collective, so its launcher ends
+    the job at once.
+    """
+    from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
+
+    ctx = D.init_distributed(started.device, reason=started.reason)
+    failed = True
+    try:
+        D.log_placement(ctx)
+        with exclusive_folder(ctx, out_dir, command):
+            D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
+            code = body(ctx)
+        failed = False
+        return code, ctx
+    except FolderBusy:
+        failed = False
+        if ctx.is_main:
+            raise
+        return ExitCode.OK, ctx
+    except BaseException as exc:
+        failed = failed_alone(exc, ctx)
+        raise
+    finally:
+        D.shutdown(ctx, failed)

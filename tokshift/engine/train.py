@@ -58,7 +58,6 @@ from tokshift.engine.checkpoint import (
 )
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
-from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
 from tokshift.engine.logbook import Logbook, read_jsonl
 from tokshift.engine.oom import fit_batch, inject_oom, reported, training_oom_message
 from tokshift.engine.resume_plan import (
@@ -199,34 +198,21 @@ def train(opts: TrainOptions, datasets: tuple[Any, Any] | None = None) -> int:
     `datasets` = (train, val) replaces the packed shards (for library use); the
     items must look like TrainClipDataset's and EvalViewDataset's (1 clip, 1 crop).
     """
-    from tokshift.engine.startup import start_process
+    from tokshift.engine.startup import run_in_group, start_process
 
     started = start_process(opts.device, opts.amp, opts.workers)
-    launch, device, why = started.launch, started.device, started.reason
+    launch = started.launch
     opts = dataclasses.replace(opts, workers=started.workers)
     stop = StopFlag(scheduled_signal())
-    code: int = ExitCode.BUG
     with stop.installed():
         groups = {"train": opts.train_shards, "val": opts.val_shards} if datasets is None else {}
         # Staging comes before the process group: a long copy never counts against a collective's timeout.
         with staged_shards(groups, opts.stage_to, launch, opts.out_dir, stopped=lambda: stop.raised) as staged:
             if datasets is None:
                 opts = dataclasses.replace(opts, train_shards=staged.shards["train"], val_shards=staged.shards["val"])
-            ctx = D.init_distributed(device, reason=why)
-            failed = True  # on its own: this rank leaves at once, and its launcher ends the job
-            try:
-                D.log_placement(ctx)
-                with exclusive_folder(ctx, opts.out_dir, "train"):
-                    D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
-                    code = _Trainer(opts, ctx, stop, datasets).run()
-                failed = False
-            except FolderBusy:
-                failed = False  # every rank learnt it from rank 0
-                if ctx.is_main:  # reported once, by `tokshift.cli.main`
-                    raise
-                code = ExitCode.OK  # rank 0 exits 75 for the job; another rank's non-zero exit would kill it
-            finally:
-                D.shutdown(ctx, failed)
+            code, ctx = run_in_group(
+                started, opts.out_dir, "train", lambda ctx: _Trainer(opts, ctx, stop, datasets).run()
+            )
             staged.keep = code == ExitCode.RETRY_LATER  # it will be resumed, maybe on this node
     if code == ExitCode.RETRY_LATER and not ctx.is_main:
         # After a signal rank 0 exits 75 once the checkpoint is on disk; the others exit 0, so that
