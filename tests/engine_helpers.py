@@ -239,6 +239,26 @@ class TrainedDemo:
     result: subprocess.CompletedProcess
 
 
+def quick_eval_args(checkpoint: Path, shard: Path, out_dir: Path, *extra: str) -> list[str]:
+    """`tokshift evaluate` arguments for a quick run: 2 clips x 1 crop per video, no loader workers."""
+    return [
+        "evaluate",
+        "--checkpoint",
+        str(checkpoint),
+        "--shards",
+        str(shard),
+        "--out-dir",
+        str(out_dir),
+        "--workers",
+        "0",
+        "--clips",
+        "2",
+        "--crops",
+        "1",
+        *extra,
+    ]
+
+
 def train_args(data: PackedDemo, out_dir: Path, *extra: str, overrides: tuple[str, ...] = ()) -> list[str]:
     """`tokshift train` arguments for the demo model on the tiny packed dataset."""
     return [

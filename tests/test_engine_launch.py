@@ -18,7 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, run_cli_inprocess, torchrun_cmd, train_args
+from tests.engine_helpers import (
+    REPO,
+    PackedDemo,
+    TrainedDemo,
+    cli_env,
+    quick_eval_args,
+    run_cli_inprocess,
+    torchrun_cmd,
+    train_args,
+)
 from tokshift.errors import ExitCode
 
 #: What the first lines of a job's log hold, in this order (tokshift.engine.gpu_env.describe_environment).
@@ -153,22 +162,7 @@ def test_a_rank_that_meets_a_damaged_shard_ends_the_evaluation_at_once(
     video = reader.video_ids[5]  # video 5 of 7: rank 1 takes 1, 3, 5; rank 0 takes 0, 2, 4, 6
     reader.close()
     _damage_video(shard, video)
-    cmd = torchrun_cmd(
-        2,
-        "evaluate",
-        "--checkpoint",
-        str(trained_demo.checkpoint),
-        "--shards",
-        str(shard),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--workers",
-        "0",
-        "--clips",
-        "2",
-        "--crops",
-        "1",
-    )
+    cmd = torchrun_cmd(2, *quick_eval_args(trained_demo.checkpoint, shard, tmp_path / "out"))
     env = cli_env(1) | {"TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES": "10"}
     t0 = time.monotonic()
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)

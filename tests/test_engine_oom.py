@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.engine_helpers import PackedDemo, run_cli_inprocess
+from tests.engine_helpers import PackedDemo, run_cli_inprocess, train_args
 from tokshift.engine import distributed as D
 from tokshift.engine import oom
 from tokshift.engine.loading import build_model
@@ -80,22 +80,8 @@ def test_on_a_cpu_without_injection_nothing_is_probed(monkeypatch) -> None:
 
 
 def _train(packed_demo: PackedDemo, out: Path, *extra: str, layout: tuple[int, int] = (8, 1)):  # noqa: ANN202
-    return run_cli_inprocess(
-        "train",
-        "--model",
-        "demo_tokshift",
-        "--train-shards",
-        str(packed_demo.train),
-        "--out-dir",
-        str(out),
-        "--override",
-        "epochs=1",
-        f"batch_size={layout[0]}",
-        f"accum_steps={layout[1]}",
-        "--workers",
-        "0",
-        *extra,
-    )
+    overrides = ("epochs=1", f"batch_size={layout[0]}", f"accum_steps={layout[1]}")
+    return run_cli_inprocess(*train_args(packed_demo, out, "--workers", "0", *extra, overrides=overrides))
 
 
 def test_training_out_of_memory_stops_with_the_override_or_falls_back(

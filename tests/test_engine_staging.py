@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import PackedDemo, TrainedDemo, run_cli_inprocess, torchrun_cmd, train_args
+from tests.engine_helpers import PackedDemo, TrainedDemo, quick_eval_args, run_cli_inprocess, torchrun_cmd, train_args
 from tokshift.data.store import seal_path
 
 COPIED = r"staging: copied (\d+) shards \(([\d.]+) MB\) from .* to .* in ([\d.]+) s"
@@ -139,24 +139,8 @@ def test_staging_before_the_process_group_outlasts_a_short_collective_timeout(
 
     from tests.engine_helpers import REPO, cli_env
 
-    cmd = torchrun_cmd(
-        2,
-        "evaluate",
-        "--checkpoint",
-        str(trained_demo.checkpoint),
-        "--shards",
-        str(packed_demo.val_odd),
-        "--out-dir",
-        str(tmp_path / "out"),
-        "--workers",
-        "0",
-        "--clips",
-        "2",
-        "--crops",
-        "1",
-        "--stage-to",
-        str(tmp_path / "node-local"),
-    )
+    args = quick_eval_args(trained_demo.checkpoint, packed_demo.val_odd, tmp_path / "out")
+    cmd = torchrun_cmd(2, *args, "--stage-to", str(tmp_path / "node-local"))
     env = cli_env(1) | {"TOKSHIFT_STAGE_DELAY_SECONDS": "3", "TOKSHIFT_COLLECTIVE_TIMEOUT_MINUTES": str(1 / 60)}
     res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-4000:]
