@@ -41,6 +41,36 @@ def test_zoo_cli_csv_gflops_and_params_match_paper() -> None:
         assert abs(float(r["params_m"]) - expect) < 0.5, (name, r["params_m"])
 
 
+def test_zoo_cli_shows_the_reference_layout_each_job_needs() -> None:
+    """GPUs, per-GPU batch and accumulation are read from each entry, and multiply to its global batch."""
+    res = run_cli_inprocess("zoo", "--format", "csv", "--dataset", "k400")
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(res.stdout))}
+    assert list(rows) == K400
+    layout = {n: tuple(int(rows[n][k]) for k in ("gpus", "batch_per_gpu", "accum_steps", "global_batch")) for n in K400}
+    assert layout["k400_vit_8x32_224"] == (2, 21, 10, 420)
+    assert layout["k400_tokshift_div4_16x32_base_224"] == (4, 3, 10, 120)  # the entry with 4 GPUs
+    assert layout["k400_tokshift_div4_8x32_large_384"] == (8, 1, 10, 80)
+    for name, (gpus, batch, accum, global_batch) in layout.items():
+        cfg = get_config(name)
+        assert (gpus, batch, accum) == (cfg.gpus, cfg.batch_size, cfg.accum_steps), name
+        assert global_batch == gpus * batch * accum == cfg.reference_global_batch, name
+    assert {g for g, *_ in layout.values()} == {2, 4, 8}
+
+
+def test_zoo_table_has_every_column_in_order() -> None:
+    """The text table has the CSV's columns, one line per entry, each cell under its heading."""
+    from tokshift.flops import ZOO_COLUMNS
+
+    res = run_cli_inprocess("zoo", "--dataset", "demo")
+    assert res.returncode == 0, res.stderr[-2000:]
+    head, *lines = res.stdout.splitlines()
+    assert head.split() == list(ZOO_COLUMNS)
+    assert [line.split()[0] for line in lines] == ["demo_vit", "demo_tokshift"]
+    at = head.index("global_batch")
+    assert all(line[at:].split()[0] == "16" for line in lines)
+
+
 def test_reference_recipe() -> None:
     c = get_config("k400_tokshift_div4_8x32_base_256")
     assert (c.optimizer, c.momentum, c.weight_decay, c.epochs, c.accum_steps) == ("sgd", 0.9, 0.0, 18, 10)

@@ -79,6 +79,10 @@ ZOO_COLUMNS = (
     "shift_div",
     "params_m",
     "gflops_per_view",
+    "gpus",
+    "batch_per_gpu",
+    "accum_steps",
+    "global_batch",
     "paper_top1",
     "paper_gflops",
 )
@@ -90,7 +94,11 @@ def _round_gflops(g: float) -> float:
 
 
 def zoo_row(name: str) -> dict[str, Any]:
-    """One zoo entry as a table row, with parameters and GFLOPs computed from the built model."""
+    """One zoo entry as a table row, with parameters and GFLOPs computed from the built model.
+
+    `gpus` x `batch_per_gpu` x `accum_steps` = `global_batch` is the layout the recipe's learning
+    rate is set for; `gpus: auto` asks SLURM for `gpus` for a Kinetics-400 entry.
+    """
     cfg = get_config(name)
     cost = model_cost(cfg)
     return {
@@ -103,6 +111,10 @@ def zoo_row(name: str) -> dict[str, Any]:
         "shift_div": cfg.shift_div,
         "params_m": round(cost.params / 1e6, 2),
         "gflops_per_view": _round_gflops(cost.macs / 1e9),
+        "gpus": cfg.gpus,
+        "batch_per_gpu": cfg.batch_size,
+        "accum_steps": cfg.accum_steps,
+        "global_batch": cfg.reference_global_batch,
         "paper_top1": cfg.paper_top1,
         "paper_gflops": cfg.paper_gflops,
     }

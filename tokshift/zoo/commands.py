@@ -1,4 +1,9 @@
-"""`tokshift zoo`: list the model zoo with parameters and GFLOPs computed from the models."""
+"""`tokshift zoo`: list the model zoo with parameters and GFLOPs computed from the models.
+
+Beside them, each entry's reference layout (GPUs, per-GPU batch, gradient accumulation, global
+batch): what its learning rate is set for, and the GPUs a Kinetics-400 training job asks for by
+default (`gpus: auto`; the demo entries run on the CPU).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,11 @@ from tokshift.zoo import ZOO, zoo_names
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = add_command(sub, "zoo", help="list the model zoo (params and GFLOPs/view computed from the models)")
+    p = add_command(
+        sub,
+        "zoo",
+        help="list the model zoo: params and GFLOPs/view computed from the models, reference GPUs and batch",
+    )
     p.add_argument("--format", choices=("table", "csv"), default="table", help="output format")
     p.add_argument("--dataset", default=None, help="only entries of this zoo dataset: k400 or demo (default: all)")
     p.set_defaults(func=run)
