@@ -2,8 +2,10 @@
 
 Every output the pipeline writes goes through a temporary file beside the target
 that is flushed, fsynced and renamed onto it, so a crash, a preemption or a full
-disk never leaves a half-written file that a later step would trust. Only the
-standard library is imported here; torch is imported when a tensor is saved.
+disk never leaves a half-written file that a later step would trust. The temporary
+is created with mode 0o666, like any file a shell or a tool writes, so the umask (or the
+folder's default ACL) decides who may read the output: 0644 under umask 022, 0640 under
+027. Only the standard library is imported here; torch is imported when a tensor is saved.
 """
 
 from __future__ import annotations
@@ -13,21 +15,26 @@ import hashlib
 import io
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = [
+    "FILE_MODE",
     "atomic_path",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "create_beside",
     "sha256_file",
 ]
 
 CHUNK_BYTES = 1 << 20
+# The mode new files ask for; the kernel takes away the umask's bits (or applies the
+# folder's default ACL). tempfile.mkstemp asks for 0o600, which made every output private.
+FILE_MODE = 0o666
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = CHUNK_BYTES) -> str:
@@ -53,6 +60,23 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def create_beside(path: Path, suffix: str = ".tmp") -> Path:
+    """A new empty file `.<name>.<random><suffix>` beside `path`, made with FILE_MODE.
+
+    Unlike tempfile.mkstemp (always 0o600) the umask decides its mode, so the renamed
+    output is as readable as anything else the user writes.
+    """
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}; remove the stale .{path.name}.* files there")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[Path]:
     """A fresh temporary path beside `path`, renamed onto it only if the block succeeds.
@@ -62,9 +86,7 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = create_beside(path, suffix)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -164,6 +164,7 @@ class ShardWriter:
             subdir=False,
             lock=False,
             map_size=self.map_size,
+            mode=0o666,  # the umask decides (LMDB's default leaves out group write even under umask 002)
             sync=False,
             metasync=False,
             readahead=False,

@@ -96,11 +96,17 @@ def read_part_list(path: str | os.PathLike[str]) -> list[Part]:
     return parts
 
 
+def _data_umask_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
+    """tarfile's ``data`` filter, then no mode: tarfile skips its chmod and the umask applies."""
+    return tarfile.data_filter(member, dest).replace(mode=None, deep=False)
+
+
 def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> dict[str, int]:
     """Unpack ``archive`` into ``dest`` safely; returns counts of files, videos and bytes written.
 
     tarfile's ``data`` filter refuses members that would land outside ``dest`` (absolute paths,
-    ``..``, links pointing out) and special files, and drops unsafe permission bits.
+    ``..``, links pointing out) and special files; the archive's permission bits are dropped so
+    the umask decides them, as for every other file the pipeline writes.
     """
     archive, dest = Path(archive), Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
@@ -108,7 +114,7 @@ def extract_archive(archive: str | os.PathLike[str], dest: str | os.PathLike[str
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
-                tar.extract(member, dest, filter="data")
+                tar.extract(member, dest, filter=_data_umask_filter)
                 if member.isfile():
                     files += 1
                     size += member.size
