@@ -41,7 +41,8 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
     """
     wf = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
     t0 = time.monotonic()
-    snakemake(wf, "--cores", "2", check=True, timeout=1800)
+    # umask 022 whatever the machine's: test_demo_pipeline checks every output is 0644 (folders 0755).
+    snakemake(wf, "--cores", "2", check=True, timeout=1800, umask=0o022)
     return DemoRun(wf, time.monotonic() - t0)
 
 

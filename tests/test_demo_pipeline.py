@@ -52,6 +52,28 @@ def test_second_run_is_a_no_op(demo_run: DemoRun) -> None:
     assert planned_jobs(out) == {}, out[-3000:]
 
 
+def test_every_output_is_group_readable(demo_run: DemoRun) -> None:
+    """Under umask 022 (set by the fixture) everything the workflow wrote is 0644 and every folder
+    0755, so a group shares a project's models, shards and logs. `.snakemake/` is Snakemake's own
+    bookkeeping and is not walked; links are skipped (their mode means nothing); shards are opened
+    without LMDB lock files, so there are none to skip."""
+    wf = demo_run.wf
+    roots = [wf / name for name in ("results", "resources", "logs", "benchmarks")]
+    assert all(root.is_dir() for root in roots), [str(r) for r in roots if not r.is_dir()]
+    wrong, walked = [], 0
+    for root in roots:
+        for path in [root, *root.rglob("*")]:
+            if path.is_symlink():
+                continue
+            mode = path.stat().st_mode & 0o7777
+            expected = 0o755 if path.is_dir() else 0o644
+            walked += 1
+            if mode != expected:
+                wrong.append(f"{path.relative_to(wf)}: {mode:04o} (expected {expected:04o})")
+    assert walked > 50, walked  # models, shards, videos, logs, benchmarks, figures
+    assert not wrong, f"{len(wrong)} of {walked} paths have the wrong mode:\n" + "\n".join(wrong)
+
+
 def test_moved_copy_of_the_finished_project_plans_nothing(demo_run: DemoRun, tmp_path: Path) -> None:
     """`cp -a project elsewhere`: the results stay valid there (no job recorded the old path)."""
     wf = demo_run.wf

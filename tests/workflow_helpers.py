@@ -46,12 +46,18 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake(
-    workdir: Path, *args: str, timeout: float = 1800, check: bool = False, env: dict[str, str] | None = None
+    workdir: Path,
+    *args: str,
+    timeout: float = 1800,
+    check: bool = False,
+    env: dict[str, str] | None = None,
+    umask: int = -1,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the snakemake CLI of this interpreter in `workdir` (no cluster), capturing its output."""
+    """Run the snakemake CLI of this interpreter in `workdir` (no cluster), capturing its output;
+    `umask` >= 0 is set in the child only (the test process keeps its own)."""
     full_env = {**os.environ, **NO_SLURM, **(env or {})}
     cmd = [sys.executable, "-m", "snakemake", *args]
-    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env)
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=full_env, umask=umask)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"
