@@ -43,6 +43,8 @@ include: "rules/released.smk"
 # Downloads and bookkeeping run where Snakemake runs (config: resources.local_rules); the
 # `localrules:` directive takes the same names, but only literally.
 workflow.localrules(*local_rules())
+# `--set-resources <rule>:slurm_extra=...` adds to the rule's sbatch flags instead of replacing them.
+keep_merged_slurm_extra()
 
 
 rule all:

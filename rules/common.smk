@@ -8,10 +8,14 @@
 import json
 import os
 
+from tokshift.attempts import last_outcome
 from tokshift.workflow import config as workflow_settings
 from tokshift.workflow import scheduling
 from tokshift.zoo import get_config
 
+# `--set-resources train:slurm_extra=...` joins resources.train.slurm_extra (checked with the rest)
+# instead of replacing the rule's value, which holds --signal; see keep_merged_slurm_extra().
+CLI_SLURM_EXTRA_RULES = scheduling.fold_cli_slurm_extra(config, workflow.resource_settings.overwrite_resources)
 workflow_settings.check_config(config, base=Path(workflow.basedir))
 
 # The rules' launchers name slurm/job-step.sh through this variable (set for every job,
@@ -88,8 +92,45 @@ def local_rules():
 
 
 def rule_resources(rule_name):
-    """Resources for a per-model rule: each value a callable of the model wildcard."""
-    keys = scheduling.rule_job_resources(config, rule_name, MODELS[0]).keys()
-    return {
-        k: (lambda wildcards, k=k: scheduling.rule_job_resources(config, rule_name, wildcards.model)[k]) for k in keys
-    }
+    """Resources of pack_shard, train, evaluate or evaluate_released: each value a
+    callable of the job's wildcards and attempt, so that a retry asks for what its last attempt's
+    end calls for (scheduling.retry_resources)."""
+    step = scheduling.SIZED_RULES[rule_name]
+    sample = None if step == "pack" else MODELS[0]
+    keys = set(scheduling.rule_job_resources(config, step, sample)) | {k for k, _, _ in scheduling.ACCOUNT_SETTINGS}
+
+    def resource(key):
+        def value(wildcards, attempt):
+            model = None if step == "pack" else wildcards.model
+            last = None
+            if attempt > 1:
+                name = wildcards.model if model else f"{wildcards.split}-{wildcards.shard}"
+                last = last_outcome(Path(scheduling.attempts_log_path(DATASET, rule_name, name)))
+            return scheduling.retry_resources(config, step, model, attempt, last).get(key)
+
+        return value
+
+    funcs = {k: resource(k) for k in sorted(keys)}
+    RULE_RESOURCE_FUNCS[rule_name] = funcs
+    return funcs
+
+
+RULE_RESOURCE_FUNCS = {}
+
+
+def attempts_log(rule_name):
+    """The `--attempts-log` of a sized rule's job: a params function of its wildcards."""
+
+    def path(wildcards):
+        name = wildcards.model if "model" in wildcards.keys() else f"{wildcards.split}-{wildcards.shard}"
+        return scheduling.attempts_log_path(DATASET, rule_name, name)
+
+    return path
+
+
+def keep_merged_slurm_extra():
+    """Give the rules named by `--set-resources <rule>:slurm_extra` their own value back: it holds
+    the flags given there, after ours (fold_cli_slurm_extra), where Snakemake put theirs alone."""
+    for name in CLI_SLURM_EXTRA_RULES:
+        if name in RULE_RESOURCE_FUNCS:
+            workflow.get_rule(name).resources["slurm_extra"] = RULE_RESOURCE_FUNCS[name]["slurm_extra"]

@@ -64,13 +64,15 @@ rule pack_shard:
         "../envs/tokshift.yaml"
     threads: scheduling.job_threads(config, "pack")
     resources:
-        **scheduling.rule_job_resources(config, "pack"),
+        **rule_resources("pack_shard"),
     params:
+        # Every attempt and its exit code; a retry after bad input or damaged data refuses at once.
+        attempts_log=attempts_log("pack_shard"),
         short_side=FRAMES["short_side"],
         quality=FRAMES["jpeg_quality"],
         timeout=FRAMES["timeout"],
     shell:
-        "tokshift pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
+        "tokshift --attempts-log {params.attempts_log:q} pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
         " --failures {output.failures:q} --videos {output.videos:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
         " --timeout {params.timeout} --workers {threads} > {log:q} 2>&1"
 

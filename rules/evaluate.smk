@@ -18,6 +18,8 @@ rule evaluate:
     params:
         launch=lambda wildcards: scheduling.launcher(config, "evaluate", wildcards.model),
         device=lambda wildcards: scheduling.job_device(config, "evaluate", wildcards.model),
+        # Every attempt and its exit code; a retry after bad input or damaged data refuses at once.
+        attempts_log=attempts_log("evaluate"),
         out_dir=lambda wildcards: f"{RESULTS}/eval/{wildcards.model}",
         clips=config["evaluate"]["clips"],
         crops=config["evaluate"]["crops"],
@@ -27,7 +29,7 @@ rule evaluate:
         stage_to=FRAMES["stage_to"] or "",
         workers=config["evaluate"]["workers"],
     shell:
-        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
+        "{params.launch} --attempts-log {params.attempts_log:q} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
         " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
         " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
         " --device {params.device}"

@@ -63,10 +63,11 @@ rule evaluate_released:
         "../envs/tokshift.yaml"
     threads: lambda wildcards: scheduling.job_threads(config, "evaluate", wildcards.model)
     resources:
-        **rule_resources("evaluate"),
+        **rule_resources("evaluate_released"),
     params:
         launch=lambda wildcards: scheduling.launcher(config, "evaluate", wildcards.model),
         device=lambda wildcards: scheduling.job_device(config, "evaluate", wildcards.model),
+        attempts_log=attempts_log("evaluate_released"),
         out_dir=lambda wildcards: f"{RELEASED}/eval/{wildcards.model}",
         clips=config["evaluate"]["clips"],
         crops=config["evaluate"]["crops"],
@@ -77,7 +78,7 @@ rule evaluate_released:
         stage_to=FRAMES["stage_to"] or "",
         workers=config["evaluate"]["workers"],
     shell:
-        "{params.launch} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
+        "{params.launch} --attempts-log {params.attempts_log:q} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
         " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
         " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
         " --device {params.device}"

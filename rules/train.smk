@@ -24,7 +24,7 @@ rule train:
         device=lambda wildcards: scheduling.job_device(config, "train", wildcards.model),
         # {log} holds the last attempt (Snakemake empties it before each); a preempted training
         # is resubmitted, so every attempt, with its exit code, is also appended here.
-        attempts_log=lambda wildcards: f"logs/train/{DATASET}/{wildcards.model}.attempts.log",
+        attempts_log=attempts_log("train"),
         out_dir=lambda wildcards: f"{RESULTS}/train/{wildcards.model}",
         # ImageNet-21k .npz, the train.init_from checkpoint when fine-tuning, or empty (random init).
         init_from=lambda wildcards, input: input.weights[0] if input.weights else "",

@@ -222,7 +222,17 @@ def test_train_records_every_attempt_under_logs() -> None:
     """The training is resubmitted after a preemption: each attempt goes to one attempts log per model."""
     (train,) = [r for r in RULES if r.name == "train"]
     assert "{params.launch} --attempts-log {params.attempts_log:q} train " in train.shell
-    assert ast.unparse(train.params["attempts_log"]).endswith("f'logs/train/{DATASET}/{wildcards.model}.attempts.log'")
+    assert ast.unparse(train.params["attempts_log"]) == "attempts_log('train')"
+
+
+def test_sized_rules_record_their_attempts_and_size_retries_from_them() -> None:
+    """Packing, training and both evaluations append every attempt to their attempts log, and their
+    resources are the functions that read it (a retry after bad input asks for almost nothing)."""
+    for name in ("pack_shard", "train", "evaluate", "evaluate_released"):
+        (rule,) = [r for r in RULES if r.name == name]
+        assert "--attempts-log {params.attempts_log:q} " in rule.shell, name
+        assert ast.unparse(rule.params["attempts_log"]) == f"attempts_log('{name}')", name
+        assert rule.directives["resources"].split() == [f'**rule_resources("{name}"),'], name
 
 
 def test_evaluations_pass_every_view_setting() -> None:

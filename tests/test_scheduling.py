@@ -173,8 +173,9 @@ def test_zoo_gpus_and_per_model_settings() -> None:
     # 8 GPUs on each of 2 nodes: one srun task per GPU.
     res = scheduling.job_resources(cfg, "train", "k400_tokshift_div4_8x32_large_384", env={})
     assert (res["gres"], res["nodes"], res["tasks"], res["runtime"], res["mpi"]) == ("gpu:8", 2, 16, 4320, "srun")
-    # The evaluation of the same model keeps the evaluate settings.
-    assert scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})["gres"] is None
+    # The evaluation of the same model keeps the evaluate settings: auto, its reference GPUs on one node.
+    res = scheduling.job_resources(cfg, "evaluate", "k400_tokshift_div4_8x32_large_384", env={})
+    assert (res["gres"], res["nodes"]) == ("gpu:8", 1)
 
 
 def test_train_override_args_are_key_json_items() -> None:
@@ -197,8 +198,11 @@ def test_defaults_come_from_the_schema_alone() -> None:
         k: default("frames", k) for k in ("short_side", "jpeg_quality", "shards", "timeout", "stage_to")
     }
     for rule in ("pack", "train", "evaluate"):
-        job = settings.job_settings(cfg, rule)
+        job = cfg["resources"][rule]
         assert job == {k: default("resources", rule, k) for k in job}
+        # `auto` sizes come from the zoo entry: the demo's are CPU jobs of an hour.
+        resolved = settings.job_settings(cfg, rule, None if rule == "pack" else "demo_vit")
+        assert resolved["gpus"] == 0 and resolved["runtime"] == (120 if rule == "pack" else 60)
     assert scheduling.job_resources(cfg, "train", "demo_vit", env={}) == neutral()
     # A dataset entry's own frames override the global ones, the rest stays.
     cfg["datasets"]["demo"]["frames"] = {"shards": 3}

@@ -17,6 +17,7 @@ from typing import Any
 from tokshift.errors import BadInput
 from tokshift.settings import load_schema
 from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
+from tokshift.zoo.jobs import CPU_JOB_MINUTES, zoo_job
 
 
 class ConfigError(BadInput):
@@ -96,13 +97,23 @@ def init_from(config: dict[str, Any], model: str) -> str | None:
 
 
 def job_settings(config: dict[str, Any], rule: str, model: str | None = None) -> dict[str, Any]:
-    """`resources.<rule>` with `resources.per_model.<model>.<rule>` on top; gpus 'zoo' resolved."""
+    """`resources.<rule>` with `resources.per_model.<model>.<rule>` on top; `zoo` and `auto` resolved.
+
+    `gpus: auto` and `runtime: auto` take the zoo entry's job size (tokshift.zoo.jobs): its
+    reference GPUs and a time limit from its estimate for a Kinetics-400 entry, a CPU job for the
+    demo. Without a model (packing) `auto` is a CPU job.
+    """
     res = config["resources"]
     out = dict(res[rule])
     if model is not None:
         out.update((res["per_model"].get(model) or {}).get(rule) or {})
-        if out["gpus"] == "zoo":
-            out["gpus"] = get_config(model).gpus
+    job = zoo_job(get_config(model)) if model is not None else None
+    if out["gpus"] == "zoo":
+        out["gpus"] = get_config(model).gpus if model is not None else 0
+    elif out["gpus"] == "auto":
+        out["gpus"] = job.gpus if job is not None else 0
+    if out["runtime"] == "auto":
+        out["runtime"] = getattr(job, f"{rule}_runtime") if job is not None else CPU_JOB_MINUTES
     return out
 
 
@@ -211,6 +222,107 @@ def _check_released(config: dict[str, Any], models: list[str], base: Path) -> li
     return problems
 
 
+def _check_zoo_matches_dataset(config: dict[str, Any], models: list[str]) -> list[str]:
+    """A model of another zoo than the dataset's would train a recipe made for other videos.
+
+    A K400 entry on the 4-class 64-px demo (or the reverse) is a slip of the command line;
+    a dataset that means it says so with its own `zoo:` (fine-tuning K400 recipes on own videos).
+    """
+    name = config["dataset"]
+    zoo = dataset_spec(config)["zoo"]
+    problems = []
+    for m in models:
+        theirs = get_config(m).dataset
+        if theirs == zoo:
+            continue
+        fitting = [n for n, d in config["datasets"].items() if d.get("zoo") == theirs]
+        run_there = (
+            f"--config dataset={fitting[0]}"
+            if fitting
+            else f"a datasets entry with zoo: {theirs} (config.yaml shows one, commented out) and --config dataset=<it>"
+        )
+        problems.append(
+            f"config key 'models': {m} is an entry of the {theirs!r} zoo, but dataset {name!r} uses the {zoo!r} zoo"
+            f" (datasets.{name}.zoo); run it with {run_there}, or set datasets.{name}.zoo: {theirs} to train"
+            f" {theirs} recipes on {name} on purpose"
+        )
+    return problems
+
+
+def _gpus_key(config: dict[str, Any], rule: str, model: str) -> str:
+    """The config key that sets the GPUs of `model`'s `rule` job (for messages)."""
+    per_model = (config["resources"]["per_model"].get(model) or {}).get(rule) or {}
+    return f"resources.per_model.{model}.{rule}.gpus" if "gpus" in per_model else f"resources.{rule}.gpus"
+
+
+def _check_gpu_training(config: dict[str, Any], models: list[str]) -> list[str]:
+    """A zoo entry made for GPUs is not trained on CPUs unless the config says so.
+
+    A Kinetics-400 training on CPUs takes months of queue time and looks like any other job.
+    """
+    if released_mode(config) or config["resources"]["allow_cpu_training"]:
+        return []
+    problems = []
+    switch = "or set resources.allow_cpu_training: true to train on CPUs anyway"
+    for m in models:
+        reference = zoo_job(get_config(m)).gpus
+        if not reference:
+            continue
+        if job_settings(config, "train", m)["gpus"] == 0:
+            key = _gpus_key(config, "train", m)
+            problems.append(
+                f"config key '{key}': 0 GPUs for {m}, which trains on {reference} GPUs (its reference; `tokshift zoo`)"
+                f" and would take months on CPUs; leave it at auto, give a GPU count, {switch}"
+            )
+        elif config["train"]["device"] == "cpu":
+            problems.append(
+                f"config key 'train.device': cpu would train {m} on the CPUs of its GPU jobs; set it to auto, {switch}"
+            )
+    return problems
+
+
+def _slurm_extra_problem(key: str, extra: str, signal_seconds: int) -> str | None:
+    """Flags of `slurm_extra` that the workflow sets itself, which sbatch would take twice."""
+    if not extra:
+        return None
+    if "--signal" in extra and signal_seconds:
+        return (
+            f"config key '{key}': --signal is set by the workflow (--signal=USR1@<signal_seconds>: the checkpoint"
+            " before the time limit); change resources.train.signal_seconds instead"
+        )
+    try:
+        from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
+    except ImportError:  # without the SLURM plugin nothing is submitted
+        return None
+    import re
+
+    taken = [name for pattern, name in get_forbidden_slurm_options().items() if re.search(pattern, extra)]
+    if taken:
+        return (
+            f"config key '{key}': {extra!r} sets the {', '.join(taken)}, which the workflow sets from the other"
+            " resources keys (gpus, cpus, mem_mb, runtime, slurm_partition, ...); set those instead"
+        )
+    return None
+
+
+def _check_slurm_extra(config: dict[str, Any], models: list[str]) -> list[str]:
+    res = config["resources"]
+    problems = []
+    for rule in ("pack", "train", "evaluate"):
+        jobs = [(f"resources.{rule}.slurm_extra", job_settings(config, rule))]
+        if rule != "pack":
+            jobs += [
+                (f"resources.per_model.{m}.{rule}.slurm_extra", job_settings(config, rule, m))
+                for m in models
+                if "slurm_extra" in ((res["per_model"].get(m) or {}).get(rule) or {})
+            ]
+        for key, job in jobs:
+            problem = _slurm_extra_problem(key, job["slurm_extra"], job["signal_seconds"] if rule == "train" else 0)
+            if problem:
+                problems.append(problem)
+    return problems
+
+
 def _check_path(key: str, value: str, base: Path) -> str | None:
     path = Path(value) if Path(value).is_absolute() else base / value
     if not path.exists():
@@ -251,6 +363,9 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
         if msg:
             problems.append(msg)
     problems += _check_released(config, models, base)
+    problems += _check_zoo_matches_dataset(config, models)
+    problems += _check_gpu_training(config, models)
+    problems += _check_slurm_extra(config, models)
     for m in models:
         if released_mode(config):
             break  # nothing is trained: no starting weights needed

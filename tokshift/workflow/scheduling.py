@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from tokshift.attempts import Outcome
+from tokshift.errors import ExitCode
 from tokshift.workflow.config import job_settings, training_overrides
 
 #: The variable that holds the path of slurm/job-step.sh while the workflow runs. The rules'
@@ -28,6 +31,12 @@ ACCOUNT_SETTINGS = (
     ("slurm_partition", "slurm_partition", "TOKSHIFT_SLURM_PARTITION"),
     ("slurm_account", "slurm_account", "TOKSHIFT_SLURM_ACCOUNT"),
     ("qos", "slurm_qos", "TOKSHIFT_SLURM_QOS"),
+)
+#: The same for jobs without GPUs, which many sites send to another partition (and account).
+CPU_ACCOUNT_SETTINGS = (
+    ("slurm_partition", "cpu_partition", "TOKSHIFT_SLURM_CPU_PARTITION"),
+    ("slurm_account", "cpu_account", "TOKSHIFT_SLURM_CPU_ACCOUNT"),
+    ("qos", "cpu_qos", "TOKSHIFT_SLURM_CPU_QOS"),
 )
 CONSTRAINT_ENV = "TOKSHIFT_SLURM_CONSTRAINT"
 GPU_MODEL_ENV = "TOKSHIFT_SLURM_GPU_MODEL"
@@ -43,14 +52,18 @@ def _setting(config: dict[str, Any], key: str, var: str, env: Mapping[str, str])
     return config["resources"][key] or env.get(var) or None
 
 
-def slurm_account_settings(config: dict[str, Any], env: Mapping[str, str] = os.environ) -> dict[str, str]:
+def slurm_account_settings(
+    config: dict[str, Any], env: Mapping[str, str] = os.environ, cpu_job: bool = False
+) -> dict[str, str]:
     """Partition, account and QoS from config.yaml, else TOKSHIFT_SLURM_* variables; only those set.
 
-    An empty value must not reach sbatch: `--qos=''` is rejected where QoS is enforced.
+    A job without GPUs takes `cpu_partition` / `cpu_account` / `cpu_qos` where they are set, so
+    packing never waits in (or is refused by) a GPU partition. An empty value must not reach
+    sbatch: `--qos=''` is rejected where QoS is enforced.
     """
     out = {}
-    for key, conf_key, var in ACCOUNT_SETTINGS:
-        value = _setting(config, conf_key, var, env)
+    for (key, conf_key, var), (_, cpu_key, cpu_var) in zip(ACCOUNT_SETTINGS, CPU_ACCOUNT_SETTINGS):
+        value = (_setting(config, cpu_key, cpu_var, env) if cpu_job else None) or _setting(config, conf_key, var, env)
         if value:
             out[key] = value
     return out
@@ -72,17 +85,39 @@ def job_threads(config: dict[str, Any], rule: str, model: str | None = None) -> 
     return job["gpus"] * job["cpus_per_gpu"] if job["gpus"] else job["cpus"]
 
 
+#: GRES type names the SLURM executor plugin passes as `--gres`; others (`a100-sxm4-80gb`) it refuses.
+_PLUGIN_GRES_TYPE = re.compile(r"^[A-Za-z0-9_.]+$")
+
+
 def gpu_request(config: dict[str, Any], gpus_per_node: int, env: Mapping[str, str] = os.environ) -> str | None:
     """The GRES of a GPU job, per node: `gpu:<n>` or, with a GPU model, `gpu:<model>:<n>`.
 
     `--gres` counts per node (sbatch `--gpus` counts the whole job and does not say how the
     GPUs spread over nodes), so a multi-node job gets its GPUs on every node. A typed GRES is
-    how most clusters name GPU models; others use node features (`gpu_constraint`).
+    how most clusters name GPU models; others use node features (`gpu_constraint`). None when
+    the model name is one the plugin refuses as a GRES: `gpus_per_node_flag` asks for it then.
     """
     if not gpus_per_node:
         return None
     model = _setting(config, "gpu_model", GPU_MODEL_ENV, env)
+    if model and not _PLUGIN_GRES_TYPE.match(model):
+        return None
     return f"gpu:{model}:{gpus_per_node}" if model else f"gpu:{gpus_per_node}"
+
+
+def gpus_per_node_flag(config: dict[str, Any], gpus_per_node: int, env: Mapping[str, str] = os.environ) -> str | None:
+    """`--gpus-per-node=<model>:<n>` for a GPU model whose name has a `-` (the same request as the
+    typed GRES, in the sbatch flag the plugin lets through), else None."""
+    model = _setting(config, "gpu_model", GPU_MODEL_ENV, env)
+    if gpus_per_node and model and not _PLUGIN_GRES_TYPE.match(model):
+        return f"--gpus-per-node={model}:{gpus_per_node}"
+    return None
+
+
+def merged_slurm_extra(*parts: str | None) -> str | None:
+    """sbatch flags of several sources in one string (ours first), None when there are none."""
+    joined = " ".join(p.strip() for p in parts if p and p.strip())
+    return joined or None
 
 
 def job_resources(
@@ -116,10 +151,10 @@ def job_resources(
         "constraint": _setting(config, "gpu_constraint", CONSTRAINT_ENV, env) if gpus else None,
         "slurm_extra": None,
     }
-    if rule == "train" and job["signal_seconds"]:
-        # SLURM signals the job's steps this long before the time limit; training
-        # checkpoints, exits non-zero, and the retried job resumes.
-        out["slurm_extra"] = f"--signal=USR1@{job['signal_seconds']}"
+    # SLURM signals the training's steps this long before the time limit; training checkpoints,
+    # exits non-zero, and the retried job resumes. The site's own flags follow ours.
+    signal = f"--signal=USR1@{job['signal_seconds']}" if rule == "train" and job["signal_seconds"] else None
+    out["slurm_extra"] = merged_slurm_extra(signal, gpus_per_node_flag(config, gpus, env), job["slurm_extra"])
     return out
 
 
@@ -127,7 +162,64 @@ def rule_job_resources(
     config: dict[str, Any], rule: str, model: str | None = None, env: Mapping[str, str] = os.environ
 ) -> dict[str, Any]:
     """A heavy rule's resources as its job carries them: `job_resources` and the account settings."""
-    return {**job_resources(config, rule, model, env), **slurm_account_settings(config, env)}
+    gpus = job_settings(config, rule, model)["gpus"]
+    return {**job_resources(config, rule, model, env), **slurm_account_settings(config, env, cpu_job=not gpus)}
+
+
+#: What a resubmitted job asks for when its last attempt failed in a way a rerun repeats: it
+#: only reads its attempts log and exits with the same code (tokshift.attempts).
+REFUSAL_MB, REFUSAL_MINUTES = 1000, 5
+
+
+def retry_resources(
+    config: dict[str, Any],
+    rule: str,
+    model: str | None,
+    attempt: int,
+    last: Outcome | None,
+    env: Mapping[str, str] = os.environ,
+) -> dict[str, Any]:
+    """The resources of attempt `attempt` of a job whose last recorded attempt ended `last`.
+
+    Snakemake resubmits every failed job; what it asks for is ours to decide. A failure whose
+    rerun repeats (bad input, no usable GPU, damaged data: `ExitCode.rerun_repeats`) gets a
+    job that asks for almost nothing, no GPU, in the CPU partition: it refuses at once (the
+    attempts log) instead of queueing for GPUs again. A clean stop to be continued (exit 75:
+    preemption, the signal before the time limit) gets the same job. Anything else, above all
+    a job killed without an end line (out of memory, over its time limit), gets more memory
+    and, for packing and evaluation, more time: x the attempt, up to `max_mem_mb`/`max_runtime`.
+    """
+    res = rule_job_resources(config, rule, model, env)
+    if attempt <= 1 or (last is not None and last.code == ExitCode.RETRY_LATER):
+        return res
+    if last is not None and last.code in ExitCode._value2member_map_ and ExitCode(last.code).rerun_repeats:
+        extra = job_settings(config, rule, model)["slurm_extra"]
+        return {
+            **res,
+            "mem_mb": REFUSAL_MB,
+            "runtime": REFUSAL_MINUTES,
+            "gres": None,
+            "constraint": None,
+            "tasks_per_gpu": 0,
+            "cpus_per_task": 1,
+            "slurm_extra": merged_slurm_extra(extra),
+            **slurm_account_settings(config, env, cpu_job=True),
+        }
+    limits = config["resources"]
+    killed = last is None
+    grow_time = rule != "train" or killed
+    mem = res["mem_mb"] * attempt
+    runtime = res["runtime"] * attempt if grow_time else res["runtime"]
+    return {
+        **res,
+        "mem_mb": min(mem, limits["max_mem_mb"]) if limits["max_mem_mb"] else mem,
+        "runtime": min(runtime, limits["max_runtime"]) if limits["max_runtime"] else runtime,
+    }
+
+
+def attempts_log_path(dataset: str, rule: str, name: str) -> str:
+    """Where the jobs of `rule` for `name` (a model, or split-shard) append their attempts."""
+    return f"logs/{rule}/{dataset}/{name}.attempts.log"
 
 
 def small_job_resources(
@@ -138,7 +230,7 @@ def small_job_resources(
     These run where Snakemake runs by default (`resources.local_rules`); where a site moves
     them to the cluster they still need the partition, account and QoS of every other job.
     """
-    return {"mem_mb": mem_mb, "runtime": runtime, **slurm_account_settings(config, env)}
+    return {"mem_mb": mem_mb, "runtime": runtime, **slurm_account_settings(config, env, cpu_job=True)}
 
 
 def job_device(config: dict[str, Any], rule: str, model: str) -> str:
@@ -177,3 +269,39 @@ def train_override_args(config: dict[str, Any], model: str) -> list[str]:
     JSON reads back as YAML, so lists and nulls reach the zoo with their types.
     """
     return [f"{k}={json.dumps(v)}" for k, v in training_overrides(config, model).items()]
+
+
+#: The rules whose jobs the config sizes, and their `resources` key.
+SIZED_RULES = {"pack_shard": "pack", "train": "train", "evaluate": "evaluate", "evaluate_released": "evaluate"}
+
+
+def _cli_string(raw: object) -> str:
+    """A `--set-resources` value as the user meant it: a quoted Python string or the bare text."""
+    import ast
+
+    text = str(raw)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    return value if isinstance(value, str) else text
+
+
+def fold_cli_slurm_extra(config: dict[str, Any], overwrite: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Move `--set-resources <rule>:slurm_extra=...` into `resources.<step>.slurm_extra`; the rules it names.
+
+    Snakemake lets a command-line resource replace a rule's value, which would drop our
+    `--signal` (and with it the checkpoint before the time limit). The flags go into the config
+    instead, after any already there, where `job_resources` merges them with ours and
+    `check_config` checks them; the Snakefile then gives those rules their own value back.
+    """
+    folded = []
+    for rule, resources in overwrite.items():
+        if rule not in SIZED_RULES or "slurm_extra" not in resources:
+            continue
+        value = resources["slurm_extra"]
+        extra = _cli_string(getattr(value, "raw", value))
+        job = config["resources"][SIZED_RULES[rule]]
+        job["slurm_extra"] = merged_slurm_extra(job.get("slurm_extra"), extra) or ""
+        folded.append(rule)
+    return folded
