@@ -26,6 +26,7 @@ from tokshift.argtypes import (
     progress_bar,
     workers_setting,
 )
+from tokshift.engine.eval_resume import KEEP_EVERY, KEEP_SECONDS, PARTIAL
 from tokshift.errors import ExitCode
 from tokshift.settings import choices, default
 
@@ -236,8 +237,12 @@ def register(subparsers: Any) -> None:
     e = add_command(
         subparsers,
         "evaluate",
-        help="exact multi-view evaluation (10 clips x 3 crops)",
-        exit_codes=(ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER),
+        help="exact multi-view evaluation (10 clips x 3 crops; resumable)",
+        description="Exact multi-view evaluation (10 clips x 3 crops) of a trained model on packed shards. Keeps "
+        "the finished videos in OUT_DIR/partial/ as it goes: stopped by SIGTERM/SIGUSR1 it exits RETRY_LATER, and "
+        "a rerun with the same checkpoint, shards and view settings scores only the rest.",
+        # NOT_RETRYABLE: the GPUs given are unusable, or the views do not fit in GPU memory.
+        exit_codes=(ExitCode.NOT_RETRYABLE, ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER),
     )
     _checkpoint(e)
     e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
@@ -251,6 +256,14 @@ def register(subparsers: Any) -> None:
         metavar="SHARE",
         help="fail (exit DATA_DAMAGED, listing the first errors) when more than this share of the videos cannot "
         "be read",
+    )
+    e.add_argument(
+        "--keep-every",
+        type=positive_int,
+        default=KEEP_EVERY,
+        metavar="VIDEOS",
+        help=f"write the finished videos to OUT_DIR/{PARTIAL}/ after this many per process, and at least every "
+        f"{KEEP_SECONDS / 60:g} minutes; a rerun after an interruption scores only the others",
     )
     _stage_to(e)
     add_progress(e)

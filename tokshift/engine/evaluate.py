@@ -4,6 +4,10 @@ Each rank takes videos rank, rank+N, rank+2N, ... (no padding), runs all views o
 one video through the model in chunks of `view_batch`, fuses them, and sends a
 small per-video record to every rank. The metrics are computed from the records
 sorted by video index, so N processes give the numbers one process gives.
+
+`tokshift evaluate` keeps the records of finished videos in OUT_DIR/partial/ as it goes
+(tokshift.engine.eval_resume): stopped by SIGTERM/SIGUSR1 it exits RETRY_LATER, and a rerun
+scores only the videos not kept, writing the metrics an uninterrupted run writes.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
+from tokshift.engine import eval_resume
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
-from tokshift.engine.runtime import autocast, ignore_stop_signals, loader_workers
+from tokshift.engine.runtime import StopFlag, autocast, ignore_stop_signals, loader_workers, scheduled_signal
 from tokshift.errors import BadInput, DataDamaged, ExitCode, InputMissing
 from tokshift.settings import default
 
@@ -126,6 +131,10 @@ def _identity(x: Any) -> Any:
     return x
 
 
+class EvaluationStopped(Exception):
+    """Raised on every rank together when a stop signal ended the pass before some rank's share was done."""
+
+
 def normalize_on_device(views: torch.Tensor, device: torch.device) -> torch.Tensor:
     """uint8 views -> normalised float on `device` (transfer the small uint8 tensor first)."""
     from tokshift.data.transforms import normalize
@@ -181,6 +190,7 @@ def evaluate_dataset(
     pack_videos: bool = False,
     progress: bool | None = False,
     desc: str = "eval",
+    keeper: eval_resume.RecordKeeper | None = None,
 ) -> list[VideoRecord]:
     """Records of every video of `dataset`, each computed once on one rank, gathered on all ranks.
 
@@ -189,12 +199,18 @@ def evaluate_dataset(
     floating-point result of a matmul may depend on the batch it is part of.
     `progress` on rank 0: True a bar, False nothing, None a bar on a terminal and else a
     log line a minute. `workers` may be "auto" (tokshift.engine.runtime.loader_workers).
+
+    With `keeper`, this rank's videos the keeper already holds are taken from it instead of
+    scored, each finished video is handed to it, and a stop signal ends the pass early: every
+    rank then raises EvaluationStopped once its finished videos are written.
     """
     workers = loader_workers(workers, ctx.launch.local_processes)
     was_training = model.training
     model.eval()
     n = len(dataset)
-    mine = list(range(ctx.rank, n, ctx.world_size))
+    share = range(ctx.rank, n, ctx.world_size)
+    done = keeper.kept if keeper is not None else {}
+    mine = [i for i in share if i not in done]
     loader = DataLoader(
         Subset(_Safe(dataset), mine),
         batch_size=None,
@@ -206,7 +222,13 @@ def evaluate_dataset(
         prefetch_factor=2 if workers else None,
     )
     per_forward = max(1, view_batch // layout.views) if pack_videos else 1
-    records: list[VideoRecord] = []
+    records: list[VideoRecord] = [VideoRecord(**done[i]) for i in share if i in done]
+
+    def finished(record: VideoRecord) -> None:
+        records.append(record)
+        if keeper is not None:
+            keeper.add(asdict(record))
+
     report = ctx.is_main and progress is not False
     bar = _progress_bar(len(mine), desc) if report and (progress or sys.stderr.isatty()) else None
     pending: list[dict[str, Any]] = []
@@ -218,15 +240,19 @@ def evaluate_dataset(
         logits = view_logits(model, views, ctx.device, view_batch, amp_dtype)
         for j, p in enumerate(pending):
             part = logits[j * layout.views : (j + 1) * layout.views]
-            records.append(record_from_logits(p["index"], str(p["video_id"]), int(p["label"]), part, layout))
+            finished(record_from_logits(p["index"], str(p["video_id"]), int(p["label"]), part, layout))
         pending.clear()
 
     t0 = time.perf_counter()
     t_log = t0
-    for done, item in enumerate(loader, start=1):
+    early = False  # stopped by a signal before this rank's share was done
+    for count, item in enumerate(loader, start=1):
+        if keeper is not None and keeper.stopped():
+            early = True
+            break
         if item.get("error"):
             log.warning("video %s could not be evaluated: %s", item["video_id"], item["error"])
-            records.append(
+            finished(
                 VideoRecord(
                     index=item["index"],
                     video_id=str(item["video_id"]),
@@ -248,11 +274,17 @@ def evaluate_dataset(
             bar.update(1)
         elif report and time.perf_counter() - t_log >= 60:
             t_log = time.perf_counter()
-            log.info("%s: %d/%d videos on rank 0 (%.1f videos/s)", desc, done, len(mine), done / (t_log - t0))
+            log.info("%s: %d/%d videos on rank 0 (%.1f videos/s)", desc, count, len(mine), count / (t_log - t0))
     flush()
     if bar is not None:
         bar.close()
     log.debug("rank %d evaluated %d videos in %.1fs", ctx.rank, len(records), time.perf_counter() - t0)
+    if keeper is not None:
+        keeper.flush()
+        flag = torch.tensor([float(early)], device=ctx.device)
+        if D.all_reduce(ctx, flag, "max").item() > 0:  # every rank learns that some rank stopped early
+            model.train(was_training)
+            raise EvaluationStopped
     # Reached only by ranks that evaluated their share: a rank that raised (a damaged shard) has left
     # the process, which its launcher (torchrun, srun --kill-on-bad-exit) turns into the job's end.
     with D.long_wait(ctx):  # the slowest rank's share
@@ -351,15 +383,18 @@ class EvalOptions:
     model: str | None = None  # zoo entry; needed for an original .pth
     classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
     stage_to: str | None = default("frames", "stage_to")  # node-local folder to copy the shards to first
+    keep_every: int = eval_resume.KEEP_EVERY  # write finished videos to OUT_DIR/partial/ after this many per process
 
 
 def run_evaluation(opts: EvalOptions) -> int:
     """Evaluate a trained model on packed shards and write metrics.json and predictions.csv.
 
-    Returns 0, or raises on rank 0: DataDamaged when more than `max_failed_share` of the videos could
-    not be read (the files are written all the same, for inspection), FolderBusy (exit 75) when another
-    run holds the output folder; the other ranks then return 0, so a launcher that ends the job when
-    a task fails (srun --kill-on-bad-exit) leaves rank 0 to report. A rank that fails on its own raises.
+    Returns 0, or 75 (RETRY_LATER) on rank 0 when SIGTERM/SIGUSR1 stopped it with the finished videos
+    kept in OUT_DIR/partial/, or raises on rank 0: DataDamaged when more than `max_failed_share` of the
+    videos could not be read (the files are written all the same, for inspection), FolderBusy (exit 75)
+    when another run holds the output folder; the other ranks then return 0, so a launcher that ends
+    the job when a task fails (srun --kill-on-bad-exit) leaves rank 0 to report. A rank that fails on
+    its own raises.
     """
     from tokshift.data.transforms import check_resize
     from tokshift.engine.staging import staged_shards
@@ -370,32 +405,76 @@ def run_evaluation(opts: EvalOptions) -> int:
     check_resize(opts.resize)  # here, once: a bad method would otherwise fail every video as unreadable
     if not 0 <= opts.max_failed_share <= 1:
         raise BadInput(f"--max-failed-share {opts.max_failed_share:g}: expected a share between 0 and 1")
+    if opts.keep_every < 1:
+        raise BadInput(f"--keep-every {opts.keep_every}: expected a number of videos >= 1")
     for s in opts.shards:
         if not Path(s).exists():
             raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
     started = start_process(opts.device, opts.amp, opts.workers)
     launch = started.launch
     opts = dataclasses.replace(opts, workers=started.workers)
-    # Staging comes before the process group: a long copy never counts against a collective's timeout.
-    with staged_shards({"val": opts.shards}, opts.stage_to, launch, opts.out_dir) as staged:
+    stop = StopFlag(scheduled_signal())  # SIGTERM/SIGUSR1: keep the finished videos and exit RETRY_LATER
+    with stop.installed():
+        # Staging comes before the process group: a long copy never counts against a collective's timeout.
+        with staged_shards(
+            {"val": opts.shards}, opts.stage_to, launch, opts.out_dir, stopped=lambda: stop.raised
+        ) as staged:
 
-        def body(ctx: D.DistContext) -> int:
-            # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
-            with D.long_wait(ctx):
-                return _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx)
+            def body(ctx: D.DistContext) -> int:
+                # Every collective of an evaluation waits for the slowest rank's share, or for rank 0's writes.
+                with D.long_wait(ctx):
+                    return _evaluate(dataclasses.replace(opts, shards=staged.shards["val"]), ctx, stop)
 
-        def failed_alone(exc: BaseException, ctx: D.DistContext) -> bool:
-            # Rank 0's report of too many unreadable videos comes after the final barrier; a damaged
-            # shard (ShardCorruptError) is met by one rank alone.
-            return not isinstance(exc, DataDamaged) or isinstance(exc, ShardCorruptError) or not ctx.is_main
+            def failed_alone(exc: BaseException, ctx: D.DistContext) -> bool:
+                # Rank 0's report of too many unreadable videos comes after the final barrier; a damaged
+                # shard (ShardCorruptError) is met by one rank alone.
+                return not isinstance(exc, DataDamaged) or isinstance(exc, ShardCorruptError) or not ctx.is_main
 
-        code, ctx = run_in_group(started, opts.out_dir, "evaluate", body, failed_alone)
-    if code == ExitCode.DATA_DAMAGED and not ctx.is_main:
-        return ExitCode.OK  # rank 0 raised DataDamaged with the message; the job's code is its
+            code, ctx = run_in_group(started, opts.out_dir, "evaluate", body, failed_alone)
+            staged.keep = code == ExitCode.RETRY_LATER  # the rerun may land on this node again
+    if code in (ExitCode.DATA_DAMAGED, ExitCode.RETRY_LATER) and not ctx.is_main:
+        # Rank 0 reports and its code is the job's; exiting 0 here means srun --kill-on-bad-exit never
+        # cuts rank 0 short while it writes.
+        return ExitCode.OK
     return code
 
 
-def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
+def _evaluation_identity(
+    opts: EvalOptions, cfg: Any, checkpoint_sha256: str, videos: int, amp: str, device: torch.device
+) -> dict[str, Any]:
+    """Everything a video's record depends on: kept records of another identity are not reused.
+
+    The checkpoint by content (its path may change), the shards by their seals (staged copies carry
+    their source's), the views, resize, precision and the hardware that computes them: another GPU
+    model, thread count or library version may round differently. Not the number of processes: a
+    video's record does not depend on which process scores it.
+    """
+    import tokshift
+    from tokshift.data.store import read_seal
+
+    return {
+        "format": 1,
+        "checkpoint_sha256": checkpoint_sha256,
+        "model": cfg.name,
+        "num_frames": cfg.num_frames,
+        "frame_stride": cfg.frame_stride,
+        "img_size": cfg.img_size,
+        "shards": [read_seal(s) for s in opts.shards],
+        "videos": videos,
+        "clips": opts.clips,
+        "crops": opts.crops,
+        "resize": opts.resize,
+        "view_batch": opts.view_batch,
+        "fused_attn": opts.fused_attn,
+        "amp": amp,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "cpu_threads": torch.get_num_threads() if device.type != "cuda" else None,
+        "torch": torch.__version__,
+        "tokshift": tokshift.__version__,
+    }
+
+
+def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = None) -> int:
     import json
 
     from tokshift.data.datasets import EvalViewDataset
@@ -426,6 +505,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
             "evaluate on the same dataset's validation split"
         )
     layout = ViewLayout(opts.clips, opts.crops)
+    amp_name = str(amp_dtype or "off").replace("torch.", "")
     log.info(
         "evaluating %s on %d videos x %d views (%d clips x %d crops), %d process(es)",
         cfg.name,
@@ -435,20 +515,60 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         opts.crops,
         ctx.world_size,
     )
+    folder = Path(opts.out_dir) / eval_resume.PARTIAL
+    identity: dict[str, Any] | None = None
+    if ctx.is_main:  # one read of the checkpoint, reused for metrics.json
+        identity = _evaluation_identity(opts, cfg, sha256_file(opts.checkpoint), len(ds), amp_name, ctx.device)
+        eval_resume.prepare_folder(folder, identity)
+    identity = D.broadcast_object(ctx, identity)
+    tag = eval_resume.identity_tag(identity)
+    fields = [f.name for f in dataclasses.fields(VideoRecord)]
+    kept = eval_resume.load_kept(folder, tag, ds.video_ids, fields, warn=ctx.is_main)
+    D.barrier(ctx)  # every rank has read the kept records before any writes new ones
+    if kept:
+        log.info("resuming: %d of %d videos already scored (%s)", len(kept), len(ds), folder)
+    log.info(
+        "keeping finished videos in %s every %d videos per process or %.0f minutes",
+        folder,
+        opts.keep_every,
+        eval_resume.KEEP_SECONDS / 60,
+    )
+    keeper = eval_resume.RecordKeeper(
+        folder,
+        tag,
+        kept,
+        opts.keep_every,
+        stopped=lambda: stop is not None and stop.raised,
+        after_chunk=stop.after_step if stop is not None else lambda n: None,
+    )
     t0 = time.perf_counter()
-    with reported(lambda: evaluation_oom_message(cfg.name, opts.view_batch, ctx.device)):
-        records = evaluate_dataset(
-            trained.model,
-            ds,
-            ctx,
-            layout,
-            view_batch=opts.view_batch,
-            amp_dtype=amp_dtype,
-            workers=opts.workers,
-            progress=opts.progress,
-            desc="evaluate",
-        )
-    seconds = time.perf_counter() - t0
+    try:
+        with reported(lambda: evaluation_oom_message(cfg.name, opts.view_batch, ctx.device)):
+            records = evaluate_dataset(
+                trained.model,
+                ds,
+                ctx,
+                layout,
+                view_batch=opts.view_batch,
+                amp_dtype=amp_dtype,
+                workers=opts.workers,
+                progress=opts.progress,
+                desc="evaluate",
+                keeper=keeper,
+            )
+    except EvaluationStopped:  # every rank has written its finished videos
+        if ctx.is_main:
+            log.warning(
+                "stopped on a signal: %d of %d videos are scored and kept in %s; exit %d, rerun the same "
+                "command to score the rest",
+                len(eval_resume.load_kept(folder, tag, ds.video_ids, fields, warn=False)),
+                len(ds),
+                folder,
+                ExitCode.RETRY_LATER,
+            )
+        return ExitCode.RETRY_LATER
+    # Not in metrics.json, which a resumed run writes exactly as an uninterrupted one does.
+    log.info("scored %d videos in this run in %.1f s", len(ds) - len(kept), time.perf_counter() - t0)
     failed_line, too_many = failure_report(records, opts.max_failed_share)
     if ctx.is_main:
         metrics = summarize(records, layout)
@@ -457,12 +577,11 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
         metrics.update(
             model=cfg.name,
             checkpoint=str(opts.checkpoint),
-            checkpoint_sha256=sha256_file(opts.checkpoint),
+            checkpoint_sha256=identity["checkpoint_sha256"],
             world_size=ctx.world_size,
             device=ctx.device.type,
-            amp=str(amp_dtype or "off").replace("torch.", ""),
+            amp=amp_name,
             resize=opts.resize,
-            eval_seconds=seconds,
             view_sets={
                 "1view": "centre clip, centre crop",
                 "3view": "centre clip, every crop",
@@ -487,6 +606,10 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext) -> int:
             out,
         )
         (log.warning if metrics["failed"] else log.info)("%s", failed_line)
+        if too_many:  # a rerun with a larger --max-failed-share need not score them again
+            log.info("the scored videos stay in %s", folder)
+        else:
+            eval_resume.remove_kept(folder)
     D.barrier(ctx)
     if too_many and ctx.is_main:  # the files are written all the same, for inspection
         raise DataDamaged(too_many)
