@@ -250,3 +250,104 @@ def test_jobs_state_the_device_they_ask_for() -> None:
     assert scheduling.job_device(cfg, "evaluate", "demo_vit") == "cpu"
     cfg["train"] = {**cfg["train"], "device": "cpu"}  # stand-in GPUs, or a CPU run on a GPU node
     assert scheduling.job_device(cfg, "train", "demo_vit") == "cpu"
+
+
+def kinetics(cfg: dict[str, Any], tmp_path: Path, models: list[str]) -> dict[str, Any]:
+    """`cfg` running `models` on a Kinetics-400 entry whose paths exist."""
+    ann = tmp_path / "ann.csv"
+    ann.write_text("label,youtube_id,time_start,time_end,split\n")
+    cfg["datasets"]["kinetics400"] = {
+        "kind": "kinetics",
+        "zoo": "k400",
+        "root": str(tmp_path),
+        "annotations": {"train": str(ann), "val": str(ann)},
+    }
+    cfg["dataset"], cfg["models"] = "kinetics400", models
+    return cfg
+
+
+def config_problems(cfg: dict[str, Any]) -> str:
+    try:
+        settings.check_config(cfg)
+    except settings.ConfigError as e:
+        return str(e)
+    return ""
+
+
+def test_kinetics_training_without_gpus_is_refused_naming_the_key_unless_allowed(tmp_path: Path) -> None:
+    k400 = ["k400_vit_8x32_224", "k400_tokshift_div4_8x32_large_384"]
+    assert config_problems(kinetics(make_config(), tmp_path, k400)) == ""
+    msg = config_problems(kinetics(make_config(train={"gpus": 0}), tmp_path, k400))
+    assert "'resources.train.gpus': 0 GPUs for k400_vit_8x32_224, which trains on 2 GPUs" in msg
+    assert "k400_tokshift_div4_8x32_large_384, which trains on 8 GPUs" in msg
+    assert "resources.allow_cpu_training: true" in msg
+    per_model = make_config(per_model={"k400_vit_8x32_224": {"train": {"gpus": 0}}})
+    msg = config_problems(kinetics(per_model, tmp_path, k400))
+    assert "'resources.per_model.k400_vit_8x32_224.train.gpus'" in msg and "large_384" not in msg
+    cfg = kinetics(make_config(train={"gpus": 0}), tmp_path, k400)
+    cfg["train"]["device"] = "cpu"
+    cfg["resources"]["allow_cpu_training"] = True
+    assert config_problems(cfg) == ""
+    on_cpu = kinetics(make_config(), tmp_path, k400)
+    on_cpu["train"]["device"] = "cpu"
+    assert "config key 'train.device': cpu would train k400_vit_8x32_224 on the CPUs" in config_problems(on_cpu)
+    # The demo stays a CPU job, and needs no switch.
+    assert config_problems(make_config(train={"gpus": 0})) == ""
+
+
+def test_a_model_of_another_zoo_than_the_dataset_is_refused_naming_both(tmp_path: Path) -> None:
+    cfg = make_config()
+    cfg["models"] = ["demo_vit", "k400_vit_8x32_224"]
+    msg = config_problems(cfg)
+    assert "k400_vit_8x32_224 is an entry of the 'k400' zoo, but dataset 'demo' uses the 'demo' zoo" in msg
+    assert "datasets.demo.zoo: k400" in msg and "demo_vit" not in msg
+    with_k400 = kinetics(make_config(), tmp_path, ["k400_vit_8x32_224"])
+    with_k400["dataset"], with_k400["models"] = "demo", ["k400_vit_8x32_224"]
+    assert "run it with --config dataset=kinetics400" in config_problems(with_k400)
+    # Own videos trained with K400 recipes say so with their zoo.
+    own = kinetics(make_config(), tmp_path, ["demo_vit"])
+    msg = config_problems(own)
+    assert "demo_vit is an entry of the 'demo' zoo, but dataset 'kinetics400' uses the 'k400' zoo" in msg
+
+
+@pytest.mark.parametrize(
+    "extra, expect",
+    [
+        ("--signal=B:USR1@60", "--signal is set by the workflow"),
+        ("--mail-type=END --mem=100G", "memory"),
+        ("--gres=gpu:1", "generic resources"),
+    ],
+)
+def test_slurm_extra_that_would_set_our_flags_again_is_refused_naming_the_key(extra: str, expect: str) -> None:
+    msg = config_problems(make_config(train={"slurm_extra": extra}))
+    assert "config key 'resources.train.slurm_extra'" in msg and expect in msg
+    assert config_problems(make_config(train={"slurm_extra": "--mail-type=END --exclusive"})) == ""
+
+
+def outcome(code: int) -> Any:
+    from tokshift.attempts import Outcome
+
+    return Outcome(code, "0" * 16, None)
+
+
+def test_retries_ask_for_what_the_last_attempt_calls_for() -> None:
+    """Bad input: almost nothing, no GPU, CPU partition. Stopped to continue (75): the same.
+    Killed (no end line): more memory, and more time for packing and evaluation, within the caps."""
+    cfg = make_config(train={"gpus": 2}, evaluate={"gpus": 2}, slurm_partition="gpu", cpu_partition="cpu")
+    first = scheduling.retry_resources(cfg, "evaluate", "demo_vit", 1, None, env={})
+    assert first == scheduling.rule_job_resources(cfg, "evaluate", "demo_vit", env={})
+    assert (first["gres"], first["mem_mb"], first["runtime"], first["slurm_partition"]) == ("gpu:2", 40000, 60, "gpu")
+    for code in (2, 3, 5):
+        refused = scheduling.retry_resources(cfg, "evaluate", "demo_vit", 2, outcome(code), env={})
+        assert (refused["gres"], refused["mem_mb"], refused["runtime"]) == (None, 1000, 5)
+        assert (refused["cpus_per_task"], refused["slurm_partition"]) == (1, "cpu")
+    same = scheduling.rule_job_resources(cfg, "train", "demo_vit", env={})
+    assert scheduling.retry_resources(cfg, "train", "demo_vit", 3, outcome(75), env={}) == same
+    killed = scheduling.retry_resources(cfg, "evaluate", "demo_vit", 2, None, env={})
+    assert (killed["gres"], killed["mem_mb"], killed["runtime"]) == ("gpu:2", 80000, 120)
+    assert scheduling.retry_resources(cfg, "pack", None, 3, outcome(1), env={})["mem_mb"] == 3 * 4000
+    train = scheduling.retry_resources(cfg, "train", "demo_vit", 2, outcome(1), env={})
+    assert (train["mem_mb"], train["runtime"]) == (2 * 56000, 60)  # the chain of resumes covers its time
+    capped = make_config(evaluate={"gpus": 2}, max_mem_mb=50000, max_runtime=90)
+    killed = scheduling.retry_resources(capped, "evaluate", "demo_vit", 3, None, env={})
+    assert (killed["mem_mb"], killed["runtime"]) == (50000, 90)

@@ -198,6 +198,7 @@ def test_bookkeeping_steps_carry_the_site_settings_when_submitted() -> None:
 
 
 def test_gpu_model_with_a_bad_name_is_rejected_by_the_schema() -> None:
+    """A name with `-` is a real GRES type (a100-sxm4-80gb); one with `:` would break the GRES."""
     from snakemake.utils import validate
 
     cfg = repo_config()
@@ -214,3 +215,105 @@ def test_local_rules_default_names_download_and_bookkeeping_steps() -> None:
     local = set(cfg["resources"]["local_rules"])
     assert {"download_weights", "index_dataset", "summarize_frames", "collect_results"} <= local
     assert not local & {"train", "evaluate", "pack_shard", "evaluate_released"}
+
+
+def shipped_kinetics_config() -> dict[str, Any]:
+    """config.yaml with its first `kinetics400` entry uncommented and selected, as a user does it."""
+    from snakemake.utils import validate
+
+    from tests.workflow_helpers import REPO
+
+    lines = (REPO / "config.yaml").read_text().splitlines()
+    start = lines.index("  # kinetics400:")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("  #") or (block and line.startswith("  # ") and not line.startswith("  #   ")):
+            break
+        block.append("  " + line[len("  # ") :])
+    at = lines.index("datasets:") + 1
+    cfg = yaml.safe_load("\n".join(lines[:at] + block + lines[at:]))
+    cfg["dataset"] = "kinetics400"
+    validate(cfg, str(SCHEMA_PATH))
+    return cfg
+
+
+def test_every_kinetics_entry_asks_for_its_reference_gpus_with_the_shipped_config() -> None:
+    """The zoo as shipped: each K400 training asks for its reference GPUs on one node, the loader cores
+    and memory of each, a time limit from its estimate and the signal before it; the demo for none."""
+    from tokshift.zoo import get_config, zoo_names
+    from tokshift.zoo.jobs import zoo_job
+
+    cfg = shipped_kinetics_config()
+    assert settings_models(cfg) == zoo_names("k400")
+    for model in zoo_names("k400"):
+        gpus, job = get_config(model).gpus, zoo_job(get_config(model))
+        assert gpus in (2, 4, 8)
+        train = render_rule(cfg, "train", model).split()
+        assert train[-1] == f"--gres=gpu:{gpus}", (model, train)
+        assert f"--cpus-per-task={8 * gpus}" in train and "--signal=USR1@300" in train, (model, train)
+        assert train[train.index("--mem") + 1] == str(8000 + 24000 * gpus), (model, train)
+        assert train[train.index("-t") + 1] == str(job.train_runtime), (model, train)
+        evaluate = render_rule(cfg, "evaluate", model).split()
+        assert evaluate[-1] == f"--gres=gpu:{gpus}" and "--signal=USR1@300" not in evaluate, (model, evaluate)
+    demo = make_config("train", {})
+    for model in zoo_names("demo"):
+        for rule in ("train", "evaluate"):
+            line = render_rule(demo, rule, model)
+            assert "--gres" not in line and "--gpus" not in line and " -t 60 " in f" {line} ", (model, line)
+
+
+def settings_models(cfg: dict[str, Any]) -> list[str]:
+    from tokshift.workflow.config import selected_models
+
+    return selected_models(cfg)
+
+
+def test_time_limits_with_the_resubmissions_cover_twice_the_estimated_training() -> None:
+    """Each job of the chain resumes the last: (retries + 1) time limits hold the estimate twice."""
+    from tests.workflow_helpers import REPO
+    from tokshift.zoo import get_config, zoo_names
+    from tokshift.zoo.jobs import zoo_job
+
+    retries = yaml.safe_load((REPO / "slurm" / "config.yaml").read_text())["retries"]
+    for model in zoo_names("k400"):
+        job = zoo_job(get_config(model))
+        assert job.train_hours and job.train_runtime * (retries + 1) / 60 >= 2 * job.train_hours, (model, job)
+        assert job.train_runtime <= 24 * 60 and job.evaluate_runtime >= 60 * job.evaluate_hours, (model, job)
+
+
+def test_site_flags_from_the_config_and_the_command_line_sit_next_to_the_signal() -> None:
+    """resources.train.slurm_extra and `--set-resources train:slurm_extra=...` both reach sbatch after
+    --signal (the fold the workflow applies to the command-line value), and the plugin accepts them."""
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    cfg = make_config("train", {"gpus": 2, "slurm_extra": "--mail-type=END"})
+    assert scheduling.fold_cli_slurm_extra(cfg, {"train": {"slurm_extra": "'--exclusive'"}}) == ["train"]
+    assert scheduling.fold_cli_slurm_extra(cfg, {"collect_results": {"slurm_extra": "--x"}}) == []
+    resources = scheduling.rule_job_resources(cfg, "train", "demo_vit", env={})
+    line = render(resources, scheduling.job_threads(cfg, "train", "demo_vit"))
+    assert "--signal=USR1@300 --mail-type=END --exclusive -D /work --gres=gpu:2" in line, line
+    validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=resources["slurm_extra"])))
+
+
+def test_a_gpu_model_with_a_dash_asks_per_node_through_the_flag_the_plugin_lets_through() -> None:
+    from snakemake_executor_plugin_slurm.validation import validate_slurm_extra
+
+    cfg = make_config("train", {"gpus": 4}, gpu_model="a100-sxm4-80gb")
+    resources = scheduling.rule_job_resources(cfg, "train", "demo_vit", env={})
+    line = render(resources, scheduling.job_threads(cfg, "train", "demo_vit"))
+    assert "--gres" not in line and "--signal=USR1@300 --gpus-per-node=a100-sxm4-80gb:4" in line, line
+    validate_slurm_extra(SimpleNamespace(resources=SimpleNamespace(slurm_extra=resources["slurm_extra"])))
+
+
+def test_cpu_steps_go_to_the_cpu_partition_gpu_steps_to_the_gpu_partition() -> None:
+    cfg = make_config("train", {}, slurm_partition="gpu", slurm_account="lab", cpu_partition="cpu")
+    cfg["resources"]["cpu_qos"] = "short"
+    assert render_rule(cfg, "pack").startswith("-A lab -p cpu ")
+    assert "--qos=short" in render_rule(cfg, "pack")
+    small = render(scheduling.small_job_resources(cfg, mem_mb=1000, runtime=10, env={}), threads=1)
+    assert small.startswith("-A lab -p cpu ")
+    assert render_rule(cfg, "train", "demo_vit").startswith("-A lab -p cpu ")  # a CPU model
+    gpu = render_rule(cfg, "train", "k400_vit_8x32_224")
+    assert gpu.startswith("-A lab -p gpu ") and "--qos" not in gpu and gpu.endswith("--gres=gpu:2"), gpu
+    env = {"TOKSHIFT_SLURM_CPU_PARTITION": "cpu-env"}
+    assert render_rule(make_config("pack", {}, slurm_partition="gpu"), "pack", env=env).startswith("-p cpu-env ")
