@@ -49,6 +49,7 @@ JOB_SIZES = {
         "mem_mb_per_gpu": 2000,
         "runtime": 20,
         "signal_seconds": 120,
+        "slurm_extra": "--mail-type=NONE",
     },
     "evaluate": {"gpus": 1, "cpus_per_gpu": 2, "mem_mb": 500, "mem_mb_per_gpu": 2000, "runtime": 10},
 }
@@ -71,6 +72,10 @@ RANK_LAYOUTS = {
     "two_nodes": {"gpus": 0, "nodes": 2, "tasks_per_node": 1, "cpus": 1},
     "one_node": {"gpus": 0, "nodes": 1, "tasks_per_node": 2, "cpus": 1},
 }
+
+
+# A site's own sbatch flag given the way the SLURM plugin documents it: it joins the config's.
+CLI_SLURM_EXTRA = ("--set-resources", "train:slurm_extra='--no-requeue'")
 
 
 def _write_config(path: Path, resources: dict, train: dict | None = None, evaluate: dict | None = None) -> Path:
@@ -230,7 +235,8 @@ def slurm_run(slurm_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) 
         standin = pool.submit(run_standin, tmp_path_factory.mktemp("standin"), cluster.multi_partition, cluster.node)
         # One job at a time: both test nodes share this machine's cores, and two trainings of two
         # threads each side by side run many times slower than one after the other (as locally).
-        prefix, seconds = _run_slurm(wf, cfg, cluster, "--jobs", "1")
+        # Site flags from the config (JOB_SIZES) and the command line; --verbose logs each sbatch call.
+        prefix, seconds = _run_slurm(wf, cfg, cluster, "--jobs", "1", "--verbose", *CLI_SLURM_EXTRA)
         print(f"demo pipeline through SLURM: {seconds:.0f} s")
         return {
             "wf": wf,
@@ -323,6 +329,16 @@ def test_sacct_shows_the_jobs_with_the_resources_the_config_asked_for(slurm_run:
             assert (j.gpus, j.cpus) == (want["gpus"], want["gpus"] * want["cpus_per_gpu"]), j
             mem_mb = want["mem_mb"] + want["mem_mb_per_gpu"] * want["gpus"]
             assert (j.mem_mb, j.timelimit_minutes, j.nnodes) == (mem_mb, want["runtime"], 1), j
+
+
+def test_site_flags_from_config_and_command_line_reach_sbatch_next_to_the_signal(slurm_run: dict) -> None:
+    """resources.train.slurm_extra and `--set-resources train:slurm_extra=...` are both in every
+    training's sbatch call, after --signal (which neither replaced), and SLURM ran those jobs."""
+    log = (slurm_run["wf"] / "snakemake-slurm.log").read_text()
+    calls = [line for line in log.splitlines() if "sbatch call:" in line and "rule_train_wildcards" in line]
+    assert len(calls) == len(slurm_run["jobs"]["train"]) >= 2, calls
+    for call in calls:
+        assert "--signal=USR1@120 --mail-type=NONE --no-requeue" in call, call
 
 
 def test_signal_ahead_of_the_time_limit_then_resubmitted(slurm_run: dict) -> None:
