@@ -131,7 +131,7 @@ def _identity(x: Any) -> Any:
     return x
 
 
-class EvaluationStopped(Exception):
+class _Stopped(Exception):
     """Raised on every rank together when a stop signal ended the pass before some rank's share was done."""
 
 
@@ -202,7 +202,7 @@ def evaluate_dataset(
 
     With `keeper`, this rank's videos the keeper already holds are taken from it instead of
     scored, each finished video is handed to it, and a stop signal ends the pass early: every
-    rank then raises EvaluationStopped once its finished videos are written.
+    rank then raises _Stopped once its finished videos are written.
     """
     workers = loader_workers(workers, ctx.launch.local_processes)
     was_training = model.training
@@ -284,7 +284,7 @@ def evaluate_dataset(
         flag = torch.tensor([float(early)], device=ctx.device)
         if D.all_reduce(ctx, flag, "max").item() > 0:  # every rank learns that some rank stopped early
             model.train(was_training)
-            raise EvaluationStopped
+            raise _Stopped
     # Reached only by ranks that evaluated their share: a rank that raised (a damaged shard) has left
     # the process, which its launcher (torchrun, srun --kill-on-bad-exit) turns into the job's end.
     with D.long_wait(ctx):  # the slowest rank's share
@@ -556,7 +556,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
                 desc="evaluate",
                 keeper=keeper,
             )
-    except EvaluationStopped:  # every rank has written its finished videos
+    except _Stopped:  # every rank has written its finished videos
         if ctx.is_main:
             log.warning(
                 "stopped on a signal: %d of %d videos are scored and kept in %s; exit %d, rerun the same "
