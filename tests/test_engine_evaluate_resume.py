@@ -83,6 +83,7 @@ def _stop_after_chunks(
     return res
 
 
+@pytest.mark.slow  # two interpreters started and stopped by real signals: the end-to-end tier
 def test_interrupted_processes_are_resumed_to_the_uninterrupted_outputs(
     reference: Path, trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:
