@@ -271,7 +271,10 @@ def register(subparsers: Any) -> None:
     e.set_defaults(func=_evaluate)
 
     p = add_command(
-        subparsers, "predict", help="classify video files with a trained model", exit_codes=(ExitCode.DATA_DAMAGED,)
+        subparsers,
+        "predict",
+        help="classify video files with a trained model",
+        exit_codes=(ExitCode.NOT_RETRYABLE, ExitCode.DATA_DAMAGED),
     )
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything ffmpeg decodes)")
     _checkpoint(p)
