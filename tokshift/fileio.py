@@ -16,6 +16,7 @@ import io
 import json
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -157,3 +158,16 @@ class _HashingWriter(io.RawIOBase):
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
+
+
+def new_stale_folder(folder: Path) -> Path:
+    """A new, empty `folder/stale-<UTC time>[-n]/` for results set aside (never deleted) because
+    what they were made with has changed."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = folder / f"stale-{stamp}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = folder / f"stale-{stamp}-{n}"
+    dest.mkdir(parents=True)
+    return dest

@@ -17,7 +17,6 @@ import logging
 import os
 import re
 import shutil
-import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import torch
 
 from tokshift.errors import BadInput, InputMissing
-from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
+from tokshift.fileio import atomic_torch_save, atomic_write_text, new_stale_folder, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +140,7 @@ def set_aside(folder: str | os.PathLike[str], checkpoints: Iterable[Path], with_
     """Move `checkpoints` (with their seals) and, with `with_logs`, the live logs of `folder` into
     a new `folder/stale-<UTC time>/`; returns that folder. Nothing is deleted."""
     folder = Path(folder)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = folder / f"stale-{stamp}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = folder / f"stale-{stamp}-{n}"
-    dest.mkdir(parents=True)
+    dest = new_stale_folder(folder)
     moved = []
     for ckpt in checkpoints:
         moved += [ckpt, seal_of(ckpt)]

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokshift.fileio import atomic_write_bytes, atomic_write_json
+from tokshift.fileio import atomic_write_bytes, atomic_write_json, new_stale_folder
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +88,7 @@ def _chunks(folder: Path) -> list[Path]:
 
 def _set_aside(folder: Path) -> Path:
     """Move identity.json and the chunks into a new `folder/stale-<UTC time>/`; nothing is deleted."""
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    dest = folder / f"stale-{stamp}"
-    n = 1
-    while dest.exists():
-        n += 1
-        dest = folder / f"stale-{stamp}-{n}"
-    dest.mkdir(parents=True)
+    dest = new_stale_folder(folder)
     for p in [folder / IDENTITY, *_chunks(folder)]:
         if p.exists():
             shutil.move(str(p), str(dest / p.name))
