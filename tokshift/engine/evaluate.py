@@ -413,7 +413,7 @@ def run_evaluation(opts: EvalOptions) -> int:
     started = start_process(opts.device, opts.amp, opts.workers)
     launch = started.launch
     opts = dataclasses.replace(opts, workers=started.workers)
-    stop = StopFlag(scheduled_signal())  # SIGTERM/SIGUSR1: keep the finished videos and exit RETRY_LATER
+    stop = StopFlag(scheduled_signal(), keeps="the scored videos")  # then exit RETRY_LATER
     with stop.installed():
         # Staging comes before the process group: a long copy never counts against a collective's timeout.
         with staged_shards(

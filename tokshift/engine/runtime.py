@@ -172,10 +172,11 @@ class StopFlag:
 
     SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s)
 
-    def __init__(self, scheduled: tuple[int, int] | None = None) -> None:
+    def __init__(self, scheduled: tuple[int, int] | None = None, keeps: str = "a resume checkpoint") -> None:
         self.signum: int | None = None
         self._old: dict[int, Any] = {}
         self.scheduled = scheduled  # (optimizer step, signal) to raise on this process
+        self.keeps = keeps  # what the run saves before it exits, for the log line
 
     def after_step(self, step: int) -> None:
         """Raise the scheduled signal when this run has just finished that optimizer step."""
@@ -187,7 +188,7 @@ class StopFlag:
     def _handler(self, signum: int, frame: Any) -> None:  # noqa: ARG002
         if self.signum is None:
             name, code = signal.Signals(signum).name, int(ExitCode.RETRY_LATER)
-            log.warning("received %s: will save a resume checkpoint and exit %d", name, code)
+            log.warning("received %s: will save %s and exit %d", name, self.keeps, code)
         self.signum = signum
 
     @property
