@@ -74,12 +74,15 @@ rule evaluate_released:
         # Bicubic unless config.yaml sets it (default_released_resize in tokshift/workflow/config.py).
         resize=config["evaluate"]["resize"],
         view_batch=config["evaluate"]["view_batch"],
+        faithful=str(config["evaluate"]["faithful"]).lower(),
+        amp=config["evaluate"]["amp"],
         max_failed_share=config["evaluate"]["max_failed_share"],
         stage_to=FRAMES["stage_to"] or "",
         workers=config["evaluate"]["workers"],
     shell:
         "{params.launch} --attempts-log {params.attempts_log:q} evaluate --checkpoint {input.model:q} --shards {input.val:q} --out-dir {params.out_dir:q}"
         " --clips {params.clips} --crops {params.crops} --resize {params.resize} --view-batch {params.view_batch}"
+        " --faithful {params.faithful} --amp {params.amp}"
         " --max-failed-share {params.max_failed_share} --stage-to={params.stage_to:q} --workers {params.workers}"
         " --device {params.device}"
         " > {log:q} 2>&1"

@@ -126,7 +126,8 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("evaluate", "workers"): "evaluate.workers",
     ("evaluate", "max_failed_share"): "evaluate.max_failed_share",
     ("evaluate", "stage_to"): "frames.stage_to",
-    ("evaluate", "amp"): "train.amp",  # the config's one autocast setting
+    ("evaluate", "amp"): "evaluate.amp",  # auto as training; off (fp32) when faithful
+    ("evaluate", "faithful"): "evaluate.faithful",
     ("evaluate", "shards"): None,  # shard files, not frames.shards
     ("evaluate", "classes"): None,  # a class-name file
     ("predict", "clips"): "evaluate.clips",

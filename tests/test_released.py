@@ -72,6 +72,7 @@ def test_readme_config_plans_the_seven_released_checkpoints_without_training(k40
     # Local files are used in place; evaluation resizes as the original did.
     assert "checkpoints/k400_vit_8x32_224.pth" in out and "resources/released" not in out
     assert out.count("--resize bicubic") == 7 and "--resize linear" not in out
+    assert out.count("--faithful true") == 7 and "--amp auto" in out  # the original's views, fp32 (auto)
     assert "results/kinetics400/released/model_zoo.csv" in out
     assert "--classes results/kinetics400/index/val.classes.txt" in out
 
@@ -84,7 +85,9 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
         "demo_tokshift": {"source": "https://example.org/tokshift.pth", "sha256": None},
     }
     (wf / "released.yaml").write_text(
-        yaml.safe_dump({"checkpoints": "released", "evaluate": {"resize": "linear"}, "released": released})
+        yaml.safe_dump(
+            {"checkpoints": "released", "evaluate": {"resize": "linear", "faithful": False}, "released": released}
+        )
     )
     out = snakemake(wf, "-n", "-p", "--cores", "2", "--configfile", "released.yaml", check=True).stdout
     jobs = planned_jobs(out)
@@ -93,6 +96,7 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
     assert f"--sha256={sha}" in out and "resources/released/demo_tokshift.pth" in out
     assert "--sha256= --config-key" in out  # no sha256 pinned: recorded on download
     assert out.count("--resize linear") == 2 and "--resize bicubic" not in out
+    assert out.count("--faithful false") == 2
 
 
 def test_trained_mode_plan_is_unchanged(tmp_path: Path) -> None:

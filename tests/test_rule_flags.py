@@ -239,10 +239,12 @@ def test_evaluations_pass_every_view_setting() -> None:
     """Trained and released models are evaluated with the same settings, each spelt on the command line."""
     for name in ("evaluate", "evaluate_released"):
         (rule,) = [r for r in RULES if r.name == name]
-        for key in ("clips", "crops", "resize", "view_batch", "max_failed_share", "workers"):
+        for key in ("clips", "crops", "resize", "view_batch", "max_failed_share", "workers", "amp"):
             flag = "--" + key.replace("_", "-")
             assert f"{flag} {{params.{key}}}" in rule.shell, (name, flag)
             assert ast.unparse(rule.params[key]) == f"config['evaluate']['{key}']", (name, key)
+        assert "--faithful {params.faithful} --amp {params.amp}" in rule.shell, name
+        assert ast.unparse(rule.params["faithful"]) == "str(config['evaluate']['faithful']).lower()", name
 
 
 BROKEN = """

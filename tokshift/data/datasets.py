@@ -95,10 +95,11 @@ class _ShardSet:
         """Video id, frame count and label index of item ``i``."""
         return self.ids[i].decode("utf-8"), int(self.nframes[i]), int(self.labels[i])
 
-    def frames(self, i: int, indices: Sequence[int]) -> list[np.ndarray]:
+    def frames(self, i: int, indices: Sequence[int], accurate: bool = False) -> list[np.ndarray]:
         vid, n, _ = self.item(i)
         try:
-            return self.readers[int(self.reader_index[i])].read_decoded_at(int(self.number[i]), n, indices, vid)
+            reader = self.readers[int(self.reader_index[i])]
+            return reader.read_decoded_at(int(self.number[i]), n, indices, vid, accurate)
         except ShardCorruptError:
             _let_worker_die()
             raise
@@ -184,21 +185,24 @@ def _views(
     num_clips: int,
     num_crops: int,
     resize: str,
+    faithful: bool = False,
 ) -> torch.Tensor:
-    """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major.
+    """(num_clips*num_crops, T, 3, crop, crop) uint8, clip-major; `faithful`: the original's clip
+    starts and portrait crops (tokshift.data.sampling).
 
     Each distinct frame is decoded, resized (``resize``, checked by the caller) and cut into its crops
     once; the views are then one gather of whole crops (3x faster than copying crop by crop from
     HWC frames).
     """
-    clips = eval_clip_indices(n, num_frames, frame_stride, num_clips)
+    clips = eval_clip_indices(n, num_frames, frame_stride, num_clips, faithful)
     unique = sorted({int(i) for c in clips for i in c})
     position = {i: k for k, i in enumerate(unique)}
     crops = np.empty((len(unique), num_crops, 3, crop_size, crop_size), dtype=np.uint8)
     for u, frame in enumerate(get_frames(unique)):
         resized = resize_short_side(frame, crop_size, resize)
         chw = resized.transpose(2, 0, 1)
-        for k, (y, x) in enumerate(crop_offsets(resized.shape[0], resized.shape[1], crop_size, num_crops)):
+        offsets = crop_offsets(resized.shape[0], resized.shape[1], crop_size, num_crops, faithful)
+        for k, (y, x) in enumerate(offsets):
             crops[u, k] = chw[:, y : y + crop_size, x : x + crop_size]
     frame_ids = np.array([[position[int(i)] for i in idx] for idx in clips])  # (clips, T)
     views = crops[frame_ids[:, None, :], np.arange(num_crops)[None, :, None]]  # (clips, crops, T, 3, c, c)
@@ -213,11 +217,13 @@ def eval_views_from_frames(
     num_clips: int = default("evaluate", "clips"),
     num_crops: int = default("evaluate", "crops"),
     resize: str = default("evaluate", "resize"),
+    faithful: bool = False,
 ) -> torch.Tensor:
     """Evaluation views of decoded frames ``(N, H, W, 3)`` uint8 -> ``(V, T, 3, crop, crop)`` uint8.
 
     ``resize`` picks the short-side resize to ``crop_size``: ``linear`` (OpenCV bilinear) or
-    ``bicubic`` (antialiased, as the original's Pillow ``BICUBIC``).
+    ``bicubic`` (antialiased, as the original's Pillow ``BICUBIC``); ``faithful`` the original's
+    clip starts and portrait crops.
     """
     n = len(frames)
     if n == 0:
@@ -231,6 +237,7 @@ def eval_views_from_frames(
         num_clips,
         num_crops,
         check_resize(resize),
+        faithful,
     )
 
 
@@ -239,7 +246,8 @@ class EvalViewDataset(_ShardDataset):
 
     ``resize`` is the short-side resize to ``crop_size``: ``linear`` or ``bicubic`` (see
     :func:`~tokshift.data.transforms.resize_short_side`), checked here: in a loader worker a bad
-    name would fail every video one by one.
+    name would fail every video one by one. ``faithful`` decodes frames as Pillow does and takes
+    the original's clip starts and portrait crops (docs/reference.md, "Faithful evaluation").
     """
 
     def __init__(
@@ -251,8 +259,10 @@ class EvalViewDataset(_ShardDataset):
         num_clips: int = default("evaluate", "clips"),
         num_crops: int = default("evaluate", "crops"),
         resize: str = default("evaluate", "resize"),
+        faithful: bool = False,
     ) -> None:
         self.resize = check_resize(resize)
+        self.faithful = bool(faithful)
         self._set = _ShardSet(shards)
         self.num_frames = int(num_frames)
         self.frame_stride = int(frame_stride)
@@ -266,7 +276,7 @@ class EvalViewDataset(_ShardDataset):
     def __getitem__(self, i: int) -> dict[str, Any]:
         vid, n, label = self._set.item(i)
         views = _views(
-            lambda idx: self._set.frames(i, idx),
+            lambda idx: self._set.frames(i, idx, accurate=self.faithful),
             n,
             self.num_frames,
             self.frame_stride,
@@ -274,5 +284,6 @@ class EvalViewDataset(_ShardDataset):
             self.num_clips,
             self.num_crops,
             self.resize,
+            self.faithful,
         )
         return {"video_id": vid, "label": label, "views": views}

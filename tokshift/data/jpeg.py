@@ -3,7 +3,9 @@
 Packing encodes ffmpeg's full-range 4:2:0 planes directly (simplejpeg's YUV-plane encoder: no
 colour conversion or chroma downsampling, the cheapest path measured in bench/RESULTS_data.md).
 RGB frames (tests, benchmarks) are encoded by OpenCV. Decoding uses simplejpeg's fast
-DCT/upsampling flags, the fastest RGB decode measured.
+DCT/upsampling flags, the fastest RGB decode measured; `accurate=True` turns both off, which
+decodes exactly as Pillow does (accurate integer IDCT, fancy upsampling): the faithful
+evaluation of the original's checkpoints (docs/reference.md, "Faithful evaluation").
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ def encode_yuv420(y: np.ndarray, u: np.ndarray, v: np.ndarray, quality: int) -> 
     return simplejpeg.encode_jpeg_yuv_planes(y, u, v, quality=int(quality))
 
 
-def decode_rgb(data: bytes | memoryview) -> np.ndarray:
-    """Decode JPEG bytes to an (H, W, 3) uint8 RGB array (fast DCT and upsampling)."""
-    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
+def decode_rgb(data: bytes | memoryview, accurate: bool = False) -> np.ndarray:
+    """Decode JPEG bytes to an (H, W, 3) uint8 RGB array: fast DCT and upsampling, or with
+    `accurate` Pillow's decode (1.6-3 grey levels closer to it on average, up to ~40)."""
+    fast = not accurate
+    return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=fast, fastupsample=fast)
 
 
 def jpeg_size(data: bytes) -> tuple[int, int]:

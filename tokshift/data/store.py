@@ -469,12 +469,15 @@ class ShardReader:
             raise ShardCorruptError(self.path, f"frame {i} of video {video_id!r} is missing")
         return blob
 
-    def read_decoded(self, video_id: str, indices: Sequence[int]) -> list[np.ndarray]:
-        """Decoded (H, W, 3) uint8 RGB frames; each distinct index is decoded once (shared arrays)."""
+    def read_decoded(self, video_id: str, indices: Sequence[int], accurate: bool = False) -> list[np.ndarray]:
+        """Decoded (H, W, 3) uint8 RGB frames; each distinct index is decoded once (shared arrays).
+        `accurate`: Pillow's decode instead of the fast one (tokshift.data.jpeg.decode_rgb)."""
         number, idx = self._checked(video_id, indices)
-        return self._decode(video_id, number, idx)
+        return self._decode(video_id, number, idx, accurate)
 
-    def read_decoded_at(self, number: int, nframes: int, indices: Sequence[int], video_id: str) -> list[np.ndarray]:
+    def read_decoded_at(
+        self, number: int, nframes: int, indices: Sequence[int], video_id: str, accurate: bool = False
+    ) -> list[np.ndarray]:
         """:meth:`read_decoded` for the video at position ``number`` with ``nframes`` frames, as the caller
         read them from the header once: DataLoader workers then never hold or search the header (a
         Kinetics shard lists ~15k videos), only the frames they load."""
@@ -482,20 +485,20 @@ class ShardReader:
         bad = [i for i in idx if not 0 <= i < nframes]
         if bad:
             raise IndexError(f"frame indices {bad[:5]} out of range for video {video_id!r} with {nframes} frames")
-        return self._decode(video_id, int(number), idx)
+        return self._decode(video_id, int(number), idx, accurate)
 
     def drop_header(self) -> None:
         """Forget the cached header and id lookup (they are read again on demand)."""
         self._header = None
         self._numbers = None
 
-    def _decode(self, video_id: str, number: int, idx: list[int]) -> list[np.ndarray]:
+    def _decode(self, video_id: str, number: int, idx: list[int], accurate: bool) -> list[np.ndarray]:
         cache: dict[int, np.ndarray] = {}
         with self._guard(), self._environment().begin(buffers=True) as txn:
             for i in idx:
                 if i not in cache:
                     blob = self._get(txn, video_id, number, i)
-                    cache[i] = decode_rgb(self._verified(blob, f"frame {i} of video {video_id!r}"))
+                    cache[i] = decode_rgb(self._verified(blob, f"frame {i} of video {video_id!r}"), accurate)
         return [cache[i] for i in idx]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:

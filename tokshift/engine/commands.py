@@ -248,6 +248,14 @@ def register(subparsers: Any) -> None:
     e.add_argument("--shards", nargs="+", required=True, metavar="LMDB", help="packed validation shards")
     e.add_argument("--out-dir", required=True, type=Path, help="folder for metrics.json and predictions.csv")
     _views(e)
+    add_boolean(
+        e,
+        "--faithful",
+        default("evaluate", "faithful"),
+        "score as the original's test script does (with --resize bicubic): frames decoded as Pillow does, its clip "
+        "starts and portrait crops, and fp32 without TF32 unless --amp says otherwise (docs/reference.md, "
+        "'Faithful evaluation')",
+    )
     _fused_attn(e)
     e.add_argument(
         "--max-failed-share",

@@ -384,6 +384,7 @@ class EvalOptions:
     classes: list[str] | None = None  # an original .pth's class names when not Kinetics-400's
     stage_to: str | None = default("frames", "stage_to")  # node-local folder to copy the shards to first
     keep_every: int = eval_resume.KEEP_EVERY  # write finished videos to OUT_DIR/partial/ after this many per process
+    faithful: bool = default("evaluate", "faithful")  # the original's decode, clip starts, portrait crops, fp32
 
 
 def run_evaluation(opts: EvalOptions) -> int:
@@ -410,7 +411,11 @@ def run_evaluation(opts: EvalOptions) -> int:
     for s in opts.shards:
         if not Path(s).exists():
             raise InputMissing(f"shard {s} does not exist; pack it first (tokshift pack)")
-    started = start_process(opts.device, opts.amp, opts.workers)
+    if opts.faithful and opts.resize != "bicubic":
+        raise BadInput(f"--faithful with --resize {opts.resize}: the original resizes bicubic; add --resize bicubic")
+    if opts.faithful and opts.amp == "auto":
+        opts = dataclasses.replace(opts, amp="off")  # the original scores in fp32
+    started = start_process(opts.device, opts.amp, opts.workers, tf32=not opts.faithful)
     launch = started.launch
     opts = dataclasses.replace(opts, workers=started.workers)
     stop = StopFlag(scheduled_signal(), keeps="the scored videos")  # then exit RETRY_LATER
@@ -464,6 +469,7 @@ def _evaluation_identity(
         "clips": opts.clips,
         "crops": opts.crops,
         "resize": opts.resize,
+        "faithful": opts.faithful,
         "view_batch": opts.view_batch,
         "fused_attn": opts.fused_attn,
         "amp": amp,
@@ -496,6 +502,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
         num_clips=opts.clips,
         num_crops=opts.crops,
         resize=opts.resize,
+        faithful=opts.faithful,
     )
     classes = [str(c) for c in ds.classes]
     if classes != trained.classes:
@@ -582,6 +589,8 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
             device=ctx.device.type,
             amp=amp_name,
             resize=opts.resize,
+            # faithful: scored as the original's test script (decode, clip starts, portrait crops, fp32).
+            mode="faithful" if opts.faithful else "fast",
             view_sets={
                 "1view": "centre clip, centre crop",
                 "3view": "centre clip, every crop",

@@ -108,12 +108,13 @@ def resolve_amp(choice: str, device: torch.device, bf16_supported: bool | None =
     return amp_choice(choice, device, bf16_supported)[0]
 
 
-def use_tf32(device: torch.device, amp_dtype: torch.dtype | None) -> bool:
+def use_tf32(device: torch.device, amp_dtype: torch.dtype | None, allowed: bool = True) -> bool:
     """Let fp32 matmuls and convolutions of a CUDA run use TF32 tensor cores (about 8x the fp32 rate
-    on Ampere and later, 10 mantissa bits); returns whether TF32 is on. Autocast runs are left as they are."""
+    on Ampere and later, 10 mantissa bits); returns whether TF32 is on. Autocast runs are left as they
+    are. Not `allowed`: true fp32, as a faithful evaluation needs."""
     if device.type == "cuda" and amp_dtype is None:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+        torch.backends.cudnn.allow_tf32 = allowed
     return device.type == "cuda" and bool(torch.backends.cuda.matmul.allow_tf32)
 
 

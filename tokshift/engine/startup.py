@@ -31,8 +31,9 @@ class Started:
     workers: int  # DataLoader workers per process
 
 
-def start_process(device: str, amp: str, workers: int | str) -> Started:
-    """Set up this process for `tokshift train` or `evaluate`: `--device`, `--amp` and `--workers` as given."""
+def start_process(device: str, amp: str, workers: int | str, tf32: bool = True) -> Started:
+    """Set up this process for `tokshift train` or `evaluate`: `--device`, `--amp` and `--workers` as given;
+    `tf32` False keeps fp32 matmuls in full fp32 on a GPU."""
     from tokshift.engine.gpu_env import environment_lines
     from tokshift.engine.runtime import (
         amp_choice,
@@ -48,7 +49,7 @@ def start_process(device: str, amp: str, workers: int | str) -> Started:
     setup_logging(launch.rank)
     chosen, why = D.choose_device(device, launch.local_rank)
     amp_dtype, amp_why = amp_choice(amp, chosen)
-    tf32 = use_tf32(chosen, amp_dtype)
+    tf32 = use_tf32(chosen, amp_dtype, allowed=tf32)
     if launch.rank == 0:
         for line in environment_lines(chosen, why, precision_line(amp_why, chosen, tf32)):
             log.info("%s", line)

@@ -173,17 +173,19 @@ def released_mode(config: dict[str, Any]) -> bool:
 
 
 def default_released_resize(config: dict[str, Any]) -> None:
-    """Before validation: in released mode `evaluate.resize` defaults to bicubic (the original's Pillow resize).
+    """Before validation: in released mode `evaluate.resize` defaults to bicubic (the original's Pillow
+    resize) and `evaluate.faithful` to true (its decode, clip starts, portrait crops and fp32).
 
-    Runs on the config as the user gave it, so an explicit `evaluate.resize` is kept; the
-    schema's own default (linear) applies to trained models, and the schema's enum is the one
-    check of the value.
+    Runs on the config as the user gave it, so an explicit setting is kept; the schema's own
+    defaults (linear, fast) apply to trained models, and the schema is the one check of the values.
     """
-    if config.get("checkpoints") != RELEASED:
+    evaluate = config.get("evaluate")
+    if config.get("checkpoints") != RELEASED and not (isinstance(evaluate, dict) and evaluate.get("faithful")):
         return
     evaluate = config.setdefault("evaluate", {})
-    if isinstance(evaluate, dict) and "resize" not in evaluate:
-        evaluate["resize"] = "bicubic"
+    if isinstance(evaluate, dict):  # a faithful evaluation resizes as the original: bicubic
+        evaluate.setdefault("resize", "bicubic")
+        evaluate.setdefault("faithful", config.get("checkpoints") == RELEASED)
 
 
 def is_url(source: str) -> bool:
@@ -364,6 +366,11 @@ def check_config(config: dict[str, Any], base: Path = Path(".")) -> None:
             problems.append(msg)
     problems += _check_released(config, models, base)
     problems += _check_zoo_matches_dataset(config, models)
+    if config["evaluate"]["faithful"] and config["evaluate"]["resize"] != "bicubic":
+        problems.append(
+            "config keys 'evaluate.faithful' / 'evaluate.resize': a faithful evaluation resizes as the original"
+            " (bicubic); leave evaluate.resize out or set it to bicubic"
+        )
     problems += _check_gpu_training(config, models)
     problems += _check_slurm_extra(config, models)
     for m in models:
