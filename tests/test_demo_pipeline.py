@@ -204,11 +204,51 @@ def test_released_checkpoints_reproduce_the_trained_top1(demo_run: DemoRun, tmp_
         assert trained.loc[m, "checkpoint_source"] == "trained"
         converted = torch.load(project / table.loc[m, "checkpoint"], map_location="cpu", weights_only=True)
         assert converted["source_sha256"] == released[m]["sha256"]
+        assert theirs["suspect_class_swaps"] == [], (m, theirs["suspect_class_swaps"])
     assert (project / "results/demo/released/model_zoo.md").read_text().count("http://127.0.0.1") == 2
     assert (project / "results/demo/released/accuracy_vs_gflops.png").stat().st_size > 1000
     for rule in ("fetch_released", "import_released", "evaluate_released", "collect_released"):
         assert any((project / "logs" / rule).rglob("*.log")), f"no log for {rule}"
         assert any((project / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"
+
+
+def test_a_released_checkpoint_in_another_class_order_is_named(demo_run: DemoRun, tmp_path: Path) -> None:
+    """The served checkpoint's head rows of two classes exchanged, as a checkpoint trained with another
+    class order has them: its released evaluation names both classes, in its log and metrics.json."""
+    import torch
+
+    project = tmp_path / "project"
+    shutil.copytree(demo_run.wf, project, symlinks=True)
+    model = "demo_tokshift"
+    classes = (project / "results/demo/index/val.classes.txt").read_text().split("\n")[:2]
+    served = tmp_path / "served"
+    served.mkdir()
+    pth = export_original(project / f"results/demo/train/{model}/model.pt", served / f"{model}.pth")
+    ckpt = torch.load(pth, map_location="cpu", weights_only=False)
+    for key in ("module.base_model.head.weight", "module.base_model.head.bias"):
+        ckpt["state_dict"][key] = ckpt["state_dict"][key][[1, 0, *range(2, len(ckpt["state_dict"][key]))]]
+    torch.save(ckpt, pth)
+    env = {"NO_PROXY": "127.0.0.1,localhost", "no_proxy": "127.0.0.1,localhost"}
+    with serve_directory(served) as url:
+        released = {model: {"source": f"{url}/{model}.pth", "sha256": None}}
+        config = {"evaluate": {"resize": "linear", "faithful": False}, "released": released, "models": [model]}
+        (project / "released.yaml").write_text(yaml.safe_dump(config))
+        snakemake(
+            project,
+            "--cores",
+            "2",
+            "--configfile",
+            "released.yaml",
+            "--config",
+            "checkpoints=released",
+            check=True,
+            env=env,
+        )
+    log = (project / f"logs/evaluate_released/demo/{model}.log").read_text()
+    warning = next(line for line in log.splitlines() if "CLASS ORDER?" in line)
+    assert f"{classes[0]!r} and {classes[1]!r}" in warning, warning
+    metrics = json.loads((project / f"results/demo/released/eval/{model}/metrics.json").read_text())
+    assert [pair[:2] for pair in metrics["suspect_class_swaps"]] == [classes], metrics["suspect_class_swaps"]
 
 
 def test_damaged_val_shard_fails_evaluation_by_name_and_keeps_the_models(demo_run: DemoRun, tmp_path: Path) -> None:

@@ -325,6 +325,23 @@ def summarize(records: Sequence[VideoRecord], layout: ViewLayout) -> dict[str, A
     }
 
 
+def _class_order_check(records: Sequence[VideoRecord], classes: Sequence[str]) -> list[Any]:
+    """Pairs of classes predicted as each other more than as themselves, each named in a warning:
+    the head's rows are then most likely in another class order than the dataset's."""
+    from tokshift.engine.class_order import suspect_swaps
+
+    ok = [r for r in records if r.error is None]
+    swaps = suspect_swaps([r.label for r in ok], [r.top5[0] for r in ok], classes)
+    for swap in swaps:
+        log.warning(
+            "CLASS ORDER? the checkpoint's scores for %s look swapped; a checkpoint whose head rows follow another "
+            "class order than this dataset's (sorted class names) scores like this: check the class list it was "
+            "trained with (docs/reference.md, 'Class order')",
+            swap.describe(),
+        )
+    return swaps
+
+
 def failure_report(records: Sequence[VideoRecord], max_failed_share: float, shown: int = 5) -> tuple[str, str | None]:
     """The "N of M videos failed" line, and an error message when too many failed to give a metric.
 
@@ -600,6 +617,8 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
             failed_share=metrics["failed"] / len(records) if records else None,
             max_failed_share=opts.max_failed_share,
         )
+        swaps = _class_order_check(records, classes)
+        metrics["suspect_class_swaps"] = [[s.first, s.second, s.first_as_second, s.second_as_first] for s in swaps]
         out = Path(opts.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))

@@ -1,0 +1,36 @@
+"""The class-order check: two head rows in each other's place are named, a sound model is not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tokshift.engine.class_order import suspect_swaps
+
+CLASSES = ["skiing (not slalom or crosscountry)", "skiing crosscountry", "surfing", "zumba"]
+
+
+def predictions(accuracy: float, seed: int = 0, videos: int = 40) -> tuple[list[int], list[int]]:
+    """A model right on `accuracy` of each class's videos, wrong uniformly otherwise."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(len(CLASSES)), videos)
+    wrong = (labels + rng.integers(1, len(CLASSES), labels.size)) % len(CLASSES)
+    preds = np.where(rng.random(labels.size) < accuracy, labels, wrong)
+    return labels.tolist(), preds.tolist()
+
+
+def test_two_swapped_rows_are_named_with_both_classes() -> None:
+    labels, preds = predictions(0.7)
+    assert suspect_swaps(labels, preds, CLASSES) == []
+    exchanged = [{0: 1, 1: 0}.get(p, p) for p in preds]  # the head's rows 0 and 1 in each other's place
+    (swap,) = suspect_swaps(labels, exchanged, CLASSES)
+    assert (swap.first, swap.second) == (CLASSES[0], CLASSES[1])
+    assert swap.first_as_second > swap.first_right and swap.second_as_first > swap.second_right
+    assert repr(CLASSES[0]) in swap.describe() and repr(CLASSES[1]) in swap.describe()
+
+
+def test_a_weak_but_sound_model_and_one_sided_confusion_are_not_named() -> None:
+    labels, preds = predictions(0.3, seed=1)
+    assert suspect_swaps(labels, preds, CLASSES) == []
+    # Every video of class 0 predicted 1, but class 1 right: a confusion, not an exchange.
+    one_sided = [1 if label == 0 else label for label in labels]
+    assert suspect_swaps(labels, one_sided, CLASSES) == []
