@@ -42,6 +42,7 @@ COLUMNS: tuple[str, ...] = (
     "params_m",
     "gflops_per_view",
     "views",
+    "eval_mode",
     "top1",
     "top5",
     "top1_softmax",
@@ -106,6 +107,7 @@ COLUMN_SOURCES: dict[str, str] = {
     "model": "zoo",
     "delta_top1": "metrics:top1 - zoo:paper_top1",
     "val_videos": "metrics:videos",
+    "eval_mode": "metrics:mode: faithful (the original's test transform and fp32) or fast; fast when absent",
     "val_failed": "pack_summary:missing + pack_summary:failed + metrics:failed (metrics:failed alone "
     "when there is no pack summary)",
     "init_from": "train_summary:init_from (the backbone's name when it is the zoo's ImageNet-21k weights file)",
@@ -302,6 +304,7 @@ def _model_row(
         "params_m": round(float(zoo["params_m"]), 2),
         "gflops_per_view": float(zoo["gflops_per_view"]),
         "views": int(_num(metrics["views"], m_file, "views")),
+        "eval_mode": str(metrics.get("mode", "fast")),
         **acc,
         "paper_top1": paper if paper is not None else math.nan,
         "delta_top1": round(acc["top1"] - paper, 2) if paper is not None else math.nan,
