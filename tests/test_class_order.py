@@ -34,3 +34,16 @@ def test_a_weak_but_sound_model_and_one_sided_confusion_are_not_named() -> None:
     # Every video of class 0 predicted 1, but class 1 right: a confusion, not an exchange.
     one_sided = [1 if label == 0 else label for label in labels]
     assert suspect_swaps(labels, one_sided, CLASSES) == []
+
+
+def test_the_early_check_flags_a_checkpoint_far_below_its_paper_number() -> None:
+    from tokshift.engine.class_order import early_verdict
+
+    wrong, line = early_verdict("k400_tokshift_div4_8x32_base_224", 74.5, 200, 77.28)
+    assert not wrong and "top-1 74.5 % on the first 200 videos; the paper reports 77.28 %" in line
+    wrong, line = early_verdict("k400_tokshift_div4_8x32_base_224", 41.0, 200, 77.28)
+    assert wrong and "released.k400_tokshift_div4_8x32_base_224" in line and "class order" in line
+    assert early_verdict("demo_vit", 30.0, 64, None) == (
+        False,
+        "early check: top-1 30.0 % on the first 64 videos (no paper number for demo_vit)",
+    )

@@ -118,3 +118,5 @@ def test_a_faithful_evaluation_records_its_mode_and_needs_the_bicubic_resize(tra
     assert res.returncode == 0, res.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert (metrics["mode"], metrics["amp"], metrics["resize"]) == ("faithful", "off", "bicubic")
+    # The early check reports the first videos' top-1 (all of them here: fewer than its 200).
+    assert f"early check: top-1 {metrics['top1']:.1f} % on the first {metrics['videos']} videos" in res.stderr

@@ -58,3 +58,26 @@ def suspect_swaps(
             if ij >= min_videos and ji >= min_videos and ij > counts[i, i] and ji > counts[j, j]:
                 out.append(SuspectSwap(classes[i], classes[j], ij, ji, int(counts[i, i]), int(counts[j, j])))
     return out
+
+
+#: Videos rank 0 scores before the early check of a checkpoint against its paper number.
+EARLY_VIDEOS = 200
+#: A checkpoint whose top-1 falls below this share of its paper number is flagged: with 200
+#: videos the standard error of a top-1 near 77 % is about 3 points, so a right checkpoint lands
+#: far above 0.8 x 77 = 62 %, while a file of another model scored as this one (another arch, another
+#: frame count, another class order) usually lands far below.
+EARLY_SHARE = 0.8
+
+
+def early_verdict(model: str, top1: float, videos: int, paper_top1: float | None) -> tuple[bool, str]:
+    """(looks wrong, the log line) for the top-1 of the first `videos` videos of `model`."""
+    line = f"early check: top-1 {top1:.1f} % on the first {videos} videos"
+    if paper_top1 is None:
+        return False, f"{line} (no paper number for {model})"
+    if top1 >= EARLY_SHARE * paper_top1:
+        return False, f"{line}; the paper reports {paper_top1:.2f} % for {model}"
+    return True, (
+        f"{line}, far below the {paper_top1:.2f} % the paper reports for {model}: the checkpoint may be another "
+        f"model's (another arch or frame count: check `released.{model}` names this model's file) or its head may "
+        "follow another class order"
+    )

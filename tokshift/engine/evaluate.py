@@ -19,7 +19,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine import eval_resume
+from tokshift.engine.class_order import EARLY_VIDEOS
 from tokshift.engine.metrics import fuse_logits, fuse_softmax, mean_class_accuracy, percent, topk
 from tokshift.engine.runtime import StopFlag, autocast, ignore_stop_signals, loader_workers, scheduled_signal
 from tokshift.errors import BadInput, DataDamaged, ExitCode, InputMissing
@@ -191,8 +192,13 @@ def evaluate_dataset(
     progress: bool | None = False,
     desc: str = "eval",
     keeper: eval_resume.RecordKeeper | None = None,
+    early_check: Callable[[list[VideoRecord]], None] | None = None,
+    early_videos: int = 0,
 ) -> list[VideoRecord]:
     """Records of every video of `dataset`, each computed once on one rank, gathered on all ranks.
+
+    `early_check` is called once on rank 0 with its records when `early_videos` of them are scored (or
+    when its share ends first): a check that should not wait for hours of evaluation.
 
     `pack_videos` lets several videos share one forward pass (faster for 1-view
     validation); exact N-process = 1-process equality needs it off, because the
@@ -224,10 +230,16 @@ def evaluate_dataset(
     per_forward = max(1, view_batch // layout.views) if pack_videos else 1
     records: list[VideoRecord] = [VideoRecord(**done[i]) for i in share if i in done]
 
+    early_pending = early_check is not None and ctx.is_main
+
     def finished(record: VideoRecord) -> None:
+        nonlocal early_pending
         records.append(record)
         if keeper is not None:
             keeper.add(asdict(record))
+        if early_pending and early_check is not None and len(records) >= early_videos:
+            early_pending = False
+            early_check(records)
 
     report = ctx.is_main and progress is not False
     bar = _progress_bar(len(mine), desc) if report and (progress or sys.stderr.isatty()) else None
@@ -276,6 +288,8 @@ def evaluate_dataset(
             t_log = time.perf_counter()
             log.info("%s: %d/%d videos on rank 0 (%.1f videos/s)", desc, count, len(mine), count / (t_log - t0))
     flush()
+    if early_pending and early_check is not None and records:
+        early_check(records)
     if bar is not None:
         bar.close()
     log.debug("rank %d evaluated %d videos in %.1fs", ctx.rank, len(records), time.perf_counter() - t0)
@@ -323,6 +337,18 @@ def summarize(records: Sequence[VideoRecord], layout: ViewLayout) -> dict[str, A
         "clips": layout.num_clips,
         "crops": layout.num_crops,
     }
+
+
+def _early_check(model: str, paper_top1: float | None, records: Sequence[VideoRecord]) -> None:
+    """Log the top-1 of the first videos against the paper's, loudly when it looks like another model."""
+    from tokshift.engine.class_order import early_verdict
+
+    ok = [r for r in records if r.error is None]
+    if not ok:
+        return
+    top1 = 100.0 * sum(r.top5[0] == r.label for r in ok) / len(ok)
+    wrong, line = early_verdict(model, top1, len(ok), paper_top1)
+    (log.warning if wrong else log.info)("%s", line)
 
 
 def _class_order_check(records: Sequence[VideoRecord], classes: Sequence[str]) -> list[Any]:
@@ -579,6 +605,8 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
                 progress=opts.progress,
                 desc="evaluate",
                 keeper=keeper,
+                early_check=lambda done: _early_check(cfg.name, cfg.paper_top1, done),
+                early_videos=EARLY_VIDEOS,
             )
     except _Stopped:  # every rank has written its finished videos
         if ctx.is_main:
