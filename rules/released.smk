@@ -42,9 +42,13 @@ rule import_released:
     threads: 1
     resources:
         **scheduling.small_job_resources(config, mem_mb=8000, runtime=30),
+    params:
+        class_order=lambda wildcards: workflow_settings.released_entry(config, wildcards.model).get(
+            "class_order", "sorted"
+        ),
     shell:
         "tokshift import-original {input.pth:q} --model {wildcards.model} --classes {input.classes:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        " --class-order {params.class_order} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate_released:

@@ -47,3 +47,35 @@ def test_the_early_check_flags_a_checkpoint_far_below_its_paper_number() -> None
         False,
         "early check: top-1 30.0 % on the first 64 videos (no paper number for demo_vit)",
     )
+
+
+def test_the_underscored_order_of_kinetics_exchanges_exactly_the_two_skiing_classes() -> None:
+    from importlib.resources import files
+
+    from tokshift.engine.class_order import head_rows
+
+    kinetics = files("tokshift.data").joinpath("kinetics400_classes.txt").read_text().splitlines()
+    assert head_rows(kinetics, "sorted") == list(range(400))
+    rows = head_rows(kinetics, "sorted_underscored")
+    moved = [kinetics[i] for i, row in enumerate(rows) if row != i]
+    assert moved == ["skiing (not slalom or crosscountry)", "skiing crosscountry"]
+
+
+def test_import_puts_the_head_rows_of_another_order_in_the_datasets_order(tmp_path) -> None:
+    import torch
+
+    from tests.original_model import original_net, save_original
+    from tokshift.engine.loading import import_original, load_trained_model
+
+    classes = ["skiing (not slalom or crosscountry)", "skiing crosscountry", "zumba"]
+    net = original_net("tokshift", classes=3)
+    src = save_original(net, tmp_path / "ckpt.pth")
+    for order, rows in (("sorted", [0, 1, 2]), ("sorted_underscored", [1, 0, 2])):
+        out = tmp_path / order / "model.pt"
+        import_original(src, "demo_tokshift", out, classes=classes, class_order=order)
+        state = torch.load(out, weights_only=True)
+        assert state["class_order"] == order
+        head = load_trained_model(out, torch.device("cpu")).model.head
+        original = dict(net.named_parameters())
+        weight = next(v for k, v in original.items() if k.endswith("head.weight"))
+        assert torch.equal(head.weight.detach().double(), weight.detach().double()[rows]), order

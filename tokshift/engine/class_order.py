@@ -81,3 +81,23 @@ def early_verdict(model: str, top1: float, videos: int, paper_top1: float | None
         f"model's (another arch or frame count: check `released.{model}` names this model's file) or its head may "
         "follow another class order"
     )
+
+
+#: How a released checkpoint's head rows may be ordered: `sorted`, the sorted class names (the
+#: default: Kinetics' own label order and the original's list files); `sorted_underscored`, the
+#: names sorted after spaces become `_` and parentheses go (as some frame-extraction scripts name
+#: their folders; for Kinetics-400 it exchanges the two `skiing` classes).
+CLASS_ORDERS = ("sorted", "sorted_underscored")
+
+
+def _underscored(name: str) -> str:
+    return name.replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def head_rows(classes: Sequence[str], order: str) -> list[int]:
+    """For each class of `classes` (the dataset's order), the row that holds it in a head ordered by `order`."""
+    if order not in CLASS_ORDERS:
+        raise ValueError(f"class order {order!r}: expected one of {', '.join(CLASS_ORDERS)}")
+    rows = sorted(classes) if order == "sorted" else sorted(classes, key=_underscored)
+    where = {name: k for k, name in enumerate(rows)}
+    return [where[name] for name in classes]

@@ -26,6 +26,7 @@ from tokshift.argtypes import (
     progress_bar,
     workers_setting,
 )
+from tokshift.engine.class_order import CLASS_ORDERS
 from tokshift.engine.eval_resume import KEEP_EVERY, KEEP_SECONDS, PARTIAL
 from tokshift.errors import ExitCode
 from tokshift.settings import choices, default
@@ -95,7 +96,9 @@ def _read_classes(path: Path | None) -> list[str] | None:
 def _import_original(args: argparse.Namespace) -> int:
     from tokshift.engine.loading import import_original
 
-    done = import_original(args.source, args.model, args.out, classes=_read_classes(args.classes))
+    done = import_original(
+        args.source, args.model, args.out, classes=_read_classes(args.classes), class_order=args.class_order
+    )
     print(
         f"wrote {done.out} (sha256 {done.sha256}): {done.model}, {done.num_classes} classes, "
         f"from {done.source} (sha256 {done.source_sha256})"
@@ -306,5 +309,12 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="FILE",
         help="class names, one per line in label order (default: Kinetics-400's sorted labels for 400 classes)",
+    )
+    i.add_argument(
+        "--class-order",
+        choices=CLASS_ORDERS,
+        default=CLASS_ORDERS[0],
+        help="how the checkpoint's head rows are ordered: sorted class names (the default), or sorted after "
+        "spaces become _ and parentheses go (docs/reference.md, 'Class order')",
     )
     i.set_defaults(func=_import_original)

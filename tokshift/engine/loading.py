@@ -206,19 +206,33 @@ class Imported:
 
 
 def import_original(
-    src: str | Path, model_name: str, out: str | Path, classes: Sequence[str] | None = None
+    src: str | Path,
+    model_name: str,
+    out: str | Path,
+    classes: Sequence[str] | None = None,
+    class_order: str = "sorted",
 ) -> Imported:
     """Convert a released `.pth` of the original TokShift into a tokshift model.pt.
 
     The output holds what `tokshift train` writes (model, config, classes, epoch,
     metrics) plus the source's path and sha256, so evaluate and predict use it like
     any trained model and the result can be traced to the exact file it came from.
+    `class_order` says how the checkpoint's head rows are ordered (tokshift.engine.class_order);
+    they are put in the order of `classes`.
     """
+    from tokshift.engine.class_order import head_rows
+
     src, out = Path(src), Path(out)
     ckpt = open_checkpoint(src)
     if ckpt.kind != ORIGINAL:
         raise CheckpointFormatError(f"{src} is a {ckpt.description}, not a checkpoint of the original TokShift")
     trained = trained_from_checkpoint(ckpt, torch.device("cpu"), model_name, classes)
+    rows = head_rows(trained.classes, class_order)
+    if rows != list(range(len(rows))):
+        head = trained.model.get_classifier() if hasattr(trained.model, "get_classifier") else trained.model.head
+        with torch.no_grad():
+            head.weight.copy_(head.weight[rows].clone())
+            head.bias.copy_(head.bias[rows].clone())
     epoch, best = ckpt.meta.get("epoch"), ckpt.meta.get("best_acc1")
     source_sha256 = sha256_file(src)
     state = {
@@ -231,6 +245,7 @@ def import_original(
         "source": str(src.resolve()),
         "source_sha256": source_sha256,
         "source_format": ckpt.description,
+        "class_order": class_order,
     }
     digest = atomic_torch_save(state, out)
     return Imported(out, digest, src, source_sha256, trained.config.name, trained.config.num_classes)
