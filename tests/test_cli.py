@@ -128,6 +128,7 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("evaluate", "stage_to"): "frames.stage_to",
     ("evaluate", "amp"): "evaluate.amp",  # auto as training; off (fp32) when faithful
     ("evaluate", "faithful"): "evaluate.faithful",
+    ("import-original", "class_order"): None,  # released.<model>.class_order, one per checkpoint
     ("evaluate", "shards"): None,  # shard files, not frames.shards
     ("evaluate", "classes"): None,  # a class-name file
     ("predict", "clips"): "evaluate.clips",

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Any
 
 #: A pair is named only when each class has at least this many videos predicted as the other.
 MIN_VIDEOS = 2
@@ -38,8 +37,10 @@ class SuspectSwap:
         )
 
 
-def confusion(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> np.ndarray:
-    """(true, predicted) counts."""
+def confusion(labels: Sequence[int], predictions: Sequence[int], num_classes: int) -> Any:
+    """(true, predicted) counts, a numpy array (numpy imported here: the CLI's help stays light)."""
+    import numpy as np
+
     counts = np.zeros((num_classes, num_classes), dtype=np.int64)
     np.add.at(counts, (np.asarray(labels, dtype=np.int64), np.asarray(predictions, dtype=np.int64)), 1)
     return counts

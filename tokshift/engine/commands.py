@@ -314,7 +314,7 @@ def register(subparsers: Any) -> None:
         "--class-order",
         choices=CLASS_ORDERS,
         default=CLASS_ORDERS[0],
-        help="how the checkpoint's head rows are ordered: sorted class names (the default), or sorted after "
-        "spaces become _ and parentheses go (docs/reference.md, 'Class order')",
+        help="how the checkpoint's head rows are ordered: sorted class names, or sorted after spaces become _ "
+        "and parentheses go (docs/reference.md, 'Class order')",
     )
     i.set_defaults(func=_import_original)
