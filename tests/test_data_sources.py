@@ -110,7 +110,7 @@ def test_kinetics_index_files_through_the_cli(kinetics: dict, tmp_path: Path) ->
     rows = read_index(out)
     assert len(rows) == 4 and {r.split for r in rows} == {"train"}
     with open(out, newline="") as fh:
-        assert next(csv.reader(fh)) == ["video_id", "path", "label", "label_index", "split", "shard"]
+        assert next(csv.reader(fh)) == ["video_id", "path", "label", "label_index", "split", "shard", "nframes"]
     missing = missing_path(out).read_text().splitlines()
     assert missing[0] == "video_id,path,label,split,reason" and len(missing) == 3
     assert read_classes(out)[1] == "passing American football (in game)"
@@ -178,7 +178,13 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
 
     root = tmp_path / "frames"
     originals = {}
-    for name, n, size in (("vid_a", 5, (40, 56)), ("class x/vid_b", 3, (56, 40))):
+    # vid_c has more files than its list line says, vid_d fewer: the list's count is what the original samples.
+    for name, n, size in (
+        ("vid_a", 5, (40, 56)),
+        ("class x/vid_b", 3, (56, 40)),
+        ("vid_c", 6, (40, 56)),
+        ("vid_d", 2, (40, 56)),
+    ):
         folder = root / name
         folder.mkdir(parents=True)
         jpegs = [encode_rgb(f, 85) for f in numbered_frames(n, *size, seed=n)]
@@ -187,7 +193,7 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
         originals[name] = jpegs
     (root / "empty_vid").mkdir()
     train = tmp_path / "train.txt"
-    train.write_text("vid_a 5 1\nclass x/vid_b 3 0\nempty_vid 0 2\ngone 7 1\n")
+    train.write_text("vid_a 5 1\nclass x/vid_b 3 0\nempty_vid 0 2\ngone 7 1\nvid_c 4 0\nvid_d 3 0\n")
     val = tmp_path / "val.txt"
     val.write_text("vid_a 5 1\n")
     classes = tmp_path / "classes.txt"
@@ -204,13 +210,21 @@ def test_frames_source_packs_original_folders_without_reencoding(tmp_path: Path)
         ("vid_a", "bowling", 1),
         ("class x/vid_b", "archery", 0),
         ("empty_vid", "curling", 2),
+        ("vid_c", "archery", 0),
+        ("vid_d", "archery", 0),
     ]
+    assert [r.nframes for r in res.rows] == [5, 3, 0, 4, 3]
     assert [m.video_id for m in res.missing] == ["gone"]
     index = tmp_path / "idx" / "train.csv"
     write_index(res, index)
     result = pack_shard(index, 0, tmp_path / "s.lmdb", progress=False)
-    assert result.packed == 2 and result.failures[0]["video_id"] == "empty_vid"
+    assert result.packed == 3 and [f["video_id"] for f in result.failures] == ["empty_vid", "vid_d"]
+    assert (
+        "the list gives 3 frames, but the folder has 2 of img_00001.jpg ... img_00003.jpg"
+        in result.failures[1]["reason"]
+    )
     reader = ShardReader(tmp_path / "s.lmdb")
+    assert reader.read_frames("vid_c", range(4)) == originals["vid_c"][:4] and reader.meta("vid_c")["nframes"] == 4
     assert reader.read_frames("vid_a", range(5)) == originals["vid_a"]  # byte for byte
     assert reader.meta("class x/vid_b")["width"] == 40 and reader.meta("class x/vid_b")["height"] == 56
     assert decode_rgb(reader.read_frames("vid_a", [0])[0]).shape == (40, 56, 3)

@@ -34,7 +34,7 @@ def _prepared_workflow(tmp_path: Path) -> tuple[Path, Path]:
     os.mkfifo(fifo)
     index = wf / "results" / "demo" / "index"
     index.mkdir(parents=True)
-    (index / "train.csv").write_text(",".join(INDEX_COLUMNS) + f"\nv0,{fifo},a,0,train,0\n")
+    (index / "train.csv").write_text(",".join(INDEX_COLUMNS) + f"\nv0,{fifo},a,0,train,0,\n")
     (index / "val.csv").write_text("this is not,an index\n")
     for split in ("train", "val"):
         (index / f"{split}.missing.csv").write_text("video_id,path,label,split,reason\n")

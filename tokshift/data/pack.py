@@ -141,7 +141,9 @@ class PackResult:
     failures: list[dict[str, str]] = field(default_factory=list)
 
 
-def _pack_folder(folder: Path) -> Packed:
+def _pack_folder(folder: Path, nframes: int | None = None) -> Packed:
+    """The JPEG files of a frame folder as they are; with `nframes` (the list file's count) only
+    img_00001 ... img_<nframes>, all of which must exist: the original samples by that count."""
     numbered = []
     for entry in os.scandir(folder):
         m = _FRAME_FILE.match(entry.name)
@@ -150,6 +152,14 @@ def _pack_folder(folder: Path) -> Packed:
     if not numbered:
         raise VideoDecodeError(folder, "no JPEG frames (img_00001.jpg ...) in the frame folder")
     numbered.sort()
+    if nframes is not None:
+        numbered = [(k, p) for k, p in numbered if 1 <= k <= nframes]
+        if [k for k, _ in numbered] != list(range(1, nframes + 1)):
+            raise VideoDecodeError(
+                folder,
+                f"the list gives {nframes} frames, but the folder has {len(numbered)} of img_00001.jpg ... "
+                f"img_{nframes:05d}.jpg; fix the list's count or re-extract the frames",
+            )
     frames = [Path(p).read_bytes() for _, p in numbered]
     try:
         width, height = jpeg_size(frames[0])
@@ -163,11 +173,13 @@ def pack_video(
     short_side: int | None = DEFAULT_SHORT_SIDE,
     jpeg_quality: int = DEFAULT_QUALITY,
     timeout: float = DEFAULT_TIMEOUT,
+    nframes: int | None = None,
 ) -> Packed:
-    """Decode ``path`` (or read a frame folder) into JPEG frames; raises :class:`VideoDecodeError`."""
+    """Decode ``path`` (or read a frame folder, its first ``nframes`` when given) into JPEG frames;
+    raises :class:`VideoDecodeError`."""
     p = Path(path)
     if p.is_dir():
-        return _pack_folder(p)
+        return _pack_folder(p, nframes)
     frames: list[bytes] = []
     with VideoFrames(p, short_side=short_side, timeout=timeout, pixel_format="yuv420") as reader:
         for y, u, v in reader:
@@ -175,10 +187,12 @@ def pack_video(
     return Packed(frames, reader.fps, reader.width, reader.height)
 
 
-def _pack_job(path: str, short_side: int | None, jpeg_quality: int, timeout: float) -> Packed | VideoDecodeError:
+def _pack_job(
+    path: str, short_side: int | None, jpeg_quality: int, timeout: float, nframes: int | None = None
+) -> Packed | VideoDecodeError:
     """One video in a worker process; decode errors come back as values."""
     try:
-        return pack_video(path, short_side=short_side, jpeg_quality=jpeg_quality, timeout=timeout)
+        return pack_video(path, short_side=short_side, jpeg_quality=jpeg_quality, timeout=timeout, nframes=nframes)
     except VideoDecodeError as err:
         return err
 
@@ -187,13 +201,13 @@ def _ordered(rows: Sequence[IndexRow], workers: int, job: tuple[Any, ...]) -> It
     """Pack ``rows`` on ``workers`` processes, yielding results in input order with a bounded window."""
     if workers <= 1:
         for row in rows:
-            yield row, _pack_job(row.path, *job)
+            yield row, _pack_job(row.path, *job, row.nframes)
         return
     ctx = multiprocessing.get_context("spawn")  # no fork of a process holding LMDB and threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         window: deque[tuple[IndexRow, Future[Any]]] = deque()
         for row in rows:
-            window.append((row, pool.submit(_pack_job, row.path, *job)))
+            window.append((row, pool.submit(_pack_job, row.path, *job, row.nframes)))
             if len(window) >= 2 * workers:
                 head, fut = window.popleft()
                 yield head, fut.result()

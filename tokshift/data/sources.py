@@ -56,7 +56,14 @@ SPLIT_ALIASES = {
     "test": "test",
 }
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".3gp"})
-INDEX_COLUMNS = ("video_id", "path", "label", "label_index", "split", "shard")
+INDEX_COLUMNS = ("video_id", "path", "label", "label_index", "split", "shard", "nframes")
+#: The columns of an index written before `nframes` was recorded (still read).
+_INDEX_COLUMNS_BEFORE_NFRAMES = INDEX_COLUMNS[:-1]
+
+
+def is_index_header(columns: Iterable[str]) -> bool:
+    """Whether `columns` head an index CSV of this project (with or without `nframes`)."""
+    return tuple(columns) in (INDEX_COLUMNS, _INDEX_COLUMNS_BEFORE_NFRAMES)
 MISSING_COLUMNS = ("video_id", "path", "label", "split", "reason")
 
 
@@ -72,6 +79,9 @@ class IndexRow:
     label_index: int
     split: str
     shard: int
+    # Frames the list file gives a frame folder (`frames` datasets): the original samples by it; None
+    # for a video, whose frames are counted when it is decoded.
+    nframes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -348,7 +358,7 @@ def _index_frames(spec: Mapping[str, Any], split: str, shards: int) -> IndexResu
         classes = [str(i) for i in range(max_label + 1)]
     result = IndexResult(split=split, classes=classes)
     seen = set()
-    for rel, _nframes, label in lists[split]:
+    for rel, nframes, label in lists[split]:
         if label < 0:
             raise DatasetSpecError(f"frames dataset: negative label {label} for {rel!r}")
         vid = rel.strip("/")
@@ -358,7 +368,7 @@ def _index_frames(spec: Mapping[str, Any], split: str, shards: int) -> IndexResu
         folder = Path(rel) if Path(rel).is_absolute() else root / rel
         if folder.is_dir():
             result.rows.append(
-                IndexRow(vid, os.path.abspath(folder), classes[label], label, split, shard_of(vid, shards))
+                IndexRow(vid, os.path.abspath(folder), classes[label], label, split, shard_of(vid, shards), nframes)
             )
         else:
             result.missing.append(
@@ -404,7 +414,7 @@ def _write_rows(path: Path, columns: Iterable[str], rows: Iterable[Any]) -> None
     writer = csv.writer(buf)
     writer.writerow(list(columns))
     for row in rows:
-        writer.writerow([getattr(row, c) for c in columns])
+        writer.writerow(["" if (v := getattr(row, c)) is None else v for c in columns])
     atomic_write_text(path, buf.getvalue())
 
 
@@ -428,10 +438,11 @@ def iter_index(path: str | os.PathLike[str]) -> Iterator[IndexRow]:
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         header = [h.strip() for h in next(reader, [])]
-        if header != list(INDEX_COLUMNS):
+        if not is_index_header(header):
             raise DatasetSpecError(f"{path}: not a tokshift index (columns {header}, expected {list(INDEX_COLUMNS)})")
-        for vid, vpath, label, label_index, split, shard in reader:
-            yield IndexRow(vid, vpath, label, int(label_index), split, int(shard))
+        for vid, vpath, label, label_index, split, shard, *rest in reader:
+            nframes = int(rest[0]) if rest and rest[0] else None
+            yield IndexRow(vid, vpath, label, int(label_index), split, int(shard), nframes)
 
 
 def read_index(path: str | os.PathLike[str]) -> list[IndexRow]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.data.pack import listing_path_for, read_failures, read_listing
-from tokshift.data.sources import INDEX_COLUMNS, DatasetSpecError, missing_path, read_missing
+from tokshift.data.sources import DatasetSpecError, is_index_header, missing_path, read_missing
 from tokshift.data.store import ShardReader
 from tokshift.fileio import atomic_write_json
 
@@ -89,7 +89,7 @@ def _count_index(index: str | os.PathLike[str]) -> tuple[int, set[str]]:
     count, splits = 0, set()
     with open(path, newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
-        if tuple(reader.fieldnames or ()) != tuple(INDEX_COLUMNS):
+        if not is_index_header(reader.fieldnames or ()):
             raise DatasetSpecError(f"{path}: not a tokshift index (columns {reader.fieldnames})")
         for row in reader:
             count += 1
