@@ -64,6 +64,8 @@ _INDEX_COLUMNS_BEFORE_NFRAMES = INDEX_COLUMNS[:-1]
 def is_index_header(columns: Iterable[str]) -> bool:
     """Whether `columns` head an index CSV of this project (with or without `nframes`)."""
     return tuple(columns) in (INDEX_COLUMNS, _INDEX_COLUMNS_BEFORE_NFRAMES)
+
+
 MISSING_COLUMNS = ("video_id", "path", "label", "split", "reason")
 
 
