@@ -239,8 +239,8 @@ class TrainedDemo:
     result: subprocess.CompletedProcess
 
 
-def quick_eval_args(checkpoint: Path, shard: Path, out_dir: Path, *extra: str) -> list[str]:
-    """`tokshift evaluate` arguments for a quick run: 2 clips x 1 crop per video, no loader workers."""
+def quick_eval_args(checkpoint: Path, shard: Path, out_dir: Path, *extra: str, clips: int = 2) -> list[str]:
+    """`tokshift evaluate` arguments for a quick run: `clips` clips x 1 crop per video, no loader workers."""
     return [
         "evaluate",
         "--checkpoint",
@@ -252,7 +252,7 @@ def quick_eval_args(checkpoint: Path, shard: Path, out_dir: Path, *extra: str) -
         "--workers",
         "0",
         "--clips",
-        "2",
+        str(clips),
         "--crops",
         "1",
         *extra,

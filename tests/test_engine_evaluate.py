@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.engine_helpers import REPO, PackedDemo, TrainedDemo, cli_env, pack_split, run_cli_inprocess, torchrun_cmd
+from tests.engine_helpers import (
+    REPO,
+    PackedDemo,
+    TrainedDemo,
+    cli_env,
+    pack_split,
+    quick_eval_args,
+    run_cli_inprocess,
+    torchrun_cmd,
+)
 from tokshift.errors import ExitCode
 
 
@@ -269,22 +278,7 @@ def _repack_with_broken_videos(sources: list[Path], out: Path, count: int, broke
 
 
 def _evaluate_1view(checkpoint: Path, shard: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return run_cli_inprocess(
-        "evaluate",
-        "--checkpoint",
-        str(checkpoint),
-        "--shards",
-        str(shard),
-        "--out-dir",
-        str(out),
-        "--clips",
-        "1",
-        "--crops",
-        "1",
-        "--workers",
-        "0",
-        *extra,
-    )
+    return run_cli_inprocess(*quick_eval_args(checkpoint, shard, out, *extra, clips=1))
 
 
 def test_evaluate_resize_bicubic_reaches_the_views_and_is_recorded(

@@ -11,6 +11,7 @@ none of them carries a default value of its own.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -296,8 +297,6 @@ def _slurm_extra_problem(key: str, extra: str, signal_seconds: int) -> str | Non
         from snakemake_executor_plugin_slurm.validation import get_forbidden_slurm_options
     except ImportError:  # without the SLURM plugin nothing is submitted
         return None
-    import re
-
     taken = [name for pattern, name in get_forbidden_slurm_options().items() if re.search(pattern, extra)]
     if taken:
         return (
