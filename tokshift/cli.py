@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING
 
 from tokshift.argtypes import HelpFormatter, exit_codes_epilog, file_path
 from tokshift.errors import ExitCode, TokshiftError
+from tokshift.workflow.running_code import CODE_ENV, job_code_mismatch
 
 if TYPE_CHECKING:
     from tokshift.attempts import Attempt
@@ -33,20 +35,26 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.engine.commands",
     "tokshift.results.commands",
     "tokshift.viz.commands",
+    "tokshift.provenance_commands",
 )
 
 
 def version() -> str:
-    """The installed package's version; the source tree's when it is not installed."""
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as installed
+    """The version of the running package (the checkout's, which may differ from what pip installed)."""
+    from tokshift import __version__
 
-    try:
-        return installed("tokshift")
-    except PackageNotFoundError:
-        from tokshift import __version__
+    return __version__
 
-        return __version__
+
+def _job_header(command: str) -> None:
+    """A workflow job's first log lines: which code, which software, where (tokshift.provenance)."""
+    from tokshift import provenance
+    from tokshift.attempts import is_rank_zero
+
+    if not is_rank_zero():
+        return
+    for line in provenance.header_lines(provenance.collect(command)):
+        print(line, file=sys.stderr, flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``tokshift`` command line and return its exit code (`tokshift.errors.ExitCode`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    if os.environ.get(CODE_ENV):  # a workflow job: say which code runs, and refuse any other than planned
+        _job_header(args.command)
+        mismatch = job_code_mismatch(os.environ)
+        if mismatch is not None:
+            _report(args.command, mismatch)
+            return ExitCode.NOT_RETRYABLE
     if args.attempts_log is None:
         return _run(args)
     from tokshift.attempts import Attempt

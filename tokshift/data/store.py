@@ -46,6 +46,7 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from tokshift import provenance
 from tokshift.data.jpeg import decode_rgb
 from tokshift.errors import DataDamaged, InputMissing
 
@@ -154,6 +155,8 @@ class ShardWriter:
         self.tmp = partial_path(self.path)
         self.classes = list(classes)
         self.attrs = dict(attrs or {})
+        # The seal records which code and software packed the shard (tokshift.provenance).
+        self.provenance = provenance.collect("pack")
         self.videos: list[dict[str, Any]] = []
         self._ids: set[str] = set()
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,6 +220,7 @@ class ShardWriter:
             "videos": len(self.videos),
             "frames": int(sum(v["nframes"] for v in self.videos)),
             "header_crc32": zlib.crc32(blob),
+            "provenance": provenance.finish(self.provenance),
         }
         sealed = seal_path(self.path)
         tmp_seal = sealed.with_name(sealed.name + ".tmp")

@@ -133,6 +133,8 @@ class DistContext:
     backend: str | None  # None when running alone
     #: The node of every rank, in rank order (where a multi-node job really ran).
     nodes: tuple[str, ...] = ()
+    #: The device of every rank, in rank order (`NVIDIA H100 80GB HBM3`, `cpu (<model>)`): provenance.
+    devices: tuple[str, ...] = ()
     #: Why this device (the job's first log lines say it).
     device_reason: str = ""
     #: The process group's collective timeout now (set_collective_timeout, long_wait).
@@ -245,8 +247,10 @@ def init_distributed(
         dev, why = choose_device(device, launch.local_rank)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    from tokshift.provenance import device_label
+
     if launch.world_size <= 1:
-        return DistContext(launch, dev, None, (node_name(),), device_reason=why)
+        return DistContext(launch, dev, None, (node_name(),), (device_label(dev),), device_reason=why)
     backend = "nccl" if dev.type == "cuda" else "gloo"
     timeout = datetime.timedelta(minutes=timeout_minutes)
     if not dist.is_initialized():
@@ -261,7 +265,8 @@ def init_distributed(
             device_id=dev if backend == "nccl" else None,
         )
     ctx = DistContext(launch, dev, backend, device_reason=why, timeout=timeout)
-    return dataclasses.replace(ctx, nodes=tuple(all_gather_objects(ctx, node_name())))
+    placed = all_gather_objects(ctx, (node_name(), device_label(dev)))
+    return dataclasses.replace(ctx, nodes=tuple(n for n, _ in placed), devices=tuple(d for _, d in placed))
 
 
 def log_placement(ctx: DistContext) -> None:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from tokshift import provenance
 from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine import eval_resume
@@ -568,6 +569,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
     folder = Path(opts.out_dir) / eval_resume.PARTIAL
     identity: dict[str, Any] | None = None
     if ctx.is_main:  # one read of the checkpoint, reused for metrics.json
+        block = provenance.collect("evaluate", devices=ctx.devices, nodes=ctx.nodes)
         identity = _evaluation_identity(opts, cfg, sha256_file(opts.checkpoint), len(ds), amp_name, ctx.device)
         eval_resume.prepare_folder(folder, identity)
     identity = D.broadcast_object(ctx, identity)
@@ -644,6 +646,8 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
             failed_videos=[r.video_id for r in records if r.error],
             failed_share=metrics["failed"] / len(records) if records else None,
             max_failed_share=opts.max_failed_share,
+            # Which code, software, devices and SLURM job scored it; videos an earlier attempt kept count too.
+            provenance={**provenance.finish(block), "videos_from_earlier_attempts": len(kept)},
         )
         swaps = _class_order_check(records, classes)
         metrics["suspect_class_swaps"] = [[s.first, s.second, s.first_as_second, s.second_as_first] for s in swaps]

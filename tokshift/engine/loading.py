@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tokshift import provenance
 from tokshift.checkpoints import (
     NPZ,
     ORIGINAL,
@@ -246,6 +247,8 @@ def import_original(
         "source_sha256": source_sha256,
         "source_format": ckpt.description,
         "class_order": class_order,
+        # The code and software that converted it (the original's training is not recorded in its .pth).
+        "provenance": provenance.finish(provenance.collect("import-original")),
     }
     digest = atomic_torch_save(state, out)
     return Imported(out, digest, src, source_sha256, trained.config.name, trained.config.num_classes)

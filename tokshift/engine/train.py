@@ -45,6 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
+from tokshift import provenance
 from tokshift.engine import distributed as D
 from tokshift.engine.checkpoint import (
     CheckpointError,
@@ -265,6 +266,11 @@ class _Trainer:
         self.opts, self.ctx, self.stop, self.datasets = opts, ctx, stop, datasets
         self.out_dir = Path(opts.out_dir)
         self.resume_dir = self.out_dir / "resume"
+        # Provenance (tokshift.provenance): this attempt's block, and the attempts a resume continues.
+        # Rank 0 alone writes it, so only rank 0 asks git (many ranks on a shared file system would wait).
+        self.provenance = provenance.collect("train", devices=ctx.devices, nodes=ctx.nodes) if ctx.is_main else {}
+        self.past_attempts: list[dict[str, Any]] = []
+        self.first_step = 0
 
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -563,6 +569,9 @@ class _Trainer:
         self.epoch_stats = state["epoch_stats"].double()
         self.train_seconds = float(state["train_seconds"])
         self.last_epoch_record = state.get("last_epoch_record", {})
+        self.past_attempts = list(state.get("attempts") or [])
+        self.first_step = self.step
+        self._warn_other_code()
         set_rng_state(state["rng"][min(self.ctx.rank, len(state["rng"]) - 1)])
         log.info(
             "resumed from %s: epoch %d, micro-batch %d, optimizer step %d",
@@ -583,8 +592,32 @@ class _Trainer:
             # others as soon as one rank exits after a signal.
             D.barrier(self.ctx)
 
+    def _attempts(self) -> list[dict[str, Any]]:
+        """Every attempt of this training so far, this one last (ended: now, its progress so far)."""
+        this = provenance.attempt_record(
+            provenance.finish(self.provenance), first_step=self.first_step, last_step=self.step, epoch=self.epoch
+        )
+        return [*self.past_attempts, this]
+
+    def _warn_other_code(self) -> None:
+        """A resumed training whose earlier attempts ran other code or another torch says so (once, rank 0)."""
+        if not self.ctx.is_main or not self.past_attempts:
+            return
+        now = provenance.attempt_record(self.provenance)
+        for key in ("commit", "dirty", "torch"):
+            before = {a.get(key) for a in self.past_attempts}
+            if before != {now[key]}:
+                log.warning(
+                    "resuming a training whose earlier attempts ran %s %s; this attempt runs %s: "
+                    "train_summary.json lists every attempt",
+                    key,
+                    ", ".join(sorted(map(str, before))),
+                    now[key],
+                )
+
     def _write_resume(self, rngs: list) -> None:
         state = {
+            "attempts": self._attempts(),
             "model": self.raw.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -932,6 +965,7 @@ class _Trainer:
             "seed": self.opts.seed,
             "init_from": self.opts.init_from,
             "init_from_sha256": self.init_from_sha256,
+            "provenance": {**provenance.finish(self.provenance), "attempts": self._attempts()},
         }
         ckpt = out / "model.pt"
         digest = atomic_torch_save(final, ckpt)
@@ -965,6 +999,8 @@ class _Trainer:
             "checkpoint": str(ckpt),
             "checkpoint_sha256": digest,
             "final_copy": str(final_copy_path(out, digest)),
+            # Which code, software, devices and SLURM jobs made it: every attempt of a resumed run.
+            "provenance": final["provenance"],
         }
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
         kept = keep_final_copy(out, digest)  # before the resume checkpoints go: one copy always exists

@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tokshift import provenance
 from tokshift.results.table import COLUMN_SOURCES, COLUMNS, ResultsError
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
         json.dumps(
             {
                 "dataset": df.attrs.get("dataset"),
+                # The collect job's own code and software (each model's train and eval blocks are under models).
+                "provenance": provenance.finish(df.attrs.get("provenance") or provenance.collect("collect")),
                 "models": df.attrs.get("sources", {}),
                 "columns": df.attrs.get("column_sources", COLUMN_SOURCES),
             },

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokshift.errors import BadInput
+from tokshift.provenance import devices_summary
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -59,6 +60,11 @@ COLUMNS: tuple[str, ...] = (
     "checkpoint",
     "checkpoint_sha256",
     "checkpoint_source",
+    "trained_on",
+    "train_commit",
+    "train_torch",
+    "eval_commit",
+    "eval_torch",
 )
 
 METRICS_KEYS: tuple[str, ...] = (
@@ -119,6 +125,12 @@ COLUMN_SOURCES: dict[str, str] = {
     "against the sha256 of the model's checkpoint file (when given)",
     "checkpoint_source": "'trained' for a trained model; for a released one the URL or path it was fetched "
     "from (--released-source), else the source file its model.pt records",
+    "trained_on": "train_summary:provenance:devices, counted per name (the device of every rank)",
+    "train_commit": "train_summary:provenance:tokshift:commit (12 characters, +dirty when tracked files differed); "
+    "every attempt of a resumed training is listed in train_summary:provenance:attempts",
+    "train_torch": "train_summary:provenance:software:torch",
+    "eval_commit": "metrics:provenance:tokshift:commit (as train_commit)",
+    "eval_torch": "metrics:provenance:software:torch",
 }
 
 # A released checkpoint's row: what differs from COLUMN_SOURCES.
@@ -127,6 +139,9 @@ RELEASED_COLUMN_SOURCES: dict[str, str] = {
     "epochs": "model.pt:epoch (the epoch the original saved)",
     "gpus": "unknown",
     "train_hours": "unknown",
+    "trained_on": "unknown (not recorded in the original's checkpoint)",
+    "train_commit": "unknown (trained by the original code)",
+    "train_torch": "unknown",
     "checkpoint": "the model.pt file given",
     "checkpoint_sha256": "sha256 of the model.pt file given, checked against metrics:checkpoint_sha256",
 }
@@ -233,6 +248,17 @@ def _started_from(train: dict[str, Any], backbone: str | None) -> str:
     return str(path)
 
 
+def _provenance_columns(prefix: str, block: dict[str, Any] | None) -> dict[str, Any]:
+    """`<prefix>_commit` and `<prefix>_torch` from an output's provenance block ('unknown' when it has none)."""
+    from tokshift.provenance import short_commit
+
+    software = (block or {}).get("software") or {}
+    return {
+        f"{prefix}_commit": short_commit((block or {}).get("tokshift")),
+        f"{prefix}_torch": str(software.get("torch") or "unknown"),
+    }
+
+
 def _trained_columns(
     model: str, m_file: Path, metrics: dict[str, Any], t_file: Path, train: dict[str, Any]
 ) -> dict[str, Any]:
@@ -258,6 +284,8 @@ def _trained_columns(
         "checkpoint": str(train["checkpoint"] or ""),
         "checkpoint_sha256": str(trained or ""),
         "checkpoint_source": "trained",
+        "trained_on": devices_summary((train.get("provenance") or {}).get("devices") or []),
+        **_provenance_columns("train", train.get("provenance")),
     }
 
 
@@ -312,6 +340,8 @@ def _model_row(
         "val_failed": val_failed,
         **{k: origin[k] for k in ("epochs", "gpus", "train_hours", "checkpoint", "checkpoint_sha256")},
         "checkpoint_source": origin["checkpoint_source"],
+        **{k: origin[k] for k in ("trained_on", "train_commit", "train_torch")},
+        **_provenance_columns("eval", metrics.get("provenance")),
     }
 
 
@@ -363,6 +393,8 @@ def collect(
             "pack_summary": str(pack_file) if pack_file is not None else None,
             "zoo": f"tokshift.zoo.get_config({model!r}) / tokshift.flops.zoo_row({model!r})",
             "device": str(t_data["device"]),
+            "train_provenance": t_data.get("provenance"),
+            "eval_provenance": m_data.get("provenance"),
         }
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df.attrs["dataset"] = dataset
@@ -440,6 +472,9 @@ def collect_released(
             "checkpoint": str(c_file),
             "checkpoint_sha256": sha,
             "checkpoint_source": (sources or {}).get(model) or str(c_data["source"]),
+            "trained_on": "unknown",
+            "train_commit": "unknown",
+            "train_torch": "unknown",
         }
         rows.append(_model_row(model, m_file, m_data, origin, pack, pack_file))
         all_sources[model] = {
@@ -449,6 +484,8 @@ def collect_released(
             "source_sha256": str(c_data["source_sha256"]),
             "pack_summary": str(pack_file) if pack_file is not None else None,
             "zoo": f"tokshift.zoo.get_config({model!r}) / tokshift.flops.zoo_row({model!r})",
+            "import_provenance": c_data.get("provenance"),
+            "eval_provenance": m_data.get("provenance"),
         }
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     df.attrs["dataset"] = dataset
