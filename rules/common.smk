@@ -7,11 +7,15 @@
 
 import json
 import os
+import sys
 
 from tokshift.attempts import last_outcome
 from tokshift.workflow import config as workflow_settings
-from tokshift.workflow import scheduling
+from tokshift.workflow import running_code, scheduling
 from tokshift.zoo import get_config
+
+# One code version per run: the plan must import this checkout's tokshift/, not another copy.
+running_code.check_workflow_imports(workflow.basedir)
 
 # `--set-resources train:slurm_extra=...` joins resources.train.slurm_extra (checked with the rest)
 # instead of replacing the rule's value, which holds --signal; see keep_merged_slurm_extra().
@@ -21,6 +25,9 @@ workflow_settings.check_config(config, base=Path(workflow.basedir))
 # The rules' launchers name slurm/job-step.sh through this variable (set for every job,
 # local or submitted), so no rule's params hold the checkout's absolute path.
 os.environ[scheduling.JOB_STEP_ENV] = str(scheduling.job_step_path(workflow.basedir))
+# Every job runs `python -m tokshift` with the checkout first on PYTHONPATH and this interpreter's
+# bin/ first on PATH: the code the plan was made with (checked above), whatever else is installed.
+os.environ.update(running_code.job_environment(workflow.basedir, os.environ, sys.executable))
 
 DATASET = config["dataset"]
 SPEC = workflow_settings.dataset_spec(config)

@@ -15,7 +15,7 @@ rule demo_videos:
     params:
         root=lambda wildcards, output: os.path.dirname(output.train),
     shell:
-        "tokshift demo --out {params.root:q} > {log:q} 2>&1"
+        "python -m tokshift demo --out {params.root:q} > {log:q} 2>&1"
 
 
 rule index_dataset:
@@ -41,7 +41,7 @@ rule index_dataset:
         spec=lambda wildcards: json.dumps(workflow_settings.index_spec(config)),
         shards=FRAMES["shards"],
     shell:
-        "tokshift index --spec-json {params.spec:q} --split {wildcards.split} --shards {params.shards}"
+        "python -m tokshift index --spec-json {params.spec:q} --split {wildcards.split} --shards {params.shards}"
         " --out {output.index:q} > {log:q} 2>&1"
 
 
@@ -72,7 +72,7 @@ rule pack_shard:
         quality=FRAMES["jpeg_quality"],
         timeout=FRAMES["timeout"],
     shell:
-        "tokshift --attempts-log {params.attempts_log:q} pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
+        "python -m tokshift --attempts-log {params.attempts_log:q} pack --index {input:q} --shard {wildcards.shard} --out {output.lmdb:q}"
         " --failures {output.failures:q} --videos {output.videos:q} --short-side {params.short_side} --jpeg-quality {params.quality}"
         " --timeout {params.timeout} --workers {threads} > {log:q} 2>&1"
 
@@ -97,5 +97,5 @@ rule summarize_frames:
     params:
         shards_dir=f"{RESULTS}/frames/{{split}}",
     shell:
-        "tokshift summarize --index {input.index:q} --shards-dir {params.shards_dir:q}"
+        "python -m tokshift summarize --index {input.index:q} --shards-dir {params.shards_dir:q}"
         " --out {output:q} > {log:q} 2>&1"

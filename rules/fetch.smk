@@ -34,7 +34,7 @@ if CVDF is not None:
             retries=CVDF["retries"],
             backoff=CVDF["backoff"],
         shell:
-            "tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
+            "python -m tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
             " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"
 
     rule cvdf_annotations:
@@ -55,7 +55,7 @@ if CVDF is not None:
             retries=CVDF["retries"],
             backoff=CVDF["backoff"],
         shell:
-            "tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
+            "python -m tokshift download --url {params.url:q} --out {output:q} --retries {params.retries}"
             " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"
 
     rule fetch_part:
@@ -84,7 +84,7 @@ if CVDF is not None:
             retries=CVDF["retries"],
             backoff=CVDF["backoff"],
         shell:
-            "tokshift fetch-part --list {input:q} --part {wildcards.part} --archives {params.archives:q}"
+            "python -m tokshift fetch-part --list {input:q} --part {wildcards.part} --archives {params.archives:q}"
             " --dest {params.dest:q} --marker {output:q} --delete-archive {params.delete_archive}"
             " --retries {params.retries} --backoff {params.backoff} --url-key {params.key:q} --progress off"
             " > {log:q} 2>&1"
@@ -113,6 +113,6 @@ if CVDF is not None:
             retries=CVDF["retries"],
             backoff=CVDF["backoff"],
         shell:
-            "tokshift fetch-replacement --url={params.url:q} --archive {params.archive:q} --root {params.root:q}"
+            "python -m tokshift fetch-replacement --url={params.url:q} --archive {params.archive:q} --root {params.root:q}"
             " --marker {output:q} --delete-archive {params.delete_archive} --retries {params.retries}"
             " --backoff {params.backoff} --url-key {params.key:q} --progress off > {log:q} 2>&1"

@@ -22,7 +22,7 @@ rule fetch_released:
         sha256=lambda wildcards: workflow_settings.released_entry(config, wildcards.model).get("sha256") or "",
         key=lambda wildcards: f"released.{wildcards.model}.sha256",
     shell:
-        "tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --config-key {params.key}"
+        "python -m tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --config-key {params.key}"
         " --progress off > {log:q} 2>&1"
 
 
@@ -47,7 +47,7 @@ rule import_released:
             "class_order", "sorted"
         ),
     shell:
-        "tokshift import-original {input.pth:q} --model {wildcards.model} --classes {input.classes:q}"
+        "python -m tokshift import-original {input.pth:q} --model {wildcards.model} --classes {input.classes:q}"
         " --class-order {params.class_order} --out {output:q} > {log:q} 2>&1"
 
 
@@ -122,6 +122,6 @@ rule collect_released:
         # MODEL=SOURCE: the table names each URL or path as configured.
         sources=lambda wildcards: [f"{m}={released_source(m)}" for m in MODELS],
     shell:
-        "tokshift collect --dataset {params.dataset} --metrics {input.metrics:q} --released {input.checkpoints:q}"
+        "python -m tokshift collect --dataset {params.dataset} --metrics {input.metrics:q} --released {input.checkpoints:q}"
         " --released-source {params.sources:q} --val-summary {input.val_summary:q}"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"

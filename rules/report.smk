@@ -26,7 +26,7 @@ rule collect_results:
     params:
         dataset=DATASET,
     shell:
-        "tokshift collect --dataset {params.dataset}"
+        "python -m tokshift collect --dataset {params.dataset}"
         " --metrics {input.metrics:q} --train-summaries {input.summaries:q}"
         " --checkpoints {input.checkpoints:q} --val-summary {input.val_summary:q}"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"
@@ -80,7 +80,7 @@ rule per_class:
     resources:
         **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     shell:
-        "tokshift per-class --predictions {input.predictions:q} --classes {input.classes:q}"
+        "python -m tokshift per-class --predictions {input.predictions:q} --classes {input.classes:q}"
         " --csv {output.csv:q} --plot {output.plot:q} --title {wildcards.model} > {log:q} 2>&1"
 
 
@@ -114,7 +114,7 @@ rule training_curves:
         out_dir=lambda wildcards, output: os.path.dirname(output.curves[0]),
         title=DATASET,
     shell:
-        "tokshift curves --metrics {params.named:q} --out-dir {params.out_dir:q}"
+        "python -m tokshift curves --metrics {params.named:q} --out-dir {params.out_dir:q}"
         " --comparison {output.compared:q} --title {params.title:q} > {log:q} 2>&1"
 
 
@@ -168,5 +168,5 @@ rule explain_examples:
         out_dir=lambda wildcards, output: os.path.dirname(output[0]),
         errors=sum(role.startswith("error_") for role in EXPLAIN_ROLES),
     shell:
-        "tokshift explain --checkpoint {input.model:q} --shards {input.val:q} --pick-from {input.predictions:q}"
+        "python -m tokshift explain --checkpoint {input.model:q} --shards {input.val:q} --pick-from {input.predictions:q}"
         " --errors {params.errors} --device cpu --out-dir {params.out_dir:q} > {log:q} 2>&1"

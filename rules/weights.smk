@@ -17,5 +17,5 @@ rule download_weights:
         # Empty: record the sha256 of the first download.
         sha256=lambda wildcards: config["weights"][wildcards.backbone].get("sha256") or "",
     shell:
-        "tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --progress off"
+        "python -m tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --progress off"
         " > {log:q} 2>&1"

@@ -27,6 +27,8 @@ _DIRECTIVE = re.compile(r"^(?P<indent>\s*)(?P<name>\w+):(?P<rest>.*)$")
 _PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 # The launcher (scheduling.launcher) starts `tokshift` through the job-step script, torchrun or srun.
 _LAUNCH = "{params.launch}"
+# Every command runs the checkout's package (tokshift.workflow.running_code), never an installed script.
+_COMMAND = ["python", "-m", "tokshift"]
 
 
 @dataclass
@@ -148,10 +150,11 @@ def check_rule(rule: Rule, parser: argparse.ArgumentParser) -> list[str]:
     problems += [f"{where}: shell uses {{params.{n}}}, which params does not define" for n in sorted(used - names)]
     problems += [f"{where}: params.{n} is not in the shell line" for n in sorted(names - used)]
     problems += [f"{where}: params.{n} holds a flag ({msg})" for n, msg in _flag_values(rule.params)]
-    command = shell.replace(_LAUNCH, "tokshift").split(" > ", 1)[0]
+    command = shell.replace(_LAUNCH, " ".join(_COMMAND)).split(" > ", 1)[0]
     tokens = shlex.split(_PLACEHOLDER.sub("VALUE", command))
-    if tokens[:1] != ["tokshift"]:
-        return [*problems, f"{where}: the shell line does not start tokshift: {shell!r}"]
+    if tokens[: len(_COMMAND)] != _COMMAND:
+        return [*problems, f"{where}: the shell line does not start `python -m tokshift`: {shell!r}"]
+    tokens = tokens[len(_COMMAND) - 1 :]
     global_problems, _, at = _check_options(tokens[1:], parser, f"{where}: tokshift", stop_at_value=True)
     problems += global_problems
     rest = tokens[1 + at :]
@@ -254,7 +257,7 @@ rule broken:
         named=lambda wildcards: f"--clips {wildcards.n}",
         unused=3,
     shell:
-        "tokshift evaluate --checkpoint {input:q} --no-such-flag 1 --crops 2 --resize nearest"
+        "python -m tokshift evaluate --checkpoint {input:q} --no-such-flag 1 --crops 2 --resize nearest"
         " --no-fused-attn yes {params.extra} {params.named} > {log:q} 2>&1"
 """
 
@@ -269,3 +272,6 @@ def test_the_check_reports_each_kind_of_mistake() -> None:
     assert "params.extra holds a flag" in problems and "params.named holds a flag" in problems
     assert "params.unused is not in the shell line" in problems
     assert "requires --shards, which the rule omits" in problems
+    # The installed console script may be another copy of the code than the checkout's.
+    (script,) = parse_rules('rule script:\n    shell:\n        "tokshift zoo > {log:q} 2>&1"\n', "rules/s.smk")
+    assert "does not start `python -m tokshift`" in "\n".join(check_rule(script, build_parser()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import yaml
 
 from tokshift.settings import SCHEMA_PATH, default
 from tokshift.workflow import config as settings
-from tokshift.workflow import scheduling
+from tokshift.workflow import running_code, scheduling
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -57,8 +58,8 @@ def neutral(**kw: Any) -> dict[str, Any]:
 
 # (gpus per node, nodes, tasks_per_node) -> (resources, launcher after the job-step options)
 MATRIX = [
-    ((0, 1, 1), neutral(), "--ntasks 1 --nodes 1 --cpus-per-task 2 -- tokshift"),
-    ((1, 1, 1), neutral(gres="gpu:1", cpus_per_task=8), "--ntasks 1 --nodes 1 --cpus-per-task 8 -- tokshift"),
+    ((0, 1, 1), neutral(), "--ntasks 1 --nodes 1 --cpus-per-task 2 -- python -m tokshift"),
+    ((1, 1, 1), neutral(gres="gpu:1", cpus_per_task=8), "--ntasks 1 --nodes 1 --cpus-per-task 8 -- python -m tokshift"),
     (
         (4, 1, 1),
         neutral(gres="gpu:4", cpus_per_task=32),
@@ -67,28 +68,28 @@ MATRIX = [
     (
         (0, 2, 1),
         neutral(nodes=2, tasks=2, mpi="srun"),
-        "--ntasks 2 --nodes 2 --cpus-per-task 2 -- tokshift",
+        "--ntasks 2 --nodes 2 --cpus-per-task 2 -- python -m tokshift",
     ),
     (
         (1, 2, 1),
         neutral(gres="gpu:1", nodes=2, tasks=2, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
-        "--ntasks 2 --nodes 2 --cpus-per-task 8 -- tokshift",
+        "--ntasks 2 --nodes 2 --cpus-per-task 8 -- python -m tokshift",
     ),
     (
         (4, 3, 1),
         neutral(gres="gpu:4", nodes=3, tasks=12, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
-        "--ntasks 12 --nodes 3 --cpus-per-task 8 -- tokshift",
+        "--ntasks 12 --nodes 3 --cpus-per-task 8 -- python -m tokshift",
     ),
-    ((0, 1, 3), neutral(tasks=3, mpi="srun"), "--ntasks 3 --nodes 1 --cpus-per-task 2 -- tokshift"),
+    ((0, 1, 3), neutral(tasks=3, mpi="srun"), "--ntasks 3 --nodes 1 --cpus-per-task 2 -- python -m tokshift"),
     (
         (4, 1, 4),
         neutral(gres="gpu:4", tasks=4, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
-        "--ntasks 4 --nodes 1 --cpus-per-task 8 -- tokshift",
+        "--ntasks 4 --nodes 1 --cpus-per-task 8 -- python -m tokshift",
     ),
     (
         (2, 2, 4),
         neutral(gres="gpu:2", nodes=2, tasks=8, tasks_per_gpu=1, mpi="srun", cpus_per_task=8),
-        "--ntasks 8 --nodes 2 --cpus-per-task 8 -- tokshift",
+        "--ntasks 8 --nodes 2 --cpus-per-task 8 -- python -m tokshift",
     ),
 ]
 
@@ -224,6 +225,7 @@ def test_launcher_runs_through_the_job_step_script() -> None:
     """The launcher is a shell command: with the variable set it runs the program via job-step.sh."""
     cmd = scheduling.launcher(make_config(), "train", "demo_vit") + " --help"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k != scheduling.JOB_STEP_ENV}
+    env.update(running_code.job_environment(REPO, env, sys.executable))  # as the workflow sets it for a job
     ok = subprocess.run(
         ["bash", "-c", cmd],
         env={**env, scheduling.JOB_STEP_ENV: str(scheduling.job_step_path(REPO))},

@@ -117,7 +117,7 @@ def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
     ).stdout
     assert planned_jobs(out)["pack_shard"] == 6  # 2 splits x 3 shards
     assert "--timeout 90.5" in out
-    assert out.count("--cpus-per-task 4 -- tokshift --attempts-log") == 2
+    assert out.count("--cpus-per-task 4 -- python -m tokshift --attempts-log") == 2
     assert "--amp off" in out and "--compile true" in out and "--workers 1" in out
     assert "--clips 2 --crops 1" in out
     # Nothing to start from, nothing to stage to: the options stay on the line with an empty value.

@@ -244,7 +244,7 @@ def job_device(config: dict[str, Any], rule: str, model: str) -> str:
 
 
 def launcher(config: dict[str, Any], rule: str, model: str) -> str:
-    """The command that starts `tokshift` with the job's processes.
+    """The command that starts `python -m tokshift` (the checkout's code, see running_code) with the job's processes.
 
     Under SLURM slurm/job-step.sh makes it a job step of its own, so that the early warning
     (--signal=USR1@N goes to job steps) reaches the training and not Snakemake, which runs
@@ -260,7 +260,7 @@ def launcher(config: dict[str, Any], rule: str, model: str) -> str:
     )
     if job["gpus"] > 1 and not res["mpi"]:
         return f"{step} torchrun --standalone --nproc-per-node={job['gpus']} -m tokshift.cli"
-    return f"{step} tokshift"
+    return f"{step} python -m tokshift"
 
 
 def train_override_args(config: dict[str, Any], model: str) -> list[str]:
