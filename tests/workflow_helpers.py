@@ -65,10 +65,11 @@ def checkout_copy(dest: Path) -> Path:
     if not (REPO / ".git").exists():
         return copy_workflow(dest)
     _git("clone", "--quiet", "--shared", REPO, dest)
-    # Tracked and untracked files that git does not ignore, as they are now (a deleted one is gone).
-    for name in _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0"):
-        if not name:
-            continue
+    # Files of HEAD, of the index and untracked ones that git does not ignore, as they are now in the
+    # working tree: a deleted or renamed one (even a staged rename) is gone from the copy too.
+    names = _git("ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    names += _git("ls-tree", "-r", "-z", "--name-only", "HEAD").split("\0")
+    for name in sorted(set(names) - {""}):
         src, out = REPO / name, dest / name
         if src.is_file():
             out.parent.mkdir(parents=True, exist_ok=True)
