@@ -1,0 +1,131 @@
+"""Is this the environment the workflow expects? The checks `tokshift env` prints.
+
+Three questions a cluster user asks before trusting a run: which `tokshift` runs (and is it the
+one pip installed, or the checkout the workflow puts first), does a workflow job run the
+checkout it was planned with, and do the installed libraries match the tested lock
+(`envs/requirements.lock` of the checkout)?
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+
+from tokshift.provenance import package_dir
+
+#: The pins of the tested environment, in the checkout (absent from an installed wheel).
+LOCK_FILE = Path("envs") / "requirements.lock"
+_PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)")
+
+
+def normalise(name: str) -> str:
+    """A distribution name as package indexes compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_tokshift() -> dict[str, str] | None:
+    """The pip-installed tokshift distribution: version and where its code is (the source folder of an
+    editable install), or None when none is installed."""
+    try:
+        dist = metadata.distribution("tokshift")
+    except metadata.PackageNotFoundError:
+        return None
+    where = str(dist.locate_file(""))
+    direct = dist.read_text("direct_url.json")
+    if direct:
+        url = json.loads(direct).get("url", "")
+        if url.startswith("file://"):
+            where = url[len("file://") :]
+    return {"version": dist.version, "location": where}
+
+
+def install_check(running: Path | None = None) -> tuple[bool, str]:
+    """(ok, what) for the installed tokshift against the running package."""
+    from tokshift import __version__
+
+    running = running or package_dir()
+    dist = installed_tokshift()
+    if dist is None:
+        return True, f"no tokshift installed by pip; running {running} ({__version__})"
+    editable_here = Path(dist["location"]).resolve() == running.parent.resolve()
+    if editable_here:
+        return True, f"pip's tokshift {dist['version']} is this checkout (editable install)"
+    same = dist["version"] == __version__
+    return (
+        False,
+        f"pip's tokshift {dist['version']} at {dist['location']} is not the running code {running}"
+        f" ({__version__}{'' if not same else ', same version string'}); workflow jobs run the checkout's code"
+        " (python -m tokshift with the checkout first on PYTHONPATH), the `tokshift` script runs pip's",
+    )
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """{normalised name: version} of a requirements lock (`name==version` lines; `-r` files followed)."""
+    pins: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line.startswith("-r "):
+            pins.update(read_lock(path.parent / line[3:].strip()))
+            continue
+        m = _PIN.match(line)
+        if m:
+            pins[normalise(m.group(1))] = m.group(2)
+    return pins
+
+
+def lock_differences(pins: Mapping[str, str]) -> list[str]:
+    """`name: locked X, installed Y` for every pin the environment does not match."""
+    out = []
+    for name, want in sorted(pins.items()):
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            have = "not installed"
+        # A local build label (2.14.1+cpu, +cu121) is the same release for the lock.
+        if have.split("+", 1)[0] != want.split("+", 1)[0]:
+            out.append(f"{name}: locked {want}, installed {have}")
+    return out
+
+
+def lock_check(checkout: Path | None = None) -> tuple[bool, str]:
+    """(ok, what) for the installed libraries against the checkout's envs/requirements.lock."""
+    lock = (checkout or package_dir().parent) / LOCK_FILE
+    if not lock.is_file():
+        return True, f"no {LOCK_FILE} beside the running package (not a checkout): not compared"
+    diffs = lock_differences(read_lock(lock))
+    if not diffs:
+        return True, f"every package pinned in {lock} is installed at its pinned version"
+    shown = "; ".join(diffs[:10]) + (f"; and {len(diffs) - 10} more" if len(diffs) > 10 else "")
+    return False, f"{len(diffs)} package(s) differ from {lock}: {shown} (pip install -r {lock} to match it)"
+
+
+def workflow_check() -> tuple[bool, str]:
+    """(ok, what) for a workflow job: the package imported is the checkout TOKSHIFT_CODE names."""
+    import os
+
+    from tokshift.workflow.running_code import CODE_ENV, job_code_mismatch
+
+    if not os.environ.get(CODE_ENV):
+        return True, f"not in a workflow job ({CODE_ENV} unset)"
+    problem = job_code_mismatch(os.environ)
+    return (problem is None), (problem or f"running the code of {os.environ[CODE_ENV]}, as the workflow planned")
+
+
+def device_check() -> tuple[bool, str]:
+    """(ok, what) for the GPUs this process was given: usable, or why not (tokshift.engine.gpu_env)."""
+    from tokshift.engine.gpu_env import real_choose_device
+    from tokshift.errors import TokshiftError
+
+    try:
+        device, why = real_choose_device("auto", 0)
+    except TokshiftError as exc:
+        return False, str(exc)
+    if device.type != "cuda":
+        return True, f"cpu ({why})"
+    import torch
+
+    names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return True, f"{len(names)} GPU(s): {', '.join(names)} ({why})"
