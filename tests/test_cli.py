@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import tokshift
 from tests.engine_helpers import REPO, cli_env
 from tokshift.argtypes import HelpFormatter, options_from_args
 from tokshift.cli import COMMAND_MODULES, build_parser, main
@@ -27,16 +28,18 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
     return dict(group.choices)
 
 
-def test_version_comes_from_the_package_metadata(capsys: pytest.CaptureFixture[str]) -> None:
+def test_version_is_the_running_packages(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"tokshift {importlib.metadata.version('tokshift')}"
+    # The running package's version (a workflow job may run a checkout other than pip's install).
+    assert capsys.readouterr().out.strip() == f"tokshift {tokshift.__version__}"
+    assert tokshift.__version__ == importlib.metadata.version("tokshift")  # this checkout is the one installed
 
 
 def test_each_stage_registers_its_own_commands() -> None:
     assert COMMAND_MODULES == tuple(
-        f"tokshift.{stage}.commands" for stage in ("zoo", "fetch", "data", "engine", "results", "viz")
+        f"tokshift.{stage}.commands" for stage in ("zoo", "fetch", "data", "engine", "results", "viz", "provenance")
     )
     commands = _subparsers(build_parser())
     assert set(commands) == {
@@ -56,6 +59,8 @@ def test_each_stage_registers_its_own_commands() -> None:
         "explain",
         "per-class",
         "curves",
+        "provenance",
+        "env",
     }
 
 

@@ -197,8 +197,10 @@ def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
     m1 = json.loads((tmp_path / "one" / "metrics.json").read_text())
     m2 = json.loads((tmp_path / "two" / "metrics.json").read_text())
     assert (m1["world_size"], m2["world_size"]) == (1, 2)
+    assert (len(m1["provenance"]["devices"]), len(m2["provenance"]["devices"])) == (1, 2)  # every rank's
     for m in (m1, m2):
         m.pop("world_size")
+        m.pop("provenance")
     assert m1 == m2
     assert m1["videos"] == packed_demo.val_odd_count == 7
     p1 = (tmp_path / "one" / "predictions.csv").read_text()

@@ -1,5 +1,6 @@
 """An interrupted `tokshift evaluate` keeps its finished videos, and a rerun scores only the rest and
-writes byte for byte the metrics.json and predictions.csv of an uninterrupted run.
+writes byte for byte the predictions.csv of an uninterrupted run, and its metrics.json but for the
+provenance block (this attempt's times, and how many videos earlier attempts kept).
 
 Interruptions are real: SIGTERM or SIGKILL sent to a running `tokshift evaluate` process once a chunk
 of finished videos is on disk, or the scheduled-signal hook (TOKSHIFT_SIGNAL_AT_STEP) counting chunks.
@@ -64,9 +65,18 @@ def _kept_on_disk(out: Path) -> int:
     return sum(len(p.read_text().splitlines()) - 1 for p in (out / PARTIAL).glob("chunk-*.jsonl"))
 
 
+def _metrics(out: Path) -> dict:
+    """metrics.json without its provenance block, which names this attempt."""
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics.pop("provenance")
+    return metrics
+
+
 def _assert_same_outputs(out: Path, reference: Path) -> None:
-    for name in OUTPUTS:
-        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert (out / "predictions.csv").read_bytes() == (reference / "predictions.csv").read_bytes()
+    assert _metrics(out) == _metrics(reference)
+    earlier = json.loads((out / "metrics.json").read_text())["provenance"]["videos_from_earlier_attempts"]
+    assert 0 < earlier < VIDEOS
 
 
 def _stop_after_chunks(
@@ -202,7 +212,7 @@ def test_a_moved_checkpoint_of_the_same_content_keeps_the_records(
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming: 2 of {VIDEOS} videos already scored" in res.stderr and _scored(res.stderr) == VIDEOS - 2
     assert (out / "predictions.csv").read_bytes() == (reference / "predictions.csv").read_bytes()
-    got, want = (json.loads((d / "metrics.json").read_text()) for d in (out, reference))
+    got, want = (_metrics(d) for d in (out, reference))
     assert got.pop("checkpoint") == str(copy) and want.pop("checkpoint") == str(trained_demo.checkpoint)
     assert got == want
 

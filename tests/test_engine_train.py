@@ -180,6 +180,10 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
     assert f"resumed from {expect}" in again.stderr
     a, b = _load(tmp_path / "ref" / "model.pt"), _load(out / "model.pt")
     assert a["optimizer_steps"] == b["optimizer_steps"] == 16
+    # Both attempts are on record: the preempted one up to the checkpoint resumed from, then the rerun.
+    first, second = b["provenance"]["attempts"]
+    assert first["last_step"] == second["first_step"] == _load(expect)["step"]
+    assert second["last_step"] == 16 and first["commit"] == second["commit"] == b["provenance"]["tokshift"]["commit"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     # the log holds every step exactly once, with the same losses as the uninterrupted run

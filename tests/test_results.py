@@ -62,6 +62,15 @@ def _summary(model: str, device: str, world_size: int, hours: float, sha: str, i
     }
 
 
+def _block(commit: str, dirty: bool, torch: str, devices: list[str]) -> dict:
+    """The parts of a provenance block the table reads."""
+    return {
+        "tokshift": {"version": "0.1.0", "commit": commit, "dirty": dirty},
+        "software": {"torch": torch},
+        "devices": devices,
+    }
+
+
 def _checkpoint(path: Path, content: bytes) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(content)
@@ -77,8 +86,12 @@ def _populate(root: Path, dataset: str, pack: bool = True) -> dict[str, list[Pat
         sha = _checkpoint(ckpt, f"weights of {model}".encode())
         m = root / dataset / "eval" / model / "metrics.json"
         t = root / dataset / "train" / model / "train_summary.json"
-        _write(m, _metrics(model, top1, 62, 1, sha))
-        _write(t, _summary(model, device, world, hours, sha))
+        metrics, summary = _metrics(model, top1, 62, 1, sha), _summary(model, device, world, hours, sha)
+        if model == "demo_tokshift":  # demo_vit's files come from before the provenance block
+            summary["provenance"] = _block("a" * 40, False, "2.5.1", ["NVIDIA A100-SXM4-80GB"] * world)
+            metrics["provenance"] = _block("b" * 40, True, "2.14.1", ["NVIDIA H100 80GB HBM3"])
+        _write(m, metrics)
+        _write(t, summary)
         files["metrics"].append(m)
         files["summaries"].append(t)
         files["checkpoints"].append(ckpt)
@@ -115,6 +128,13 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
     assert tok["train_hours"] == 0.018
     assert tok["checkpoint_sha256"] == hashlib.sha256(b"weights of demo_tokshift").hexdigest()
     assert math.isnan(tok["paper_top1"]) and math.isnan(tok["delta_top1"])
+    assert tok["trained_on"] == "2× NVIDIA A100-SXM4-80GB"
+    assert (tok["train_commit"], tok["train_torch"]) == ("a" * 12, "2.5.1")
+    assert (tok["eval_commit"], tok["eval_torch"]) == ("b" * 12 + "+dirty", "2.14.1")
+    vit_row = df.set_index("model").loc["demo_vit"]
+    assert {vit_row[c] for c in ("trained_on", "train_commit", "train_torch", "eval_commit", "eval_torch")} == {
+        "unknown"
+    }
     row = zoo_row("demo_tokshift")
     assert tok["gflops_per_view"] == row["gflops_per_view"] and tok["params_m"] == row["params_m"]
 
@@ -145,6 +165,8 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
 
     sources = json.loads((out / "model_zoo.sources.json").read_text())
     assert sources["dataset"] == "demo"
+    assert sources["provenance"]["command"] == "collect" and sources["provenance"]["ended"]
+    assert sources["models"]["demo_tokshift"]["train_provenance"]["tokshift"]["commit"] == "a" * 40
     vit = sources["models"]["demo_vit"]
     assert vit["metrics"] == str(tmp_path / "demo/eval/demo_vit/metrics.json")
     assert vit["train_summary"] == str(tmp_path / "demo/train/demo_vit/train_summary.json")

@@ -621,7 +621,7 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
                 ExitCode.RETRY_LATER,
             )
         return ExitCode.RETRY_LATER
-    # Not in metrics.json, which a resumed run writes exactly as an uninterrupted one does.
+    # Not in metrics.json, which a resumed run writes as an uninterrupted one does (but for its provenance).
     log.info("scored %d videos in this run in %.1f s", len(ds) - len(kept), time.perf_counter() - t0)
     failed_line, too_many = failure_report(records, opts.max_failed_share)
     if ctx.is_main:
