@@ -403,6 +403,12 @@ def test_training_signalled_ahead_of_its_limit_resumes_to_the_same_steps(retrain
     resumed = _summary(wf, PREEMPTED_MODEL)
     assert resumed["epochs"] == PREEMPT_EPOCHS
     assert resumed["optimizer_steps"] == run["steps"]
+    # Provenance names both SLURM jobs, the nodes of each attempt and where the second one took over.
+    attempts = resumed["provenance"]["attempts"]
+    assert [a["slurm_job_id"] for a in attempts] == [interrupted.job_id, last.job_id], attempts
+    assert all(sorted(a["nodes"]) == nodes for a in attempts), attempts
+    assert 0 < attempts[0]["last_step"] == attempts[1]["first_step"] < attempts[1]["last_step"] == run["steps"]
+    assert resumed["provenance"]["slurm"]["job_id"] == last.job_id
     zoo = pd.read_csv(wf / "results/demo/model_zoo.csv").set_index("model")
     assert pd.notna(zoo.loc[PREEMPTED_MODEL, "top1"]) and zoo.loc[PREEMPTED_MODEL, "epochs"] == PREEMPT_EPOCHS
 
