@@ -35,7 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.engine.commands",
     "tokshift.results.commands",
     "tokshift.viz.commands",
-    "tokshift.provenance_commands",
+    "tokshift.provenance.commands",
 )
 
 
