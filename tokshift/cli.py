@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from tokshift.argtypes import HelpFormatter, exit_codes_epilog, file_path
 from tokshift.errors import ExitCode, TokshiftError
-from tokshift.workflow.running_code import CODE_ENV, job_code_mismatch
+from tokshift.provenance.environment import CODE_ENV, job_code_mismatch
 
 if TYPE_CHECKING:
     from tokshift.attempts import Attempt

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tokshift.provenance import package_dir
 
+#: Set by the workflow for every job (tokshift.workflow.running_code): the checkout whose code the job must run.
+CODE_ENV = "TOKSHIFT_CODE"
 #: The pins of the tested environment, in the checkout (absent from an installed wheel).
 LOCK_FILE = Path("envs") / "requirements.lock"
 _PIN = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)")
@@ -102,11 +104,28 @@ def lock_check(checkout: Path | None = None) -> tuple[bool, str]:
     return False, f"{len(diffs)} package(s) differ from {lock}: {shown} (pip install -r {lock} to match it)"
 
 
+def job_code_mismatch(environ: Mapping[str, str]) -> str | None:
+    """One line naming both packages when `TOKSHIFT_CODE` is set and this process imported another `tokshift`.
+
+    The command checks this as it starts: the job of a workflow run must run that workflow's code.
+    None when the variable is unset (a command run by hand) or the packages are the same.
+    """
+    code = environ.get(CODE_ENV)
+    if not code:
+        return None
+    expected = Path(code).resolve() / "tokshift"
+    imported = package_dir()
+    if imported == expected:
+        return None
+    return (
+        f"this job imported the tokshift package from {imported}, but its workflow ({CODE_ENV}={code}) runs"
+        f" {expected}: start it as `python -m tokshift` with {code} first on PYTHONPATH, as the workflow's rules do"
+    )
+
+
 def workflow_check() -> tuple[bool, str]:
     """(ok, what) for a workflow job: the package imported is the checkout TOKSHIFT_CODE names."""
     import os
-
-    from tokshift.workflow.running_code import CODE_ENV, job_code_mismatch
 
     if not os.environ.get(CODE_ENV):
         return True, f"not in a workflow job ({CODE_ENV} unset)"

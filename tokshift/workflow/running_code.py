@@ -18,8 +18,10 @@ from pathlib import Path
 
 from tokshift.errors import NotRetryable
 
-#: The checkout (the folder holding `Snakefile` and `tokshift/`) whose code every job must run.
-CODE_ENV = "TOKSHIFT_CODE"
+# The job's side of the check lives with the other environment checks (the CLI stands below the workflow layer).
+from tokshift.provenance.environment import CODE_ENV, job_code_mismatch
+
+__all__ = ["CODE_ENV", "CodeMismatch", "check_workflow_imports", "job_code_mismatch", "job_environment"]
 
 
 class CodeMismatch(NotRetryable):
@@ -77,23 +79,4 @@ def check_workflow_imports(basedir: str | os.PathLike[str]) -> None:
     raise CodeMismatch(
         f"the workflow imported the tokshift package from {imported}, not its own {expected}:"
         f" its jobs would run other code than its plan; {fix}"
-    )
-
-
-def job_code_mismatch(environ: Mapping[str, str]) -> str | None:
-    """One line naming both packages when `TOKSHIFT_CODE` is set and this process imported another `tokshift`.
-
-    The command checks this as it starts: the job of a workflow run must run that workflow's code.
-    None when the variable is unset (a command run by hand) or the packages are the same.
-    """
-    code = environ.get(CODE_ENV)
-    if not code:
-        return None
-    expected = Path(code).resolve() / "tokshift"
-    imported = imported_package()
-    if imported == expected:
-        return None
-    return (
-        f"this job imported the tokshift package from {imported}, but its workflow ({CODE_ENV}={code}) runs"
-        f" {expected}: start it as `python -m tokshift` with {code} first on PYTHONPATH, as the workflow's rules do"
     )
