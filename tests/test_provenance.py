@@ -166,3 +166,26 @@ def test_the_table_explains_each_provenance_column(column: str) -> None:
     assert column in COLUMNS and "provenance" in COLUMN_SOURCES[column]
     if column.startswith("train"):
         assert "unknown" in RELEASED_COLUMN_SOURCES[column]
+
+
+def test_a_workflow_job_logs_its_code_first_and_refuses_another_checkouts(tmp_path: Path) -> None:
+    import os
+    import sys
+
+    env = {**os.environ, "TOKSHIFT_CODE": str(REPO)}
+    env.pop("PYTHONPATH", None)
+    ok = subprocess.run(
+        [sys.executable, "-m", "tokshift", "zoo", "--format", "csv"], env=env, capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr
+    first, libs, where = ok.stderr.splitlines()[:3]
+    head, _ = checkout_state()
+    assert first.startswith(f"tokshift {metadata.version('tokshift')} from {REPO / 'tokshift'} (commit {head}")
+    assert libs.startswith(f"python {platform.python_version()}, torch {metadata.version('torch')}")
+    assert where.startswith(f"host {socket.gethostname()}, started ")
+
+    env["TOKSHIFT_CODE"] = str(tmp_path)
+    other = subprocess.run([sys.executable, "-m", "tokshift", "zoo"], env=env, capture_output=True, text=True)
+    assert other.returncode == 3
+    assert f"tokshift zoo: error: this job imported the tokshift package from {REPO / 'tokshift'}" in other.stderr
+    assert str(tmp_path / "tokshift") in other.stderr.splitlines()[-1]
