@@ -140,7 +140,8 @@ def test_env_prints_the_environment_and_its_checks() -> None:
     assert report["tokshift"]["package"] == str(REPO / "tokshift")
     assert report["software"]["torch"] == metadata.version("torch")
     assert set(report["checks"]) == {"installed package", "workflow job", "lock", "devices"}
-    assert report["checks"]["installed package"].startswith("ok: pip's tokshift")
+    installed = f"ok: the installed tokshift {metadata.version('tokshift')} is this code ({REPO / 'tokshift'})"
+    assert report["checks"]["installed package"] == installed
     assert report["checks"]["devices"].startswith("ok: cpu")
     failed = [k for k, v in report["checks"].items() if v.startswith("FAILED")]
     assert res.returncode == (3 if failed else 0), report["checks"]
@@ -189,3 +190,12 @@ def test_a_workflow_job_logs_its_code_first_and_refuses_another_checkouts(tmp_pa
     assert other.returncode == 3
     assert f"tokshift zoo: error: this job imported the tokshift package from {REPO / 'tokshift'}" in other.stderr
     assert str(tmp_path / "tokshift") in other.stderr.splitlines()[-1]
+
+
+def test_the_install_check_names_the_installed_copy_when_other_code_runs(tmp_path: Path) -> None:
+    ok, what = environment.install_check(tmp_path / "tokshift")
+    assert not ok
+    assert (
+        f"the installed tokshift {metadata.version('tokshift')} at {REPO / 'tokshift'} is not the running code" in what
+    )
+    assert str(tmp_path / "tokshift") in what

@@ -8,7 +8,6 @@ checkout it was planned with, and do the installed libraries match the tested lo
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from importlib import metadata
@@ -29,39 +28,56 @@ def normalise(name: str) -> str:
 
 
 def installed_tokshift() -> dict[str, str] | None:
-    """The pip-installed tokshift distribution: version and where its code is (the source folder of an
-    editable install), or None when none is installed."""
+    """What `import tokshift` gives this interpreter outside any checkout (what the `tokshift` script
+    runs): its version and package folder, or None when nothing is installed.
+
+    Asked of a fresh interpreter started in the file system's root without PYTHONPATH, since pip's
+    metadata does not say where an editable install's code is.
+    """
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", CODE_ENV)}
+    probe = (
+        "import pathlib, tokshift; print(tokshift.__version__); print(pathlib.Path(tokshift.__file__).resolve().parent)"
+    )
+    root = os.path.abspath(os.sep)
     try:
-        dist = metadata.distribution("tokshift")
-    except metadata.PackageNotFoundError:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True, timeout=120
+        )
+    except (OSError, subprocess.TimeoutExpired):
         return None
-    where = str(dist.locate_file(""))
-    direct = dist.read_text("direct_url.json")
-    if direct:
-        url = json.loads(direct).get("url", "")
-        if url.startswith("file://"):
-            where = url[len("file://") :]
-    return {"version": dist.version, "location": where}
+    lines = proc.stdout.splitlines()
+    if proc.returncode != 0 or len(lines) < 2:
+        return None
+    return {"version": lines[-2], "location": lines[-1]}
 
 
 def install_check(running: Path | None = None) -> tuple[bool, str]:
     """(ok, what) for the installed tokshift against the running package."""
     from tokshift import __version__
 
-    running = running or package_dir()
+    running = (running or package_dir()).resolve()
     dist = installed_tokshift()
     if dist is None:
-        return True, f"no tokshift installed by pip; running {running} ({__version__})"
-    editable_here = Path(dist["location"]).resolve() == running.parent.resolve()
-    if editable_here:
-        return True, f"pip's tokshift {dist['version']} is this checkout (editable install)"
-    same = dist["version"] == __version__
+        return True, f"no tokshift installed for {_interpreter()}; running {running} ({__version__})"
+    if Path(dist["location"]) == running:
+        return True, f"the installed tokshift {dist['version']} is this code ({running})"
+    same = ", the same version string" if dist["version"] == __version__ else ""
     return (
         False,
-        f"pip's tokshift {dist['version']} at {dist['location']} is not the running code {running}"
-        f" ({__version__}{'' if not same else ', same version string'}); workflow jobs run the checkout's code"
-        " (python -m tokshift with the checkout first on PYTHONPATH), the `tokshift` script runs pip's",
+        f"the installed tokshift {dist['version']} at {dist['location']} is not the running code {running}"
+        f" ({__version__}{same}); workflow jobs run the checkout's code (python -m tokshift with the checkout"
+        " first on PYTHONPATH), the `tokshift` script runs the installed one: pip install --no-deps -e <checkout>",
     )
+
+
+def _interpreter() -> str:
+    import sys
+
+    return sys.executable
 
 
 def read_lock(path: Path) -> dict[str, str]:
