@@ -14,7 +14,7 @@ import pytest
 
 from tests.engine_helpers import PackedDemo, TrainedDemo, build_packed_demo, run_cli, train_args
 from tests.slurm.cluster import Cluster, ensure_cluster
-from tests.workflow_helpers import DemoRun, copy_workflow, snakemake
+from tests.workflow_helpers import DemoRun, checkout_copy, other_tokshift_venv, snakemake
 
 
 @pytest.fixture(scope="session")
@@ -38,12 +38,16 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
 
     Its users read it; a test that changes results, logs or shards works on a copy
     (`shutil.copytree(demo_run.wf, ..., symlinks=True)` keeps the modification times).
+    The copy is a git checkout at this one's commit, and Snakemake runs from a venv where another
+    tokshift is installed: every job must still run the copy's own code.
     """
-    wf = copy_workflow(tmp_path_factory.mktemp("demo") / "wf")
+    root = tmp_path_factory.mktemp("demo")
+    wf = checkout_copy(root / "wf")
+    venv = other_tokshift_venv(root / "venv")
     t0 = time.monotonic()
     # umask 022 whatever the machine's: test_demo_pipeline checks every output is 0644 (folders 0755).
-    snakemake(wf, "--cores", "2", check=True, timeout=1800, umask=0o022)
-    return DemoRun(wf, time.monotonic() - t0)
+    snakemake(wf, "--cores", "2", check=True, timeout=1800, umask=0o022, python=venv / "bin" / "python")
+    return DemoRun(wf, time.monotonic() - t0, venv)
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,7 @@ import http.server
 import json
 import re
 import shutil
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.workflow_helpers import DemoRun, planned_jobs, snakemake
+from tests.workflow_helpers import OTHER_VERSION, REPO, DemoRun, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -44,6 +45,52 @@ def test_demo_results_table(demo_run: DemoRun) -> None:
     assert (wf / "results/demo/accuracy_vs_gflops.png").stat().st_size > 1000
     for rule in ("demo_videos", "index_dataset", "pack_shard", "train", "evaluate", "collect_results"):
         assert any((wf / "logs" / rule).rglob("*.log")), f"no log for {rule}"
+
+
+def _git(where: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, check=check)
+
+
+#: A job's first log line (tokshift.provenance.header_lines): version, package folder, commit.
+_CODE_LINE = re.compile(r"^tokshift (?P<version>\S+) from (?P<package>.+) \((?P<code>.+)\)$")
+
+
+def test_every_job_ran_the_checkout_code_not_the_installed_one(demo_run: DemoRun) -> None:
+    """Snakemake ran from a venv whose own `tokshift` is another copy (another version, and its CLI
+    exits 9 saying "wrong tokshift copy"): the rules' former `tokshift ...` would have run it. Every
+    job ran the workflow's own package instead, and its log's first line names it with its commit."""
+    from tokshift import __version__
+
+    wf, venv = demo_run.wf, demo_run.venv
+    assert venv is not None
+    installed = subprocess.run([venv / "bin" / "tokshift", "--version"], capture_output=True, text=True, check=True)
+    assert installed.stdout.strip() == f"tokshift {OTHER_VERSION}"
+    assert (wf / "results/demo/model_zoo.csv").is_file()  # the run succeeded (the other copy fails every job)
+
+    # The run's checkout is this one's commit (or one before it, if this checkout moved on since).
+    commit = _git(wf, "rev-parse", "HEAD").stdout.strip()
+    assert _git(REPO, "merge-base", "--is-ancestor", commit, "HEAD", check=False).returncode == 0
+    status = _git(wf, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()
+    dirty = any(line[3:] != "config.yaml" for line in status)
+
+    expected = f"commit {commit}"
+    package = str(wf.resolve() / "tokshift")
+    logs = sorted(p for p in (wf / "logs").rglob("*.log") if not p.name.endswith(".attempts.log"))
+    assert len(logs) >= 10, logs  # demo, index, pack, summarize, train, evaluate, collect, figures
+    wrong = []
+    for log in logs:
+        text = log.read_text(errors="replace")
+        first = _CODE_LINE.match(text.split("\n", 1)[0])
+        name = log.relative_to(wf)
+        if OTHER_VERSION in text or "wrong tokshift copy" in text:
+            wrong.append(f"{name}: ran the installed copy")
+        elif first is None:
+            wrong.append(f"{name}: first line is not the code line: {text[:200]!r}")
+        elif (first["version"], first["package"]) != (__version__, package):
+            wrong.append(f"{name}: ran {first['version']} from {first['package']}")
+        elif not (first["code"].startswith(f"{expected}, modified: ") if dirty else first["code"] == expected):
+            wrong.append(f"{name}: code {first['code']!r}, expected commit {commit} (modified: {dirty})")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_second_run_is_a_no_op(demo_run: DemoRun) -> None:
