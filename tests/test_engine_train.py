@@ -173,6 +173,7 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
         expect = saved[1]
         assert _load(expect)["batch_in_epoch"] == 0  # the end-of-epoch-1 checkpoint
 
+    resumed_step = _load(expect)["step"]  # the finished run deletes its resume checkpoints
     again = run_cli_inprocess(*base, "--out-dir", str(out))
     assert again.returncode == 0, again.stderr[-2000:]
     if corrupt_newest:
@@ -182,7 +183,7 @@ def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
     assert a["optimizer_steps"] == b["optimizer_steps"] == 16
     # Both attempts are on record: the preempted one up to the checkpoint resumed from, then the rerun.
     first, second = b["provenance"]["attempts"]
-    assert first["last_step"] == second["first_step"] == _load(expect)["step"]
+    assert first["last_step"] == second["first_step"] == resumed_step
     assert second["last_step"] == 16 and first["commit"] == second["commit"] == b["provenance"]["tokshift"]["commit"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
