@@ -30,19 +30,9 @@ import torch
 from tokshift.data.datasets import EvalViewDataset
 from tokshift.data.jpeg import decode_rgb, encode_rgb
 from tokshift.data.store import ShardWriter
+from tokshift.provenance import cpu_model
 
 FRAMES, H, W = 300, 331, 441
-
-
-def _machine() -> str:
-    """The CPU model from /proc/cpuinfo (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _cpu() -> float:
@@ -103,7 +93,7 @@ def main() -> None:
     lines = [
         "# Faithful evaluation: loader cost",
         "",
-        f"Machine: {_machine()}, {platform.system()}, torch {torch.__version__},"
+        f"Machine: {cpu_model()}, {platform.system()}, torch {torch.__version__},"
         f" one thread; {time.strftime('%Y-%m-%d')}; `python bench/bench_faithful.py --videos {args.videos}"
         f" --rounds {args.rounds}`.",
         "",
