@@ -93,6 +93,57 @@ def test_every_job_ran_the_checkout_code_not_the_installed_one(demo_run: DemoRun
     assert not wrong, "\n".join(wrong)
 
 
+def test_every_output_records_the_code_software_and_machine_that_made_it(demo_run: DemoRun) -> None:
+    """model.pt, train_summary.json, metrics.json, the shards' seals, the sources and the table carry the
+    provenance of the run's own checkout (a copy of this one: same commit, modified where this one is)."""
+    import platform
+    import socket
+    from importlib import metadata
+
+    import pandas as pd
+    import torch
+
+    from tokshift import provenance
+
+    wf = demo_run.wf
+    commit = _git(wf, "rev-parse", "HEAD").stdout.strip()
+    modified = [line[3:] for line in _git(wf, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    dirty = any(m != "config.yaml" for m in modified)
+    here = [line[3:] for line in _git(REPO, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    assert dirty == any(m != "config.yaml" for m in here), (modified, here)  # the copy is modified where we are
+
+    def check(block: dict, command: str) -> None:
+        code, sw = block["tokshift"], block["software"]
+        assert (code["package"], code["commit"], code["dirty"]) == (str(wf.resolve() / "tokshift"), commit, dirty)
+        assert sw["python"] == platform.python_version() and sw["torch"] == metadata.version("torch")
+        assert sw["timm"] == metadata.version("timm")
+        assert block["host"] == socket.gethostname() and block["slurm"] is None
+        assert block["command"] == command and block["started"] <= block["ended"]
+
+    table = pd.read_csv(wf / "results/demo/model_zoo.csv").set_index("model")
+    sources = json.loads((wf / "results/demo/model_zoo.sources.json").read_text())
+    check(sources["provenance"], "collect")
+    for model in table.index:
+        summary = json.loads((wf / f"results/demo/train/{model}/train_summary.json").read_text())
+        ckpt = torch.load(wf / f"results/demo/train/{model}/model.pt", map_location="cpu", weights_only=True)
+        metrics = json.loads((wf / f"results/demo/eval/{model}/metrics.json").read_text())
+        assert ckpt["provenance"] == summary["provenance"] == sources["models"][model]["train_provenance"]
+        assert metrics["provenance"] == sources["models"][model]["eval_provenance"]
+        check(summary["provenance"], "train")
+        check(metrics["provenance"], "evaluate")
+        assert summary["provenance"]["software"]["torch_loaded"] == str(torch.__version__)
+        assert summary["provenance"]["devices"] == [f"cpu ({provenance.cpu_model()})"] * summary["world_size"]
+        (attempt,) = summary["provenance"]["attempts"]
+        assert attempt["last_step"] == summary["optimizer_steps"]
+        row = table.loc[model]
+        short = commit[:12] + ("+dirty" if dirty else "")
+        assert (row["train_commit"], row["eval_commit"]) == (short, short)
+        assert row["train_torch"] == row["eval_torch"] == metadata.version("torch")
+        assert row["trained_on"] == provenance.devices_summary(summary["provenance"]["devices"])
+    for seal in sorted((wf / "results/demo/frames").glob("*/shard-*.lmdb.seal.json")):
+        check(json.loads(seal.read_text())["provenance"], "pack")
+
+
 def test_second_run_is_a_no_op(demo_run: DemoRun) -> None:
     wf = demo_run.wf
     out = snakemake(wf, "-n", "--cores", "2", check=True).stdout
