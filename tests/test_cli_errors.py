@@ -163,6 +163,16 @@ BAD_INPUTS: dict[str, BadCase] = {
         ExitCode.BAD_INPUT,
         "is it a predictions.csv",
     ),
+    "provenance": (
+        lambda t: [str(_write(t / "metrics.json", '{"top1": 50.0}'))],
+        ExitCode.BAD_INPUT,
+        "records no provenance",
+    ),
+    "env": (
+        lambda t: ["--lock", str(_write(t / "lock.txt", "# nothing pinned\n"))],
+        ExitCode.BAD_INPUT,
+        "no name==version",
+    ),
     "curves": (
         lambda t: ["--metrics", str(_write(t / "run" / "metrics.jsonl", "")), "--out-dir", str(t / "curves")],
         ExitCode.BAD_INPUT,

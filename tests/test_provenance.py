@@ -199,3 +199,13 @@ def test_the_install_check_names_the_installed_copy_when_other_code_runs(tmp_pat
         f"the installed tokshift {metadata.version('tokshift')} at {REPO / 'tokshift'} is not the running code" in what
     )
     assert str(tmp_path / "tokshift") in what
+
+
+def test_env_fails_naming_each_package_that_differs_from_the_lock_it_is_given(tmp_path: Path) -> None:
+    lock = tmp_path / "requirements.lock"
+    lock.write_text(f"torch=={metadata.version('torch')}\nnumpy==0.0.1\n")
+    res = run_cli_inprocess("env", "--json", "--lock", str(lock))
+    assert res.returncode == 3
+    check = json.loads(res.stdout)["checks"]["lock"]
+    assert check.startswith(f"FAILED: 1 package(s) differ from {lock}: numpy: locked 0.0.1, installed ")
+    assert "tokshift env: 1 check(s) failed: lock" in res.stderr

@@ -36,6 +36,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "libraries against envs/requirements.lock, and the GPUs this process was given. Exit 0 when every "
         "check passes, 3 (NOT_RETRYABLE) otherwise.",
     )
+    e.add_argument(
+        "--lock",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="compare the installed libraries with this requirements lock (default: envs/requirements.lock of "
+        "the checkout the running package is in; not compared outside a checkout)",
+    )
     e.add_argument("--json", action="store_true", help="print the block and the checks as JSON (default: YAML)")
     e.set_defaults(func=_env)
 
@@ -70,7 +78,7 @@ def _env(args: argparse.Namespace) -> int:
     checks = {
         "installed package": environment.install_check(),
         "workflow job": environment.workflow_check(),
-        "lock": environment.lock_check(),
+        "lock": environment.lock_check(args.lock),
         "devices": environment.device_check(),
     }
     devices = [provenance.device_label(torch.device("cuda", i)) for i in range(torch.cuda.device_count())]

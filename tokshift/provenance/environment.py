@@ -108,12 +108,23 @@ def lock_differences(pins: Mapping[str, str]) -> list[str]:
     return out
 
 
-def lock_check(checkout: Path | None = None) -> tuple[bool, str]:
-    """(ok, what) for the installed libraries against the checkout's envs/requirements.lock."""
-    lock = (checkout or package_dir().parent) / LOCK_FILE
-    if not lock.is_file():
-        return True, f"no {LOCK_FILE} beside the running package (not a checkout): not compared"
-    diffs = lock_differences(read_lock(lock))
+def lock_check(lock: Path | None = None) -> tuple[bool, str]:
+    """(ok, what) for the installed libraries against `lock` (default: the checkout's envs/requirements.lock).
+
+    A lock that was named but is missing or holds no pins is bad input, not a failed check.
+    """
+    from tokshift.errors import BadInput, InputMissing
+
+    if lock is None:
+        lock = package_dir().parent / LOCK_FILE
+        if not lock.is_file():
+            return True, f"no {LOCK_FILE} beside the running package (not a checkout): not compared"
+    elif not lock.is_file():
+        raise InputMissing(f"{lock}: no such lock file; name a requirements lock (envs/requirements.lock)")
+    pins = read_lock(lock)
+    if not pins:
+        raise BadInput(f"{lock} holds no name==version pins; name a requirements lock (envs/requirements.lock)")
+    diffs = lock_differences(pins)
     if not diffs:
         return True, f"every package pinned in {lock} is installed at its pinned version"
     shown = "; ".join(diffs[:10]) + (f"; and {len(diffs) - 10} more" if len(diffs) > 10 else "")
