@@ -173,22 +173,22 @@ def test_a_workflow_job_logs_its_code_first_and_refuses_another_checkouts(tmp_pa
     import os
     import sys
 
-    env = {**os.environ, "TOKSHIFT_CODE": str(REPO)}
-    env.pop("PYTHONPATH", None)
-    ok = subprocess.run(
-        [sys.executable, "-m", "tokshift", "zoo", "--format", "csv"], env=env, capture_output=True, text=True
-    )
-    assert ok.returncode == 0, ok.stderr
-    first, libs, where = ok.stderr.splitlines()[:3]
+    env = {**os.environ, "TOKSHIFT_CODE": str(REPO), "PYTHONPATH": str(REPO)}  # as the workflow sets them
+    # A command that fails on its input at once (no torch to load): the header comes first all the same.
+    command = [sys.executable, "-m", "tokshift", "download", "--url", str(tmp_path / "no.npz"), "--out", "w.npz"]
+    bad = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2, bad.stderr
+    first, libs, where, error = bad.stderr.splitlines()[:4]
     head, _ = checkout_state()
     assert first.startswith(f"tokshift {metadata.version('tokshift')} from {REPO / 'tokshift'} (commit {head}")
     assert libs.startswith(f"python {platform.python_version()}, torch {metadata.version('torch')}")
     assert where.startswith(f"host {socket.gethostname()}, started ")
+    assert error.startswith("tokshift download: error: ") and "no.npz" in error
 
     env["TOKSHIFT_CODE"] = str(tmp_path)
-    other = subprocess.run([sys.executable, "-m", "tokshift", "zoo"], env=env, capture_output=True, text=True)
+    other = subprocess.run(command, env=env, capture_output=True, text=True, cwd=tmp_path)
     assert other.returncode == 3
-    assert f"tokshift zoo: error: this job imported the tokshift package from {REPO / 'tokshift'}" in other.stderr
+    assert f"tokshift download: error: this job imported the tokshift package from {REPO / 'tokshift'}" in other.stderr
     assert str(tmp_path / "tokshift") in other.stderr.splitlines()[-1]
 
 
