@@ -35,6 +35,7 @@ rule train:
         seed=config["train"]["seed"],
         amp=config["train"]["amp"],
         checkpoint_minutes=config["train"]["checkpoint_minutes"],
+        loggers=config["train"]["loggers"],
         # Empty: read the shards in place. Quoted, so that $VARS in it expand on the node, in the job.
         stage_to=FRAMES["stage_to"] or "",
         workers=config["train"]["workers"],
@@ -43,5 +44,5 @@ rule train:
         " --train-shards {input.train:q} --val-shards {input.val:q} --out-dir {params.out_dir:q}"
         " --init-from={params.init_from:q} --override {params.overrides:q} --compile {params.compile}"
         " --grad-checkpointing {params.grad_checkpointing} --oom-fallback {params.oom_fallback}"
-        " --seed {params.seed} --amp {params.amp} --checkpoint-minutes {params.checkpoint_minutes}"
+        " --seed {params.seed} --amp {params.amp} --checkpoint-minutes {params.checkpoint_minutes} --loggers {params.loggers}"
         " --stage-to={params.stage_to:q} --workers {params.workers} --device {params.device} > {log:q} 2>&1"

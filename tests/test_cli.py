@@ -123,6 +123,7 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("train", "oom_fallback"): "train.oom_fallback",
     ("train", "compile"): "train.compile",
     ("train", "checkpoint_minutes"): "train.checkpoint_minutes",
+    ("train", "loggers"): "train.loggers",
     ("train", "stage_to"): "frames.stage_to",
     ("evaluate", "clips"): "evaluate.clips",
     ("evaluate", "crops"): "evaluate.crops",

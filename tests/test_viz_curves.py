@@ -16,7 +16,7 @@ from tokshift.viz.curves import read_curves
 
 def _log(folder: Path, val: bool = True) -> Path:
     """Two epochs of two logging steps each, written by the training logbook itself."""
-    book = Logbook(folder, tensorboard=False)
+    book = Logbook(folder, loggers=())
     step = 0
     for epoch in (1, 2):
         for k in (1, 2):

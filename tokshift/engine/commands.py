@@ -133,7 +133,11 @@ def _train(args: argparse.Namespace) -> int:
     from tokshift.engine.train import TrainOptions, train
 
     opts = options_from_args(
-        TrainOptions, args, overrides=parse_overrides(args.override), progress=progress_bar(args.progress)
+        TrainOptions,
+        args,
+        overrides=parse_overrides(args.override),
+        progress=progress_bar(args.progress),
+        loggers=tuple(args.loggers),
     )
     return train(opts)
 
@@ -224,6 +228,16 @@ def register(subparsers: Any) -> None:
         type=nonnegative_float,
         default=default("train", "checkpoint_minutes"),
         help="also save a resume checkpoint this often (minutes; 0: after every optimizer step)",
+    )
+    t.add_argument(
+        "--loggers",
+        nargs="*",
+        choices=("tensorboard", "wandb"),
+        default=list(default("train", "loggers")),
+        metavar="LOGGER",
+        help="where the training scalars go besides metrics.jsonl: tensorboard (events/), wandb (needs the "
+        "wandb package: pip install 'tokshift[wandb]'; W&B's own WANDB_* variables choose project and mode, "
+        "WANDB_MODE=offline included); none: metrics.jsonl only",
     )
     t.add_argument("--log-every", type=positive_int, default=10, help="optimizer steps per log record")
     t.add_argument(

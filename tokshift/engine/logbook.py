@@ -1,8 +1,10 @@
-"""Training logs: JSON lines (one per logging step and per epoch) and TensorBoard events.
+"""Training logs: JSON lines (one per logging step and per epoch), TensorBoard events, Weights & Biases.
 
 The live log sits in the resume folder so a killed job keeps it; on resume the
 records after the checkpoint's step are dropped, so the final log has each step
-exactly once.
+exactly once. `metrics.jsonl` is always written; the loggers (`train.loggers`) get the same
+scalars: TensorBoard under `events/`, W&B (optional package) in the run W&B's own environment
+variables choose (WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE=offline, WANDB_DIR, ...).
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tokshift.errors import BadInput
 
 log = logging.getLogger(__name__)
 
@@ -22,21 +28,60 @@ def _clean(v: Any) -> Any:
     return v
 
 
+#: The loggers `train.loggers` may name, besides metrics.jsonl.
+LOGGERS = ("tensorboard", "wandb")
+#: W&B's project when WANDB_PROJECT is unset.
+WANDB_PROJECT = "tokshift"
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A training as an experiment tracker shows it: name, the id resumed attempts share, settings."""
+
+    name: str
+    run_id: str
+    folder: Path  # the model's output folder (W&B writes under it unless WANDB_DIR is set)
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+def require_loggers(loggers: tuple[str, ...] | list[str]) -> None:
+    """Refuse unknown loggers, and W&B when its package is missing, before anything trains."""
+    unknown = sorted(set(loggers) - set(LOGGERS))
+    if unknown:
+        raise BadInput(f"--loggers {' '.join(unknown)}: unknown; choose from {', '.join(LOGGERS)}")
+    if "wandb" in loggers:
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise BadInput(
+                "train.loggers names wandb but the wandb package is not installed in the job's environment: "
+                "pip install 'tokshift[wandb]', or drop wandb from train.loggers"
+            ) from None
+
+
 class Logbook:
-    """Appends records to a JSONL file and scalars to TensorBoard (rank 0 only)."""
+    """Appends records to a JSONL file and their scalars to the chosen loggers (rank 0 only)."""
 
     def __init__(
-        self, folder: Path, resume_step: int | None = None, enabled: bool = True, tensorboard: bool = True
+        self,
+        folder: Path,
+        resume_step: int | None = None,
+        enabled: bool = True,
+        loggers: tuple[str, ...] | list[str] = ("tensorboard",),
+        run: RunInfo | None = None,
     ) -> None:
         self.enabled = enabled
         self.path = folder / "metrics.jsonl"
         self.events = folder / "events"
         self._writer = None
+        self._wandb = None
         if not enabled:
             return
         folder.mkdir(parents=True, exist_ok=True)
         truncate_after(self.path, resume_step if resume_step is not None else 0)
-        if tensorboard:
+        if "wandb" in loggers and run is not None:
+            self._wandb = _start_wandb(run)
+        if "tensorboard" in loggers:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -55,11 +100,37 @@ class Logbook:
                 if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v):
                     self._writer.add_scalar(f"{prefix}/{k}", v, step)
             self._writer.flush()
+        if self._wandb is not None:
+            prefix = record.get("kind", "step")
+            scalars = {
+                f"{prefix}/{k}": v
+                for k, v in record.items()
+                if isinstance(v, (int, float)) and k not in ("step", "epoch") and math.isfinite(v)
+            }
+            if scalars:
+                self._wandb.log(scalars, step=step)
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def _start_wandb(run: RunInfo) -> Any:
+    """A W&B run for this training; a resumed attempt continues the one its identity names."""
+    import wandb
+
+    return wandb.init(
+        project=os.environ.get("WANDB_PROJECT") or WANDB_PROJECT,
+        name=run.name,
+        id=run.run_id,
+        resume="allow",
+        dir=os.environ.get("WANDB_DIR") or str(run.folder),
+        config=run.config,
+    )
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

@@ -59,7 +59,7 @@ from tokshift.engine.checkpoint import (
 )
 from tokshift.engine.evaluate import ViewLayout, evaluate_dataset, summarize
 from tokshift.engine.final_copy import final_copy_path, keep_final_copy, kept_copies
-from tokshift.engine.logbook import Logbook, read_jsonl
+from tokshift.engine.logbook import Logbook, RunInfo, read_jsonl, require_loggers
 from tokshift.engine.oom import fit_batch, inject_oom, reported, training_oom_message
 from tokshift.engine.resume_plan import (
     Found,
@@ -121,6 +121,7 @@ class TrainOptions:
     oom_fallback: bool = default("train", "oom_fallback")  # halve the batch, double accumulation on OOM
     fused_attn: bool = True
     checkpoint_minutes: float = default("train", "checkpoint_minutes")
+    loggers: tuple[str, ...] = tuple(default("train", "loggers"))  # besides metrics.jsonl (tokshift.engine.logbook)
     log_every: int = 10
     max_epochs: int | None = None
     val_view_batch: int = 64
@@ -276,6 +277,7 @@ class _Trainer:
     def _setup(self) -> None:
         opts, ctx = self.opts, self.ctx
         cfg = resolve_config(opts, check_files=self.datasets is None)
+        require_loggers(opts.loggers)  # every rank, before any collective: a missing package stops them all
         seed_everything(opts.seed)
         if self.datasets is not None:
             self.train_ds, self.val_ds = self.datasets
@@ -384,7 +386,13 @@ class _Trainer:
         if opts.compile:
             model_for_train = torch.compile(model_for_train)
         self.model = model_for_train
-        self.logbook = Logbook(self.resume_dir, resume_step=self.step, enabled=ctx.is_main)
+        self.logbook = Logbook(
+            self.resume_dir,
+            resume_step=self.step,
+            enabled=ctx.is_main,
+            loggers=self.opts.loggers,
+            run=self._logger_run() if ctx.is_main else None,
+        )
         log.info(
             "model %s: %d clips/epoch, global batch %d (%d x %d proc x %d accum), lr %.4g "
             "(%.4g at the reference global batch %d), "
@@ -591,6 +599,25 @@ class _Trainer:
             # No rank leaves before the checkpoint is on disk: a launcher (torchrun) stops the
             # others as soon as one rank exits after a signal.
             D.barrier(self.ctx)
+
+    def _logger_run(self) -> RunInfo:
+        """What an experiment tracker shows for this training: its name, its settings and provenance, and an
+        id that a resumed attempt shares (the run identity), so that W&B continues one run."""
+        return RunInfo(
+            name=self.cfg.name,
+            run_id=f"{self.cfg.name}-{self.identity_tag}",
+            folder=self.out_dir,
+            config={
+                "model": self.cfg.to_dict(),
+                "global_batch": self.global_batch,
+                "lr": self.base_lr,
+                "seed": self.opts.seed,
+                "init_from": self.opts.init_from,
+                "init_from_sha256": self.init_from_sha256,
+                "world_size": self.ctx.world_size,
+                "provenance": self.provenance,
+            },
+        )
 
     def _attempts(self) -> list[dict[str, Any]]:
         """Every attempt of this training so far, this one last (ended: now, its progress so far)."""
