@@ -108,6 +108,8 @@ rule collect_released:
             category="Released checkpoints",
             caption="../workflow/report/plot.rst",
         ),
+        # Written beside the CSV (no option names it): the table as a model-index metafile.
+        index=f"{RELEASED}/model-index.yml",
     log:
         f"logs/collect_released/{DATASET}.log",
     benchmark:

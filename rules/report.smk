@@ -14,6 +14,8 @@ rule collect_results:
         csv=report(f"{RESULTS}/model_zoo.csv", category="Model zoo", caption="../workflow/report/model_zoo.rst"),
         md=f"{RESULTS}/model_zoo.md",
         plot=report(f"{RESULTS}/accuracy_vs_gflops.png", category="Model zoo", caption="../workflow/report/plot.rst"),
+        # Written beside the CSV (no option names it): the table as a model-index metafile.
+        index=f"{RESULTS}/model-index.yml",
     log:
         f"logs/collect_results/{DATASET}.log",
     benchmark:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.results_helpers import check_model_index
 from tests.workflow_helpers import OTHER_VERSION, REPO, DemoRun, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
@@ -43,6 +44,10 @@ def test_demo_results_table(demo_run: DemoRun) -> None:
         assert (wf / df.loc[model, "checkpoint"]).exists() or Path(df.loc[model, "checkpoint"]).exists()
     assert (wf / "results/demo/model_zoo.md").read_text().count("demo_") >= 2
     assert (wf / "results/demo/accuracy_vs_gflops.png").stat().st_size > 1000
+    # The model index beside the table says what the CSV says, and names files the run wrote.
+    index = check_model_index(wf / "results/demo/model-index.yml", wf / "results/demo/model_zoo.csv", "demo")
+    for entry in index["Models"]:
+        assert (wf / entry["Weights"]).is_file() and (wf / entry["Training Log"]).is_file(), entry["Name"]
     for rule in ("demo_videos", "index_dataset", "pack_shard", "train", "evaluate", "collect_results"):
         assert any((wf / "logs" / rule).rglob("*.log")), f"no log for {rule}"
 
@@ -305,6 +310,9 @@ def test_released_checkpoints_reproduce_the_trained_top1(demo_run: DemoRun, tmp_
         assert theirs["suspect_class_swaps"] == [], (m, theirs["suspect_class_swaps"])
     assert (project / "results/demo/released/model_zoo.md").read_text().count("http://127.0.0.1") == 2
     assert (project / "results/demo/released/accuracy_vs_gflops.png").stat().st_size > 1000
+    released_index = project / "results/demo/released/model-index.yml"
+    index = check_model_index(released_index, project / "results/demo/released/model_zoo.csv", "demo", released=True)
+    assert {m["Name"]: m["Weights"] for m in index["Models"]} == {m: released[m]["source"] for m in models}
     for rule in ("fetch_released", "import_released", "evaluate_released", "collect_released"):
         assert any((project / "logs" / rule).rglob("*.log")), f"no log for {rule}"
         assert any((project / "benchmarks" / rule).rglob("*.tsv")), f"no benchmark for {rule}"

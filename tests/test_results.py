@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from tests.results_helpers import check_model_index, model_index_schema
 from tokshift.cli import main
 from tokshift.errors import ExitCode
 from tokshift.results import COLUMNS, MissingResultError, ResultsError, collect, write_outputs
@@ -145,6 +146,7 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
         "model_zoo.md",
         "accuracy_vs_gflops.png",
         "model_zoo.sources.json",
+        "model-index.yml",
     ]
     csv_text = (out / "model_zoo.csv").read_text()
     assert csv_text.splitlines()[0] == ",".join(COLUMNS)
@@ -173,6 +175,86 @@ def test_collect_values_and_outputs(tmp_path: Path) -> None:
     assert vit["checkpoint"] == str(tmp_path / "demo/train/demo_vit/model.pt")
     assert vit["pack_summary"] == str(tmp_path / "demo/frames/val/summary.json")
     assert set(sources["columns"]) == set(COLUMNS)
+    assert back["global_batch"].tolist() == [16, 16]  # train_summary:global_batch
+
+
+def test_model_index_says_what_the_table_says(tmp_path: Path) -> None:
+    """model-index.yml validates against its schema and agrees with model_zoo.csv cell by cell; a cell
+    the table lacks is left out of the index; the check fails on an index that disagrees."""
+    import jsonschema
+    import pandas as pd
+    import yaml
+
+    files = _populate(tmp_path, "demo")
+    out = tmp_path / "out"
+    write_outputs(_collect(files), out / "model_zoo.csv", out / "model_zoo.md", out / "accuracy_vs_gflops.png")
+    index = check_model_index(out / "model-index.yml", out / "model_zoo.csv", "demo")
+    (collection,) = index["Collections"]
+    assert collection["Paper"]["URL"] == "https://arxiv.org/abs/2108.02432" and collection["README"] == "model_zoo.md"
+    entries = {m["Name"]: m for m in index["Models"]}
+    tok, vit = entries["demo_tokshift"], entries["demo_vit"]
+    assert tok["Metadata"]["Training Resources"] == "2 GPUs (2× NVIDIA A100-SXM4-80GB)"
+    assert vit["Metadata"]["Training Resources"] == "CPU"  # trained on cpu: no GPU count, whatever the device
+    assert tok["Results"][0]["Metrics"] == {"Top 1 Accuracy": 98.39, "Top 5 Accuracy": 100.0}
+    assert tok["Weights"] == "results/x/train/demo_tokshift/model.pt"
+    assert tok["Training Log"] == "results/x/train/demo_tokshift/metrics.jsonl"
+    assert tok["Metadata"]["Batch Size"] == 16 and tok["Metadata"]["Epochs"] == 8
+
+    # A summary from before global_batch was recorded: an empty cell, and no Batch Size in the index.
+    summary = json.loads(files["summaries"][1].read_text())
+    del summary["global_batch"]
+    _write(files["summaries"][1], summary)
+    old = tmp_path / "old"
+    write_outputs(_collect(files), old / "model_zoo.csv", old / "model_zoo.md", old / "accuracy_vs_gflops.png")
+    assert pd.read_csv(old / "model_zoo.csv").set_index("model")["global_batch"].isna().tolist() == [False, True]
+    entries = {m["Name"]: m for m in yaml.safe_load((old / "model-index.yml").read_text())["Models"]}
+    assert "Batch Size" not in entries["demo_tokshift"]["Metadata"]
+    assert entries["demo_vit"]["Metadata"]["Batch Size"] == 16
+
+    # The schema and the comparison both catch an index that lost a key or disagrees with the table.
+    del index["Models"][0]["Metadata"]["FLOPs"]
+    with pytest.raises(jsonschema.ValidationError, match="FLOPs"):
+        jsonschema.validate(index, model_index_schema(released=False))
+    table = pd.read_csv(out / "model_zoo.csv")
+    table.loc[1, "top5"] = 99.0
+    table.to_csv(out / "model_zoo.csv", index=False)
+    with pytest.raises(AssertionError):
+        check_model_index(out / "model-index.yml", out / "model_zoo.csv", "demo")
+    assert (
+        yaml.safe_load((out / "model-index.yml").read_text())["Models"][1]["Results"][0]["Metrics"]["Top 5 Accuracy"]
+        == 100.0
+    )
+
+
+def test_released_model_index_names_each_source(tmp_path: Path) -> None:
+    """A released table's index: the URL each checkpoint came from as its weights, the epoch its model.pt
+    records, and nothing about a training this project did not run (batch, resources, log)."""
+    from tests.original_model import original_net, save_original
+    from tokshift.engine.loading import import_original
+    from tokshift.results import collect_released
+
+    pth = save_original(original_net("tokshift", classes=4), tmp_path / "best.pth")
+    done = import_original(pth, "demo_tokshift", tmp_path / "released/demo_tokshift/model.pt", classes=list("abcd"))
+    metrics = {
+        "model": "demo_tokshift",
+        "checkpoint_sha256": done.sha256,
+        **dict.fromkeys(("top1", "top1_softmax", "top1_1view", "top1_3view", "mean_class_acc"), 62.5),
+        "top5": 100.0,
+        "videos": 8,
+        "views": 30,
+        "failed": 0,
+    }
+    _write(tmp_path / "released/eval/demo_tokshift/metrics.json", metrics)
+    url = "https://example.org/tokshift/best.pth"
+    df = collect_released(
+        "demo", [tmp_path / "released/eval/demo_tokshift/metrics.json"], [done.out], sources={"demo_tokshift": url}
+    )
+    out = tmp_path / "released"
+    written = write_outputs(df, out / "model_zoo.csv", out / "model_zoo.md", out / "accuracy_vs_gflops.png")
+    assert written[-1] == out / "model-index.yml"
+    (entry,) = check_model_index(out / "model-index.yml", out / "model_zoo.csv", "demo", released=True)["Models"]
+    assert entry["Weights"] == url and entry["Metadata"]["Epochs"] == 18
+    assert not {"Batch Size", "Training Resources", "Training Data", "Pretrained"} & set(entry["Metadata"])
 
 
 def test_paper_delta_for_k400_model(tmp_path: Path) -> None:
@@ -299,7 +381,13 @@ def test_cli_collect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     out = tmp_path / "table"
     args = parser.parse_args(_collect_args(files, out))
     assert args.func(args) == 0
-    for name in ("model_zoo.csv", "model_zoo.md", "accuracy_vs_gflops.png", "model_zoo.sources.json"):
+    for name in (
+        "model_zoo.csv",
+        "model_zoo.md",
+        "accuracy_vs_gflops.png",
+        "model_zoo.sources.json",
+        "model-index.yml",
+    ):
         assert (out / name).is_file()
     assert pd.read_csv(out / "model_zoo.csv")["val_failed"].tolist() == [1, 1]
     files["metrics"][0].unlink()

@@ -1,7 +1,14 @@
 """The model-zoo table: collected from the per-model output files (`table`), written as CSV,
-markdown, a plot and a sources file (`render`). pandas and matplotlib load on first use."""
+markdown, a plot, a sources file and a model index (`render`). pandas and matplotlib load on first use."""
 
-from tokshift.results.render import plot_accuracy_vs_gflops, sources_path, to_markdown, write_outputs
+from tokshift.results.render import (
+    model_index,
+    model_index_path,
+    plot_accuracy_vs_gflops,
+    sources_path,
+    to_markdown,
+    write_outputs,
+)
 from tokshift.results.table import (
     COLUMN_SOURCES,
     COLUMNS,
@@ -18,6 +25,8 @@ __all__ = [
     "ResultsError",
     "collect",
     "collect_released",
+    "model_index",
+    "model_index_path",
     "plot_accuracy_vs_gflops",
     "sources_path",
     "to_markdown",

@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="collect evaluation and training outputs into the model-zoo table and plot",
         description="Read the given metrics.json and train_summary.json files (matched by the model name "
         "inside them; rows in the order of --metrics), check the checkpoints against the sha256 the "
-        "summaries record, and write the CSV, markdown, plot and <csv stem>.sources.json. With --released "
+        "summaries record, and write the CSV, markdown, plot, <csv stem>.sources.json and model-index.yml "
+        "(the table as a model-index metafile) beside the CSV. With --released "
         "instead of --train-summaries, the rows are released checkpoints converted by import-original.",
     )
     c.add_argument("--dataset", required=True, help="dataset name, shown in the table title")

@@ -1,10 +1,11 @@
-"""Render the model-zoo table: CSV, markdown, the accuracy-vs-compute plot and the sources file."""
+"""Render the model-zoo table: CSV, markdown, the accuracy-vs-compute plot, the sources file and the model index."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -146,8 +147,106 @@ def sources_path(out_csv: Path) -> Path:
     return out_csv.with_name(out_csv.stem + ".sources.json")
 
 
+def model_index_path(out_csv: Path) -> Path:
+    """``model_zoo.csv`` -> ``model-index.yml`` beside it (the name model-index readers look for)."""
+    return Path(out_csv).with_name("model-index.yml")
+
+
+# The paper every row of the table belongs to (the Collection of model-index.yml).
+COLLECTION = "TokShift"
+PAPER = {
+    "Title": "Token Shift Transformer for Video Classification",
+    "URL": "https://arxiv.org/abs/2108.02432",
+    "Venue": "ACM MM 2021",
+}
+
+
+def _known(value: Any) -> Any:
+    """The cell, or None where the table has no value (empty, NaN or 'unknown')."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, str) and value in ("", "unknown"):
+        return None
+    return value.item() if hasattr(value, "item") else value
+
+
+def _training_resources(gpus: Any, trained_on: Any) -> str | None:
+    """'8 GPUs (8× NVIDIA A100-SXM4-80GB)' or 'CPU' from the gpus and trained_on columns."""
+    if gpus is None:
+        return None
+    if int(gpus) == 0:
+        return "CPU"
+    text = f"{int(gpus)} GPU{'s' if int(gpus) != 1 else ''}"
+    return f"{text} ({trained_on})" if trained_on else text
+
+
+def model_index(df: pd.DataFrame, readme: str | None = None) -> dict[str, Any]:
+    """The table as a model-index metafile: one Collection (the paper) and one entry per row.
+
+    Every value is a cell of the table (FLOPs per view and parameters as plain numbers, as
+    metafile readers expect); a cell the table lacks is left out rather than filled in.
+    """
+    dataset = df.attrs.get("dataset") or None
+    collection: dict[str, Any] = {"Name": COLLECTION, "Paper": dict(PAPER)}
+    if readme:
+        collection["README"] = readme
+    models = []
+    for r in df.to_dict(orient="records"):
+        cell = {k: _known(v) for k, v in r.items()}
+        trained = cell["checkpoint_source"] == "trained"
+        meta: dict[str, Any] = {
+            "Architecture": cell["arch"],
+            "Backbone": cell["backbone"],
+            "Pretrained": cell["init_from"],
+            "Batch Size": int(cell["global_batch"]) if cell["global_batch"] is not None else None,
+            "Epochs": int(cell["epochs"]) if cell["epochs"] is not None else None,
+            "FLOPs": int(round(float(cell["gflops_per_view"]) * 1e9)),
+            "Parameters": int(round(float(cell["params_m"]) * 1e6)),
+            "Resolution": f"{int(cell['img_size'])}x{int(cell['img_size'])}",
+            "Frames": int(cell["num_frames"]),
+            "Frame Stride": int(cell["frame_stride"]),
+            "Views": int(cell["views"]),
+            "Training Data": dataset if trained else None,
+            "Training Resources": _training_resources(cell["gpus"], cell["trained_on"]),
+        }
+        entry: dict[str, Any] = {
+            "Name": cell["model"],
+            "In Collection": COLLECTION,
+            # The zoo entry (a name for config.yaml's `models`) that builds and trains it.
+            "Config": cell["model"],
+            "Metadata": {k: v for k, v in meta.items() if v is not None},
+            "Results": [
+                {
+                    "Task": "Action Recognition",
+                    **({"Dataset": dataset} if dataset else {}),
+                    "Metrics": {"Top 1 Accuracy": float(cell["top1"]), "Top 5 Accuracy": float(cell["top5"])},
+                }
+            ],
+        }
+        weights = cell["checkpoint"] if trained else cell["checkpoint_source"]
+        if weights:
+            entry["Weights"] = str(weights)
+        if trained and cell["checkpoint"]:
+            # The training writes its per-step and per-epoch log beside the checkpoint.
+            entry["Training Log"] = str(Path(str(cell["checkpoint"])).with_name("metrics.jsonl"))
+        models.append(entry)
+    return {"Collections": [collection], "Models": models}
+
+
+def write_model_index(df: pd.DataFrame, out: Path, readme: str | None = None) -> Path:
+    """Write ``model_index(df)`` as YAML to ``out``."""
+    import yaml
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(model_index(df, readme), sort_keys=False, allow_unicode=True, width=120)
+    header = "# The model-zoo table as a model index: every value is a cell of the table beside it.\n"
+    out.write_text(header + text, encoding="utf-8")
+    return out
+
+
 def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path) -> list[Path]:
-    """Write the CSV, markdown, plot and ``<csv stem>.sources.json``; return their paths."""
+    """Write the CSV, markdown, plot, ``<csv stem>.sources.json`` and ``model-index.yml``; return their paths."""
     out_csv, out_md, out_plot = Path(out_csv), Path(out_md), Path(out_plot)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -171,5 +270,7 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
         )
         + "\n"
     )
-    log.info("wrote %s, %s, %s, %s", out_csv, out_md, out_plot, src)
-    return [out_csv, out_md, out_plot, src]
+    index = model_index_path(out_csv)
+    write_model_index(df, index, readme=os.path.relpath(out_md.resolve(), index.parent.resolve()))
+    log.info("wrote %s, %s, %s, %s, %s", out_csv, out_md, out_plot, src, index)
+    return [out_csv, out_md, out_plot, src, index]

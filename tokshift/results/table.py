@@ -55,6 +55,7 @@ COLUMNS: tuple[str, ...] = (
     "val_videos",
     "val_failed",
     "epochs",
+    "global_batch",
     "gpus",
     "train_hours",
     "checkpoint",
@@ -118,6 +119,7 @@ COLUMN_SOURCES: dict[str, str] = {
     "when there is no pack summary)",
     "init_from": "train_summary:init_from (the backbone's name when it is the zoo's ImageNet-21k weights file)",
     "epochs": "train_summary:epochs",
+    "global_batch": "train_summary:global_batch (clips per optimizer step: batch_size × processes × accum_steps)",
     "gpus": "train_summary:world_size when train_summary:device is cuda, else 0",
     "train_hours": "train_summary:train_hours",
     "checkpoint": "train_summary:checkpoint",
@@ -137,6 +139,7 @@ COLUMN_SOURCES: dict[str, str] = {
 RELEASED_COLUMN_SOURCES: dict[str, str] = {
     "init_from": "unknown (not recorded in the original's checkpoint)",
     "epochs": "model.pt:epoch (the epoch the original saved)",
+    "global_batch": "unknown (not recorded in the original's checkpoint)",
     "gpus": "unknown",
     "train_hours": "unknown",
     "trained_on": "unknown (not recorded in the original's checkpoint)",
@@ -279,6 +282,10 @@ def _trained_columns(
     return {
         "init_from": _started_from(train, backbone),
         "epochs": int(_num(train["epochs"], t_file, "epochs")),
+        # Summaries written before the key existed leave the cell empty.
+        "global_batch": int(_num(train["global_batch"], t_file, "global_batch"))
+        if train.get("global_batch") is not None
+        else None,
         "gpus": int(train["world_size"]) if device.startswith("cuda") else 0,
         "train_hours": round(_num(train["train_hours"], t_file, "train_hours"), 3),
         "checkpoint": str(train["checkpoint"] or ""),
@@ -338,7 +345,7 @@ def _model_row(
         "delta_top1": round(acc["top1"] - paper, 2) if paper is not None else math.nan,
         "val_videos": videos,
         "val_failed": val_failed,
-        **{k: origin[k] for k in ("epochs", "gpus", "train_hours", "checkpoint", "checkpoint_sha256")},
+        **{k: origin[k] for k in ("epochs", "global_batch", "gpus", "train_hours", "checkpoint", "checkpoint_sha256")},
         "checkpoint_source": origin["checkpoint_source"],
         **{k: origin[k] for k in ("trained_on", "train_commit", "train_torch")},
         **_provenance_columns("eval", metrics.get("provenance")),
@@ -467,6 +474,7 @@ def collect_released(
         origin = {
             "init_from": None,
             "epochs": int(epoch) if epoch is not None else None,
+            "global_batch": None,
             "gpus": None,
             "train_hours": math.nan,
             "checkpoint": str(c_file),
