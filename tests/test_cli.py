@@ -55,6 +55,7 @@ def test_each_stage_registers_its_own_commands() -> None:
         "evaluate",
         "predict",
         "import-original",
+        "export",
         "collect",
         "explain",
         "per-class",

@@ -128,6 +128,11 @@ BAD_INPUTS: dict[str, BadCase] = {
         ExitCode.BAD_INPUT,
         "best.pth",
     ),
+    "export": (
+        lambda t: [str(_garbage(t / "run" / "model.pt")), "--out-dir", str(t / "run")],
+        ExitCode.BAD_INPUT,
+        "contains the input",
+    ),
     "collect": (
         lambda t: [
             "--dataset",

@@ -1,4 +1,5 @@
-"""Any checkpoint a user has: Google's ViT `.npz`, the original TokShift `.pth`, tokshift's `model.pt`.
+"""Any checkpoint a user has: Google's ViT `.npz`, the original TokShift `.pth`, tokshift's `model.pt`,
+a `tokshift export` folder (safetensors weights + config.json).
 
 The format is read from the file's content, never from its name, so a renamed file
 still loads as what it is. Torch files are unpickled with ``weights_only=True``: a
@@ -24,9 +25,11 @@ import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from tokshift import export
 from tokshift.errors import BadInput, InputMissing
 
 __all__ = [
+    "EXPORT",
     "NPZ",
     "ORIGINAL",
     "TOKSHIFT",
@@ -44,11 +47,13 @@ __all__ = [
 NPZ = "npz"  # Google's ImageNet-21k ViT weights (no trained classifier)
 ORIGINAL = "original"  # a `.pth` of the original TokShift code (DDP-wrapped ViT-pytorch names)
 TOKSHIFT = "tokshift"  # a `model.pt` written by `tokshift train` (or imported from an original `.pth`)
+EXPORT = "export"  # a folder written by `tokshift export`: model.safetensors + config.json
 
 DESCRIPTIONS = {
     NPZ: "Google ViT .npz",
     ORIGINAL: "original TokShift .pth",
     TOKSHIFT: "tokshift model.pt",
+    EXPORT: export.DESCRIPTION,
 }
 
 
@@ -90,7 +95,8 @@ def sniff_format(path: str | Path) -> str:
     if head[:1] == b"\x80":  # pickle protocol >= 2: torch.save(..., _use_new_zipfile_serialization=False)
         return "torch"
     raise CheckpointFormatError(
-        f"{path} is neither a torch checkpoint (.pth/.pt) nor a Google ViT .npz (it starts with bytes {head!r})"
+        f"{path} is neither a torch checkpoint (.pth/.pt), a Google ViT .npz nor a tokshift export "
+        f"(it starts with bytes {head!r})"
     )
 
 
@@ -255,8 +261,10 @@ class Checkpoint:
     """One checkpoint file, read and classified.
 
     `weights` holds timm-named tensors for the torch formats (the original's already
-    translated) and Google's raw arrays for an `.npz`; `meta` is everything else in the
-    file (a model.pt's config and classes, the original's epoch and best_acc1).
+    translated) and an export, and Google's raw arrays for an `.npz`; `meta` is everything
+    else in the file (a model.pt's config and classes, the original's epoch and best_acc1; an
+    export's config.json in the same shape as the model.pt it came from). `path` is an
+    export's folder.
     """
 
     path: Path
@@ -288,8 +296,20 @@ class Checkpoint:
 
 
 def open_checkpoint(path: str | Path) -> Checkpoint:
-    """Read any supported checkpoint; the format comes from the content, not the name."""
+    """Read any supported checkpoint; the format comes from the content, not the name.
+
+    An export is read from its folder, its config.json or its weights file.
+    """
     path = Path(path)
+    found = export.read_export(path)
+    if found is not None:
+        folder, weights, meta = found
+        return Checkpoint(folder, EXPORT, weights, meta)
+    if path.is_dir():
+        raise BadInput(
+            f"checkpoint {path} is a folder but no tokshift export (no {export.CONFIG_FILE} written by "
+            "tokshift export in it); give a checkpoint file or an export folder"
+        )
     if not path.is_file():
         raise InputMissing(f"checkpoint {path} not found")
     if sniff_format(path) == NPZ:

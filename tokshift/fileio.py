@@ -16,6 +16,7 @@ import io
 import json
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 
 __all__ = [
     "FILE_MODE",
+    "atomic_folder",
     "atomic_path",
     "atomic_torch_save",
     "atomic_write_bytes",
@@ -94,6 +96,41 @@ def atomic_path(path: str | os.PathLike[str], suffix: str = ".tmp") -> Iterator[
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh empty folder beside `path`, put in its place only if the block succeeds.
+
+    For outputs that are several files read together (an export): a reader never sees some
+    files new and others old or missing. Whatever `path` held (the caller has checked that it
+    may go) is removed once the new folder is in place; a failed block leaves it untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            tmp.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temporary name beside {path}; remove the stale .{path.name}.* folders there")
+    old = tmp.with_name(tmp.name[: -len(".tmp")] + ".old")
+    try:
+        yield tmp
+        _fsync_dir(tmp)
+        if path.exists():
+            os.rename(path, old)
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not path.exists():
+            os.rename(old, path)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     _fsync_dir(path.parent)
 
 

@@ -1,4 +1,4 @@
-"""CLI sub-commands `train`, `evaluate` and `predict`.
+"""CLI sub-commands `train`, `evaluate`, `predict`, `import-original` and `export`.
 
 torch loads inside the handlers only, so `tokshift --help` stays fast. Options that mirror a
 config setting take their default from the config schema.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,6 @@ from tokshift.argtypes import (
     fraction,
     nonnegative_float,
     nonnegative_int,
-    optional_file,
     optional_text,
     options_from_args,
     positive_int,
@@ -29,6 +29,7 @@ from tokshift.argtypes import (
 from tokshift.engine.class_order import CLASS_ORDERS
 from tokshift.engine.eval_resume import KEEP_EVERY, KEEP_SECONDS, PARTIAL
 from tokshift.errors import ExitCode
+from tokshift.export import FORMATS
 from tokshift.settings import choices, default
 
 log = logging.getLogger("tokshift.engine")
@@ -61,14 +62,39 @@ def _common(p: argparse.ArgumentParser, workers: str | None = None) -> None:
         )
 
 
+def checkpoint_path(text: str) -> Path:
+    """A checkpoint file, or an export folder (`tokshift export`) as its weights file: a command
+    records the sha256 of the file it read, and the weights are what identifies an export."""
+    from tokshift.export import export_weights_file
+
+    path = Path(text)
+    if not path.is_dir():
+        return path
+    try:
+        weights = export_weights_file(path)
+    except ValueError as exc:  # BadInput: an export of a newer format
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if weights is None:
+        raise argparse.ArgumentTypeError(
+            f"{text} is a directory, not a file nor a folder written by tokshift export (no config.json of one "
+            "in it); give the checkpoint file inside it, or an export folder"
+        )
+    return weights
+
+
+def optional_checkpoint(text: str) -> Path | None:
+    """A checkpoint as :func:`checkpoint_path`, or '' for none."""
+    return checkpoint_path(text) if text else None
+
+
 def _checkpoint(p: argparse.ArgumentParser) -> None:
     """--checkpoint and what a checkpoint of the original TokShift needs besides (--model, --classes)."""
     p.add_argument(
         "--checkpoint",
         required=True,
-        type=file_path,
-        help="model.pt written by tokshift train or import-original, or a .pth released by the original "
-        "TokShift (told apart by content; a .pth needs --model)",
+        type=checkpoint_path,
+        help="model.pt written by tokshift train or import-original, a folder written by tokshift export, or "
+        "a .pth released by the original TokShift (told apart by content; a .pth needs --model)",
     )
     p.add_argument(
         "--model",
@@ -102,6 +128,20 @@ def _import_original(args: argparse.Namespace) -> int:
     print(
         f"wrote {done.out} (sha256 {done.sha256}): {done.model}, {done.num_classes} classes, "
         f"from {done.source} (sha256 {done.source_sha256})"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from tokshift.export import export_model
+
+    done = export_model(args.checkpoint, args.out_dir, args.format, args.results)
+    if done.no_results is not None:
+        print(f"warning: the model card has no results: {done.no_results}", file=sys.stderr)
+    print(
+        f"wrote {done.out_dir}/ ({', '.join(done.files)}): {done.model}, weights sha256 {done.weights_sha256}, "
+        f"from a checkpoint of sha256 {done.checkpoint_sha256}"
+        + (f", results from {done.table}" if done.table is not None and done.no_results is None else "")
     )
     return 0
 
@@ -192,12 +232,12 @@ def register(subparsers: Any) -> None:
     )
     t.add_argument(
         "--init-from",
-        type=optional_file,
+        type=optional_checkpoint,
         default=default("train", "init_from"),
         metavar="FILE",
         help="weights to start from, detected from content: an ImageNet-21k ViT .npz (tokshift download), "
-        "a model.pt of tokshift train or an original TokShift .pth (fine-tuning; the head is kept when "
-        "its class count matches, else re-initialised); '' for none (default: random init)",
+        "a model.pt of tokshift train, an export folder or an original TokShift .pth (fine-tuning; the head "
+        "is kept when its class count matches, else re-initialised); '' for none (default: random init)",
     )
     t.add_argument(
         "--override",
@@ -332,3 +372,41 @@ def register(subparsers: Any) -> None:
         "and parentheses go (docs/reference.md, 'Class order')",
     )
     i.set_defaults(func=_import_original)
+
+    x = add_command(
+        subparsers,
+        "export",
+        help="write a trained model as safetensors weights, config.json and (hub) a model card",
+        description="Write the weights of a model.pt as OUT_DIR/model.safetensors and what rebuilding and using "
+        "the model needs as OUT_DIR/config.json; --format hub adds OUT_DIR/README.md, a model card with the "
+        "model's row of the results table. evaluate, predict, tokshift.load and timm read the folder "
+        "(docs/export.md). The folder is written whole or not at all; an earlier export there is replaced.",
+        exit_codes=(ExitCode.DATA_DAMAGED,),  # an export given as input whose weights are not its own
+    )
+    x.add_argument(
+        "checkpoint",
+        type=checkpoint_path,
+        metavar="MODEL.pt",
+        help="model.pt of tokshift train or import-original, or an export folder (to write it in the other format)",
+    )
+    x.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="safetensors",
+        help="safetensors: weights and config.json; hub: also README.md, the model card",
+    )
+    x.add_argument(
+        "--out-dir",
+        required=True,
+        type=Path,
+        help="folder to write: new, empty or an earlier export (never one that holds the input)",
+    )
+    x.add_argument(
+        "--results",
+        type=file_path,
+        default=None,
+        metavar="CSV",
+        help="model_zoo.csv whose row of this checkpoint the model card shows (default: the workflow's table, "
+        "model_zoo.csv two folders above train/<model>/model.pt, or beside released/<model>/)",
+    )
+    x.set_defaults(func=_export)

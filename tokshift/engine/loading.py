@@ -2,7 +2,8 @@
 rebuilt from a `tokshift train` model.pt or a released `.pth` of the original TokShift.
 
 This module sits above `tokshift.models` (the architectures) and `tokshift.checkpoints`
-(files read into state dicts). A model.pt carries its config and class names. The
+(files read into state dicts). A model.pt carries its config and class names, and so does an
+export (`tokshift export`: safetensors weights, config.json), read wherever a model.pt is. The
 original's `.pth` carries neither, so its config comes from the zoo name it was trained
 as, and its class names default to Kinetics-400's sorted labels when its head has 400 outputs.
 """
@@ -83,15 +84,16 @@ def build_model(
         cfg_or_name: a zoo name, a ZooConfig, or a dict with the keys in `tokshift.zoo.MODEL_KEYS`.
         num_classes: overrides the config's class count (the head size).
         init_from: the checkpoint the model starts from, its format read from its content: a Google
-            ImageNet-21k ViT `.npz` (head zero-initialised), a `.pth` of the original TokShift or a
-            tokshift `model.pt` (head kept when its class count matches, zero-initialised otherwise).
-            A position table of another patch grid is resized (`tokshift.checkpoints.resize_pos_embed`).
+            ImageNet-21k ViT `.npz` (head zero-initialised), a `.pth` of the original TokShift, a
+            tokshift `model.pt` or an export folder (head kept when its class count matches,
+            zero-initialised otherwise). A position table of another patch grid is resized
+            (`tokshift.checkpoints.resize_pos_embed`).
     """
     model = VideoVisionTransformer.from_config(cfg_or_name, num_classes)
     if init_from is None:
         return model
     path = Path(init_from)
-    if not path.is_file():
+    if not (path.is_file() or path.is_dir()):
         raise InputMissing(f"initial weights {path} not found; run `snakemake download_weights` or `tokshift download`")
     ckpt = open_checkpoint(path)
     state = ckpt.state_dict_for(model)
@@ -184,11 +186,11 @@ def load_trained_model(
 ) -> TrainedModel:
     """The model in `path` in eval mode on `device`, with its config and class names.
 
-    `path` is a tokshift model.pt or a `.pth` of the original TokShift (told apart by
-    content). The latter needs `model_name`, the zoo entry it was trained as; its
-    `classes` default to Kinetics-400's sorted labels for a 400-class head.
+    `path` is a tokshift model.pt, an export (its folder or a file in it) or a `.pth` of the
+    original TokShift (told apart by content). The latter needs `model_name`, the zoo entry it
+    was trained as; its `classes` default to Kinetics-400's sorted labels for a 400-class head.
     """
-    if not Path(path).is_file():
+    if not (Path(path).is_file() or Path(path).is_dir()):
         raise InputMissing(
             f"checkpoint {path} does not exist; train the model first (tokshift train) "
             "or import a released checkpoint of the original (import_original)"
