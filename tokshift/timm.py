@@ -151,14 +151,16 @@ def _load_file(model: VideoVisionTransformer, location: str | Path, name: str, g
     _check_architecture(ckpt, model, name, given)
     state = ckpt.state_dict_for(model, resize_pos=ckpt.kind == NPZ or "img_size" in given)
     have, want = ckpt.head_classes, int(model.head.weight.shape[0])
-    if have is not None and have != want:
-        if "num_classes" not in given:
+    if have is not None and have != want and "num_classes" in given:
+        state["head.weight"] = torch.zeros_like(model.head.weight)
+        state["head.bias"] = torch.zeros_like(model.head.bias)
+    elif have is not None and have != want:
+        mine = {k: v.shape for k, v in model.state_dict().items() if not k.startswith("head.")}
+        if mine == {k: v.shape for k, v in state.items() if not k.startswith("head.")}:  # else load_state says all
             raise CheckpointMismatchError(
                 f"checkpoint {ckpt.path} ({ckpt.description}) has a {have}-class head, timm model {name!r} has "
                 f"{want} classes: pass num_classes={have} to keep its head, or another num_classes for a new zero head"
             )
-        state["head.weight"] = torch.zeros_like(model.head.weight)
-        state["head.bias"] = torch.zeros_like(model.head.bias)
     fix = f"Give a checkpoint of zoo model {name!r}, or create the timm model of the zoo name it was trained as"
     load_state(model, state, f"checkpoint {ckpt.path} ({ckpt.description}) for timm model {name!r}", fix)
     classes = ckpt.meta.get("classes")
