@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -152,6 +153,43 @@ def test_original_pth_of_a_trained_model_loads_the_same(trained_demo: TrainedDem
     x = _video(trained.config, seed=1).float()
     with torch.no_grad():
         assert torch.equal(model(x), trained.model(x))
+
+
+def test_export_loads_from_its_file_its_folder_and_a_hub_cache(
+    trained_demo: TrainedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tokshift export --format hub` output through a file overlay, timm's ``local-dir:`` and ``hf-hub:``
+    (a Hub cache laid out as huggingface_hub lays it out, read offline: this machine has no network)."""
+    import huggingface_hub.constants
+    import timm
+    import torch
+
+    import tokshift
+    import tokshift.timm  # noqa: F401
+    from tests.engine_helpers import run_cli_inprocess
+
+    out = tmp_path / "export"
+    res = run_cli_inprocess("export", str(trained_demo.checkpoint), "--format", "hub", "--out-dir", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--lab--demo_tokshift"
+    shutil.copytree(out, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    trained = tokshift.load(trained_demo.checkpoint, device="cpu")
+    x = _video(trained.config, seed=2).float()
+    models = {
+        "file": _from_file("demo_tokshift", out / "model.safetensors"),
+        "local-dir": timm.create_model(f"local-dir:{out}", pretrained=True).eval(),
+        "hf-hub": timm.create_model("hf-hub:lab/demo_tokshift", pretrained=True, cache_dir=tmp_path / "hub").eval(),
+    }
+    with torch.no_grad():
+        want = trained.model(x)
+        for how, model in models.items():
+            assert torch.equal(model(x), want), how
+            assert model.pretrained_cfg["label_names"] == tuple(trained.classes), how
 
 
 def test_num_classes_img_size_and_num_frames_override_the_zoo(trained_demo: TrainedDemo) -> None:

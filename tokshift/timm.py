@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from timm.models import build_model_with_cfg, generate_default_cfgs, load_custom_pretrained, register_model
 
+from tokshift import export
 from tokshift.checkpoints import NPZ, Checkpoint, CheckpointMismatchError, open_checkpoint
 from tokshift.engine.loading import load_state
 from tokshift.errors import BadInput
@@ -168,25 +169,41 @@ def _load_file(model: VideoVisionTransformer, location: str | Path, name: str, g
         model.pretrained_cfg["label_names"] = tuple(str(c) for c in classes)
 
 
+def _hub_file(hub_id: str, filename: str | None, cache_dir: Any) -> str:
+    """The weights file of a Hugging Face Hub repository in the local cache (downloaded when missing);
+    for an export's model.safetensors, its config.json beside it, which `open_checkpoint` reads it with."""
+    from huggingface_hub import hf_hub_download  # installed with timm, which downloads through it
+
+    repo, _, revision = hub_id.partition("@")
+    filename = filename or export.WEIGHTS_FILE
+    if filename == export.WEIGHTS_FILE:
+        hf_hub_download(repo, export.CONFIG_FILE, revision=revision or None, cache_dir=cache_dir)
+    return hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir)
+
+
 def _load_pretrained(model: VideoVisionTransformer, name: str, given: set[str], cache_dir: Any) -> None:
-    """``pretrained=True``: the weights of the file or URL of the model's pretrained cfg (a URL is
-    downloaded to timm's cache first), through `_load_file`."""
+    """``pretrained=True``: the weights the model's pretrained cfg points at, found in timm's order (a Hub
+    source, a file or folder, a Hub id, a URL; a URL is downloaded to timm's cache), through `_load_file`."""
     cfg = model.pretrained_cfg
     tag = f"{name}.{cfg['tag']}" if cfg.get("tag") else name
+    hub_id = cfg.get("hf_hub_id")
+    if cfg.get("source") == "hf-hub" or (hub_id and not cfg.get("file") and cfg.get("state_dict") is None):
+        _load_file(model, _hub_file(hub_id, cfg.get("hf_hub_filename"), cache_dir), name, given)
+        return
     if cfg.get("state_dict") is not None:
         raise BadInput(
             f"timm model {tag}: a state dict in pretrained_cfg_overlay is not read; give its file "
             "(pretrained_cfg_overlay=dict(file=PATH)) or call model.load_state_dict(state) on the built model"
         )
-    if cfg.get("source") == "hf-hub" or not (cfg.get("file") or cfg.get("url")):
-        what = "a Hugging Face Hub id" if cfg.get("hf_hub_id") else "no weights"
+    if not (cfg.get("file") or cfg.get("url")):
         raise BadInput(
-            f"timm model {tag} has {what} to load: give a checkpoint file with pretrained_cfg_overlay=dict(file=PATH) "
+            f"timm model {tag} has no weights to load: give a checkpoint with pretrained_cfg_overlay=dict(file=PATH) "
             "(a tokshift model.pt, an original TokShift .pth, a Google ViT .npz or an export folder), "
             "or create it with pretrained=False"
         )
-    load_fn = functools.partial(_load_file, name=name, given=given)
-    load_custom_pretrained(model, cfg, load_fn=load_fn, cache_dir=cache_dir)
+    load_custom_pretrained(
+        model, cfg, load_fn=functools.partial(_load_file, name=name, given=given), cache_dir=cache_dir
+    )
 
 
 def _create(name: str, pretrained: bool = False, **kwargs: Any) -> VideoVisionTransformer:
