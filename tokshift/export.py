@@ -17,6 +17,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -279,7 +280,7 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str]) -
 def default_table(checkpoint: Path) -> Path | None:
     """The results table of the workflow layout: `<dataset>/model_zoo.csv` for `<dataset>/train/<model>/model.pt`,
     `released/model_zoo.csv` for `released/<model>/model.pt` (the nearer of the two that exists)."""
-    for folder in checkpoint.resolve().parents[1:3]:
+    for folder in Path(os.path.abspath(checkpoint)).parents[1:3]:
         if (folder / TABLE_FILE).is_file():
             return folder / TABLE_FILE
     return None
@@ -471,8 +472,9 @@ def _check_out_dir(src: Path, out: Path) -> None:
         raise BadInput(
             f"--out-dir {out} contains the input {src}; export to a folder of its own, e.g. {src.parent}/export"
         )
-    if src.is_dir() and o.is_relative_to(s):
-        raise BadInput(f"--out-dir {out} is inside the input export {src}; export to a folder beside it")
+    found = find_export(src)
+    if found is not None and o.is_relative_to(found[0].resolve()):
+        raise BadInput(f"--out-dir {out} is inside the input export {found[0]}; export to a folder beside it")
     if not out.exists():
         return
     if not out.is_dir():
