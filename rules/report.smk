@@ -34,6 +34,34 @@ rule collect_results:
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"
 
 
+rule export_model:
+    """A trained model as safetensors weights, config.json and a model card with its row of the table
+    (`tokshift export --format hub`, docs/export.md). Not a default target: ask for it by its card,
+    `snakemake results/<dataset>/export/<model>/README.md`."""
+    input:
+        model=f"{RESULTS}/train/{{model}}/model.pt",
+        table=f"{RESULTS}/model_zoo.csv",
+    output:
+        weights=f"{RESULTS}/export/{{model}}/model.safetensors",
+        config=f"{RESULTS}/export/{{model}}/config.json",
+        card=f"{RESULTS}/export/{{model}}/README.md",
+    log:
+        f"logs/export_model/{DATASET}/{{model}}.log",
+    benchmark:
+        f"benchmarks/export_model/{DATASET}/{{model}}.tsv"
+    conda:
+        "../envs/tokshift.yaml"
+    threads: 1
+    resources:
+        # model.pt, the model that checks it and the safetensors bytes: three copies of ViT-L's 1.2 GB.
+        **scheduling.small_job_resources(config, mem_mb=8000, runtime=10),
+    params:
+        out_dir=lambda wildcards, output: os.path.dirname(output.card),
+    shell:
+        "python -m tokshift export {input.model:q} --format hub --out-dir {params.out_dir:q}"
+        " --results {input.table:q} > {log:q} 2>&1"
+
+
 # Figures that let people look inside (README, "Pictures"): cheap, part of the default targets.
 FIGURES = f"{RESULTS}/figures"
 # The explain figures of each model: `tokshift explain --pick-from` writes one per role.

@@ -166,6 +166,7 @@ def test_model_card_shows_the_table_row_of_this_checkpoint(trained_demo: Trained
     other = {**mine, "model": "demo_vit", "top1": "12.5", "top5": "33.75", "checkpoint_sha256": "0" * 64}
     _write_table(results / "model_zoo.csv", [other, mine])
     out = results / "export" / DEMO
+    out.mkdir(parents=True)  # Snakemake makes the folders of a rule's outputs before its job runs
     res = _export(model_pt, out, "--format", "hub")
     assert "warning" not in res.stderr
     card = (out / "README.md").read_text()
