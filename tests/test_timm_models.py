@@ -272,6 +272,22 @@ def test_a_file_of_another_model_fails_naming_file_and_model(trained_demo: Train
         _from_file("demo_tokshift", tmp_path / "nowhere.pt")
 
 
+def test_the_docs_example_runs(
+    trained_demo: TrainedDemo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """docs/timm.md's first example, run where the demo pipeline leaves its trained model."""
+    text = (REPO / "docs" / "timm.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    target = tmp_path / "results/demo/train/demo_tokshift/model.pt"
+    target.parent.mkdir(parents=True)
+    target.symlink_to(trained_demo.checkpoint)
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "docs/timm.md", "exec"), {})
+    printed = capsys.readouterr().out
+    classes = __import__("torch").load(trained_demo.checkpoint, weights_only=True)["classes"]
+    assert printed.startswith("[(") and sum(f"'{c}'" in printed for c in classes) == 3, printed
+
+
 def test_import_tokshift_stays_light() -> None:
     """`tokshift.timm` registers only when imported: `import tokshift` loads neither torch nor timm."""
     code = "import sys, tokshift; print(sorted({'torch', 'timm', 'tokshift.timm'} & set(sys.modules)))"

@@ -110,8 +110,8 @@ def _video_vit(name: str, **kwargs: Any) -> VideoVisionTransformer:
     if "img_size" in fields:
         size = fields["img_size"] = _square(fields["img_size"], name)
         # The recipe's training short side scales with the frame size (the zoo's own do, roughly).
-        lo, hi = zoo.train_short_side
-        fields["train_short_side"] = (size, max(size, round(hi * size / zoo.img_size)))
+        longest = zoo.train_short_side[1]
+        fields["train_short_side"] = (size, max(size, round(longest * size / zoo.img_size)))
     cfg = zoo.replace(**fields)
     model = VideoVisionTransformer(**{**_constructor_args(cfg), **kwargs})
     model.zoo_config = cfg  # frames, stride and classes a caller samples clips with
@@ -120,7 +120,8 @@ def _video_vit(name: str, **kwargs: Any) -> VideoVisionTransformer:
 
 def _check_architecture(ckpt: Checkpoint, model: VideoVisionTransformer, name: str, given: set[str]) -> None:
     """A checkpoint that records its model must be the architecture asked for, except in the fields the
-    caller set (``num_classes=``, ``img_size=``, ...): same-shaped weights of another entry load silently."""
+    caller set (``num_classes=``, ``img_size=``, ...): weights of another entry of the same shapes (a ViT's
+    for a TokShift) would otherwise load without a word."""
     saved = ckpt.meta.get("config")
     if not isinstance(saved, Mapping):
         return
