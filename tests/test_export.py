@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,8 @@ from tokshift.fileio import sha256_file
 DEMO = "demo_tokshift"
 
 
-def _export(checkpoint: Path, out: Path, *extra: str) -> None:
+def _export(checkpoint: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    """`tokshift export CHECKPOINT --out-dir OUT EXTRA...`, which must succeed."""
     res = run_cli_inprocess("export", str(checkpoint), "--out-dir", str(out), *extra)
     assert res.returncode == 0, res.stderr[-2000:]
     return res
@@ -100,6 +102,7 @@ def test_safetensors_hold_the_model_pt_tensors_and_config_json_what_it_records(
 
 def test_the_export_loads_to_the_logits_of_the_model_pt(trained_demo: TrainedDemo, exported: Path) -> None:
     import tokshift
+    from tokshift.cli import build_parser
     from tokshift.engine.loading import build_model, load_trained_model
 
     clip = torch.randn(2, 8, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -113,6 +116,9 @@ def test_the_export_loads_to_the_logits_of_the_model_pt(trained_demo: TrainedDem
         assert torch.equal(load_trained_model(exported, torch.device("cpu")).model(clip), want)
         started = build_model(DEMO, init_from=exported).eval()
         assert torch.equal(started(clip), want)
+    # Where a command takes a checkpoint file, an export folder stands for its weights file.
+    train = ["train", "--model", DEMO, "--train-shards", "t.lmdb", "--out-dir", "o", "--init-from", str(exported)]
+    assert build_parser().parse_args(train).init_from == exported / "model.safetensors"
 
 
 def test_predict_through_the_export_gives_the_model_pt_top5(
