@@ -133,7 +133,7 @@ def _import_original(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tokshift.export import export_model
+    from tokshift.engine.export import export_model
 
     done = export_model(args.checkpoint, args.out_dir, args.format, args.results)
     if done.no_results is not None:
