@@ -6,18 +6,22 @@ prints it from the zoo, and the test compares every cell of README's table with 
 
 from __future__ import annotations
 
+import ast
 import csv
 import io
+import os
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.engine_helpers import run_cli_inprocess
-from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake
+from tests.workflow_helpers import REPO, DemoRun, copy_workflow, planned_jobs, snakemake
 from tokshift.settings import load_schema
 
 README = REPO / "README.md"
@@ -178,3 +182,28 @@ def test_first_kinetics_run_dry_runs(tmp_path: Path) -> None:
 
 if __name__ == "__main__":
     print(zoo_table_markdown(list(csv.DictReader(io.StringIO(sys.stdin.read())))))
+
+
+@pytest.mark.slow
+def test_use_the_models_from_your_own_code_runs_as_written(demo_run: DemoRun, tmp_path: Path) -> None:
+    """README's "Use the models from your own code": its timm, export and load blocks run verbatim in the
+    demo pipeline's folder, and what they print is the model's: timm's probabilities, predict's top-5."""
+    import shutil
+
+    wf = tmp_path / "wf"
+    shutil.copytree(demo_run.wf, wf, symlinks=True)
+    env = {**os.environ, "PYTHONPATH": str(wf)}  # the run's own code, as its jobs use it
+    ran = {}
+    for name, kind in (("timm", "python"), ("export", "bash"), ("load", "python")):
+        code = "\n".join(_readme_block(f"<!-- own-code: {name} -->", "fence"))
+        command = [sys.executable, "-c", code] if kind == "python" else ["bash", "-c", code]
+        ran[name] = subprocess.run(command, cwd=wf, env=env, capture_output=True, text=True, timeout=600)
+        assert ran[name].returncode == 0, (name, ran[name].stderr[-3000:])
+    assert "tensor([[" in ran["timm"].stdout and "k400_tokshift_div4_8x32_base_224" in ran["timm"].stdout
+    assert {p.name for p in (wf / "export/demo_tokshift").iterdir()} >= {
+        "model.safetensors",
+        "config.json",
+        "README.md",
+    }
+    top5 = ast.literal_eval(ran["load"].stdout.strip().splitlines()[-1])
+    assert len(top5) == 5 and top5[0][0] == "brighten"  # the demo TokShift gets every validation video right
