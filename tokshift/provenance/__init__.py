@@ -272,9 +272,13 @@ def read_block(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
 
     p = Path(path)
     if p.is_dir() and p.suffix != ".lmdb":
-        found = [p / n for n in ("train_summary.json", "metrics.json", "model.pt") if (p / n).is_file()]
+        names = ("train_summary.json", "metrics.json", "model.pt", "config.json")  # config.json: an export
+        found = [p / n for n in names if (p / n).is_file()]
         if not found:
-            raise BadInput(f"{p}: a folder without train_summary.json, metrics.json or model.pt; name an output file")
+            raise BadInput(
+                f"{p}: a folder without train_summary.json, metrics.json, model.pt or an export's config.json;"
+                " name an output file"
+            )
         p = found[0]
     if p.suffix == ".lmdb":
         p = p.with_name(p.name + ".seal.json")
