@@ -458,9 +458,15 @@ def test_two_nodes_train_the_same_model_as_two_ranks_on_one_node(retrain_runs: d
 
     def metrics(wf: Path) -> dict:
         m = json.loads((wf / "results/demo/eval" / SPREAD_MODEL / "metrics.json").read_text())
-        return {k: v for k, v in m.items() if k != "checkpoint_sha256"}
+        return {k: v for k, v in m.items() if k not in ("checkpoint_sha256", "provenance")}
 
     assert metrics(two) == metrics(one)
+    # Where each evaluation ran differs, and provenance says so: two nodes, or one node twice.
+    nodes = {
+        k: json.loads((wf / f"results/demo/eval/{SPREAD_MODEL}/metrics.json").read_text())["provenance"]["nodes"]
+        for k, wf in (("two", two), ("one", one))
+    }
+    assert len(set(nodes["two"])) == 2 and len(nodes["one"]) == 2 and len(set(nodes["one"])) == 1, nodes
     assert metrics(two)["world_size"] == 2
     pred = "results/demo/eval/" + SPREAD_MODEL + "/predictions.csv"
     assert (two / pred).read_text() == (one / pred).read_text()
