@@ -172,6 +172,7 @@ def test_evaluate_cli_writes_metrics_and_one_row_per_video(
         assert row["pred1"] == trained.classes[int(probs.argmax())]
 
 
+@pytest.mark.slow  # a torchrun of two processes: the end-to-end tier
 def test_one_and_two_processes_give_identical_metrics_on_an_odd_count(
     trained_demo: TrainedDemo, packed_demo: PackedDemo, tmp_path: Path
 ) -> None:

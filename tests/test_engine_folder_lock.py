@@ -114,6 +114,7 @@ def test_evaluate_refuses_a_folder_another_evaluation_holds(
     assert not (out / "metrics.json").exists()
 
 
+@pytest.mark.slow  # a trainer process with loader workers, killed: the end-to-end tier
 def test_a_killed_trainer_with_loader_workers_frees_the_folder_at_once(packed_demo: PackedDemo, tmp_path: Path) -> None:
     """The orphan case: SIGKILL a real training whose forked DataLoader worker outlives it for a while.
 

@@ -133,6 +133,7 @@ def test_demo_model_overfits_tiny_dataset(packed_demo: PackedDemo, tmp_path: Pat
         (signal.SIGUSR1, 10, True),
     ],
 )
+@pytest.mark.slow  # two trainings and a preempted process: the end-to-end tier (the default tier's 5 minutes)
 def test_signal_mid_epoch_then_rerun_equals_uninterrupted_run(
     packed_demo: PackedDemo, tmp_path: Path, signum: int, at_step: int, corrupt_newest: bool
 ) -> None:
