@@ -9,6 +9,7 @@ checkout it was planned with, and do the installed libraries match the tested lo
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
@@ -36,7 +37,6 @@ def installed_tokshift() -> dict[str, str] | None:
     """
     import os
     import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", CODE_ENV)}
     probe = (
@@ -62,7 +62,7 @@ def install_check(running: Path | None = None) -> tuple[bool, str]:
     running = (running or package_dir()).resolve()
     dist = installed_tokshift()
     if dist is None:
-        return True, f"no tokshift installed for {_interpreter()}; running {running} ({__version__})"
+        return True, f"no tokshift installed for {sys.executable}; running {running} ({__version__})"
     if Path(dist["location"]) == running:
         return True, f"the installed tokshift {dist['version']} is this code ({running})"
     same = ", the same version string" if dist["version"] == __version__ else ""
@@ -72,12 +72,6 @@ def install_check(running: Path | None = None) -> tuple[bool, str]:
         f" ({__version__}{same}); workflow jobs run the checkout's code (python -m tokshift with the checkout"
         " first on PYTHONPATH), the `tokshift` script runs the installed one: pip install --no-deps -e <checkout>",
     )
-
-
-def _interpreter() -> str:
-    import sys
-
-    return sys.executable
 
 
 def read_lock(path: Path) -> dict[str, str]:
