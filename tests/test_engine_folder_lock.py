@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -75,6 +76,8 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
 ) -> None:
     out = tmp_path / "model"
     holder = _holder(out)
+    earlier = "=== an earlier attempt's lines\n"
+    (out / "train.log").write_text(earlier)
     try:
         t0 = time.monotonic()
         res = run_cli(*_train_args(packed_demo, out))
@@ -85,6 +88,8 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
         assert res.stderr.count("tokshift train: error: ") == 1, res.stderr[-2000:]
         assert took < 60, f"refused only after {took:.0f} s"
         assert not (out / "resume").exists()  # it touched nothing
+        assert (out / "train.log").read_text() == earlier  # not even the holder's log, which it names
+        assert f"Its log: {out / 'train.log'}" in res.stderr
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
@@ -92,6 +97,19 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
     res = run_cli_inprocess(*_train_args(packed_demo, out))
     assert res.returncode == 0, res.stderr[-2000:]
     assert (out / "model.pt").is_file()
+    # The run appended itself to the folder's log: a header, its records (those from before the lock
+    # too), the end with its exit code; the same records as its stderr.
+    log = (out / "train.log").read_text()
+    assert log.startswith(earlier)
+    attempt = log[len(earlier) :].splitlines()
+    assert re.fullmatch(r"=== \S+ tokshift train attempt starts \(host \S+, pid \d+\)", attempt[0]), attempt[0]
+    assert attempt[1].startswith("tokshift 0.") and attempt[4].startswith("command: tokshift ")  # in-process: pytest's
+    assert re.fullmatch(r"=== \S+ tokshift train attempt ends: exit 0 OK after [\d.]+ s", attempt[-1]), attempt[-1]
+    records = [line.split(" INFO ", 1)[1] for line in attempt if " INFO " in line]
+    shown = [line.split(" INFO ", 1)[1] for line in res.stderr.splitlines() if " INFO " in line]
+    assert any(r.startswith("tokshift.engine: device cpu") for r in records)  # logged before the lock
+    assert any("wrote " in r and "model.pt" in r for r in records)
+    assert records == shown
 
 
 def test_evaluate_refuses_a_folder_another_evaluation_holds(
@@ -112,6 +130,7 @@ def test_evaluate_refuses_a_folder_another_evaluation_holds(
     assert str(out) in res.stderr and f"PID {os.getpid()}" in res.stderr and "`tokshift evaluate`" in res.stderr
     assert res.stderr.count("tokshift evaluate: error: ") == 1, res.stderr[-2000:]
     assert not (out / "metrics.json").exists()
+    assert not (out / "evaluate.log").exists() and f"Its log: {out / 'evaluate.log'}" in res.stderr
 
 
 @pytest.mark.slow  # a trainer process with loader workers, killed: the end-to-end tier

@@ -37,6 +37,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from tokshift.engine.folder_log import folder_log_path
 from tokshift.errors import RetryLater
 
 log = logging.getLogger(__name__)
@@ -82,7 +83,8 @@ def busy_message(folder: Path, command: str, holder: dict[str, Any] | None) -> s
     return (
         f"{folder} is in use by `tokshift {held_by}` (PID {pid} {where}, started {holder.get('started', '?')}): "
         f"only one run may write to a folder at a time. Wait for it to finish or, if it is left over from a "
-        f"killed run, stop it with `kill {pid}` {where}{saves}, then rerun `tokshift {command}`. Lock file: {lock}"
+        f"killed run, stop it with `kill {pid}` {where}{saves}, then rerun `tokshift {command}`. "
+        f"Its log: {folder_log_path(folder, held_by)}. Lock file: {lock}"
     )
 
 

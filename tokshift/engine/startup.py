@@ -29,11 +29,14 @@ class Started:
     device: torch.device
     reason: str  # why this device (logged, and named again when the process group forms)
     workers: int  # DataLoader workers per process
+    # Rank 0's records from the start, kept for the folder's log until the folder lock is held.
+    early_records: logging.Handler | None = None
 
 
 def start_process(device: str, amp: str, workers: int | str, tf32: bool = True) -> Started:
     """Set up this process for `tokshift train` or `evaluate`: `--device`, `--amp` and `--workers` as given;
     `tf32` False keeps fp32 matmuls in full fp32 on a GPU."""
+    from tokshift.engine.folder_log import start_buffer
     from tokshift.engine.gpu_env import environment_lines
     from tokshift.engine.runtime import (
         amp_choice,
@@ -47,13 +50,14 @@ def start_process(device: str, amp: str, workers: int | str, tf32: bool = True) 
     enable_crash_traces()
     launch = D.detect_launch()
     setup_logging(launch.rank)
+    early = start_buffer() if launch.rank == 0 else None
     chosen, why = D.choose_device(device, launch.local_rank)
     amp_dtype, amp_why = amp_choice(amp, chosen)
     tf32 = use_tf32(chosen, amp_dtype, allowed=tf32)
     if launch.rank == 0:
         for line in environment_lines(chosen, why, precision_line(amp_why, chosen, tf32)):
             log.info("%s", line)
-    return Started(launch, chosen, why, resolve_workers(workers, launch.local_processes))
+    return Started(launch, chosen, why, resolve_workers(workers, launch.local_processes), early)
 
 
 def run_in_group(
@@ -65,6 +69,9 @@ def run_in_group(
 ) -> tuple[int, D.DistContext]:
     """Join the process group, hold `out_dir` for `command` and run `body(ctx)`; (exit code, ctx).
 
+    Once the folder is held, rank 0 appends the attempt to the folder's own log
+    (tokshift.engine.folder_log): a run refused here never writes to it.
+
     Setup collectives wait long; after the folder lock the short collective timeout is in force.
     A busy folder is every rank's news from rank 0: rank 0 raises it (reported once, by the CLI) and
     the others return OK, so a launcher that ends a step at the first non-zero exit never kills rank 0
@@ -73,14 +80,23 @@ def run_in_group(
     the job at once.
     """
     from tokshift.engine.folder_lock import FolderBusy, exclusive_folder
+    from tokshift.engine.folder_log import FolderLog, drop_buffer
 
     ctx = D.init_distributed(started.device, reason=started.reason)
     failed = True
     try:
         D.log_placement(ctx)
         with exclusive_folder(ctx, out_dir, command):
-            D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
-            code = body(ctx)
+            folder_log = FolderLog(out_dir, command, started.early_records).open() if ctx.is_main else None
+            try:
+                D.set_collective_timeout(ctx)  # setup is over: a hung rank now ends the job in minutes
+                code = body(ctx)
+            except BaseException as exc:
+                if folder_log is not None:
+                    folder_log.close(exc)
+                raise
+            if folder_log is not None:
+                folder_log.close(code=code)
         failed = False
         return code, ctx
     except FolderBusy:
@@ -92,4 +108,5 @@ def run_in_group(
         failed = failed_alone(exc, ctx)
         raise
     finally:
+        drop_buffer(started.early_records)  # written to the folder log, or never to be
         D.shutdown(ctx, failed)
