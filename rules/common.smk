@@ -21,6 +21,9 @@ running_code.check_workflow_imports(workflow.basedir)
 # instead of replacing the rule's value, which holds --signal; see keep_merged_slurm_extra().
 CLI_SLURM_EXTRA_RULES = scheduling.fold_cli_slurm_extra(config, workflow.resource_settings.overwrite_resources)
 workflow_settings.check_config(config, base=Path(workflow.basedir))
+if workflow.is_main_process:  # the plan's first lines, not every cluster job's log
+    for line in workflow_settings.shadowed_settings(config, workflow.config_settings.overwrite_config):
+        print(line, file=sys.stderr)
 
 # The rules' launchers name slurm/job-step.sh through this variable (set for every job,
 # local or submitted), so no rule's params hold the checkout's absolute path.

@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from snakemake.utils import validate
 
-from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake, touch_whole_plan
-from tokshift.settings import default
+from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, repo_config, snakemake, touch_whole_plan
+from tokshift.settings import SCHEMA_PATH, default
+from tokshift.workflow.cli_values import coerce_command_line
+from tokshift.workflow.config import shadowed_settings
 
 
 @pytest.fixture()
@@ -101,7 +104,7 @@ def test_bad_config_fails_before_any_job_naming_the_key(wf: Path, edit, expect: 
 
 def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
     """`--config 'frames={shards: 4}'`: nested values arrive as strings and are converted per the schema."""
-    out = snakemake(
+    proc = snakemake(
         wf,
         "-n",
         "-p",
@@ -109,19 +112,82 @@ def test_nested_command_line_numbers_are_numbers(wf: Path) -> None:
         "2",
         "--config",
         "datasets={demo: {frames: {shards: 3}}}",
-        "frames={timeout: 90.5}",
+        "frames={timeout: 90.5, stage_to: null, shards: 4}",
         "resources={train: {cpus: 4, signal_seconds: 0}}",
-        "train={workers: 1, amp: off, compile: true}",
+        "train={workers: 1, amp: off, compile: true, init_from: null, overrides: {imagenet_weights: ~}}",
         "evaluate={crops: 1, clips: 2}",
         check=True,
-    ).stdout
+    )
+    out = proc.stdout
     assert planned_jobs(out)["pack_shard"] == 6  # 2 splits x 3 shards
+    # frames.shards=4 is the weaker setting: the plan says so before anything else.
+    assert proc.stderr.splitlines()[0] == (
+        "config: frames.shards=4 from the command line is overridden by the more specific "
+        "datasets.demo.frames.shards=3; set that key instead"
+    ), proc.stderr[:2000]
     assert "--timeout 90.5" in out
     assert out.count("--cpus-per-task 4 -- python -m tokshift --attempts-log") == 2
     assert "--amp off" in out and "--compile true" in out and "--workers 1" in out
     assert "--clips 2 --crops 1" in out
-    # Nothing to start from, nothing to stage to: the options stay on the line with an empty value.
-    assert out.count("--init-from= --override ") == 2 and "--stage-to= " in out
+    # `null` means null, as in config.yaml: nothing to start from, nothing to stage to (no folder `null/`);
+    # the options stay on the line with an empty value.
+    assert out.count("--init-from= --override imagenet_weights=null ") == 2, out[-3000:]
+    assert "--stage-to= " in out and "--stage-to=null" not in out
+    assert "resources/weights" not in out  # from scratch: no ImageNet-21k download planned
+
+
+def test_command_line_values_read_as_yaml_where_the_schema_allows() -> None:
+    """null, ~, true, false and numbers given nested on the command line mean what they mean in YAML."""
+    cfg = repo_config()
+    given = {
+        "frames": {"stage_to": "null", "shards": "4", "timeout": "1e3"},
+        "train": {"init_from": "~", "amp": "off", "compile": "True", "workers": "auto", "loggers": ["tensorboard"]},
+        "released": {"m": {"source": "zoo/m.pth", "sha256": "null"}},
+        "dataset": "null",  # a name the schema takes as a string, kept as written
+    }
+    given["train"]["overrides"] = {"epochs": "6", "imagenet_weights": "null", "lr": "1e-3", "name": "x"}
+    _merge(cfg, given)
+    coerce_command_line(cfg, given)
+    assert cfg["frames"]["stage_to"] is None and cfg["frames"]["shards"] == 4 and cfg["frames"]["timeout"] == 1000
+    assert cfg["train"]["init_from"] is None and cfg["train"]["compile"] is True
+    assert cfg["train"]["amp"] == "off" and cfg["train"]["workers"] == "auto"  # the schema's words stay words
+    assert cfg["released"]["m"] == {"source": "zoo/m.pth", "sha256": None}
+    assert cfg["train"]["overrides"] == {"epochs": 6, "imagenet_weights": None, "lr": 0.001, "name": "x"}
+    assert cfg["dataset"] == "null"
+
+
+def _merge(config: dict, given: dict) -> None:
+    """What Snakemake does with --config: the given values over config.yaml's."""
+    for key, value in given.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            _merge(config[key], value)
+        else:
+            config[key] = value
+
+
+def test_a_command_line_setting_a_more_specific_one_overrides_is_named() -> None:
+    cfg = repo_config()
+    given = {
+        "frames": {"shards": 4, "jpeg_quality": 80},  # the demo's entry sets its own shards, not its quality
+        "train": {"overrides": {"epochs": 3, "lr": 0.1}, "init_from": "a.pt"},
+        "resources": {"train": {"mem_mb": 100}},
+    }
+    _merge(cfg, given)
+    cfg["train"]["per_model"] = {"demo_vit": {"epochs": 2}, "demo_tokshift": {"epochs": 3}}  # the same: no news
+    cfg["train"]["init_from_per_model"] = {"demo_tokshift": "b.pt"}
+    cfg["resources"]["per_model"] = {"demo_vit": {"train": {"mem_mb": 200}}}
+    validate(cfg, str(SCHEMA_PATH))
+    assert shadowed_settings(cfg, given) == [
+        "config: frames.shards=4 from the command line is overridden by the more specific "
+        "datasets.demo.frames.shards=2; set that key instead",
+        "config: train.overrides.epochs=3 from the command line is overridden by the more specific "
+        "train.per_model.demo_vit.epochs=2; set that key instead",
+        "config: resources.train.mem_mb=100 from the command line is overridden by the more specific "
+        "resources.per_model.demo_vit.train.mem_mb=200; set that key instead",
+        "config: train.init_from='a.pt' from the command line is overridden by the more specific "
+        "train.init_from_per_model.demo_tokshift='b.pt'; set that key instead",
+    ]
+    assert shadowed_settings(cfg, {}) == []  # config.yaml's own layering is documented there, not news
 
 
 @pytest.mark.parametrize(

@@ -1,11 +1,13 @@
-"""Values given with `snakemake --config` turned into the types the config schema asks for.
+"""Values given with `snakemake --config` read as YAML reads them, where the config schema allows it.
 
 Snakemake parses a top-level `--config key=4` as a number, but nested values
-(`--config 'frames={shards: 4}'`) as strings only, which the schema would reject. Before
-validation, each string that came from the command line is converted where the schema does
-not accept a string there and the text reads as a value of a type it does accept (integer,
-number, boolean, null). Anything else is left as given, so a wrong value is still rejected
-by the schema, naming its key.
+(`--config 'frames={shards: 4, stage_to: null}'`) as strings only: `4` and `null` arrive as the
+texts "4" and "null". Before validation, each string that came from the command line and reads
+as a YAML null, boolean or number (`null`, `~`, `true`, `false`, `4`, `1e-3`) becomes that value
+wherever the schema accepts it there (or accepts anything), so `stage_to: null` means no staging
+and `init_from: null` no checkpoint, as in config.yaml. Anything else is left as given: a string
+where the schema takes strings (`amp: off` stays the word), and a wrong value is still rejected by
+the schema, naming its key.
 """
 
 from __future__ import annotations
@@ -68,9 +70,41 @@ def _accepted(nodes: list[dict[str, Any]]) -> tuple[set[str], set[str]]:
     return types, literals
 
 
+_YAML_INTEGER = re.compile(r"[-+]?(0|[1-9][0-9]*)")
+_YAML_FLOAT = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def yaml_scalar(text: str) -> Any:
+    """What `text` means as a plain YAML 1.2 scalar: None, a bool, an int or a float; else `text` itself."""
+    if text in ("", "~", "null", "Null", "NULL"):
+        return None
+    if text in ("true", "True", "TRUE", "false", "False", "FALSE"):
+        return text.lower() == "true"
+    if _YAML_INTEGER.fullmatch(text):
+        return int(text)
+    if _YAML_FLOAT.fullmatch(text):
+        return float(text)
+    return text
+
+
+def _fits(value: Any, types: set[str]) -> bool:
+    if value is None:
+        return "null" in types
+    if isinstance(value, bool):
+        return "boolean" in types
+    if isinstance(value, int):
+        return bool(types & {"integer", "number"})
+    return "number" in types or ("integer" in types and float(value).is_integer())
+
+
 def _convert(text: str, types: set[str], literals: set[str]) -> Any:
-    """`text` as the first type the schema accepts that it reads as; unchanged otherwise."""
-    if "string" in types or text in literals:
+    """`text` as YAML reads it where the schema takes that type; else as a value the schema takes; else as given."""
+    if text in literals:  # an enum's word (`amp: off`) stays a word
+        return text
+    value = yaml_scalar(text)
+    if not isinstance(value, str) and (not types or _fits(value, types)):
+        return int(value) if isinstance(value, float) and "number" not in types else value
+    if "string" in types:
         return text
     if types & {"integer", "number"} and _INTEGER.fullmatch(text.strip()):
         return int(text)
@@ -79,10 +113,6 @@ def _convert(text: str, types: set[str], literals: set[str]) -> Any:
             return float(text)
         except ValueError:
             pass
-    if "boolean" in types and text.lower() in ("true", "false"):
-        return text.lower() == "true"
-    if "null" in types and text in ("null", "~"):
-        return None
     return text
 
 
@@ -95,8 +125,8 @@ def _coerce(config: Any, given: Any, nodes: list[dict[str, Any]]) -> Any:
     if isinstance(given, list) and isinstance(config, list) and len(given) == len(config):
         items = _child(nodes, None)
         return [_coerce(c, g, items) for c, g in zip(config, given)]
-    if isinstance(given, str) and config == given and nodes:
-        return _convert(given, *_accepted(nodes))
+    if isinstance(given, str) and config == given:  # no schema here: a free-form value (train.overrides)
+        return _convert(given, *_accepted(nodes)) if nodes else yaml_scalar(given)
     return config
 
 

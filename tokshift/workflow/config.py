@@ -118,6 +118,56 @@ def job_settings(config: dict[str, Any], rule: str, model: str | None = None) ->
     return out
 
 
+def _layer_pairs(config: dict[str, Any], models: list[str]) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:
+    """(weaker key, its settings, stronger key, its settings) for every place one setting overrides another."""
+    name = config["dataset"]
+    spec = config["datasets"][name]
+    train, res = config["train"], config["resources"]
+    pairs = [("frames", config["frames"], f"datasets.{name}.frames", spec.get("frames") or {})]
+    recipe = spec.get("train") or {}
+    pairs.append((f"datasets.{name}.train", recipe, "train.overrides", train["overrides"]))
+    for m in models:
+        per_model = train["per_model"].get(m) or {}
+        pairs.append(("train.overrides", train["overrides"], f"train.per_model.{m}", per_model))
+        pairs.append((f"datasets.{name}.train", recipe, f"train.per_model.{m}", per_model))
+        if m in train["init_from_per_model"]:  # a model's own start wins over train.init_from
+            start = train["init_from_per_model"][m]
+            pairs.append(("train", train, f"train.init_from_per_model.{m}", {"init_from": start}))
+        for rule in ("train", "evaluate"):
+            own = (res["per_model"].get(m) or {}).get(rule) or {}
+            pairs.append((f"resources.{rule}", res[rule], f"resources.per_model.{m}.{rule}", own))
+    return pairs
+
+
+def _given(command_line: dict[str, Any], dotted: str) -> dict[str, Any]:
+    node: Any = command_line
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def shadowed_settings(config: dict[str, Any], command_line: dict[str, Any]) -> list[str]:
+    """One line per setting given on the command line (`--config`) that a more specific setting overrides.
+
+    `--config 'frames={shards: 4}'` does nothing for a dataset whose entry sets its own `frames.shards`;
+    the plan says so in its first lines instead of running with the value the user did not ask for.
+    """
+    lines = []
+    for weak_key, weak, strong_key, strong in _layer_pairs(config, selected_models(config)):
+        for key in _given(command_line, weak_key):
+            if weak_key == "train" and key != "init_from":
+                continue
+            if key not in strong or strong[key] == weak.get(key):
+                continue
+            per_model_start = strong_key.startswith("train.init_from_per_model.")
+            winner = strong_key if per_model_start else f"{strong_key}.{key}"
+            lines.append(
+                f"config: {weak_key}.{key}={weak.get(key)!r} from the command line is overridden by the more "
+                f"specific {winner}={strong[key]!r}; set that key instead"
+            )
+    return lines
+
+
 def cvdf_settings(config: dict[str, Any]) -> dict[str, Any] | None:
     """The dataset's `cvdf` settings over the schema's defaults when it says `fetch: cvdf`, else None.
 
