@@ -7,12 +7,17 @@ import collections
 import contextlib
 import csv
 import functools
+import hashlib
 import http.server
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +25,7 @@ import pytest
 import yaml
 
 from tests.results_helpers import check_model_index
-from tests.workflow_helpers import OTHER_VERSION, REPO, DemoRun, planned_jobs, snakemake
+from tests.workflow_helpers import NO_SLURM, OTHER_VERSION, REPO, DemoRun, planned_jobs, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -496,3 +501,61 @@ def test_deleting_one_checkpoint_reruns_only_that_model(demo_run: DemoRun, tmp_p
         "all": 1,
     }, out[-3000:]
     assert "model=demo_vit" in out and "model=demo_tokshift" not in out
+
+
+def _wait_until(predicate, what: str, limit: float = 600) -> None:
+    t0 = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - t0 < limit, f"no {what} within {limit:.0f} s"
+        time.sleep(0.2)
+
+
+def test_a_refused_rerun_keeps_the_orphaned_trainings_log(demo_run: DemoRun, tmp_path: Path) -> None:
+    """`kill -9` of Snakemake mid-training, `--unlock` and a rerun while the orphan still trains.
+
+    The rerun's train job is refused by the folder lock; Snakemake has already recreated the rule's
+    log, but the model's own log (train.log in its folder) and the attempts log keep the whole
+    training of the model that is finally kept, and the refused job names where that log is.
+    """
+    wf = tmp_path / "project"
+    shutil.copytree(demo_run.wf, wf, symlinks=True)
+    folder = wf / "results/demo/train/demo_tokshift"
+    folder_log, rule_log = folder / "train.log", wf / "logs/train/demo/demo_tokshift.log"
+    attempts_log = wf / "logs/train/demo/demo_tokshift.attempts.log"
+    before = folder_log.read_text()  # the demo run's own attempt
+    assert before.count(" tokshift train attempt starts ") == 1 and "attempt ends: exit 0 OK" in before
+    # A retrain long enough to be killed in (a changed recipe: Snakemake plans it itself).
+    target = ["--config", "train={overrides: {epochs: 12}}", "--", "results/demo/train/demo_tokshift/model.pt"]
+    with (tmp_path / "first.out").open("w") as sink:
+        first = subprocess.Popen(
+            [sys.executable, "-m", "snakemake", "--cores", "2", *target],
+            cwd=wf,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **NO_SLURM},
+        )
+    _wait_until(lambda: "epoch 1/12: train loss" in folder_log.read_text(), "first epoch")
+    first.send_signal(signal.SIGKILL)  # Snakemake dies; its training goes on as an orphan
+    first.wait()
+    orphan = json.loads((folder / ".tokshift.lock").read_text())["pid"]
+    snakemake(wf, "--unlock", check=True)
+    refused = snakemake(wf, "--cores", "2", "--rerun-incomplete", *target)
+    assert refused.returncode != 0
+    assert "exit 75" in attempts_log.read_text().split(" starts ")[-1]  # the last attempt: refused, RETRY_LATER
+    assert "Its log: results/demo/train/demo_tokshift/train.log" in rule_log.read_text()
+    _wait_until(lambda: not Path(f"/proc/{orphan}").exists(), "end of the orphaned training")
+
+    log = folder_log.read_text()
+    assert log.startswith(before)
+    kept = log[len(before) :]
+    assert kept.count(" attempt starts ") == 1, kept[-3000:]  # the refused run wrote nothing here
+    epochs = re.findall(r"epoch (\d+)/12: train loss", kept)
+    assert epochs == [str(e) for e in range(1, 13)], epochs
+    assert re.search(r"attempt ends: exit 0 OK after [\d.]+ s$", kept.rstrip()), kept[-500:]
+    # The attempts log holds the same training: every record of the orphan's attempt.
+    records = [line.split(" INFO ", 1)[1] for line in kept.splitlines() if " INFO tokshift.engine.train" in line]
+    recorded = attempts_log.read_text()
+    assert records and all(r in recorded for r in records)
+    # The kept model is the orphan's: its sha256 is the one its log names.
+    digest = re.findall(r"wrote \S*model\.pt \(sha256 (\w+)", kept)[-1]
+    assert hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest().startswith(digest)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -359,6 +360,11 @@ def test_evaluation_fails_when_every_video_is_unreadable(
     res = _evaluate_1view(trained_demo.checkpoint, shard, tmp_path / "a")
     assert res.returncode == ExitCode.DATA_DAMAGED, res.stderr[-2000:]
     assert "7 of 7 videos failed to load" in res.stderr
+    # The folder's own log holds the attempt and ends with its exit code and the error.
+    log = (tmp_path / "a" / "evaluate.log").read_text()
+    assert log.startswith("=== ") and " tokshift evaluate attempt starts " in log.splitlines()[0]
+    assert "7 of 7 videos failed to load" in log
+    assert re.search(r"attempt ends: exit 5 DATA_DAMAGED \(\w+: 7 of 7 videos could not be read", log), log[-800:]
     err = res.stderr[res.stderr.index("tokshift evaluate: error: ") :]
     assert "7 of 7 videos could not be read" in err and "Repack the shards" in err
     assert all(f"{v}: " in err for v in ids[:5]) and ids[5] not in err and "and 2 more" in err
