@@ -87,7 +87,8 @@ def test_per_class_command_writes_table_and_figure(tmp_path: Path, capsys: pytes
     argv = ["per-class", "--predictions", str(predictions), "--csv", str(out_csv), "--plot", str(plot)]
     assert main([*argv, "--classes", str(classes)]) == 0
     written = pd.read_csv(out_csv, keep_default_na=False)
-    assert list(written.columns) == ["class", "videos", "top1", "top5", "confused_with", "confused_count"]
+    assert list(written.columns) == ["class", "videos", "top1", "top5", "confused_with", "confused_count", "trained"]
+    assert set(written["trained"]) == {""}  # no metrics.json beside the predictions: not known
     assert written["class"].tolist() == CLASSES
     assert float(written.loc[0, "top5"]) == 75.0 and written.loc[4, "top1"] == ""  # class e: no videos
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -102,6 +102,12 @@ def run_index(args: argparse.Namespace) -> int:
     )
     if result.missing:
         log.warning("%d annotated videos are missing on disk; listed in %s", len(result.missing), miss)
+    from tokshift.data.coverage import classes_without_videos, split_gap_warning
+
+    without = classes_without_videos(result.classes, (r.label_index for r in result.rows))
+    gap = split_gap_warning(result.split, without, len(result.classes), str(out))
+    if gap:
+        log.warning("%s", gap)
     return 0
 
 
@@ -131,16 +137,24 @@ def run_pack(args: argparse.Namespace) -> int:
 
 def run_summarize(args: argparse.Namespace) -> int:
     """``tokshift summarize``: per-split summary JSON."""
-    from tokshift.data.summary import summarize_split, write_summary
+    from tokshift.data.summary import coverage_warnings, other_split_index, summarize_split, write_summary
 
+    _setup_logging()
     shards: Any = args.shards if args.shards else args.shards_dir
     if not shards:
         raise BadInput("give --shards-dir or --shards")
-    summary = summarize_split(args.index, shards)
+    other = args.other_index if args.other_index is not None else other_split_index(args.index)
+    summary = summarize_split(args.index, shards, other)
     if args.out:
         write_summary(summary, args.out)
     brief = {k: v for k, v in summary.items() if k not in ("failed_videos", "missing_videos")}
     print(json.dumps(brief, indent=2, ensure_ascii=False))
+    if other is None:
+        log.info(
+            "no index of the other split given or found beside %s: classes of one split only not checked", args.index
+        )
+    for line in coverage_warnings(summary, args.index):
+        log.warning("%s", line)
     return 0
 
 
@@ -220,4 +234,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--shards-dir", help="folder holding the split's shard-*.lmdb files (default: use --shards)")
     p.add_argument("--shards", nargs="*", help="shard files, instead of --shards-dir (default: none)")
     p.add_argument("--out", help="summary JSON to write (default: print only)")
+    p.add_argument(
+        "--other-index",
+        type=file_path,
+        default=None,
+        help="the other split's index CSV, to name the classes with videos in one split only "
+        "(default: index/train.csv beside index/val.csv and the reverse, when it exists)",
+    )
     p.set_defaults(func=run_summarize)

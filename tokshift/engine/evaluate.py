@@ -30,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from tokshift import provenance
+from tokshift.data.coverage import coverage_block, evaluation_coverage
 from tokshift.data.store import ShardCorruptError
 from tokshift.engine import distributed as D
 from tokshift.engine import eval_resume
@@ -555,6 +556,13 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
             f"{opts.checkpoint} was trained on ({len(trained.classes)}); "
             "evaluate on the same dataset's validation split"
         )
+    coverage = evaluation_coverage(trained.checkpoint, classes, ds.labels)
+    if ctx.is_main and coverage is None:
+        log.info(
+            "%s records no training videos per class: classes it was not trained on are not named", opts.checkpoint
+        )
+    for line in coverage.warnings() if coverage is not None and ctx.is_main else []:
+        log.warning("%s", line)
     layout = ViewLayout(opts.clips, opts.crops)
     amp_name = str(amp_dtype or "off").replace("torch.", "")
     log.info(
@@ -651,6 +659,10 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
         )
         swaps = _class_order_check(records, classes)
         metrics["suspect_class_swaps"] = [[s.first, s.second, s.first_as_second, s.second_as_first] for s in swaps]
+        ok = [r for r in records if r.error is None]  # the one-split classes, and the accuracy without them
+        metrics["class_coverage"] = (
+            coverage_block(coverage, classes, [r.label for r in ok], [r.top5 for r in ok]) if coverage else None
+        )
         out = Path(opts.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out / "predictions.csv", predictions_csv(records, classes))
@@ -666,6 +678,14 @@ def _evaluate(opts: EvalOptions, ctx: D.DistContext, stop: StopFlag | None = Non
             out,
         )
         (log.warning if metrics["failed"] else log.info)("%s", failed_line)
+        trained_only = metrics["class_coverage"] if coverage is not None and coverage.val_only else None
+        if trained_only and trained_only["top1_trained_classes"] is not None:
+            log.warning(
+                "over the %d videos of the classes with training videos: top-1 %.2f%% top-5 %.2f%%",
+                trained_only["videos_trained_classes"],
+                trained_only["top1_trained_classes"],
+                trained_only["top5_trained_classes"],
+            )
         if too_many:  # a rerun with a larger --max-failed-share need not score them again
             log.info("the scored videos stay in %s", folder)
         else:

@@ -46,6 +46,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 
 from tokshift import provenance
+from tokshift.data.coverage import training_warnings, videos_per_class
 from tokshift.engine import distributed as D
 from tokshift.engine.checkpoint import (
     CheckpointError,
@@ -305,6 +306,12 @@ class _Trainer:
                 "the validation shards list other classes than the training shards; "
                 "index both splits of the same dataset"
             )
+        # Videos per class in the training shards: model.pt keeps them, so an evaluation can tell untrained classes.
+        self.train_class_videos = videos_per_class(self.classes, self.train_ds.labels)
+        if ctx.is_main:
+            val_counts = videos_per_class(self.classes, self.val_ds.labels) if self.val_ds is not None else None
+            for line in training_warnings(self.classes, self.train_class_videos, val_counts):
+                log.warning("%s", line)
         if len(self.classes) != cfg.num_classes:
             log.info(
                 "dataset has %d classes; setting num_classes=%d (zoo default %d)",
@@ -983,6 +990,7 @@ class _Trainer:
             "model": {k: v.detach().cpu() for k, v in self.raw.state_dict().items()},
             "config": cfg.to_dict(),
             "classes": self.classes,
+            "train_class_videos": self.train_class_videos,
             "epoch": self.epoch,
             "optimizer_steps": self.step,
             "metrics": self.last_epoch_record,
@@ -1020,6 +1028,7 @@ class _Trainer:
             "final_val_top1_1view": self.last_epoch_record.get("val_top1_1view"),
             "train_clips": len(self.train_ds),
             "classes": len(self.classes),
+            "classes_without_training_videos": [c for c, n in zip(self.classes, self.train_class_videos) if not n],
             "seed": self.opts.seed,
             "init_from": self.opts.init_from,
             "init_from_sha256": self.init_from_sha256,

@@ -26,6 +26,15 @@ def _fmt(value: Any, digits: int | None = None) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _class_counts(val_only: Any, train_only: Any) -> str:
+    """'1 / 0', or '—' where the evaluation could not tell (an empty count)."""
+    import pandas as pd
+
+    if pd.isna(val_only) or pd.isna(train_only):
+        return "—"
+    return f"{int(val_only)} / {int(train_only)}"
+
+
 def _fmt_gflops(g: float) -> str:
     return f"{g:.1f}" if g >= 10 else f"{g:.4g}"
 
@@ -55,6 +64,8 @@ def to_markdown(df: pd.DataFrame) -> str:
         "Train h",
         "Checkpoint sha256",
         "Checkpoint source",
+        "Val-only / train-only classes",
+        "Top-1 (trained classes)",
     ]
     lines = [
         f"# Model zoo: {dataset}" if dataset else "# Model zoo",
@@ -62,8 +73,10 @@ def to_markdown(df: pd.DataFrame) -> str:
         "Accuracies in percent. Top-1/top-5 fuse the views by averaging logits; the softmax column "
         "averages probabilities instead; the 1- and 3-view columns score the same videos with 1 and 3 "
         "views. Δ is our top-1 minus the paper's. Failed videos are missing, unpackable or unreadable "
-        "validation videos; they are not counted in the accuracy. Every number is traced to its input "
-        "file in `model_zoo.sources.json`.",
+        "validation videos; they are not counted in the accuracy. Val-only classes have validation videos "
+        "but no training video: their videos count as errors, and the last column gives the top-1 without "
+        "them (— where the checkpoint does not say what it was trained on). Every number is traced to its "
+        "input file in `model_zoo.sources.json`.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 4 else "---:" for i in range(len(header))) + "|",
@@ -93,6 +106,8 @@ def to_markdown(df: pd.DataFrame) -> str:
             _fmt(r["train_hours"], 3),
             f"`{str(r['checkpoint_sha256'])[:12]}`",
             _fmt(r["checkpoint_source"]),
+            _class_counts(r["val_only_classes"], r["train_only_classes"]),
+            _fmt(r["top1_trained_classes"], 2),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -66,7 +66,13 @@ COLUMNS: tuple[str, ...] = (
     "train_torch",
     "eval_commit",
     "eval_torch",
+    "val_only_classes",
+    "train_only_classes",
+    "top1_trained_classes",
 )
+
+# Counts that are empty (not 0) where the evaluation could not tell: written as integers.
+COUNT_COLUMNS = ("val_only_classes", "train_only_classes")
 
 METRICS_KEYS: tuple[str, ...] = (
     "model",
@@ -133,6 +139,12 @@ COLUMN_SOURCES: dict[str, str] = {
     "train_torch": "train_summary:provenance:software:torch",
     "eval_commit": "metrics:provenance:tokshift:commit (as train_commit)",
     "eval_torch": "metrics:provenance:software:torch",
+    "val_only_classes": "metrics:class_coverage:val_only, counted: classes with validation videos but no training "
+    "video (scored, never learnt); empty when the checkpoint records no training videos per class",
+    "train_only_classes": "metrics:class_coverage:train_only, counted: classes with training videos but no "
+    "validation video (not measured); empty as val_only_classes",
+    "top1_trained_classes": "metrics:class_coverage:top1_trained_classes: top-1 over the videos of the classes "
+    "with training videos; empty as val_only_classes",
 }
 
 # A released checkpoint's row: what differs from COLUMN_SOURCES.
@@ -349,6 +361,25 @@ def _model_row(
         "checkpoint_source": origin["checkpoint_source"],
         **{k: origin[k] for k in ("trained_on", "train_commit", "train_torch")},
         **_provenance_columns("eval", metrics.get("provenance")),
+        **_coverage_columns(metrics.get("class_coverage"), m_file),
+    }
+
+
+def _coverage_columns(block: dict[str, Any] | None, m_file: Path) -> dict[str, Any]:
+    """The one-split class counts and the top-1 without the untrained classes (None: not known)."""
+    if not block:  # a checkpoint without its training videos per class, or metrics from before the block
+        return {"val_only_classes": None, "train_only_classes": None, "top1_trained_classes": math.nan}
+    if not isinstance(block.get("val_only"), list) or not isinstance(block.get("train_only"), list):
+        raise ResultsError(
+            f"{m_file}: class_coverage lacks its val_only and train_only lists; rerun the `evaluate` rule"
+        )
+    top1 = block.get("top1_trained_classes")
+    return {
+        "val_only_classes": len(block["val_only"]),
+        "train_only_classes": len(block["train_only"]),
+        "top1_trained_classes": round(_num(top1, m_file, "class_coverage.top1_trained_classes"), 2)
+        if top1 is not None
+        else math.nan,
     }
 
 
@@ -403,7 +434,7 @@ def collect(
             "train_provenance": t_data.get("provenance"),
             "eval_provenance": m_data.get("provenance"),
         }
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "Int64" for c in COUNT_COLUMNS})
     df.attrs["dataset"] = dataset
     df.attrs["sources"] = sources
     return df
@@ -495,7 +526,7 @@ def collect_released(
             "import_provenance": c_data.get("provenance"),
             "eval_provenance": m_data.get("provenance"),
         }
-    df = pd.DataFrame(rows, columns=list(COLUMNS))
+    df = pd.DataFrame(rows, columns=list(COLUMNS)).astype({c: "Int64" for c in COUNT_COLUMNS})
     df.attrs["dataset"] = dataset
     df.attrs["sources"] = all_sources
     df.attrs["column_sources"] = {**COLUMN_SOURCES, **RELEASED_COLUMN_SOURCES}

@@ -126,6 +126,14 @@ def _register_per_class(subparsers: argparse._SubParsersAction) -> None:  # type
         help="class names, one per line, to list every class in this order (default: the true labels "
         "that occur, sorted)",
     )
+    p.add_argument(
+        "--metrics",
+        type=file_path,
+        default=None,
+        metavar="FILE",
+        help="metrics.json of the evaluation, whose class_coverage marks the classes without training videos "
+        "(default: metrics.json beside --predictions, when it exists)",
+    )
     p.add_argument("--csv", required=True, type=file_path, help="per-class table to write, e.g. per_class.csv")
     p.add_argument("--plot", required=True, type=file_path, help="confusion figure (PNG) to write")
     p.add_argument("--title", default="per class", help="figure title (e.g. the model's name)")
@@ -230,6 +238,7 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _per_class(args: argparse.Namespace) -> int:
+    from tokshift.data.coverage import read_val_only
     from tokshift.viz.per_class import per_class_table, read_predictions, render_confusions
 
     pred = read_predictions(args.predictions)
@@ -238,13 +247,21 @@ def _per_class(args: argparse.Namespace) -> int:
         unknown = sorted(set(pred["label"]) - set(classes))
         if unknown:
             raise BadInput(f"{args.predictions} has labels {unknown[:5]} that are not in --classes {args.classes}")
-    table = per_class_table(pred, classes)
+    beside = Path(args.predictions).with_name("metrics.json")
+    metrics = args.metrics or (beside if beside.is_file() else None)
+    val_only = read_val_only(metrics) if metrics is not None else None
+    table = per_class_table(pred, classes, val_only)
     Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.csv, index=False, float_format="%.4f")
     Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
-    render_confusions(pred, list(table["class"]), args.title).savefig(args.plot, format="png", bbox_inches="tight")
+    figure = render_confusions(pred, list(table["class"]), args.title, val_only or ())
+    figure.savefig(args.plot, format="png", bbox_inches="tight")
     print(args.csv)
     print(args.plot)
+    if val_only is None:
+        print("classes without training videos: not known (no class_coverage in the evaluation's metrics.json)")
+    elif val_only:
+        print(f"classes without training videos, marked (untrained): {', '.join(val_only)}")
     return 0
 
 
