@@ -83,6 +83,8 @@ rule summarize_frames:
         index=f"{RESULTS}/index/{{split}}.csv",
         missing=f"{RESULTS}/index/{{split}}.missing.csv",
         shards=lambda wildcards: shard_paths(wildcards.split),
+        # The other split's index: the summary names the classes with videos in one split only.
+        other_index=lambda wildcards: f"{RESULTS}/index/{'val' if wildcards.split == 'train' else 'train'}.csv",
     output:
         f"{RESULTS}/frames/{{split}}/summary.json",
     log:
@@ -97,5 +99,5 @@ rule summarize_frames:
     params:
         shards_dir=f"{RESULTS}/frames/{{split}}",
     shell:
-        "python -m tokshift summarize --index {input.index:q} --shards-dir {params.shards_dir:q}"
-        " --out {output:q} > {log:q} 2>&1"
+        "python -m tokshift summarize --index {input.index:q} --other-index {input.other_index:q}"
+        " --shards-dir {params.shards_dir:q} --out {output:q} > {log:q} 2>&1"

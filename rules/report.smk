@@ -84,6 +84,8 @@ rule per_class:
     """Each class's videos, top-1, top-5 and most confused class, recomputed from predictions.csv."""
     input:
         predictions=f"{RESULTS}/eval/{{model}}/predictions.csv",
+        # Its class_coverage marks the classes the model had no training video of.
+        metrics=f"{RESULTS}/eval/{{model}}/metrics.json",
         classes=f"{RESULTS}/index/val.classes.txt",
     output:
         csv=report(
@@ -110,8 +112,8 @@ rule per_class:
     resources:
         **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     shell:
-        "python -m tokshift per-class --predictions {input.predictions:q} --classes {input.classes:q}"
-        " --csv {output.csv:q} --plot {output.plot:q} --title {wildcards.model} > {log:q} 2>&1"
+        "python -m tokshift per-class --predictions {input.predictions:q} --metrics {input.metrics:q}"
+        " --classes {input.classes:q} --csv {output.csv:q} --plot {output.plot:q} --title {wildcards.model} > {log:q} 2>&1"
 
 
 rule training_curves:
