@@ -229,6 +229,27 @@ def test_a_missing_file_the_command_opens_is_bad_input_naming_it(
     assert err == f"tokshift per-class: error: {tmp_path / 'classes.txt'}: no such file or folder; check the path"
 
 
+@pytest.mark.parametrize(
+    "content, text",
+    [
+        ("", "is empty (not even a header line)"),
+        (PREDICTIONS_HEADER, "holds no evaluated video"),
+        (PREDICTIONS_HEADER + "v1,a,a,b,c,d,e,video unreadable\n", "holds no evaluated video"),
+    ],
+)
+def test_per_class_of_a_predictions_csv_without_videos_is_one_line_naming_it(
+    content: str, text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An empty file, a header alone or only failed videos: nothing to tabulate, said in one line, no table."""
+    predictions = _write(tmp_path / "predictions.csv", content)
+    argv = ["--predictions", str(predictions), "--csv", str(tmp_path / "pc.csv"), "--plot", str(tmp_path / "pc.png")]
+    assert main(["per-class", *argv]) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"tokshift per-class: error: {predictions} ")
+    assert text in err and "tokshift evaluate" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.csv"]
+
+
 BUG_RUN = """
 import sys
 import tokshift.data.sources as sources

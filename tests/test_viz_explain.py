@@ -184,3 +184,31 @@ def test_explain_command_writes_the_figure(tmp_path: Path, capsys: pytest.Captur
     assert "--out names the figure of a single VIDEO" in capsys.readouterr().err
     assert main(["explain", "--checkpoint", str(ckpt), "--pick-from", str(out)]) == 2
     assert "--shards" in capsys.readouterr().err
+
+
+def test_explain_of_what_is_no_video_is_one_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A text file, an empty file, a folder or a missing path given as VIDEO: bad input (exit 2) in one
+    line that names it, no traceback, no figure."""
+    import torch
+
+    from tokshift.cli import main
+
+    trained = _trained("demo_vit")
+    ckpt = tmp_path / "model.pt"
+    torch.save({"model": trained.model.state_dict(), "config": trained.config.to_dict(), "classes": CLASSES}, ckpt)
+    (tmp_path / "notes.txt").write_text("not a video\n")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "clips").mkdir()
+    cases = {
+        "notes.txt": "is not a video ffmpeg can decode",
+        "empty.mp4": "is not a video ffmpeg can decode",
+        "clips": "is a folder, not a video file",
+        "missing.mp4": "not found; check the path",
+    }
+    for name, text in cases.items():
+        video = str(tmp_path / name)
+        assert main(["explain", video, "--checkpoint", str(ckpt), "--out-dir", str(tmp_path / "figs")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("tokshift explain: error: ") and video in err
+        assert text in err and "Traceback" not in err
+    assert not (tmp_path / "figs").exists()

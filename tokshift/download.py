@@ -42,7 +42,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from tokshift.errors import BadInput, DataDamaged, RetryLater, TokshiftError
-from tokshift.fileio import atomic_write_text, sha256_file
+from tokshift.fileio import atomic_write_text, refuse_output_over_input, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,6 @@ def part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
 
 
-def _default_config_key(dest: Path) -> str:
-    return f"weights.{dest.stem}.sha256"
-
-
 #: Retries after a dropped connection or a 5xx, the first delay between them (it doubles), and the
 #: socket timeout: the defaults of every download, and of `tokshift download`'s options.
 RETRIES = 5
@@ -134,31 +130,40 @@ def download(
     *,
     config_key: str | None = None,
     backoff: float = BACKOFF_SECONDS,
-    url_key: str = "weights.<backbone>.url",
+    url_key: str | None = None,
 ) -> str:
     """Fetch ``url`` to ``dest`` resumably, verify it, and return its hex sha256.
 
     ``url`` may be ``http(s)://``, ``file://`` or a plain local path.  Bytes go to
     ``<dest>.part`` (resumed with ``Range`` on the next call or retry) and are
     renamed into place only after the sha256 matches ``sha256`` (when given).
-    The digest is always recorded in ``<dest>.sha256``.  ``config_key`` names the
-    setting to fix on a mismatch (default ``weights.<dest stem>.sha256``);
-    ``backoff`` is the first retry delay in seconds (doubled each time, max 60);
-    ``url_key`` names the setting that holds ``url`` in errors about an unreachable file.
+    The digest is always recorded in ``<dest>.sha256``.  ``config_key`` is the config
+    setting that holds the expected sha256 (``weights.<backbone>.sha256``,
+    ``released.<model>.sha256``), named in checksum messages; ``url_key`` the one that holds
+    ``url``, named when it is unreachable. Without them a message names no setting (the CVDF
+    files have no sha256 setting: their hash is only recorded).
+    ``backoff`` is the first retry delay in seconds (doubled each time, max 60).
     ``progress`` None shows the bar only when stderr is a terminal.
     """
     dest = Path(dest)
     expected = normalise_sha256(sha256)
-    key = config_key or _default_config_key(dest)
+    key = config_key or None
     if retries < 0:
         raise BadInput(f"retries must be >= 0, got {retries}")
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("file", ""):  # a local source is never its own destination (nor the .part beside it)
+        try:
+            source: Path | None = _local_path(url)
+        except DownloadRefused:
+            source = None  # a file URL naming a host: reported when the copy starts
+        refuse_output_over_input(dest, [source], name="--out")
+        refuse_output_over_input(part_path(dest), [source], name="the partial file of --out")
     dest.parent.mkdir(parents=True, exist_ok=True)
 
     if dest.exists():
         return _accept_existing(dest, expected, key)
 
     part = part_path(dest)
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
     if scheme in ("http", "https"):
         _fetch_http(url, part, retries=retries, timeout=timeout, progress=progress, backoff=backoff, url_key=url_key)
     elif scheme in ("file", ""):
@@ -172,42 +177,58 @@ def download(
     if expected is not None and actual != expected:
         part.unlink(missing_ok=True)
         raise ChecksumMismatch(
-            f"sha256 mismatch for {url}: expected {expected} ({key}), got {actual}. "
+            f"sha256 mismatch for {url}: expected {expected} ({key or 'the sha256 given'}), got {actual}. "
             f"The partial file was deleted and nothing was written to {dest}. "
-            f"If the file changed upstream on purpose, set {key} to {actual}; otherwise retry."
+            f"If the file changed upstream on purpose, {_pin(key, actual)}; otherwise retry."
         )
-    if expected is None:
-        log.info("no sha256 configured for %s; recorded %s (pin it as %s)", dest, actual, key)
     os.replace(part, dest)
-    write_sha256_record(dest, actual)
+    record = write_sha256_record(dest, actual)
+    if expected is None:
+        log.info("%s", _recorded(dest, actual, record, key))
     return actual
 
 
-def _accept_existing(dest: Path, expected: str | None, key: str) -> str:
+def _pin(key: str | None, actual: str) -> str:
+    """What to change to expect `actual` from now on."""
+    return f"set {key} in config.yaml to {actual}" if key else f"expect {actual} instead (--sha256)"
+
+
+def _recorded(dest: Path, actual: str, record: Path, key: str | None) -> str:
+    """The log line of a download no sha256 was given for: where its hash went, and where to pin it."""
+    if key:
+        return f"no sha256 configured for {dest} ({key} is empty); recorded {actual} in {record}: set {key} to it"
+    return f"{dest} has no configured sha256 (no config setting holds one); its sha256 {actual} is recorded in {record}"
+
+
+def _accept_existing(dest: Path, expected: str | None, key: str | None) -> str:
     """A file already at ``dest`` (e.g. put there by hand) is kept only if it verifies."""
     actual = sha256_file(dest)
     if expected is not None and actual != expected:
         raise ChecksumMismatch(
-            f"{dest} already exists but its sha256 is {actual}, expected {expected} ({key}). "
-            f"Delete {dest} to download it again, or set {key} to {actual} if this file is the right one."
+            f"{dest} already exists but its sha256 is {actual}, expected {expected} ({key or 'the sha256 given'}). "
+            f"Delete {dest} to download it again, or {_pin(key, actual)} if this file is the right one."
         )
     write_sha256_record(dest, actual)
     log.info("%s already present (sha256 %s)", dest, actual)
     return actual
 
 
-def _local_source(url: str, url_key: str) -> Path:
+def _local_path(url: str) -> Path:
+    """The file a file:// URL or a plain path names (not checked)."""
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme.lower() == "file":
         if parsed.netloc not in ("", "localhost"):
             raise DownloadRefused(f"file URL {url!r} names host {parsed.netloc!r}; use file:///absolute/path")
-        src = Path(urllib.request.url2pathname(parsed.path))
-    else:
-        src = Path(url).expanduser()
+        return Path(urllib.request.url2pathname(parsed.path))
+    return Path(url).expanduser()
+
+
+def _local_source(url: str, url_key: str | None) -> Path:
+    src = _local_path(url)
     if not src.is_file():
+        fix = f"fix {url_key} in config.yaml" if url_key else "check the path"
         raise DownloadRefused(
-            f"local file {src} (from {url!r}) does not exist or is not a file; "
-            f"fix {url_key} in config.yaml or copy the file there"
+            f"local file {src} (from {url!r}) does not exist or is not a file; {fix} or copy the file there"
         )
     return src
 
@@ -240,7 +261,7 @@ def _bar(part: Path, total: int | None, initial: int, progress: bool | None) -> 
 
 
 def _fetch_http(
-    url: str, part: Path, retries: int, timeout: float, progress: bool | None, backoff: float, url_key: str
+    url: str, part: Path, retries: int, timeout: float, progress: bool | None, backoff: float, url_key: str | None
 ) -> None:
     """Fill ``part`` with the full body of ``url``, resuming and retrying as needed."""
     attempt = 0
@@ -275,7 +296,7 @@ def _parse_content_range(value: str | None) -> tuple[int | None, int | None]:
     return start, total
 
 
-def _http_attempt(url: str, part: Path, timeout: float, progress: bool | None, url_key: str) -> None:
+def _http_attempt(url: str, part: Path, timeout: float, progress: bool | None, url_key: str | None) -> None:
     """One request: resume from the part's size; raise _Retryable on transient failure."""
     offset = part.stat().st_size if part.exists() else 0
     headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
@@ -337,7 +358,7 @@ def _stream(response: http.client.HTTPResponse, fh: BinaryIO, bar: tqdm) -> int:
     return received
 
 
-def _handle_http_error(url: str, part: Path, offset: int, err: urllib.error.HTTPError, url_key: str) -> None:
+def _handle_http_error(url: str, part: Path, offset: int, err: urllib.error.HTTPError, url_key: str | None) -> None:
     """Turn an HTTP error status into: done (416 on a complete part), fatal, or retryable."""
     status = err.code
     if status == 416 and offset > 0:
@@ -350,9 +371,13 @@ def _handle_http_error(url: str, part: Path, offset: int, err: urllib.error.HTTP
         raise _Retryable("range not satisfiable; restarting from byte 0")
     err.close()
     if status in FATAL_STATUSES or (400 <= status < 500 and status not in (408, 425, 429)):
-        raise DownloadRefused(
-            f"HTTP {status} {err.reason} for {url}. Check {url_key} in config.yaml, "
-            "or download the file yourself and put it at the output path (or point the url at it "
-            "with file:///path)."
-        )
+        dest = part.with_name(part.name[: -len(".part")]) if part.name.endswith(".part") else part
+        if url_key:
+            fix = (
+                f"Check {url_key} in config.yaml (it holds this URL), or download the file yourself and put "
+                f"it at {dest} (or set {url_key} to its path or file:///path)."
+            )
+        else:
+            fix = f"Check the URL, or download the file yourself and put it at {dest}."
+        raise DownloadRefused(f"HTTP {status} {err.reason} for {url}. {fix}")
     raise _Retryable(f"HTTP {status} {err.reason}")

@@ -5,7 +5,11 @@ that is flushed, fsynced and renamed onto it, so a crash, a preemption or a full
 disk never leaves a half-written file that a later step would trust. The temporary
 is created with mode 0o666, like any file a shell or a tool writes, so the umask (or the
 folder's default ACL) decides who may read the output: 0644 under umask 022, 0640 under
-027. Only the standard library is imported here; torch is imported when a tensor is saved.
+027. Only the standard library (and tokshift.errors) is imported here; torch is imported when a
+tensor is saved.
+
+No command may overwrite its own input: `refuse_output_over_input` is called by every command
+before it writes, so `--out X` naming an input X fails at once and leaves X as it was.
 """
 
 from __future__ import annotations
@@ -18,19 +22,25 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from tokshift.errors import BadInput
 
 __all__ = [
     "FILE_MODE",
     "atomic_folder",
     "atomic_path",
+    "atomic_savefig",
     "atomic_torch_save",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "create_beside",
+    "refuse_folder_over_input",
+    "refuse_output_over_input",
+    "refuse_shared_outputs",
     "sha256_file",
 ]
 
@@ -159,6 +169,15 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None
     atomic_write_text(path, json.dumps(obj, indent=indent, ensure_ascii=False) + "\n")
 
 
+def atomic_savefig(fig: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
+    """`fig.savefig` (a matplotlib Figure) atomically; `format` defaults to the file's extension."""
+    path = Path(path)
+    kwargs.setdefault("format", path.suffix.lstrip(".").lower() or "png")
+    with atomic_path(path, suffix=path.suffix or ".png") as tmp:
+        fig.savefig(tmp, **kwargs)
+    return path
+
+
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str]) -> str:
     """`torch.save` atomically; returns the sha256 of what was written (hashed while writing)."""
     import torch
@@ -208,3 +227,83 @@ def new_stale_folder(folder: Path) -> Path:
         dest = folder / f"stale-{stamp}-{n}"
     dest.mkdir(parents=True)
     return dest
+
+
+PathArg = str | os.PathLike[str]
+
+
+def _same_inode(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either is missing: not one file
+        return False
+
+
+def refuse_output_over_input(
+    output: PathArg,
+    inputs: Iterable[PathArg | None],
+    *,
+    name: str = "the output",
+    folder: bool = False,
+    fix: str = "",
+) -> None:
+    """Raise BadInput when writing `output` would overwrite or remove one of `inputs`.
+
+    A file output is refused when it is an input: the same path once symlinks and `..` are
+    resolved, or the same file under another name (a hard link; an atomic rename would leave
+    the other name with the old bytes and the command's record of its input wrong). With
+    `folder`, `output` is a folder whose contents the command writes, replaces or removes,
+    and it is also refused when it holds an input. `name` is the option that named `output`,
+    `fix` what the message tells to do (default: choose another output, or folder).
+    """
+    out = os.path.realpath(output)
+    for given in inputs:
+        if given is None or str(given) == "":
+            continue
+        inp = os.path.realpath(given)
+        if inp == out:
+            same = f"is the input {given}" if str(given) == str(output) else f"is the input {given} (the same file)"
+            raise BadInput(
+                f"{name} {output} {same}; writing it would destroy the input: {fix or 'choose another output'}"
+            )
+        if folder and Path(inp).is_relative_to(out):
+            raise BadInput(
+                f"{name} {output} contains the input {given}, which writing it could overwrite or remove: "
+                f"{fix or 'choose an output folder that holds no input'}"
+            )
+        if not folder and _same_inode(out, inp):
+            raise BadInput(
+                f"{name} {output} is a hard link to the input {given} (one file under two names); writing it "
+                f"would replace the input: {fix or 'choose another output'}"
+            )
+
+
+def refuse_folder_over_input(
+    folder: PathArg,
+    inputs: Iterable[PathArg | None],
+    *,
+    name: str,
+    files: Iterable[str] = (),
+    subfolders: Iterable[str] = (),
+) -> None:
+    """`refuse_output_over_input` for a command that writes `files` into `folder` and replaces or
+    empties its `subfolders`: an input anywhere else in `folder` is left alone, so it is allowed."""
+    given = [i for i in inputs if i is not None and str(i) != ""]
+    fix = f"choose another {name} than {folder}, or move the input out of it"
+    refuse_output_over_input(folder, given, name=name, fix=fix)
+    for file in files:
+        refuse_output_over_input(Path(folder) / file, given, name=f"{name}'s", fix=fix)
+    for sub in subfolders:
+        refuse_output_over_input(Path(folder) / sub, given, name=f"{name}'s", folder=True, fix=fix)
+
+
+def refuse_shared_outputs(outputs: Mapping[str, PathArg | None]) -> None:
+    """Raise BadInput when two options name one output file: the second write would replace the first."""
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        if path is None or str(path) == "":
+            continue
+        real = os.path.realpath(path)
+        if real in seen:
+            raise BadInput(f"{seen[real]} and {option} both name {path}; give each output a file of its own")
+        seen[real] = option

@@ -15,6 +15,7 @@ import torch
 
 from tokshift.checkpoints import NPZ, open_checkpoint
 from tokshift.engine.loading import TrainedModel, build_model, load_state, trained_from_checkpoint
+from tokshift.errors import BadInput, InputMissing
 from tokshift.settings import default
 from tokshift.zoo import get_config
 
@@ -62,8 +63,10 @@ def _frames(video: str | Path | np.ndarray, short_side: int, resize: str) -> np.
     if isinstance(video, (str, Path)):
         from tokshift.engine.predict import decode_for_views
 
+        if Path(video).is_dir():
+            raise BadInput(f"video {video} is a folder, not a video file; give the video files inside it")
         if not Path(video).is_file():
-            raise FileNotFoundError(f"video {video} not found")
+            raise InputMissing(f"video {video} not found; check the path")
         frames, _log = decode_for_views(str(video), short_side, float(default("frames", "timeout")), resize)
         return frames
     arr = np.asarray(video)

@@ -65,9 +65,18 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_index_over_inputs(out: str, inputs: list[Any]) -> None:
+    """The index CSV and the two files written beside it never replace the config or an annotation file."""
+    from tokshift.data.sources import classes_path, missing_path
+    from tokshift.fileio import refuse_output_over_input
+
+    for path in (out, missing_path(out), classes_path(out)):
+        refuse_output_over_input(path, inputs, name="--out" if path == out else "the file written beside --out")
+
+
 def run_index(args: argparse.Namespace) -> int:
     """``tokshift index``: index one split of a dataset."""
-    from tokshift.data.sources import build_index, write_index
+    from tokshift.data.sources import annotation_files, build_index, write_index
 
     _setup_logging()
     shards = args.shards
@@ -89,6 +98,7 @@ def run_index(args: argparse.Namespace) -> int:
             shards = int((cfg.get("frames") or {}).get("shards", default("frames", "shards")))
     else:
         raise BadInput("give --config (with --dataset) or --spec-json")
+    _refuse_index_over_inputs(args.out, [args.config, *annotation_files(spec)])
     result = build_index(spec, args.split, int(shards or default("frames", "shards")))
     out, miss, cls = write_index(result, args.out)
     log.info(
@@ -135,6 +145,19 @@ def run_pack(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_summary_over_inputs(out: str, index: Path, shards: Any, other: Path | None) -> None:
+    """The summary never replaces a file it is made from: the indexes, a shard or a shard's CSVs."""
+    from tokshift.data.pack import listing_path_for
+    from tokshift.data.sources import classes_path, missing_path
+    from tokshift.data.summary import failures_path_for
+    from tokshift.fileio import refuse_output_over_input
+
+    files = sorted(Path(shards).glob("*.lmdb")) if isinstance(shards, str) else [Path(s) for s in shards]
+    inputs = [index, missing_path(index), classes_path(index), other, *([shards] if isinstance(shards, str) else [])]
+    inputs += [p for shard in files for p in (shard, failures_path_for(shard), listing_path_for(shard))]
+    refuse_output_over_input(out, inputs, name="--out")
+
+
 def run_summarize(args: argparse.Namespace) -> int:
     """``tokshift summarize``: per-split summary JSON."""
     from tokshift.data.summary import coverage_warnings, other_split_index, summarize_split, write_summary
@@ -144,6 +167,8 @@ def run_summarize(args: argparse.Namespace) -> int:
     if not shards:
         raise BadInput("give --shards-dir or --shards")
     other = args.other_index if args.other_index is not None else other_split_index(args.index)
+    if args.out:
+        _refuse_summary_over_inputs(args.out, args.index, shards, other)
     summary = summarize_split(args.index, shards, other)
     if args.out:
         write_summary(summary, args.out)

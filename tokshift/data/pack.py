@@ -37,9 +37,10 @@ from tqdm import tqdm
 
 from tokshift.data.decode import DEFAULT_TIMEOUT, VideoDecodeError, VideoFrames
 from tokshift.data.jpeg import encode_yuv420, jpeg_size
-from tokshift.data.sources import IndexRow, iter_index, read_classes
+from tokshift.data.sources import IndexRow, classes_path, iter_index, read_classes
 from tokshift.data.store import ShardWriter
 from tokshift.errors import BadInput, RetryLater
+from tokshift.fileio import atomic_path, refuse_output_over_input, refuse_shared_outputs
 
 __all__ = [
     "FAILURE_COLUMNS",
@@ -221,17 +222,13 @@ def _write_failures(path: Path, failures: list[dict[str, str]]) -> None:
 
 
 def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)  # e.g. a full disk: leave nothing half-written behind
-        raise
+    """Atomically (a failure, e.g. a full disk, leaves the old file and no temporary)."""
+    with atomic_path(path, suffix=".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 def read_failures(path: str | os.PathLike[str]) -> list[dict[str, str]]:
@@ -409,6 +406,12 @@ def pack_shard(
     splits = sorted(split_names)
     if failures is None:
         failures = Path(out).with_suffix(".failures.csv")
+    listing = listing if listing is not None else listing_path_for(out)
+    outputs = {"--out": out, "--failures": failures, "--videos": listing}
+    refuse_shared_outputs(outputs)
+    inputs = [index, classes_path(index), *(r.path for r in rows)]
+    for option, path in outputs.items():
+        refuse_output_over_input(path, inputs, name=option)
     attrs = {"shard": int(shard), "split": splits[0] if len(splits) == 1 else ",".join(splits)}
     return pack_rows(
         rows,

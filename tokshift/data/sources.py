@@ -35,6 +35,7 @@ __all__ = [
     "IndexResult",
     "IndexRow",
     "MissingRow",
+    "annotation_files",
     "build_index",
     "classes_path",
     "missing_path",
@@ -397,6 +398,23 @@ def build_index(spec: Mapping[str, Any], split: str, shards: int) -> IndexResult
     if kind == "frames":
         return _index_frames(spec, split, shards)
     raise DatasetSpecError(f"unknown dataset kind {spec['kind']!r}; use demo, kinetics, csv or frames")
+
+
+def annotation_files(spec: Mapping[str, Any]) -> list[Path]:
+    """The files a dataset description names for `build_index` to read (whether they exist or not),
+    so `tokshift index --out` can be refused where it would overwrite one of them."""
+    if not isinstance(spec, Mapping):
+        return []
+    kind = str(spec.get("kind", "")).lower()
+    found: list[Path] = []
+    if kind == "demo" and spec.get("root"):
+        found += [Path(str(spec["root"])).expanduser() / f"{s}.csv" for s in SPLITS]
+    for key in ("splits", "annotations", "lists"):
+        if isinstance(spec.get(key), Mapping):
+            found += [Path(str(v)).expanduser() for v in spec[key].values() if v]
+    if spec.get("classes"):
+        found.append(Path(str(spec["classes"])).expanduser())
+    return found
 
 
 def missing_path(index_csv: str | os.PathLike[str]) -> Path:

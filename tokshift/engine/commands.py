@@ -121,7 +121,9 @@ def _read_classes(path: Path | None) -> list[str] | None:
 
 def _import_original(args: argparse.Namespace) -> int:
     from tokshift.engine.loading import import_original
+    from tokshift.fileio import refuse_output_over_input
 
+    refuse_output_over_input(args.out, [args.source, args.classes], name="--out")
     done = import_original(
         args.source, args.model, args.out, classes=_read_classes(args.classes), class_order=args.class_order
     )
@@ -169,9 +171,19 @@ def _views(p: argparse.ArgumentParser) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from tokshift.engine.final_copy import FINAL_DIR
     from tokshift.engine.runtime import parse_overrides
     from tokshift.engine.train import TrainOptions, train
+    from tokshift.fileio import refuse_folder_over_input
 
+    # What a training replaces in its folder (and resume/, final/, events/, which it empties).
+    refuse_folder_over_input(
+        args.out_dir,
+        [args.init_from, *args.train_shards, *args.val_shards],
+        name="--out-dir",
+        files=("model.pt", "train_summary.json", "metrics.jsonl"),
+        subfolders=("resume", FINAL_DIR, "events"),
+    )
     opts = options_from_args(
         TrainOptions,
         args,
@@ -184,7 +196,16 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from tokshift.engine.evaluate import EvalOptions, run_evaluation
+    from tokshift.fileio import refuse_folder_over_input
 
+    # What an evaluation replaces in its folder (and partial/, whose records it moves and removes).
+    refuse_folder_over_input(
+        args.out_dir,
+        [args.checkpoint, *args.shards, args.classes],
+        name="--out-dir",
+        files=("metrics.json", "predictions.csv"),
+        subfolders=(PARTIAL,),
+    )
     return run_evaluation(
         options_from_args(EvalOptions, args, classes=_read_classes(args.classes), progress=progress_bar(args.progress))
     )

@@ -34,7 +34,13 @@ from tokshift.export import (
     find_export,
     safetensors_bytes,
 )
-from tokshift.fileio import atomic_folder, atomic_write_bytes, atomic_write_text, sha256_file
+from tokshift.fileio import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+    refuse_output_over_input,
+    sha256_file,
+)
 
 __all__ = ["TABLE_FILE", "Exported", "default_table", "export_model", "model_card", "table_row"]
 
@@ -281,6 +287,7 @@ def export_model(
     if not src.exists():
         raise InputMissing(f"checkpoint {src} not found; train the model first (tokshift train)")
     _check_out_dir(src, out)
+    refuse_output_over_input(out, [results], name="--out-dir", folder=True)  # the table the card reads
     ckpt = open_checkpoint(src)
     if ckpt.kind not in (TOKSHIFT, EXPORT):
         raise BadInput(

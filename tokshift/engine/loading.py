@@ -29,7 +29,7 @@ from tokshift.checkpoints import (
     open_checkpoint,
 )
 from tokshift.errors import BadInput, InputMissing
-from tokshift.fileio import atomic_torch_save, sha256_file
+from tokshift.fileio import atomic_torch_save, refuse_output_over_input, sha256_file
 from tokshift.models import VideoVisionTransformer
 from tokshift.zoo import ZooConfig, get_config, zoo_names
 
@@ -226,6 +226,7 @@ def import_original(
     from tokshift.engine.class_order import head_rows
 
     src, out = Path(src), Path(out)
+    refuse_output_over_input(out, [src], name="--out")
     ckpt = open_checkpoint(src)
     if ckpt.kind != ORIGINAL:
         raise CheckpointFormatError(f"{src} is a {ckpt.description}, not a checkpoint of the original TokShift")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tokshift.errors import BadInput
+from tokshift.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -153,4 +154,4 @@ def truncate_after(path: Path, step: int) -> None:
     keep = [r for r in read_jsonl(path) if int(r.get("step", 0)) <= step]
     if step == 0:
         keep = []
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in keep))  # a kill mid-write keeps the old log

@@ -52,7 +52,12 @@ def _fetch_options(p: argparse.ArgumentParser, delete_help: str) -> None:
         f"{delete_help} (bare --delete-archive: true)",
     )
     _download_options(p, retries=definition_default("cvdf", "retries"), backoff=definition_default("cvdf", "backoff"))
-    p.add_argument("--url-key", default="cvdf", help="config key named when a URL is unreachable")
+    p.add_argument(
+        "--url-key",
+        default=None,
+        help="config key that holds the URL (or the part list naming it), named when it is unreachable "
+        "(default: none named)",
+    )
     add_progress(p)
 
 
@@ -104,9 +109,11 @@ def run_fetch_replacement(args: argparse.Namespace) -> int:
 
     from tokshift.download import download
     from tokshift.fetch.cvdf import apply_replacement
+    from tokshift.fileio import refuse_shared_outputs
 
     _setup_logging()
     archive = Path(args.archive)
+    refuse_shared_outputs({"--archive": archive, "--marker": args.marker})
     download(
         args.url,
         archive,
@@ -143,8 +150,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="expected hex sha256; '' for none (default: record it on first download)",
     )
     _download_options(p)
-    p.add_argument("--url-key", default="weights.<backbone>.url", help="config key named when the URL is unreachable")
-    p.add_argument("--config-key", default=None, help="config key named in checksum errors (default: none)")
+    p.add_argument(
+        "--url-key",
+        default=None,
+        help="config key that holds --url (weights.<backbone>.url, released.<model>.source, "
+        "datasets.<name>.cvdf.<...>), named when the file is unreachable (default: none named)",
+    )
+    p.add_argument(
+        "--config-key",
+        default=None,
+        help="config key that holds --sha256 (weights.<backbone>.sha256, released.<model>.sha256), named in "
+        "checksum messages (default: none; the hash is recorded in OUT.sha256 only)",
+    )
     add_progress(p)
     p.set_defaults(func=run_download)
 

@@ -26,7 +26,7 @@ from typing import Any
 from tokshift.data.sources import VIDEO_EXTENSIONS, scan_videos
 from tokshift.download import BACKOFF_SECONDS, RETRIES, TIMEOUT_SECONDS, DownloadError, download
 from tokshift.errors import BadInput, DataDamaged, TokshiftError
-from tokshift.fileio import atomic_write_json
+from tokshift.fileio import atomic_write_json, refuse_output_over_input, refuse_shared_outputs
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -137,7 +137,7 @@ def fetch_part(
     retries: int = RETRIES,
     backoff: float = BACKOFF_SECONDS,
     timeout: float = TIMEOUT_SECONDS,
-    url_key: str = "cvdf.lists",
+    url_key: str | None = None,
     progress: bool | None = False,
 ) -> dict[str, Any]:
     """Download part ``name`` of ``list_path`` into ``archives``, extract it into ``dest``, write ``marker``.
@@ -151,6 +151,9 @@ def fetch_part(
         raise PartListError(f"part {name!r} is not in {list_path} (it lists {len(by_name)} parts)")
     part = by_name[name]
     archive = Path(archives) / os.path.basename(urllib.parse.urlsplit(part.url).path)
+    refuse_shared_outputs({"--marker": marker, "the archive": archive})
+    for option, path in (("--marker", marker), ("the archive", archive)):
+        refuse_output_over_input(path, [list_path], name=option)
     try:
         download(
             part.url, archive, retries=retries, timeout=timeout, progress=progress, backoff=backoff, url_key=url_key

@@ -78,12 +78,32 @@ def _model_source(text: str) -> tuple[str, str]:
     return model, source
 
 
+def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
+    """The table, its markdown, plot and the two files beside the CSV never replace an input or each other."""
+    from tokshift.fileio import refuse_output_over_input, refuse_shared_outputs
+    from tokshift.results.render import model_index_path, sources_path
+
+    csv = Path(args.csv)
+    outputs = {
+        "--csv": csv,
+        "--md": args.md,
+        "--plot": args.plot,
+        "the sources file beside --csv": sources_path(csv),
+        "the model index beside --csv": model_index_path(csv),
+    }
+    refuse_shared_outputs(outputs)
+    inputs = [*args.metrics, *(args.train_summaries or []), *(args.released or []), *args.checkpoints]
+    for option, path in outputs.items():
+        refuse_output_over_input(path, [*inputs, args.val_summary], name=option)
+
+
 def run_collect(args: argparse.Namespace) -> int:
     """``tokshift collect``: print the written paths; a bad input file fails naming it."""
     from tokshift.results import ResultsError, collect, collect_released, write_outputs
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _refuse_outputs_over_inputs(args)
     if args.released:
         if args.checkpoints:
             raise ResultsError("--checkpoints goes with --train-summaries; --released names the checkpoints")

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tokshift import provenance
+from tokshift.fileio import atomic_savefig, atomic_write_text
 from tokshift.results.table import COLUMN_SOURCES, COLUMNS, ResultsError
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def plot_accuracy_vs_gflops(df: pd.DataFrame, out_plot: Path) -> None:
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     out_plot.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_plot, bbox_inches="tight")
+    atomic_savefig(fig, out_plot, bbox_inches="tight")
 
 
 def sources_path(out_csv: Path) -> Path:
@@ -256,7 +257,7 @@ def write_model_index(df: pd.DataFrame, out: Path, readme: str | None = None) ->
     out.parent.mkdir(parents=True, exist_ok=True)
     text = yaml.safe_dump(model_index(df, readme), sort_keys=False, allow_unicode=True, width=120)
     header = "# The model-zoo table as a model index: every value is a cell of the table beside it.\n"
-    out.write_text(header + text, encoding="utf-8")
+    atomic_write_text(out, header + text)
     return out
 
 
@@ -268,11 +269,13 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
         raise ResultsError(f"the table lacks column(s) {missing}; build it with tokshift.results.collect")
     for p in (out_csv, out_md, out_plot):
         p.parent.mkdir(parents=True, exist_ok=True)
-    df.loc[:, list(COLUMNS)].to_csv(out_csv, index=False, na_rep="")
-    out_md.write_text(to_markdown(df))
+    # Each file is replaced whole (tokshift.fileio): a reader never sees half a table.
+    atomic_write_text(out_csv, df.loc[:, list(COLUMNS)].to_csv(index=False, na_rep=""))
+    atomic_write_text(out_md, to_markdown(df))
     plot_accuracy_vs_gflops(df, out_plot)
     src = sources_path(out_csv)
-    src.write_text(
+    atomic_write_text(
+        src,
         json.dumps(
             {
                 "dataset": df.attrs.get("dataset"),
@@ -283,7 +286,7 @@ def write_outputs(df: pd.DataFrame, out_csv: Path, out_md: Path, out_plot: Path)
             },
             indent=2,
         )
-        + "\n"
+        + "\n",
     )
     index = model_index_path(out_csv)
     write_model_index(df, index, readme=os.path.relpath(out_md.resolve(), index.parent.resolve()))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from tokshift.argtypes import add_command, file_path, nonnegative_int
 from tokshift.errors import BadInput, ExitCode
@@ -203,6 +204,7 @@ def _explain(args: argparse.Namespace) -> int:
         raise BadInput("no video to explain: give VIDEO (files, or ids with --shards) or --pick-from")
     if args.out is not None and len(args.videos) != 1:
         raise BadInput("--out names the figure of a single VIDEO; for several use --out-dir")
+    _refuse_figures_over_inputs(args)
     trained = load_trained_model(args.checkpoint, pick_device(args.device), args.model, _read_lines(args.classes))
     taken: set[str] = set()
     if args.pick_from is not None:
@@ -223,7 +225,7 @@ def _explain(args: argparse.Namespace) -> int:
         explanations = explain_shard_videos(trained, args.shards, args.videos, args.attention)
         names = [Path(v).stem for v in args.videos]
     else:
-        explanations = [explain(trained, v, args.attention, args.resize) for v in args.videos]
+        explanations = [_explain_file(explain, trained, v, args) for v in args.videos]
         names = [Path(v).stem for v in args.videos]
     for e, name in zip(explanations, names):
         out = args.out if args.out is not None else Path(args.out_dir) / f"{_unique_name(name, taken)}.png"
@@ -237,11 +239,59 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_figures_over_inputs(args: argparse.Namespace) -> None:
+    """No figure of `explain` replaces one of its inputs (a video, the checkpoint, shards, predictions)."""
+    from tokshift.fileio import refuse_output_over_input
+    from tokshift.viz.pick import pick_roles
+
+    inputs = [args.checkpoint, args.classes, args.pick_from, *(args.shards or [])]
+    inputs += args.videos if args.shards is None else []
+    if args.out is not None:
+        refuse_output_over_input(args.out, inputs, name="--out")
+        return
+    taken: set[str] = set()
+    stems = pick_roles(args.errors) if args.pick_from is not None else [Path(v).stem for v in args.videos]
+    for stem in stems:
+        figure = Path(args.out_dir) / f"{_unique_name(stem, taken)}.png"
+        refuse_output_over_input(figure, inputs, name="the figure", fix="choose another --out-dir, or --out")
+
+
+def _explain_file(explain: Any, trained: Any, video: str, args: argparse.Namespace) -> Any:
+    """`explain` of a video file; one that ffmpeg cannot decode is bad input naming the file."""
+    from tokshift.data.decode import VideoDecodeError
+
+    try:
+        return explain(trained, video, args.attention, args.resize)
+    except VideoDecodeError as err:
+        raise BadInput(
+            f"{video} is not a video ffmpeg can decode ({err.reason}); give video files (mp4, webm, avi, ...), "
+            "or video ids with --shards"
+        ) from None
+
+
+def _refuse_tables_over_inputs(args: argparse.Namespace) -> None:
+    """`per-class` writes --csv and --plot: never over its inputs, nor both to one file."""
+    from tokshift.fileio import refuse_output_over_input, refuse_shared_outputs
+
+    beside = Path(args.predictions).with_name("metrics.json")
+    inputs = [args.predictions, args.classes, args.metrics, beside if beside.is_file() else None]
+    refuse_shared_outputs({"--csv": args.csv, "--plot": args.plot})
+    refuse_output_over_input(args.csv, inputs, name="--csv")
+    refuse_output_over_input(args.plot, inputs, name="--plot")
+
+
 def _per_class(args: argparse.Namespace) -> int:
     from tokshift.data.coverage import read_val_only
+    from tokshift.fileio import atomic_savefig, atomic_write_text
     from tokshift.viz.per_class import per_class_table, read_predictions, render_confusions
 
+    _refuse_tables_over_inputs(args)
     pred = read_predictions(args.predictions)
+    if pred.empty:
+        raise BadInput(
+            f"{args.predictions} holds no evaluated video (no row, or every row has an error); give the "
+            "predictions.csv of a `tokshift evaluate` that scored videos"
+        )
     classes = _read_lines(args.classes)
     if classes is not None:
         unknown = sorted(set(pred["label"]) - set(classes))
@@ -251,11 +301,9 @@ def _per_class(args: argparse.Namespace) -> int:
     metrics = args.metrics or (beside if beside.is_file() else None)
     val_only = read_val_only(metrics) if metrics is not None else None
     table = per_class_table(pred, classes, val_only)
-    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(args.csv, index=False, float_format="%.4f")
-    Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.csv, table.to_csv(index=False, float_format="%.4f"))
     figure = render_confusions(pred, list(table["class"]), args.title, val_only or ())
-    figure.savefig(args.plot, format="png", bbox_inches="tight")
+    atomic_savefig(figure, args.plot, format="png", bbox_inches="tight")
     print(args.csv)
     print(args.plot)
     if val_only is None:
@@ -266,18 +314,26 @@ def _per_class(args: argparse.Namespace) -> int:
 
 
 def _curves(args: argparse.Namespace) -> int:
+    from tokshift.fileio import atomic_savefig, refuse_output_over_input, refuse_shared_outputs
     from tokshift.viz.curves import read_curves, render_comparison, render_curves
 
     runs = [read_curves(path, name) for name, path in args.metrics]
     taken: set[str] = set()
     out_dir = Path(args.out_dir)
+    figures = [out_dir / f"{_unique_name(c.name, taken)}.png" for c in runs]
+    inputs = [path for _, path in args.metrics]
+    for figure in figures:
+        refuse_output_over_input(figure, inputs, name="the figure", fix="choose another --out-dir")
+    if args.comparison is not None:
+        refuse_output_over_input(args.comparison, inputs, name="--comparison")
+        refuse_shared_outputs(
+            {**{f"the figure of {c.name}": f for c, f in zip(runs, figures)}, "--comparison": args.comparison}
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
-    for c in runs:
-        out = out_dir / f"{_unique_name(c.name, taken)}.png"
-        render_curves(c).savefig(out, format="png", bbox_inches="tight")
+    for c, out in zip(runs, figures):
+        atomic_savefig(render_curves(c), out, format="png", bbox_inches="tight")
         print(out)
     if args.comparison is not None:
-        Path(args.comparison).parent.mkdir(parents=True, exist_ok=True)
-        render_comparison(runs, args.title).savefig(args.comparison, format="png", bbox_inches="tight")
+        atomic_savefig(render_comparison(runs, args.title), args.comparison, format="png", bbox_inches="tight")
         print(args.comparison)
     return 0

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from tokshift.fileio import atomic_savefig
 from tokshift.viz.explain import Explanation, Pass
 
 if TYPE_CHECKING:
@@ -99,8 +100,7 @@ def render_explanation(e: Explanation) -> Figure:
 def save_explanation(e: Explanation, out: str | Path) -> Path:
     """Write the figure of `e` as a PNG (parent folders made)."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    render_explanation(e).savefig(out, format="png", bbox_inches="tight")
+    atomic_savefig(render_explanation(e), out, format="png", bbox_inches="tight")
     return out
 
 
@@ -114,5 +114,5 @@ def save_placeholder(text: str, out: str | Path) -> Path:
     fig = Figure(figsize=(6, 1.2), dpi=110)
     FigureCanvasAgg(fig)
     fig.text(0.5, 0.5, text, ha="center", va="center", fontsize=10, wrap=True)
-    fig.savefig(out, format="png")
+    atomic_savefig(fig, out, format="png")
     return out

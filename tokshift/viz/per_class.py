@@ -43,7 +43,12 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
         raise InputMissing(f"predictions file {path} does not exist; run `tokshift evaluate` first")
     try:
         df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+    except pd.errors.EmptyDataError:
+        raise BadInput(
+            f"{path} is empty (not even a header line); give the predictions.csv that `tokshift evaluate` "
+            "writes in its --out-dir"
+        ) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise BadInput(f"{path} is not a CSV file ({err}); give the predictions.csv of `tokshift evaluate`") from None
     missing = [c for c in _NEEDED if c not in df.columns]
     if missing:
