@@ -20,10 +20,12 @@ rule fetch_released:
         url=lambda wildcards: released_source(wildcards.model),
         # Empty: record the sha256 of the first download.
         sha256=lambda wildcards: workflow_settings.released_entry(config, wildcards.model).get("sha256") or "",
+        # The settings that hold the URL and the hash, named in the download's messages.
+        url_key=lambda wildcards: f"released.{wildcards.model}.source",
         key=lambda wildcards: f"released.{wildcards.model}.sha256",
     shell:
         "python -m tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --config-key {params.key}"
-        " --progress off > {log:q} 2>&1"
+        " --url-key {params.url_key:q} --progress off > {log:q} 2>&1"
 
 
 rule import_released:

@@ -16,6 +16,9 @@ rule download_weights:
         url=lambda wildcards: config["weights"][wildcards.backbone]["url"],
         # Empty: record the sha256 of the first download.
         sha256=lambda wildcards: config["weights"][wildcards.backbone].get("sha256") or "",
+        # The settings that hold the URL and the hash, named in the download's messages.
+        url_key=lambda wildcards: f"weights.{wildcards.backbone}.url",
+        key=lambda wildcards: f"weights.{wildcards.backbone}.sha256",
     shell:
-        "python -m tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q} --progress off"
-        " > {log:q} 2>&1"
+        "python -m tokshift download --url {params.url:q} --out {output:q} --sha256={params.sha256:q}"
+        " --url-key {params.url_key:q} --config-key {params.key:q} --progress off > {log:q} 2>&1"

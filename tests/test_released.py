@@ -5,13 +5,19 @@ The end-to-end run (exported demo models served over HTTP) is in test_demo_pipel
 
 from __future__ import annotations
 
+import http.server
 import re
+import shlex
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.engine_helpers import run_cli_inprocess
 from tests.workflow_helpers import REPO, copy_workflow, planned_jobs, snakemake
+from tokshift.errors import ExitCode
 from tokshift.zoo import zoo_names
 
 K400 = zoo_names("k400")
@@ -77,12 +83,35 @@ def test_readme_config_plans_the_seven_released_checkpoints_without_training(k40
     assert "--classes results/kinetics400/index/val.classes.txt" in out
 
 
-def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Path) -> None:
+@pytest.fixture()
+def gone_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A loopback URL that answers every GET with 404 Not Found (a released checkpoint that moved)."""
+
+    class Gone(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server API)
+            self.send_error(404)
+
+        def log_message(self, *args: object) -> None:  # keep test output quiet
+            pass
+
+    for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Gone)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/tokshift.pth"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Path, gone_url: str) -> None:
     wf = copy_workflow(tmp_path / "wf")
     sha = "ab" * 32
+    url = gone_url
     released = {
         "demo_vit": {"source": "http://127.0.0.1:9/demo_vit.pth", "sha256": sha},
-        "demo_tokshift": {"source": "https://example.org/tokshift.pth", "sha256": None},
+        "demo_tokshift": {"source": url, "sha256": None},
     }
     (wf / "released.yaml").write_text(
         yaml.safe_dump(
@@ -97,6 +126,15 @@ def test_url_sources_are_downloaded_and_an_explicit_resize_is_kept(tmp_path: Pat
     assert "--sha256= --config-key" in out  # no sha256 pinned: recorded on download
     assert out.count("--resize linear") == 2 and "--resize bicubic" not in out
     assert out.count("--faithful false") == 2
+    # The rule's own command on a URL that answers 404 names the setting that holds the URL.
+    (line,) = [ln for ln in out.splitlines() if "tokshift download" in ln and url in ln]
+    argv = shlex.split(line[line.index("python -m tokshift") :].split(" > ")[0])
+    assert argv[:4] == ["python", "-m", "tokshift", "download"]
+    dest = "resources/released/demo_tokshift.pth"  # relative to the workflow
+    res = run_cli_inprocess(*[str(wf / a) if a == dest else a for a in argv[3:]])
+    assert res.returncode == ExitCode.BAD_INPUT, res.stderr
+    assert f"HTTP 404 Not Found for {url}. Check released.demo_tokshift.source in config.yaml" in res.stderr
+    assert "weights." not in res.stderr and not (wf / "resources" / "released" / "demo_tokshift.pth").exists()
 
 
 def test_trained_mode_plan_is_unchanged(tmp_path: Path) -> None:

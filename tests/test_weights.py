@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import http.server
 import io
+import logging
 import re
 import socket
 import threading
@@ -183,10 +185,14 @@ def test_sha256_mismatch_leaves_nothing(server, npz_bytes: bytes, tmp_path: Path
     dest = tmp_path / "ViT-B_16.npz"
     wrong = "0" * 64
     with pytest.raises(ChecksumMismatch) as info:
-        download(url, dest, sha256=wrong, progress=False)
+        download(url, dest, sha256=wrong, progress=False, config_key="weights.ViT-B_16.sha256")
     msg = str(info.value)
     assert wrong in msg and _sha(npz_bytes) in msg
-    assert "weights.ViT-B_16.sha256" in msg
+    assert f"set weights.ViT-B_16.sha256 in config.yaml to {_sha(npz_bytes)}" in msg
+    # Without the setting that holds the hash, no setting is named (none is guessed from the file name).
+    with pytest.raises(ChecksumMismatch) as info:
+        download(url, dest, sha256=wrong, progress=False)
+    assert "weights." not in str(info.value) and f"expect {_sha(npz_bytes)} instead" in str(info.value)
     assert not dest.exists()
     assert not part_path(dest).exists()
     assert not (tmp_path / "ViT-B_16.npz.sha256").exists()
@@ -229,11 +235,17 @@ def test_404_names_url_and_what_to_do(server, tmp_path: Path) -> None:
     state.mode = "404"
     dest = tmp_path / "ViT-B_16.npz"
     with pytest.raises(DownloadError) as info:
-        download(url, dest, retries=5, backoff=10, progress=False)
+        download(url, dest, retries=5, backoff=10, progress=False, url_key="weights.ViT-B_16.url")
     msg = str(info.value)
-    assert url in msg and "404" in msg and "config.yaml" in msg
+    assert url in msg and "404" in msg and "Check weights.ViT-B_16.url in config.yaml" in msg
     assert len(state.requests) == 1  # no retries on 404
     assert not dest.exists()
+    # A URL no setting holds: no setting is named, the file's place is.
+    with pytest.raises(DownloadError) as info:
+        download(url, dest, retries=5, backoff=10, progress=False)
+    assert "config.yaml" not in str(
+        info.value
+    ) and f"Check the URL, or download the file yourself and put it at {dest}" in str(info.value)
 
 
 def test_connection_refused_is_retried_then_reported(tmp_path: Path) -> None:
@@ -295,3 +307,48 @@ def test_cli_download(server, npz_bytes: bytes, tmp_path: Path, capsys: pytest.C
     mismatch = ["download", "--url", url, "--out", str(tmp_path / "y.npz"), "--sha256", "1" * 64]
     assert main(mismatch) == ExitCode.DATA_DAMAGED
     assert "tokshift download: error: sha256 mismatch" in capsys.readouterr().err
+
+
+def test_the_hash_hint_names_the_setting_that_holds_it_or_the_record(
+    npz_bytes: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first download with no sha256 logs where its hash went; the hint to pin it names the real
+    setting (weights.<backbone>.sha256, released.<model>.sha256), never one made up from the file name
+    (a CVDF part archive has no sha256 setting at all)."""
+    src = tmp_path / "mirror" / "part_0.tar.gz"
+    src.parent.mkdir()
+    src.write_bytes(npz_bytes)
+    caplog.set_level(logging.INFO, logger="tokshift.download")
+    part = tmp_path / "archives" / "part_0.tar.gz"
+    download(str(src), part, progress=False)
+    record = tmp_path / "archives" / "part_0.tar.gz.sha256"
+    assert f"no config setting holds one); its sha256 {_sha(npz_bytes)} is recorded in {record}" in caplog.text
+    assert "weights." not in caplog.text and "pin" not in caplog.text
+    caplog.clear()
+    download(str(src), tmp_path / "released" / "demo_vit.pth", progress=False, config_key="released.demo_vit.sha256")
+    assert f"(released.demo_vit.sha256 is empty); recorded {_sha(npz_bytes)}" in caplog.text
+    assert "set released.demo_vit.sha256 to it" in caplog.text
+
+
+def test_every_download_rule_names_the_settings_of_its_url_and_hash() -> None:
+    """Each rule that downloads passes the setting that holds its URL, and (weights, released
+    checkpoints: the ones with a sha256 setting) the one that holds its hash."""
+    from tests.test_rule_flags import workflow_rules
+
+    downloads = {r.name: r for r in workflow_rules() if r.shell and re.search(r"tokshift (download|fetch-)", r.shell)}
+    assert {"download_weights", "fetch_released", "cvdf_part_list", "fetch_part"} <= set(downloads)
+    keys = {}
+    for name, rule in downloads.items():
+        assert "--url-key {params." in rule.shell, name
+        keys[name] = ast.unparse(rule.params[re.search(r"--url-key \{params\.(\w+)", rule.shell).group(1)])
+    assert "weights.{wildcards.backbone}.url" in keys["download_weights"]
+    assert "released.{wildcards.model}.source" in keys["fetch_released"]
+    assert all(
+        "datasets.{DATASET}.cvdf." in keys[n] for n in downloads if n not in ("download_weights", "fetch_released")
+    )
+    for name, key in (
+        ("download_weights", "weights.{wildcards.backbone}.sha256"),
+        ("fetch_released", "released.{wildcards.model}.sha256"),
+    ):
+        flag = re.search(r"--config-key \{params\.(\w+)", downloads[name].shell)
+        assert flag and key in ast.unparse(downloads[name].params[flag.group(1)]), name
