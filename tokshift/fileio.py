@@ -232,11 +232,13 @@ def new_stale_folder(folder: Path) -> Path:
 PathArg = str | os.PathLike[str]
 
 
-def _same_inode(a: str, b: str) -> bool:
+def _inode(path: str) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, None for a missing one."""
     try:
-        return os.path.samefile(a, b)
-    except OSError:  # either is missing: not one file
-        return False
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def refuse_output_over_input(
@@ -257,6 +259,7 @@ def refuse_output_over_input(
     `fix` what the message tells to do (default: choose another output, or folder).
     """
     out = os.path.realpath(output)
+    out_inode = None if folder else _inode(out)  # a new output is no other file's second name
     for given in inputs:
         if given is None or str(given) == "":
             continue
@@ -271,7 +274,7 @@ def refuse_output_over_input(
                 f"{name} {output} contains the input {given}, which writing it could overwrite or remove: "
                 f"{fix or 'choose an output folder that holds no input'}"
             )
-        if not folder and _same_inode(out, inp):
+        if out_inode is not None and _inode(inp) == out_inode:
             raise BadInput(
                 f"{name} {output} is a hard link to the input {given} (one file under two names); writing it "
                 f"would replace the input: {fix or 'choose another output'}"

@@ -89,7 +89,7 @@ from tokshift.engine.sampler import ResumableBatchSampler
 from tokshift.engine.schedule import LRSchedule, scaled_lr
 from tokshift.engine.staging import staged_shards
 from tokshift.errors import BadInput, ExitCode, InputMissing, NotRetryable
-from tokshift.fileio import atomic_torch_save, atomic_write_text, sha256_file
+from tokshift.fileio import atomic_folder, atomic_torch_save, atomic_write_text, sha256_file
 from tokshift.settings import default
 from tokshift.zoo import ZooConfig, get_config
 
@@ -976,14 +976,9 @@ class _Trainer:
         live_log = self.resume_dir / "metrics.jsonl"
         atomic_write_text(out / "metrics.jsonl", live_log.read_text() if live_log.exists() else "")
         events_src = self.resume_dir / "events"
-        tmp = out / ".events.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        if events_src.is_dir():
-            shutil.copytree(events_src, tmp)
-        else:
-            tmp.mkdir()
-        shutil.rmtree(out / "events", ignore_errors=True)
-        tmp.rename(out / "events")
+        with atomic_folder(out / "events") as tmp:  # the previous events stay until the new ones are whole
+            if events_src.is_dir():
+                shutil.copytree(events_src, tmp, dirs_exist_ok=True)
 
         cfg = self.cfg
         final = {
