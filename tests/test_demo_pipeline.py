@@ -525,7 +525,12 @@ def test_a_refused_rerun_keeps_the_orphaned_trainings_log(demo_run: DemoRun, tmp
     before = folder_log.read_text()  # the demo run's own attempt
     assert before.count(" tokshift train attempt starts ") == 1 and "attempt ends: exit 0 OK" in before
     # A retrain long enough to be killed in (a changed recipe: Snakemake plans it itself).
-    target = ["--config", "train={overrides: {epochs: 12}}", "--", "results/demo/train/demo_tokshift/model.pt"]
+    target = [
+        "--config",
+        "train={per_model: {demo_tokshift: {epochs: 12}}}",
+        "--",
+        "results/demo/train/demo_tokshift/model.pt",
+    ]
     with (tmp_path / "first.out").open("w") as sink:
         first = subprocess.Popen(
             [sys.executable, "-m", "snakemake", "--cores", "2", *target],
@@ -559,3 +564,10 @@ def test_a_refused_rerun_keeps_the_orphaned_trainings_log(demo_run: DemoRun, tmp
     # The kept model is the orphan's: its sha256 is the one its log names.
     digest = re.findall(r"wrote \S*model\.pt \(sha256 (\w+)", kept)[-1]
     assert hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest().startswith(digest)
+    # Snakemake still marks it incomplete (its job was killed); README's recipe keeps it without a retrain.
+    outputs = [
+        f"results/demo/train/demo_tokshift/{name}" for name in ("model.pt", "metrics.jsonl", "train_summary.json")
+    ]
+    snakemake(wf, "--cleanup-metadata", *outputs, check=True)
+    plan = snakemake(wf, "-n", "--cores", "2", *target[:2], check=True).stdout
+    assert "train" not in planned_jobs(plan) and planned_jobs(plan)["evaluate"] == 1, plan[-3000:]

@@ -218,3 +218,33 @@ def test_use_the_models_from_your_own_code_runs_as_written(demo_run: DemoRun, tm
     assert json.loads(shown.stdout) == trained["provenance"]  # the export carries the training's provenance
     top = ast.literal_eval(ran["load"].stdout.strip().splitlines()[-1])
     assert len(top) == 4 and top[0][0] == "brighten"  # all 4 classes; the demo TokShift gets this video right
+
+
+@pytest.mark.slow
+def test_relinking_the_previous_model_after_a_failed_retrain_runs_as_written(demo_run: DemoRun, tmp_path: Path) -> None:
+    """README's recipe after a retrain that failed (here: with a learning rate that diverges) keeps the previous
+    model: Snakemake then plans nothing for it under the original settings, and the model is the same file."""
+    import hashlib
+    import shutil
+
+    wf = tmp_path / "wf"
+    shutil.copytree(demo_run.wf, wf, symlinks=True)
+    folder = wf / "results/demo/train/demo_tokshift"
+    previous = hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+    failed = snakemake(
+        wf,
+        "--cores",
+        "2",
+        "--config",
+        "train={per_model: {demo_tokshift: {lr: 1e30}}}",
+        "--",
+        "results/demo/train/demo_tokshift/model.pt",
+    )
+    assert failed.returncode != 0 and not (folder / "model.pt").exists()
+    assert "attempt ends: exit 3 NOT_RETRYABLE" in (folder / "train.log").read_text()  # it diverged
+    code = "\n".join(_readme_block("<!-- relink-previous-model -->", "fence"))
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"  # this interpreter's snakemake
+    subprocess.run(["bash", "-c", code], cwd=wf, env={**os.environ, "PATH": path}, check=True, timeout=300)
+    plan = snakemake(wf, "-n", "--cores", "2", check=True)
+    assert "Nothing to be done" in plan.stdout + plan.stderr, (plan.stdout + plan.stderr)[-3000:]
+    assert hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest() == previous
