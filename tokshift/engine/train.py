@@ -306,10 +306,12 @@ class _Trainer:
                 "the validation shards list other classes than the training shards; "
                 "index both splits of the same dataset"
             )
-        # Videos per class in the training shards: model.pt keeps them, so an evaluation can tell untrained classes.
-        self.train_class_videos = videos_per_class(self.classes, self.train_ds.labels)
-        if ctx.is_main:
-            val_counts = videos_per_class(self.classes, self.val_ds.labels) if self.val_ds is not None else None
+        # Videos per class in the training shards: model.pt keeps them, so an evaluation can tell untrained
+        # classes. Datasets given by a library user may not list their labels: then nothing is recorded.
+        train_labels, val_labels = getattr(self.train_ds, "labels", None), getattr(self.val_ds, "labels", None)
+        self.train_class_videos = videos_per_class(self.classes, train_labels) if train_labels is not None else None
+        if ctx.is_main and self.train_class_videos is not None:
+            val_counts = videos_per_class(self.classes, val_labels) if val_labels is not None else None
             for line in training_warnings(self.classes, self.train_class_videos, val_counts):
                 log.warning("%s", line)
         if len(self.classes) != cfg.num_classes:
@@ -1023,7 +1025,11 @@ class _Trainer:
             "final_val_top1_1view": self.last_epoch_record.get("val_top1_1view"),
             "train_clips": len(self.train_ds),
             "classes": len(self.classes),
-            "classes_without_training_videos": [c for c, n in zip(self.classes, self.train_class_videos) if not n],
+            "classes_without_training_videos": (
+                None
+                if self.train_class_videos is None
+                else [c for c, n in zip(self.classes, self.train_class_videos) if not n]
+            ),
             "seed": self.opts.seed,
             "init_from": self.opts.init_from,
             "init_from_sha256": self.init_from_sha256,
