@@ -140,6 +140,7 @@ def _commands(block: list[str]) -> list[list[str]]:
     return out
 
 
+@pytest.mark.slow  # six dry runs of the Kinetics plan: the end-to-end tier
 def test_first_kinetics_run_dry_runs(tmp_path: Path) -> None:
     """README's "First Kinetics run", with config.yaml filled in as it says, plans every model on GPUs."""
     block = _readme_block(FIRST_RUN_MARK, "fence")

@@ -6,6 +6,7 @@ Dry runs only: every output of the demo workflow is created empty and marked up 
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -13,14 +14,22 @@ import pytest
 from tests.workflow_helpers import copy_workflow, planned_jobs, snakemake, touch_whole_plan
 
 
-@pytest.fixture()
-def finished_workflow(tmp_path: Path) -> Path:
-    """A copy of the workflow whose every output exists and is up to date (as after a full run)."""
-    wf = copy_workflow(tmp_path / "wf")
+@pytest.fixture(scope="module")
+def _finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    wf = copy_workflow(tmp_path_factory.mktemp("finished") / "wf")
     outputs = touch_whole_plan(wf)
     assert any(p.endswith("/model.pt") for p in outputs), outputs
     assert planned_jobs(snakemake(wf, "-n", "--cores", "1", check=True).stdout) == {}
     return wf
+
+
+@pytest.fixture()
+def finished_workflow(_finished: Path, tmp_path: Path) -> Path:
+    """A copy of the workflow whose every output exists and is up to date (as after a full run).
+
+    Each test changes its own copy; copytree keeps the modification times Snakemake compares.
+    """
+    return Path(shutil.copytree(_finished, tmp_path / "wf", symlinks=True))
 
 
 def _damage(path: Path) -> None:
