@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -103,7 +104,8 @@ def test_second_train_fails_at_once_naming_the_holder_and_runs_once_the_holder_i
     assert log.startswith(earlier)
     attempt = log[len(earlier) :].splitlines()
     assert re.fullmatch(r"=== \S+ tokshift train attempt starts \(host \S+, pid \d+\)", attempt[0]), attempt[0]
-    assert attempt[1].startswith("tokshift 0.") and attempt[4].startswith("command: tokshift ")  # in-process: pytest's
+    assert attempt[1].startswith("tokshift 0.")
+    assert attempt[4] == "command: " + shlex.join(["tokshift", *_train_args(packed_demo, out)])
     assert re.fullmatch(r"=== \S+ tokshift train attempt ends: exit 0 OK after [\d.]+ s", attempt[-1]), attempt[-1]
     records = [line.split(" INFO ", 1)[1] for line in attempt if " INFO " in line]
     shown = [line.split(" INFO ", 1)[1] for line in res.stderr.splitlines() if " INFO " in line]

@@ -20,6 +20,7 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
+from tokshift import provenance
 from tokshift.argtypes import HelpFormatter, exit_codes_epilog, file_path
 from tokshift.errors import ExitCode, TokshiftError
 from tokshift.provenance.environment import CODE_ENV, job_code_mismatch
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one ``tokshift`` command line and return its exit code (`tokshift.errors.ExitCode`)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    provenance.set_command_line(argv)
     if os.environ.get(CODE_ENV):  # a workflow job: say which code runs, and refuse any other than planned
         _job_header(args.command)
         mismatch = job_code_mismatch(os.environ)

@@ -20,7 +20,6 @@ import logging.handlers
 import os
 import shlex
 import socket
-import sys
 import time
 from pathlib import Path
 
@@ -91,7 +90,7 @@ class FolderLog:
         header = [
             f"=== {_now()} tokshift {self.command} attempt starts ({where})",
             *provenance.header_lines(provenance.collect(self.command)),
-            "command: " + shlex.join(["tokshift", *sys.argv[1:]]),
+            "command: " + shlex.join(["tokshift", *provenance.command_line()]),
         ]
         self._write("\n".join(header))
         handler = logging.FileHandler(self.path, mode="a", encoding="utf-8")

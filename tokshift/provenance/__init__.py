@@ -179,6 +179,20 @@ def slurm_job(env: Mapping[str, str] | None = None) -> dict[str, str] | None:
     return {key: env[var] for key, var in SLURM_VARIABLES.items() if env.get(var)}
 
 
+_command_line: list[str] | None = None
+
+
+def set_command_line(argv: Sequence[str]) -> None:
+    """Record the arguments of the running `tokshift` command (tokshift.cli.main, also when run in-process)."""
+    global _command_line
+    _command_line = list(argv)
+
+
+def command_line() -> list[str]:
+    """The running `tokshift` command's arguments after `tokshift`; this process's own when none was recorded."""
+    return list(_command_line) if _command_line is not None else sys.argv[1:]
+
+
 def collect(
     command: str | None = None,
     devices: Sequence[str] | None = None,
