@@ -38,6 +38,7 @@ include: "rules/train.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 include: "rules/released.smk"
+include: "rules/preflight.smk"
 
 
 # Downloads and bookkeeping run where Snakemake runs (config: resources.local_rules); the

@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tokshift.results.commands",
     "tokshift.viz.commands",
     "tokshift.provenance.commands",
+    "tokshift.preflight.commands",
 )
 
 

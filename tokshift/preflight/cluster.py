@@ -16,7 +16,16 @@ from typing import Any
 
 from tokshift.preflight.probe import Check
 
-__all__ = ["Partition", "job_checks", "minutes", "partitions"]
+__all__ = [
+    "DEFAULT",
+    "Partition",
+    "SlurmUnreachable",
+    "associations",
+    "disk_check",
+    "job_checks",
+    "minutes",
+    "partitions",
+]
 
 
 @dataclass(frozen=True)
@@ -43,22 +52,37 @@ def minutes(limit: str) -> float | None:
     return total + (int(days) * 24 * 60 if days else 0)
 
 
+DEFAULT = "(default)"  # the key under which partitions() also files the cluster's default partition
+
+
+class SlurmUnreachable(Exception):
+    """sinfo is installed but no controller answers."""
+
+
 def partitions(run: Any = subprocess.run) -> dict[str, Partition] | None:
-    """Every partition `sinfo` lists (None when sinfo is not installed)."""
+    """Every partition `sinfo` lists, the default one also under DEFAULT (None when sinfo is not installed)."""
     if shutil.which("sinfo") is None:
         return None
-    out = run(["sinfo", "-h", "-o", "%R|%l|%G|%f"], capture_output=True, text=True, timeout=60, check=True).stdout
+    proc = run(["sinfo", "-h", "-o", "%P|%l|%G|%f"], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0:
+        raise SlurmUnreachable((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"])
     found: dict[str, dict[str, Any]] = {}
-    for line in out.splitlines():
+    default = None
+    for line in proc.stdout.splitlines():
         if line.count("|") != 3:
             continue
         name, limit, gres, features = (p.strip() for p in line.split("|"))
+        if name.endswith("*"):
+            name = default = name[:-1]
         entry = found.setdefault(name, {"limit": minutes(limit), "gres": set(), "features": set()})
         entry["gres"].update(g for g in gres.split(",") if g and g != "(null)")
         entry["features"].update(f for f in features.split(",") if f and f != "(null)")
-    return {
+    out = {
         n: Partition(n, e["limit"], tuple(sorted(e["gres"])), tuple(sorted(e["features"]))) for n, e in found.items()
     }
+    if default is not None:
+        out[DEFAULT] = out[default]
+    return out
 
 
 def _gres_types(gres: tuple[str, ...]) -> set[str]:
@@ -101,9 +125,9 @@ def job_checks(
         return [Check("slurm", True, "skipped: sinfo is not installed here (not a SLURM login node)")]
     checks = []
     for name, job in sorted(jobs.items()):
-        partition = job.get("partition") or next(iter(parts), None)
+        partition = job.get("partition") or DEFAULT
         if partition not in parts:
-            known = ", ".join(sorted(parts)) or "none"
+            known = ", ".join(sorted(p for p in parts if p != DEFAULT)) or "none"
             checks.append(
                 Check(
                     f"{name}: partition",

@@ -279,7 +279,9 @@ def _shards(opts: ProbeOptions, workers: int, measured: dict[str, Any]) -> list[
     seconds = time.perf_counter() - t0
     rate = count / max(seconds, 1e-9)
     measured.update(loader_items_per_second=rate, loader_workers=workers)
-    checks = [Check("shard_read", True, f"{rate:.1f} {'clips' if opts.step == 'train' else 'videos'}/s per loader process")]
+    checks = [
+        Check("shard_read", True, f"{rate:.1f} {'clips' if opts.step == 'train' else 'videos'}/s per loader process")
+    ]
     size = sum(_size(Path(s)) for s in present)
     measured["shard_bytes"] = size
     if opts.stage_to:

@@ -305,3 +305,30 @@ def fold_cli_slurm_extra(config: dict[str, Any], overwrite: Mapping[str, Mapping
         job["slurm_extra"] = merged_slurm_extra(job.get("slurm_extra"), extra) or ""
         folded.append(rule)
     return folded
+
+
+#: Time limit of a preflight probe job, minutes: a few steps, short enough to start from backfill.
+PROBE_MINUTES = 15
+
+
+def preflight_jobs(config: dict[str, Any], models: list[str]) -> dict[str, dict[str, Any]]:
+    """Each model's train and evaluate job shape, as `tokshift preflight-report --jobs` checks and prices it."""
+    jobs = {}
+    for model in models:
+        for rule in ("train", "evaluate"):
+            res = rule_job_resources(config, rule, model)
+            job = job_settings(config, rule, model)
+            jobs[f"{rule} {model}"] = {
+                "rule": rule,
+                "model": model,
+                "gpus": job["gpus"],
+                "nodes": job["nodes"],
+                "runtime": res["runtime"],
+                "partition": res.get("slurm_partition"),
+                "account": res.get("slurm_account"),
+                "qos": res.get("qos"),
+                "gres": res.get("gres"),
+                "constraint": res.get("constraint"),
+                "overrides": training_overrides(config, model) if rule == "train" else {},
+            }
+    return jobs
