@@ -6,6 +6,12 @@ PREFLIGHT = f"{RESULTS}/preflight"
 PREFLIGHT_JOBS = json.dumps(scheduling.preflight_jobs(config, MODELS), sort_keys=True)
 
 
+def executor_name(wildcards):
+    """The executor of this run (slurm under the profile): the cluster is checked under slurm only."""
+    plugin = workflow.executor_plugin
+    return plugin.name if plugin is not None else "local"
+
+
 def probe_resources():
     """The resources of the model's own train or evaluate job, with a probe's short time limit."""
     keys = set(scheduling.rule_job_resources(config, "train", MODELS[0])) | {
@@ -38,9 +44,10 @@ rule preflight_cluster:
     params:
         jobs=PREFLIGHT_JOBS,
         disk=["results", SPEC.get("root") or "resources"],
+        executor=executor_name,
     shell:
-        "python -m tokshift preflight-report --static-only --dataset {DATASET} --jobs {params.jobs:q}"
-        " --disk {params.disk:q} --json {output.json:q} --md {output.md:q} > {log:q} 2>&1"
+        "python -m tokshift preflight-report --static-only --executor {params.executor} --dataset {DATASET}"
+        " --jobs {params.jobs:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q} > {log:q} 2>&1"
 
 
 rule preflight_probe:
@@ -91,7 +98,9 @@ rule preflight:
         jobs=PREFLIGHT_JOBS,
         index_dir=f"{RESULTS}/index",
         disk=["results", SPEC.get("root") or "resources"],
+        executor=executor_name,
     shell:
-        "python -m tokshift preflight-report --dataset {DATASET} --jobs {params.jobs:q} --probes {input.probes:q}"
+        "python -m tokshift preflight-report --executor {params.executor} --dataset {DATASET} --jobs {params.jobs:q}"
+        " --probes {input.probes:q}"
         " --index-dir {params.index_dir:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q}"
         " > {log:q} 2>&1"

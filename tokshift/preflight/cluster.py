@@ -162,7 +162,7 @@ def job_checks(
                     ok,
                     f"{gres} {'offered' if ok else 'not offered'} by the nodes of {partition!r} "
                     f"(they have: {', '.join(p.gres) or 'no GRES'})",
-                    "" if ok else "set resources.gpu_type to a type those nodes have, or choose another partition",
+                    "" if ok else "set resources.gpu_model to a GPU type those nodes have, or choose another partition",
                 )
             )
         constraint = job.get("constraint")
