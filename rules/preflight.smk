@@ -45,9 +45,12 @@ rule preflight_cluster:
         jobs=PREFLIGHT_JOBS,
         disk=["results", SPEC.get("root") or "resources"],
         executor=executor_name,
+        # A failed check is also written where the final report goes: Snakemake removes this job's outputs.
+        report=f"{RESULTS}/preflight",
     shell:
         "python -m tokshift preflight-report --static-only --executor {params.executor} --dataset {DATASET}"
-        " --jobs {params.jobs:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q} > {log:q} 2>&1"
+        " --jobs {params.jobs:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q}"
+        " --report {params.report:q} > {log:q} 2>&1"
 
 
 rule preflight_probe:

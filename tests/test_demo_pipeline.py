@@ -571,3 +571,23 @@ def test_a_refused_rerun_keeps_the_orphaned_trainings_log(demo_run: DemoRun, tmp
     snakemake(wf, "--cleanup-metadata", *outputs, check=True)
     plan = snakemake(wf, "-n", "--cores", "2", *target[:2], check=True).stdout
     assert "train" not in planned_jobs(plan) and planned_jobs(plan)["evaluate"] == 1, plan[-3000:]
+
+
+def test_preflight_projects_the_demo_training_it_ran(demo_run: DemoRun, tmp_path: Path) -> None:
+    """`snakemake preflight` in the finished demo (its shards and index exist) projects each model's
+    training time from a few timed steps; the real training of the same models on this machine took
+    within 1.5x of that (docs/preflight.md)."""
+    wf = tmp_path / "project"
+    shutil.copytree(demo_run.wf, wf, symlinks=True)
+    snakemake(wf, "--cores", "2", "preflight", check=True)
+    report = json.loads((wf / "results/demo/preflight.json").read_text())
+    assert report["ok"], [c for c in report["checks"] if not c["ok"]]
+    assert "counted in results/demo/index" in report["measured_on"]
+    names = {c["name"] for c in report["checks"]}
+    assert {"train demo_tokshift: shard_read", "evaluate demo_vit: shard_read"} <= names  # the real shards, read
+    for price in report["prices"]:
+        measured = json.loads((wf / "results/demo/train" / price["model"] / "train_summary.json").read_text())
+        ratio = price["train_hours"] / measured["train_hours"]
+        seconds = price["train_hours"] * 3600, measured["train_hours"] * 3600
+        print(f"{price['model']}: projected {seconds[0]:.1f} s, trained {seconds[1]:.1f} s, ratio {ratio:.2f}")
+        assert 1 / 1.5 <= ratio <= 1.5, (price, measured["train_hours"])

@@ -17,6 +17,7 @@
 #                      others are named <first>-2, <first>-3, ...   [2]
 #                      Partition `main` (the default) holds the first node only, so one-node
 #                      jobs always share it; partition `multi` holds every node.
+#                      partition `short` holds the first node with a 30-minute limit (preflight tests).
 #   SLURM_CPUS         CPUs advertised (may exceed nproc) [max(nproc, 4)]
 #   SLURM_MEM_MB       RealMemory                         [85% of MemTotal]
 #   SLURM_FAKE_GPUS    number of fake GPUs (0 = none)     [2]
@@ -165,6 +166,7 @@ $(for ((n = 0; n < NODES; n++)); do
 done)
 PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
 PartitionName=multi Nodes=ALL Default=NO MaxTime=INFINITE State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
+PartitionName=short Nodes=$NODE Default=NO MaxTime=00:30:00 State=UP DefMemPerCPU=$(( MEM_MB / CPUS ))
 EOF
 if (( GPUS > 0 )); then
   install_conf "$ETC/gres.conf" 644 root:root <<EOF
