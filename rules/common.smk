@@ -24,6 +24,8 @@ workflow_settings.check_config(config, base=Path(workflow.basedir))
 if workflow.is_main_process:  # the plan's first lines, not every cluster job's log
     for line in workflow_settings.shadowed_settings(config, workflow.config_settings.overwrite_config):
         print(line, file=sys.stderr)
+    for line in workflow_settings.preflight_runtime_notes(config, workflow_settings.selected_models(config)):
+        print(line, file=sys.stderr)
 
 # The rules' launchers name slurm/job-step.sh through this variable (set for every job,
 # local or submitted), so no rule's params hold the checkout's absolute path.

@@ -173,3 +173,24 @@ def test_price_adds_the_loader_when_the_training_decodes_its_own_clips() -> None
     fed = price_model(cfg, workers, None, clips_per_epoch=320, val_videos=0, gpus=2)
     assert fed.train_hours == pytest.approx(alone.steps * max(1.0, 16 / 32.0) / 3600) and fed.loader_keeps_up
     assert fed.largest_batch == int(8 * 0.9 * 10 / 2)
+
+
+def test_runtime_preflight_takes_twice_the_projection_and_says_when_there_is_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tokshift.workflow.config import job_settings, preflight_runtime_notes
+
+    monkeypatch.chdir(tmp_path)
+    cfg = repo_config_validated()
+    cfg["resources"]["train"]["runtime"] = "preflight"
+    cfg["resources"]["per_model"] = {"demo_vit": {"evaluate": {"runtime": "preflight"}}}
+    notes = preflight_runtime_notes(cfg, ["demo_tokshift", "demo_vit"])
+    assert len(notes) == 3 and all("Run `snakemake preflight` first" in n for n in notes)
+    assert job_settings(cfg, "train", "demo_tokshift")["runtime"] == 60  # as auto: the demo's CPU job
+    report = tmp_path / "results/demo/preflight.json"
+    report.parent.mkdir(parents=True)
+    prices = [{"model": "demo_tokshift", "train_hours": 7.2, "evaluate_hours": 0.1}]
+    report.write_text(json.dumps({"prices": prices}))
+    assert job_settings(cfg, "train", "demo_tokshift")["runtime"] == 15 * 60  # 2 x 7.2 h, whole hours
+    assert job_settings(cfg, "evaluate", "demo_tokshift")["runtime"] == 60  # its evaluation: auto
+    assert len(preflight_runtime_notes(cfg, ["demo_tokshift", "demo_vit"])) == 2  # demo_vit has none yet

@@ -18,7 +18,7 @@ from typing import Any
 from tokshift.errors import BadInput
 from tokshift.settings import load_schema
 from tokshift.zoo import ZOO, ZooConfig, get_config, zoo_names
-from tokshift.zoo.jobs import CPU_JOB_MINUTES, zoo_job
+from tokshift.zoo.jobs import CPU_JOB_MINUTES, limit_minutes, zoo_job
 
 
 class ConfigError(BadInput):
@@ -113,9 +113,49 @@ def job_settings(config: dict[str, Any], rule: str, model: str | None = None) ->
         out["gpus"] = get_config(model).gpus if model is not None else 0
     elif out["gpus"] == "auto":
         out["gpus"] = job.gpus if job is not None else 0
+    if out["runtime"] == "preflight":
+        projected = projected_hours(config, rule, model) if model is not None else None
+        out["runtime"] = limit_minutes(projected) if projected is not None else "auto"
     if out["runtime"] == "auto":
         out["runtime"] = getattr(job, f"{rule}_runtime") if job is not None else CPU_JOB_MINUTES
     return out
+
+
+def preflight_runtime_notes(config: dict[str, Any], models: list[str]) -> list[str]:
+    """One line per job whose `runtime: preflight` has no projection on record (it then takes `auto`'s)."""
+    lines = []
+    for rule in ("train", "evaluate"):
+        for model in models:
+            res = config["resources"]
+            setting = ((res["per_model"].get(model) or {}).get(rule) or {}).get("runtime", res[rule]["runtime"])
+            if setting == "preflight" and projected_hours(config, rule, model) is None:
+                minutes = job_settings(config, rule, model)["runtime"]
+                lines.append(
+                    f"config: resources.{rule}.runtime=preflight: {preflight_report_path(config)} has no projection "
+                    f"of {model}; its {rule} job gets the zoo's estimate ({minutes} min). "
+                    "Run `snakemake preflight` first"
+                )
+    return lines
+
+
+def preflight_report_path(config: dict[str, Any]) -> Path:
+    """Where `snakemake preflight` writes its report (relative to the pipeline directory)."""
+    return Path("results") / config["dataset"] / "preflight.json"
+
+
+def projected_hours(config: dict[str, Any], rule: str, model: str) -> float | None:
+    """The preflight's projected hours of `model`'s train or evaluate job; None when none is on record."""
+    import json
+
+    path = preflight_report_path(config)
+    try:
+        prices = json.loads(path.read_text(encoding="utf-8")).get("prices") or []
+    except (OSError, ValueError):
+        return None
+    for price in prices:
+        if price.get("model") == model:
+            return price.get(f"{rule}_hours")
+    return None
 
 
 def _layer_pairs(config: dict[str, Any], models: list[str]) -> list[tuple[str, dict[str, Any], str, dict[str, Any]]]:

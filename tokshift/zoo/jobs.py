@@ -53,7 +53,7 @@ class ZooJob:
     evaluate_runtime: int
 
 
-def _limit_minutes(hours: float) -> int:
+def limit_minutes(hours: float) -> int:
     """SAFETY x the estimate rounded up to whole hours, within [MIN_JOB_MINUTES, MAX_JOB_MINUTES]."""
     minutes = math.ceil(hours * SAFETY) * 60
     return max(MIN_JOB_MINUTES, min(MAX_JOB_MINUTES, minutes))
@@ -69,4 +69,4 @@ def zoo_job(cfg: ZooConfig) -> ZooJob:
         return ZooJob(0, None, None, CPU_JOB_MINUTES, CPU_JOB_MINUTES)
     train = _hours(cfg.paper_gflops, TRAIN_FORWARD_MULTIPLE * K400_TRAIN_CLIPS * cfg.epochs, cfg.gpus)
     evaluate = _hours(cfg.paper_gflops, 30 * K400_VAL_VIDEOS, cfg.gpus)
-    return ZooJob(cfg.gpus, round(train, 1), round(evaluate, 1), _limit_minutes(train), _limit_minutes(evaluate))
+    return ZooJob(cfg.gpus, round(train, 1), round(evaluate, 1), limit_minutes(train), limit_minutes(evaluate))
