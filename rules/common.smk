@@ -40,6 +40,8 @@ MODELS = workflow_settings.selected_models(config)
 FRAMES = workflow_settings.frames_settings(config)
 SHARDS = list(range(FRAMES["shards"]))
 RESULTS = f"results/{DATASET}"
+# `snakemake preflight` writes it (rules/preflight.smk); the table and `runtime: preflight` read it.
+PREFLIGHT_REPORT = str(workflow_settings.preflight_report_path(config))
 
 
 def shard_paths(split):
@@ -146,3 +148,27 @@ def keep_merged_slurm_extra():
     for name in CLI_SLURM_EXTRA_RULES:
         if name in RULE_RESOURCE_FUNCS:
             workflow.get_rule(name).resources["slurm_extra"] = RULE_RESOURCE_FUNCS[name]["slurm_extra"]
+
+
+# The preflight (rules/preflight.smk).
+def executor_name(wildcards):
+    """The executor of this run (slurm under the profile): the cluster is checked under slurm only."""
+    plugin = workflow.executor_plugin
+    return plugin.name if plugin is not None else "local"
+
+
+def probe_resources():
+    """The resources of the model's own train or evaluate job, with a probe's short time limit."""
+    keys = set(scheduling.rule_job_resources(config, "train", MODELS[0])) | {
+        k for k, _, _ in scheduling.ACCOUNT_SETTINGS
+    }
+
+    def resource(key):
+        def value(wildcards):
+            if key == "runtime":
+                return scheduling.PROBE_MINUTES
+            return scheduling.rule_job_resources(config, wildcards.step, wildcards.model).get(key)
+
+        return value
+
+    return {k: resource(k) for k in sorted(keys)}

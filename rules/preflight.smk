@@ -6,29 +6,6 @@ PREFLIGHT = f"{RESULTS}/preflight"
 PREFLIGHT_JOBS = json.dumps(scheduling.preflight_jobs(config, MODELS), sort_keys=True)
 
 
-def executor_name(wildcards):
-    """The executor of this run (slurm under the profile): the cluster is checked under slurm only."""
-    plugin = workflow.executor_plugin
-    return plugin.name if plugin is not None else "local"
-
-
-def probe_resources():
-    """The resources of the model's own train or evaluate job, with a probe's short time limit."""
-    keys = set(scheduling.rule_job_resources(config, "train", MODELS[0])) | {
-        k for k, _, _ in scheduling.ACCOUNT_SETTINGS
-    }
-
-    def resource(key):
-        def value(wildcards):
-            if key == "runtime":
-                return scheduling.PROBE_MINUTES
-            return scheduling.rule_job_resources(config, wildcards.step, wildcards.model).get(key)
-
-        return value
-
-    return {k: resource(k) for k in sorted(keys)}
-
-
 rule preflight_cluster:
     """Partitions, time limits, GRES, constraints, accounts and disk of every job shape, before any probe."""
     output:
@@ -45,10 +22,11 @@ rule preflight_cluster:
         jobs=PREFLIGHT_JOBS,
         disk=["results", SPEC.get("root") or "resources"],
         executor=executor_name,
+        dataset=DATASET,
         # A failed check is also written where the final report goes: Snakemake removes this job's outputs.
-        report=f"{RESULTS}/preflight",
+        report=PREFLIGHT_REPORT,
     shell:
-        "python -m tokshift preflight-report --static-only --executor {params.executor} --dataset {DATASET}"
+        "python -m tokshift preflight-report --static-only --executor {params.executor} --dataset {params.dataset}"
         " --jobs {params.jobs:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q}"
         " --report {params.report:q} > {log:q} 2>&1"
 
@@ -88,7 +66,7 @@ rule preflight:
         cluster=f"{PREFLIGHT}/cluster.json",
         probes=expand(f"{PREFLIGHT}/{{step}}/{{model}}.json", step=["train", "evaluate"], model=MODELS),
     output:
-        json=f"{RESULTS}/preflight.json",
+        json=PREFLIGHT_REPORT,
         md=f"{RESULTS}/preflight.md",
     log:
         f"logs/preflight/{DATASET}/report.log",
@@ -99,11 +77,13 @@ rule preflight:
         **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     params:
         jobs=PREFLIGHT_JOBS,
+        dataset=DATASET,
         index_dir=f"{RESULTS}/index",
         disk=["results", SPEC.get("root") or "resources"],
         executor=executor_name,
     shell:
-        "python -m tokshift preflight-report --executor {params.executor} --dataset {DATASET} --jobs {params.jobs:q}"
+        "python -m tokshift preflight-report --executor {params.executor} --dataset {params.dataset}"
+        " --jobs {params.jobs:q}"
         " --probes {input.probes:q}"
         " --index-dir {params.index_dir:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q}"
         " > {log:q} 2>&1"

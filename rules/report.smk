@@ -27,10 +27,13 @@ rule collect_results:
         **scheduling.small_job_resources(config, mem_mb=1000, runtime=10),
     params:
         dataset=DATASET,
+        # A preflight on record puts each model's projection beside its measured hours (not an input:
+        # the table never waits for one).
+        preflight=lambda wildcards: PREFLIGHT_REPORT if os.path.exists(PREFLIGHT_REPORT) else "",
     shell:
         "python -m tokshift collect --dataset {params.dataset}"
         " --metrics {input.metrics:q} --train-summaries {input.summaries:q}"
-        " --checkpoints {input.checkpoints:q} --val-summary {input.val_summary:q}"
+        " --checkpoints {input.checkpoints:q} --val-summary {input.val_summary:q} --preflight={params.preflight:q}"
         " --csv {output.csv:q} --md {output.md:q} --plot {output.plot:q} > {log:q} 2>&1"
 
 

@@ -591,3 +591,15 @@ def test_preflight_projects_the_demo_training_it_ran(demo_run: DemoRun, tmp_path
         seconds = price["train_hours"] * 3600, measured["train_hours"] * 3600
         print(f"{price['model']}: projected {seconds[0]:.1f} s, trained {seconds[1]:.1f} s, ratio {ratio:.2f}")
         assert 1 / 1.5 <= ratio <= 1.5, (price, measured["train_hours"])
+    # With the preflight on record the table shows each projection beside what training measured.
+    plan = snakemake(wf, "-n", "--cores", "2", check=True).stdout
+    assert planned_jobs(plan) == {"collect_results": 1, "all": 1}, plan[-3000:]
+    snakemake(wf, "--cores", "2", check=True)
+    with (wf / "results/demo/model_zoo.csv").open() as fh:
+        rows = {r["model"]: r for r in csv.DictReader(fh)}
+    sources = json.loads((wf / "results/demo/model_zoo.sources.json").read_text())
+    for price in report["prices"]:
+        row = rows[price["model"]]
+        assert float(row["projected_train_hours"]) == round(price["train_hours"], 3)
+        assert float(row["train_gpu_hours"]) == 0.0 and float(row["projected_train_gpu_hours"]) == 0.0  # CPU jobs
+        assert sources["models"][price["model"]]["preflight"] == "results/demo/preflight.json"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from tokshift.argtypes import add_command, file_path
+from tokshift.argtypes import add_command, file_path, optional_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,6 +65,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="JSON",
         help="frames/val/summary.json, adds missing and unpackable videos to the failed count (default: none)",
     )
+    c.add_argument(
+        "--preflight",
+        type=optional_file,
+        default=None,
+        metavar="JSON",
+        help="results/NAME/preflight.json: each trained model's projected hours and GPU-hours beside the measured "
+        "ones ('' or default: none)",
+    )
     c.add_argument("--csv", required=True, type=file_path, help="table to write, e.g. results/NAME/model_zoo.csv")
     c.add_argument("--md", required=True, type=file_path, help="markdown table to write")
     c.add_argument("--plot", required=True, type=file_path, help="accuracy vs. GFLOPs PNG to write")
@@ -94,7 +102,7 @@ def _refuse_outputs_over_inputs(args: argparse.Namespace) -> None:
     refuse_shared_outputs(outputs)
     inputs = [*args.metrics, *(args.train_summaries or []), *(args.released or []), *args.checkpoints]
     for option, path in outputs.items():
-        refuse_output_over_input(path, [*inputs, args.val_summary], name=option)
+        refuse_output_over_input(path, [*inputs, args.val_summary, args.preflight], name=option)
 
 
 def run_collect(args: argparse.Namespace) -> int:
@@ -112,7 +120,9 @@ def run_collect(args: argparse.Namespace) -> int:
     elif args.released_source:
         raise ResultsError("--released-source goes with --released")
     else:
-        df = collect(args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary)
+        df = collect(
+            args.dataset, args.metrics, args.train_summaries, args.checkpoints, args.val_summary, args.preflight
+        )
     written = write_outputs(df, Path(args.csv), Path(args.md), Path(args.plot))
     for path in written:
         print(path)

@@ -69,6 +69,9 @@ COLUMNS: tuple[str, ...] = (
     "val_only_classes",
     "train_only_classes",
     "top1_trained_classes",
+    "projected_train_hours",
+    "train_gpu_hours",
+    "projected_train_gpu_hours",
 )
 
 # Counts that are empty (not 0) where the evaluation could not tell: written as integers.
@@ -145,6 +148,9 @@ COLUMN_SOURCES: dict[str, str] = {
     "validation video (not measured); empty as val_only_classes",
     "top1_trained_classes": "metrics:class_coverage:top1_trained_classes: top-1 over the videos of the classes "
     "with training videos; empty as val_only_classes",
+    "projected_train_hours": "preflight:prices[model]:train_hours (snakemake preflight); empty without a preflight",
+    "train_gpu_hours": "train_hours × gpus (0 for a CPU training)",
+    "projected_train_gpu_hours": "preflight:prices[model]:train_gpu_hours; empty without a preflight",
 }
 
 # A released checkpoint's row: what differs from COLUMN_SOURCES.
@@ -159,6 +165,9 @@ RELEASED_COLUMN_SOURCES: dict[str, str] = {
     "train_torch": "unknown",
     "checkpoint": "the model.pt file given",
     "checkpoint_sha256": "sha256 of the model.pt file given, checked against metrics:checkpoint_sha256",
+    "projected_train_hours": "none (not trained here)",
+    "train_gpu_hours": "unknown",
+    "projected_train_gpu_hours": "none (not trained here)",
 }
 
 ACCURACY_COLUMNS = (
@@ -315,6 +324,7 @@ def _model_row(
     origin: dict[str, Any],
     pack: dict[str, Any] | None,
     pack_file: Path | None,
+    projection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """One table row from a model's metrics, where its checkpoint came from, the packing counts and the zoo."""
     from tokshift.flops import zoo_row
@@ -362,7 +372,29 @@ def _model_row(
         **{k: origin[k] for k in ("trained_on", "train_commit", "train_torch")},
         **_provenance_columns("eval", metrics.get("provenance")),
         **_coverage_columns(metrics.get("class_coverage"), m_file),
+        **_cost_columns(origin, projection),
     }
+
+
+def _cost_columns(origin: dict[str, Any], projection: dict[str, Any] | None) -> dict[str, Any]:
+    """Measured GPU-hours next to the preflight's projection (tokshift.preflight), to see how good it was."""
+    hours, gpus = origin["train_hours"], origin["gpus"]
+    measured = round(hours * gpus, 3) if gpus is not None and not math.isnan(hours) else math.nan
+    projected = projection or {}
+    return {
+        "projected_train_hours": round(float(projected["train_hours"]), 3) if projected else math.nan,
+        "train_gpu_hours": measured,
+        "projected_train_gpu_hours": round(float(projected["train_gpu_hours"]), 3) if projected else math.nan,
+    }
+
+
+def read_projections(path: PathLike | None) -> dict[str, dict[str, Any]]:
+    """Each model's price in a preflight report (`snakemake preflight`), by model; {} without one."""
+    if path is None or str(path) == "":
+        return {}
+    file = Path(path)
+    data = _load_json(file, "preflight", ("prices",))
+    return {str(p["model"]): p for p in data["prices"]}
 
 
 def _coverage_columns(block: dict[str, Any] | None, m_file: Path) -> dict[str, Any]:
@@ -389,6 +421,7 @@ def collect(
     train_summaries: Sequence[PathLike],
     checkpoints: Sequence[PathLike] = (),
     val_summary: PathLike | None = None,
+    preflight: PathLike | None = None,
 ) -> pd.DataFrame:
     """The model-zoo table from exactly these files (columns: ``COLUMNS``, one row per metrics file).
 
@@ -419,12 +452,14 @@ def collect(
     ckpts = _match_checkpoints(checkpoints, trains) if checkpoints else {}
     pack_file = Path(val_summary) if val_summary is not None else None
     pack = _load_json(pack_file, "summarize_frames", PACK_KEYS) if pack_file is not None else None
+    projections = read_projections(preflight)
     rows, sources = [], {}
     for model, (m_file, m_data) in evals.items():
         t_file, t_data = trains[model]
         origin = _trained_columns(model, m_file, m_data, t_file, t_data)
-        rows.append(_model_row(model, m_file, m_data, origin, pack, pack_file))
+        rows.append(_model_row(model, m_file, m_data, origin, pack, pack_file, projections.get(model)))
         sources[model] = {
+            "preflight": str(preflight) if model in projections else None,
             "metrics": str(m_file),
             "train_summary": str(t_file),
             "checkpoint": str(ckpts[model]) if model in ckpts else None,
