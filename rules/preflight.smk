@@ -23,12 +23,15 @@ rule preflight_cluster:
         disk=["results", SPEC.get("root") or "resources"],
         executor=executor_name,
         dataset=DATASET,
+        shards_dir=f"{RESULTS}/frames",
+        # The downloads still to come: they run where Snakemake runs (resources.local_rules).
+        urls=lambda wildcards: workflow_settings.preflight_urls(config, MODELS),
         # A failed check is also written where the final report goes: Snakemake removes this job's outputs.
         report=PREFLIGHT_REPORT,
     shell:
         "python -m tokshift preflight-report --static-only --executor {params.executor} --dataset {params.dataset}"
-        " --jobs {params.jobs:q} --disk {params.disk:q} --json {output.json:q} --md {output.md:q}"
-        " --report {params.report:q} > {log:q} 2>&1"
+        " --jobs {params.jobs:q} --disk {params.disk:q} --shards-dir {params.shards_dir:q} --urls {params.urls:q}"
+        " --json {output.json:q} --md {output.md:q} --report {params.report:q} > {log:q} 2>&1"
 
 
 rule preflight_probe:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -194,3 +195,37 @@ def test_runtime_preflight_takes_twice_the_projection_and_says_when_there_is_non
     assert job_settings(cfg, "train", "demo_tokshift")["runtime"] == 15 * 60  # 2 x 7.2 h, whole hours
     assert job_settings(cfg, "evaluate", "demo_tokshift")["runtime"] == 60  # its evaluation: auto
     assert len(preflight_runtime_notes(cfg, ["demo_tokshift", "demo_vit"])) == 2  # demo_vit has none yet
+
+
+def test_urls_are_tried_and_a_missing_one_names_its_config_key(tmp_path: Path) -> None:
+    """A loopback server: one file it serves, one it does not (404)."""
+    import functools
+    import http.server
+    import threading
+
+    (tmp_path / "w.npz").write_bytes(b"npz")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        ok = cluster.url_check("weights.ViT-B_16.url", f"{base}/w.npz")
+        missing = cluster.url_check("released.m.source", f"{base}/gone.pth")
+    finally:
+        server.shutdown()
+    assert ok.ok and "answers (HEAD 200)" in ok.detail
+    assert not missing.ok and "HTTP 404" in missing.detail and "check released.m.source" in missing.fix
+
+
+def test_the_shards_need_kinetics_sized_room_until_they_are_packed(tmp_path: Path) -> None:
+    from tokshift.preflight.commands import _shards_budget
+
+    jobs = {"train k": {"rule": "train", "model": "k400_tokshift_div4_8x32_base_224"}}
+    need = _shards_budget(str(tmp_path / "frames"), jobs)
+    assert "3122.7 GiB needed (Kinetics-400 shards" in need.detail  # 70M frames x 47.9 kB
+    assert need.ok == (shutil.disk_usage(tmp_path).free >= 70_000_000 * 47_900)
+    assert need.ok or "free space there" in need.fix
+    (tmp_path / "frames" / "train" / "shard-0.lmdb").mkdir(parents=True)
+    assert _shards_budget(str(tmp_path / "frames"), jobs).ok  # packed: only reported
+    demo = _shards_budget(str(tmp_path / "x"), {"train d": {"rule": "train", "model": "demo_tokshift"}})
+    assert demo.ok and "needed" not in demo.detail

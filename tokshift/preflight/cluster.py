@@ -206,3 +206,31 @@ def disk_check(path: str, need_bytes: int | None, what: str) -> Check:
         f"{free / 2**30:.1f} GiB free, {need_bytes / 2**30:.1f} GiB needed ({what})",
         "" if ok else "free space there or move the folder to a larger file system",
     )
+
+
+def url_check(key: str, url: str, timeout: float = 20) -> Check:
+    """Whether `url` (config key `key`) answers: a HEAD request, then a one-byte GET where HEAD is refused."""
+    import urllib.error
+    import urllib.request
+
+    status, why = None, ""
+    for method, headers in (("HEAD", {}), ("GET", {"Range": "bytes=0-0"})):
+        try:
+            with urllib.request.urlopen(
+                urllib.request.Request(url, method=method, headers=headers), timeout=timeout
+            ) as r:
+                status = r.status
+        except urllib.error.HTTPError as err:
+            status, why = err.code, f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError) as err:
+            status, why = None, str(getattr(err, "reason", err))
+        if status is not None and status < 400:
+            return Check(f"url {key}", True, f"{url} answers ({method} {status})")
+        if status not in (403, 405, 501):  # only a refused HEAD is worth a GET
+            break
+    return Check(
+        f"url {key}",
+        False,
+        f"{url} does not answer here ({why or status})",
+        f"check {key} in config.yaml, or download the file on a machine that reaches it and put it in place",
+    )

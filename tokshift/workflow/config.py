@@ -138,6 +138,29 @@ def preflight_runtime_notes(config: dict[str, Any], models: list[str]) -> list[s
     return lines
 
 
+def preflight_urls(config: dict[str, Any], models: list[str]) -> list[str]:
+    """`KEY=URL` of each download the run still needs (its file not in place yet), for the preflight to try."""
+    urls: dict[str, str] = {}
+    if released_mode(config):
+        for model in models:
+            source = str(released_entry(config, model)["source"])
+            if is_url(source) and not Path(f"resources/released/{model}.pth").is_file():
+                urls[f"released.{model}.source"] = source
+    else:
+        for model in models:
+            backbone = get_config(model).imagenet_weights
+            if backbone and not init_from(config, model) and not Path(f"resources/weights/{backbone}.npz").is_file():
+                urls[f"weights.{backbone}.url"] = config["weights"][backbone]["url"]
+    cvdf = cvdf_settings(config)
+    if cvdf is not None:
+        name = config["dataset"]
+        for group in ("lists", "annotations"):
+            for split, url in cvdf[group].items():
+                urls[f"datasets.{name}.cvdf.{group}.{split}"] = url
+        urls[f"datasets.{name}.cvdf.replacement"] = cvdf["replacement"]
+    return [f"{key}={url}" for key, url in urls.items()]
+
+
 def preflight_report_path(config: dict[str, Any]) -> Path:
     """Where `snakemake preflight` writes its report (relative to the pipeline directory)."""
     return Path("results") / config["dataset"] / "preflight.json"

@@ -22,6 +22,10 @@ CPU_ZOOS = frozenset({"demo"})
 #: Kinetics-400 clips per training epoch and videos in the validation split (docs/reference.md).
 K400_TRAIN_CLIPS = 240_000
 K400_VAL_VIDEOS = 20_000
+#: Frames of both splits, and bytes per packed frame at the default frames settings (short side 331,
+#: JPEG q90) for 16:9 footage, the larger of the measured cases (README "Disk and time budget").
+K400_FRAMES = 70_000_000
+SHARD_BYTES_PER_FRAME = 47_900
 
 #: Sustained throughput assumed per GPU, in TFLOP/s: about a fifth of an A100's bf16 peak, a
 #: V100 running well. Slower than the estimate by up to 2x still fits (SAFETY below).
