@@ -39,7 +39,8 @@ def test_version_is_the_running_packages(capsys: pytest.CaptureFixture[str]) -> 
 
 def test_each_stage_registers_its_own_commands() -> None:
     assert COMMAND_MODULES == tuple(
-        f"tokshift.{stage}.commands" for stage in ("zoo", "fetch", "data", "engine", "results", "viz", "provenance")
+        f"tokshift.{stage}.commands"
+        for stage in ("zoo", "fetch", "data", "engine", "results", "viz", "provenance", "preflight")
     )
     commands = _subparsers(build_parser())
     assert set(commands) == {
@@ -62,6 +63,8 @@ def test_each_stage_registers_its_own_commands() -> None:
         "curves",
         "provenance",
         "env",
+        "preflight-probe",
+        "preflight-report",
     }
 
 
@@ -126,6 +129,13 @@ MIRRORS: dict[tuple[str, str], str | None] = {
     ("train", "checkpoint_minutes"): "train.checkpoint_minutes",
     ("train", "loggers"): "train.loggers",
     ("train", "stage_to"): "frames.stage_to",
+    # The preflight's probe takes what the job it measures takes (rules/preflight.smk passes them).
+    ("preflight-probe", "shards"): None,
+    ("preflight-probe", "stage_to"): None,
+    ("preflight-probe", "device"): "train.device",
+    ("preflight-probe", "amp"): "train.amp",
+    ("preflight-probe", "workers"): "train.workers",
+    ("preflight-report", "dataset"): None,
     ("evaluate", "clips"): "evaluate.clips",
     ("evaluate", "crops"): "evaluate.crops",
     ("evaluate", "resize"): "evaluate.resize",

@@ -178,6 +178,16 @@ BAD_INPUTS: dict[str, BadCase] = {
         ExitCode.BAD_INPUT,
         "no name==version",
     ),
+    "preflight-probe": (
+        lambda t: ["--model", "k400_huge", "--step", "train", "--out", str(t / "probe.json")],
+        ExitCode.BAD_INPUT,
+        "--model k400_huge",
+    ),
+    "preflight-report": (
+        lambda t: ["--dataset", "demo", "--jobs", "{not json", "--json", str(t / "p.json"), "--md", str(t / "p.md")],
+        ExitCode.BAD_INPUT,
+        "--jobs is not JSON",
+    ),
     "curves": (
         lambda t: ["--metrics", str(_write(t / "run" / "metrics.jsonl", "")), "--out-dir", str(t / "curves")],
         ExitCode.BAD_INPUT,

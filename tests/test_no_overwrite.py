@@ -50,6 +50,38 @@ def _metrics_jsonl(t: Path) -> Path:
 # relative to T; text of the message, with {t} standing for T)
 Case = tuple[Callable[[Path], list[str]], str, str]
 OVERWRITES: dict[str, Case] = {
+    "preflight-probe": (
+        lambda t: [
+            "--model",
+            "demo_tokshift",
+            "--step",
+            "train",
+            "--shards",
+            str(_write(t / "s.lmdb", b"x")),
+            "--out",
+            str(t / "s.lmdb"),
+        ],
+        "s.lmdb",
+        "--out {t}/s.lmdb is the input {t}/s.lmdb",
+    ),  # fmt: skip
+    "preflight-report": (
+        lambda t: [
+            "--dataset",
+            "demo",
+            "--jobs",
+            "{}",
+            "--executor",
+            "local",
+            "--probes",
+            str(_write(t / "p.json", "{}")),
+            "--json",
+            str(t / "p.json"),
+            "--md",
+            str(t / "r.md"),
+        ],
+        "p.json",
+        "--json {t}/p.json is the input {t}/p.json",
+    ),  # fmt: skip
     "import-original": (
         lambda t: [str(_write(t / "X.pth", b"pth")), "--model", "demo_vit", "--out", str(t / "X.pth")],
         "X.pth",

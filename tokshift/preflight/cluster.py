@@ -14,6 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from tokshift.errors import RetryLater
 from tokshift.preflight.probe import Check
 
 __all__ = [
@@ -55,8 +56,8 @@ def minutes(limit: str) -> float | None:
 DEFAULT = "(default)"  # the key under which partitions() also files the cluster's default partition
 
 
-class SlurmUnreachable(Exception):
-    """sinfo is installed but no controller answers."""
+class SlurmUnreachable(RetryLater):
+    """sinfo is installed but no controller answers (the preflight reports it as a failed check)."""
 
 
 def partitions(run: Any = subprocess.run) -> dict[str, Partition] | None:
@@ -65,7 +66,8 @@ def partitions(run: Any = subprocess.run) -> dict[str, Partition] | None:
         return None
     proc = run(["sinfo", "-h", "-o", "%P|%l|%G|%f"], capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        raise SlurmUnreachable((proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"])
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        raise SlurmUnreachable(lines[-1] if lines else "no output")
     found: dict[str, dict[str, Any]] = {}
     default = None
     for line in proc.stdout.splitlines():

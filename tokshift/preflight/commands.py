@@ -25,13 +25,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--model", required=True, help="zoo entry")
     p.add_argument("--step", choices=("train", "evaluate"), required=True, help="the job shape to measure")
     p.add_argument("--out", type=Path, required=True, help="JSON report of this probe")
-    p.add_argument("--override", nargs="*", default=[], metavar="KEY=VALUE", help="zoo fields, as for train")
-    p.add_argument("--shards", nargs="*", default=[], help="the job's packed shards (read when they exist)")
-    p.add_argument("--stage-to", type=optional_text, default=None, help="frames.stage_to of the job ('' for none)")
-    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="as for train")
-    p.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="as for train")
-    p.add_argument("--workers", type=workers_setting, default="auto", help="loader workers per process")
-    p.add_argument("--steps", type=positive_int, default=3, help="optimizer steps timed after one warm-up")
+    p.add_argument(
+        "--override", nargs="*", default=[], metavar="KEY=VALUE", help="zoo fields, as for train (default: none)"
+    )
+    p.add_argument(
+        "--shards", nargs="*", default=[], help="the job's packed shards, read when they exist (default: none)"
+    )
+    p.add_argument(
+        "--stage-to", type=optional_text, default=None, help="frames.stage_to of the job ('' or default: none)"
+    )
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="as for train (default: auto)")
+    p.add_argument(
+        "--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="as for train (default: auto)"
+    )
+    p.add_argument("--workers", type=workers_setting, default="auto", help="loader workers per process (default: auto)")
+    p.add_argument("--steps", type=positive_int, default=3, help="optimizer steps timed after one warm-up (default: 3)")
     p.set_defaults(func=_probe)
 
     r = add_command(
@@ -43,46 +51,66 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "model from its --probes. Writes --json and --md. With --static-only, only the cluster checks: a failed "
         "one exits 2 (BAD_INPUT) after writing the report, so no probe job is submitted.",
     )
-    r.add_argument("--dataset", required=True)
+    r.add_argument("--dataset", required=True, help="the config's dataset entry, named in the report")
     r.add_argument("--jobs", required=True, help="JSON: each job shape's model, rule, GPUs and SLURM settings")
-    r.add_argument("--probes", nargs="*", type=Path, default=[], help="preflight-probe JSON files")
-    r.add_argument("--index-dir", type=Path, default=None, help="the dataset's index/ (clip counts) when it exists")
-    r.add_argument("--disk", nargs="*", default=[], metavar="PATH", help="folders whose free space is reported")
+    r.add_argument("--probes", nargs="*", type=Path, default=[], help="preflight-probe JSON files (default: none)")
+    r.add_argument(
+        "--index-dir",
+        type=Path,
+        default=None,
+        help="the dataset's index/ (clip counts) when it exists (default: documented sizes)",
+    )
+    r.add_argument(
+        "--disk", nargs="*", default=[], metavar="PATH", help="folders whose free space is reported (default: none)"
+    )
     r.add_argument(
         "--shards-dir",
         default=None,
         help="where the shards go (results/NAME/frames): its free space is checked against the dataset's size "
-        "until they are packed (Kinetics-400's documented size at the default frames settings)",
+        "until they are packed (Kinetics-400's documented size at the default frames settings; default: not)",
     )
     r.add_argument(
         "--urls",
         nargs="*",
         default=[],
         metavar="KEY=URL",
-        help="downloads the run needs, by config key: each must answer here (the download rules run here)",
+        help="downloads the run needs, by config key: each must answer here, where the download rules run "
+        "(default: none)",
     )
-    r.add_argument("--static-only", action="store_true", help="cluster checks only; exit 2 when one fails")
+    r.add_argument(
+        "--static-only",
+        action="store_true",
+        help="cluster checks only; exit 2 when one fails (default: the whole report)",
+    )
     r.add_argument(
         "--executor",
         default="slurm",
         help="Snakemake's executor for the run: the cluster is checked under slurm only (default: slurm)",
     )
-    r.add_argument("--json", type=Path, required=True, dest="json_out")
-    r.add_argument("--md", type=Path, required=True)
+    r.add_argument("--json", type=Path, required=True, dest="json_out", help="the report as JSON, e.g. preflight.json")
+    r.add_argument("--md", type=Path, required=True, help="the report as markdown, e.g. preflight.md")
     r.add_argument(
         "--report",
         type=Path,
         default=None,
         metavar="JSON",
         help="with --static-only: also write JSON and its .md twin when a check fails (the final report's "
-        "place: Snakemake removes a failed job's own outputs)",
+        "place: Snakemake removes a failed job's own outputs; default: not)",
     )
     r.set_defaults(func=_report)
 
 
 def _probe(args: argparse.Namespace) -> int:
     from tokshift.engine.runtime import parse_overrides
+    from tokshift.fileio import refuse_output_over_input
     from tokshift.preflight.probe import ProbeOptions, run_probe
+    from tokshift.zoo import get_config
+
+    try:
+        get_config(args.model)
+    except ValueError as err:
+        raise BadInput(f"--model {args.model}: {err}") from None
+    refuse_output_over_input(args.out, args.shards, name="--out")
 
     opts = ProbeOptions(
         model=args.model,
@@ -133,7 +161,7 @@ def _cluster_checks(jobs: dict[str, dict[str, Any]]) -> list[Any]:
     try:
         parts = cluster.partitions()
     except cluster.SlurmUnreachable as exc:
-        detail = f"sinfo failed ({exc.args[0][0] if exc.args and exc.args[0] else 'no output'})"
+        detail = f"sinfo failed ({exc})"
         return [Check("slurm", False, detail, "run the preflight on a login node of the cluster")]
     return cluster.job_checks(jobs, parts, cluster.associations())
 
@@ -153,6 +181,7 @@ def _shards_budget(shards_dir: str, jobs: dict[str, dict[str, Any]]) -> Any:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from tokshift.fileio import refuse_output_over_input
     from tokshift.preflight import cluster
     from tokshift.preflight.price import price_model
     from tokshift.preflight.probe import Check
@@ -163,6 +192,9 @@ def _report(args: argparse.Namespace) -> int:
         jobs: dict[str, dict[str, Any]] = json.loads(args.jobs)
     except json.JSONDecodeError as err:
         raise BadInput(f"--jobs is not JSON ({err})") from None
+    for option, path in (("--json", args.json_out), ("--md", args.md), ("--report", args.report)):
+        if path is not None:
+            refuse_output_over_input(path, args.probes, name=option)
     if args.executor == "slurm":
         checks = _cluster_checks(jobs)
     else:
