@@ -30,7 +30,17 @@ from types import TracebackType
 
 from tokshift.errors import ExitCode
 
-__all__ = ["Attempt", "Outcome", "fingerprint", "is_rank_zero", "last_outcome", "outcome_kind"]
+__all__ = [
+    "Attempt",
+    "Outcome",
+    "exit_status",
+    "fingerprint",
+    "is_rank_zero",
+    "last_outcome",
+    "now",
+    "outcome_kind",
+    "where",
+]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _FIELD = re.compile(
@@ -126,11 +136,13 @@ def last_outcome(path: Path) -> Outcome | None:
     return None
 
 
-def _now() -> str:
+def now() -> str:
+    """UTC, to the second: the time of a log's start and end lines."""
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _where() -> str:
+def where() -> str:
+    """This process's host, PID and SLURM job, as a log's start line names them."""
     job = os.environ.get("SLURM_JOB_ID")
     return f"host {socket.gethostname()}, pid {os.getpid()}" + (f", SLURM job {job}" if job else "")
 
@@ -175,8 +187,8 @@ class Attempt:
         last = last_outcome(self.path)
         if last is None or last.code not in ExitCode._value2member_map_ or not ExitCode(last.code).rerun_repeats:
             return None
-        now = fingerprint(self.argv)
-        if last.fingerprint != now:
+        digest = fingerprint(self.argv)
+        if last.fingerprint != digest:
             return None
         code = ExitCode(last.code)
         cause = f": {last.error}" if last.error else ""
@@ -186,10 +198,10 @@ class Attempt:
             f"fail the same way; change the input, or delete {self.path} to force a run"
         )
         if self.writer:  # the cause goes on as the attempt's error, so later refusals name it too
-            lines = [f"=== {_now()} tokshift {self.command} starts ({_where()}): {self._command_line()}", message]
+            lines = [f"=== {now()} tokshift {self.command} starts ({where()}): {self._command_line()}", message]
             if last.error:
                 lines.append(f"tokshift {self.command}: error: {last.error}")
-            self._write("\n".join([*lines, self._end_line(int(code), now, "refused")]))
+            self._write("\n".join([*lines, self._end_line(int(code), digest, "refused")]))
         return int(code), message
 
     def failed(self, code: int, message: str) -> None:
@@ -204,7 +216,7 @@ class Attempt:
         if not self.writer:
             return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write(f"=== {_now()} tokshift {self.command} starts ({_where()}): {self._command_line()}")
+        self._write(f"=== {now()} tokshift {self.command} starts ({where()}): {self._command_line()}")
         root = logging.getLogger()
         if not root.handlers:  # what the commands' own logging setup would have done: lines on stderr
             console = logging.StreamHandler(sys.stderr)
@@ -224,7 +236,7 @@ class Attempt:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if exc is not None:
-            self.code = _exit_status(exc)
+            self.code = exit_status(exc)
         if not self.writer:
             return
         root = logging.getLogger()
@@ -244,7 +256,7 @@ class Attempt:
 
     def _end_line(self, code: int, digest: str, note: str) -> str:
         return (
-            f"=== {_now()} tokshift {self.command} ends: exit {code} {outcome_kind(code)} {note} [fingerprint {digest}]"
+            f"=== {now()} tokshift {self.command} ends: exit {code} {outcome_kind(code)} {note} [fingerprint {digest}]"
         )
 
     def _write(self, text: str) -> None:
@@ -254,7 +266,7 @@ class Attempt:
             fh.write(text + "\n")
 
 
-def _exit_status(exc: BaseException) -> int:
+def exit_status(exc: BaseException) -> int:
     """The exit status an exception leaving `tokshift.cli.main` gives the process."""
     if isinstance(exc, SystemExit):
         if exc.code is None:

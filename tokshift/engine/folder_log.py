@@ -19,10 +19,10 @@ import logging
 import logging.handlers
 import os
 import shlex
-import socket
 import time
 from pathlib import Path
 
+from tokshift.attempts import exit_status, now, outcome_kind, where
 from tokshift.errors import ExitCode, TokshiftError
 
 __all__ = ["FOLDER_LOGS", "FolderLog", "drop_buffer", "folder_log_path", "start_buffer"]
@@ -55,20 +55,11 @@ def start_buffer() -> logging.handlers.MemoryHandler:
     return buffer
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
 def _exit_code(exc: BaseException | None, code: int | None) -> int:
+    """The exit code an attempt ends with: `code`, a project error's own, else as tokshift.cli would exit."""
     if exc is None:
         return ExitCode.OK if code is None else int(code)
-    if isinstance(exc, TokshiftError):
-        return int(exc.exit_code)
-    if isinstance(exc, KeyboardInterrupt):
-        return 130
-    if isinstance(exc, SystemExit):
-        return exc.code if isinstance(exc.code, int) else int(exc.code is not None)
-    return ExitCode.BUG
+    return int(exc.exit_code) if isinstance(exc, TokshiftError) else exit_status(exc)
 
 
 class FolderLog:
@@ -85,10 +76,8 @@ class FolderLog:
         from tokshift import provenance
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        job = os.environ.get("SLURM_JOB_ID")
-        where = f"host {socket.gethostname()}, pid {os.getpid()}" + (f", SLURM job {job}" if job else "")
         header = [
-            f"=== {_now()} tokshift {self.command} attempt starts ({where})",
+            f"=== {now()} tokshift {self.command} attempt starts ({where()})",
             *provenance.header_lines(provenance.collect(self.command)),
             "command: " + shlex.join(["tokshift", *provenance.command_line()]),
         ]
@@ -112,11 +101,11 @@ class FolderLog:
         self.handler.close()
         self.handler = None
         status = _exit_code(exc, code)
-        kind = ExitCode(status).name if status in ExitCode._value2member_map_ else "OTHER"
+        kind = outcome_kind(status)
         cause = f" ({type(exc).__name__}: {exc})" if exc is not None and not isinstance(exc, SystemExit) else ""
         seconds = time.monotonic() - self._t0
         self._write(
-            f"=== {_now()} tokshift {self.command} attempt ends: exit {status} {kind}{cause} after {seconds:.1f} s"
+            f"=== {now()} tokshift {self.command} attempt ends: exit {status} {kind}{cause} after {seconds:.1f} s"
         )
 
     def _write(self, text: str) -> None:
