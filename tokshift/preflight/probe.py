@@ -53,6 +53,14 @@ class ProbeOptions:
     read_clips: int = 8  # clips decoded to time the loader
 
 
+def _config(opts: ProbeOptions) -> Any:
+    """The zoo entry the probed job trains or evaluates, with its overrides (as `tokshift train` applies them)."""
+    from tokshift.zoo import get_config
+
+    cfg = get_config(opts.model)
+    return cfg.replace(**opts.overrides) if opts.overrides else cfg
+
+
 def _write(path: Path, report: dict[str, Any]) -> None:
     from tokshift.fileio import atomic_write_text
 
@@ -63,6 +71,7 @@ def _write(path: Path, report: dict[str, Any]) -> None:
 def run_probe(opts: ProbeOptions) -> int:
     """Measure one job shape; rank 0 writes `opts.out` (JSON). Returns 0 unless the probe itself is broken."""
     from tokshift import provenance
+    from tokshift.attempts import is_rank_zero
     from tokshift.engine import distributed as D
     from tokshift.engine.gpu_env import GpuUnusable
     from tokshift.engine.startup import start_process
@@ -75,7 +84,7 @@ def run_probe(opts: ProbeOptions) -> int:
         checks.append(Check("cuda", False, str(exc), "fix the job's GPU request or the node's driver (docs/gpu.md)"))
         report["checks"] = [asdict(c) for c in checks]
         report["provenance"] = provenance.collect("preflight-probe")
-        if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) or 0) == 0:
+        if is_rank_zero():
             _write(opts.out, report)
         return 0
     ctx = D.init_distributed(started.device, reason=started.reason)
@@ -161,16 +170,12 @@ def _train_steps(opts: ProbeOptions, ctx: Any, started: Any, measured: dict[str,
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from tokshift.data.transforms import normalize
+    from tokshift.engine.loading import build_model
     from tokshift.engine.runtime import amp_choice, autocast
     from tokshift.engine.train import make_optimizer
-    from tokshift.zoo import get_config
 
-    cfg = get_config(opts.model)
-    cfg = cfg.replace(**opts.overrides) if opts.overrides else cfg
-    cfg = cfg.replace(imagenet_weights=None)  # random weights time the same as pretrained ones
+    cfg = _config(opts).replace(imagenet_weights=None)  # random weights time the same as pretrained ones
     amp_dtype, _ = amp_choice(opts.amp, started.device)
-    from tokshift.engine.loading import build_model
-
     model = build_model(cfg.model_dict()).to(started.device)
     model.train()
     ddp = DDP(model) if ctx.world_size > 1 else model
@@ -230,10 +235,8 @@ def _evaluate_batch(opts: ProbeOptions, ctx: Any, started: Any, measured: dict[s
     from tokshift.data.transforms import normalize
     from tokshift.engine.loading import build_model
     from tokshift.engine.runtime import amp_choice, autocast
-    from tokshift.zoo import get_config
 
-    cfg = get_config(opts.model)
-    cfg = cfg.replace(**opts.overrides) if opts.overrides else cfg
+    cfg = _config(opts)
     amp_dtype, _ = amp_choice(opts.amp, started.device)
     model = build_model(cfg.model_dict()).to(started.device).eval()
     views = torch.randint(0, 256, (30, cfg.num_frames, 3, cfg.img_size, cfg.img_size), dtype=torch.uint8)
@@ -260,10 +263,7 @@ def _shards(opts: ProbeOptions, workers: int, measured: dict[str, Any]) -> list[
         return []
     if not present:
         return [Check("shards", True, "not packed yet: read throughput is measured once they exist")]
-    from tokshift.zoo import get_config
-
-    cfg = get_config(opts.model)
-    cfg = cfg.replace(**opts.overrides) if opts.overrides else cfg
+    cfg = _config(opts)
     if opts.step == "train":
         from tokshift.data.datasets import TrainClipDataset
 
